@@ -1,0 +1,294 @@
+"""The auto-selector: measure the first items, then pick the engine.
+
+:func:`probe` runs the first item(s) of the input in the caller and measures
+wall time against CPU time (``time.thread_time``); :func:`decide` is a pure
+function of those :class:`Facts` (plus the GIL state, the CPU count, the
+input size and whether things pickle) that returns a :class:`Plan` with a
+one-line reason. The probed items' outcomes are kept and become the first
+results of the run: nothing is computed twice.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import sysconfig
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from time import perf_counter, thread_time
+from typing import Any, Final
+
+from ._chunking import ChunkSizer
+from ._serialize import dumps
+from ._worker import Failure
+from .backends import usable_cpus
+
+__all__ = ["Facts", "Plan", "Probe", "decide", "gil_enabled", "probe"]
+
+#: below this much total work, starting or even feeding a pool costs more
+SERIAL_BUDGET: Final = 0.005
+#: per-item cost of shipping a small item to a process and back
+PROCESS_ITEM_COST: Final = 3e-6
+#: bytes per second a pipe to a worker moves, both ways counted once each
+PIPE_BANDWIDTH: Final = 1.0e9
+#: CPU share of wall time above which work counts as CPU-bound
+CPU_BOUND_SHARE: Final = 0.5
+#: most threads auto mode starts for waiting work (and asyncio concurrency)
+MAX_IO_WORKERS: Final = 256
+#: probe until this much time was spent or this many items ran
+PROBE_SECONDS: Final = 0.002
+PROBE_ITEMS: Final = 64
+#: pickled items bigger than this make auto check how threads overlap
+LARGE_ITEM_BYTES: Final = 256 * 1024
+
+
+def gil_enabled() -> bool:
+    """Whether this interpreter runs with the GIL (True on ordinary builds)."""
+    check = getattr(sys, "_is_gil_enabled", None)
+    if check is not None:
+        return bool(check())
+    return not sysconfig.get_config_var("Py_GIL_DISABLED")
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """The auto-selector's decision: mode, workers, chunk size, and why."""
+
+    mode: str
+    workers: int
+    chunksize: int | str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    """What was measured or known about a job, the input of :func:`decide`."""
+
+    coroutine: bool = False
+    probed: int = 0
+    item_wall: float | None = None  # mean seconds per probed item
+    item_cpu: float | None = None  # mean CPU seconds per probed item
+    total: int | None = None  # items in the whole input, if known
+    gil_enabled: bool = True
+    cpus: int = 1
+    picklable: bool = True
+    unpicklable: str = ""  # what did not pickle
+    item_bytes: int | None = None  # pickled size of an item
+    thread_speedup: float | None = None  # two items on two threads vs one after another
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 1:
+        return f"{seconds:.2g} s"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.3g} ms"
+    return f"{seconds * 1e6:.3g} µs"
+
+
+def _bounded(workers: int, facts: Facts) -> int:
+    remaining = None if facts.total is None else max(1, facts.total - facts.probed)
+    return max(1, min(workers, remaining) if remaining is not None else workers)
+
+
+def decide(facts: Facts, workers: int | None = None) -> Plan:
+    """Pick a mode from measured facts. Pure: no pool is started, nothing runs."""
+    cpus = max(1, facts.cpus)
+    if facts.coroutine:
+        count = workers or _bounded(MAX_IO_WORKERS, facts)
+        return Plan("asyncio", count, "auto", f"coroutine function -> asyncio, {count} at a time")
+    if facts.item_wall is None or facts.item_cpu is None:
+        mode = "process" if facts.gil_enabled else "free-threaded"
+        gil = "GIL enabled" if facts.gil_enabled else "GIL disabled"
+        return Plan(
+            mode, workers or cpus, "auto",
+            f"nothing measured yet: assumed CPU-bound, {gil}, {cpus} cores -> {mode}",
+        )
+    wall = max(facts.item_wall, 1e-9)
+    cpu = min(max(facts.item_cpu, 0.0), wall)
+    share = cpu / wall
+    per_item = _duration(wall)
+    remaining = None if facts.total is None else max(0, facts.total - facts.probed)
+    if remaining is not None and remaining * wall < SERIAL_BUDGET:
+        return Plan(
+            "serial", 1, "auto",
+            f"tiny input: {remaining} more items x {per_item} is under "
+            f"{_duration(SERIAL_BUDGET)} of work -> serial",
+        )
+    if share < CPU_BOUND_SHARE:
+        waiting = wall - cpu
+        fit = math.ceil(cpus * wall / max(cpu, wall / MAX_IO_WORKERS))
+        count = workers or _bounded(min(MAX_IO_WORKERS, max(cpus, fit)), facts)
+        return Plan(
+            "thread", count, "auto",
+            f"I/O-bound: {1 - share:.0%} of {per_item} per item is waiting "
+            f"({_duration(waiting)}) -> thread, {count} workers",
+        )
+    if wall < 2 * PROCESS_ITEM_COST:
+        return Plan(
+            "serial", 1, "auto",
+            f"tiny tasks: {per_item} per item costs less than shipping it to a worker -> serial",
+        )
+    if cpus < 2:
+        return Plan("serial", 1, "auto", f"CPU-bound ({share:.0%} CPU) but only 1 core -> serial")
+    if not facts.gil_enabled:
+        count = workers or _bounded(cpus, facts)
+        return Plan(
+            "free-threaded", count, "auto",
+            f"CPU-bound: {share:.0%} of {per_item} per item is CPU, GIL disabled, "
+            f"{cpus} cores -> free-threaded, {count} threads",
+        )
+    if facts.item_bytes is not None and facts.thread_speedup is not None:
+        shipping = 2 * facts.item_bytes / PIPE_BANDWIDTH
+        if shipping >= wall / 2 and facts.thread_speedup >= 1.3:
+            count = workers or _bounded(cpus, facts)
+            return Plan(
+                "thread", count, "auto",
+                f"CPU-bound but payload-heavy: shipping {facts.item_bytes / 1e6:.2g} MB per item "
+                f"costs ~{_duration(shipping)} vs {per_item} of work, and 2 threads ran "
+                f"{facts.thread_speedup:.2g}x faster than 1 (the work releases the GIL) -> thread",
+            )
+    if not facts.picklable:
+        return Plan(
+            "serial", 1, "auto",
+            f"CPU-bound but {facts.unpicklable} cannot be pickled for a process -> serial",
+        )
+    count = workers or _bounded(cpus, facts)
+    sizer = ChunkSizer(
+        "auto", workers=count, total=facts.total, chunk_overhead=3e-4, item_seconds=wall
+    )
+    chunk = sizer.next_size(facts.probed)
+    return Plan(
+        "process", count, "auto",
+        f"CPU-bound: {share:.0%} of {per_item} per item is CPU, GIL enabled, "
+        f"{cpus} cores -> process, chunks of {chunk}",
+    )
+
+
+@dataclass(slots=True)
+class Probe:
+    """The measured facts and the outcomes of the items run to measure them."""
+
+    facts: Facts
+    items: list[Any] = field(default_factory=list)
+    outcomes: list[Any] = field(default_factory=list)  # values, or Failure
+    ends: list[float] = field(default_factory=list)
+    started: float = 0.0
+    cpu: float = 0.0
+
+
+def _timed_call(fn: Callable[[Any], Any], item: Any) -> tuple[Any, float, float]:
+    wall_started = perf_counter()
+    cpu_started = thread_time()
+    try:
+        outcome = fn(item)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:
+        outcome = Failure.capture(exc)
+    return outcome, perf_counter() - wall_started, thread_time() - cpu_started
+
+
+def probe(
+    fn: Callable[[Any], Any],
+    source: Iterator[Any],
+    *,
+    total: int | None,
+    coroutine: bool = False,
+    check_threads: bool = True,
+) -> Probe:
+    """Run the first item(s) of ``source`` in the caller and measure them."""
+    cpus = usable_cpus()
+    gil = gil_enabled()
+    if coroutine:
+        return Probe(Facts(coroutine=True, total=total, gil_enabled=gil, cpus=cpus))
+    result = Probe(Facts(total=total, gil_enabled=gil, cpus=cpus), started=perf_counter())
+    wall_total = cpu_total = 0.0
+    for item in source:
+        outcome, wall, cpu = _timed_call(fn, item)
+        result.items.append(item)
+        result.outcomes.append(outcome)
+        result.ends.append(perf_counter())
+        wall_total += wall
+        cpu_total += cpu
+        if wall_total >= PROBE_SECONDS or len(result.items) >= PROBE_ITEMS:
+            break
+    count = len(result.items)
+    result.cpu = cpu_total
+    if count == 0:
+        return result
+    facts = Facts(
+        probed=count,
+        item_wall=wall_total / count,
+        item_cpu=cpu_total / count,
+        total=total,
+        gil_enabled=gil,
+        cpus=cpus,
+    )
+    if facts.item_cpu is not None and facts.item_wall is not None and gil and (
+        facts.item_cpu >= CPU_BOUND_SHARE * facts.item_wall
+    ):
+        facts = _check_shipping(fn, result, facts, source, check_threads=check_threads)
+    result.facts = facts
+    return result
+
+
+def _check_shipping(
+    fn: Callable[[Any], Any],
+    result: Probe,
+    facts: Facts,
+    source: Iterator[Any],
+    *,
+    check_threads: bool,
+) -> Facts:
+    """Can the work go to a process, and would threads do as well?"""
+    try:
+        dumps(fn)
+    except Exception:
+        return _replace(facts, picklable=False, unpicklable=f"the function {_name(fn)}")
+    try:
+        item_bytes = len(dumps(result.items[0]))
+    except Exception:
+        return _replace(facts, picklable=False, unpicklable="the input items")
+    facts = _replace(facts, item_bytes=item_bytes)
+    if not check_threads or item_bytes < LARGE_ITEM_BYTES or facts.cpus < 2:
+        return facts
+    # Two more items on two threads at once: if the work releases the GIL
+    # (hashing, compression, numpy), threads run it in parallel without
+    # shipping a byte. Their outcomes are kept like the other probed items.
+    pair = [item for _, item in zip(range(2), source, strict=False)]
+    if len(pair) < 2:
+        result.items.extend(pair)
+        for item in pair:
+            outcome, _, _ = _timed_call(fn, item)
+            result.outcomes.append(outcome)
+            result.ends.append(perf_counter())
+        return facts
+    outcomes: list[Any] = [None, None]
+
+    def run(slot: int) -> None:
+        outcomes[slot] = _timed_call(fn, pair[slot])[0]
+
+    started = perf_counter()
+    threads = [threading.Thread(target=run, args=(slot,)) for slot in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    together = perf_counter() - started
+    for item, outcome in zip(pair, outcomes, strict=True):
+        result.items.append(item)
+        result.outcomes.append(outcome)
+        result.ends.append(perf_counter())
+    speedup = (2 * (facts.item_wall or 0.0)) / max(together, 1e-9)
+    return _replace(facts, probed=facts.probed + 2, thread_speedup=speedup)
+
+
+def _replace(facts: Facts, **changes: Any) -> Facts:
+    from dataclasses import replace
+
+    return replace(facts, **changes)
+
+
+def _name(fn: Any) -> str:
+    return str(getattr(fn, "__qualname__", None) or type(fn).__name__)

@@ -1,0 +1,127 @@
+"""Cutting the input into chunks, and choosing how big they are.
+
+``chunksize=N`` is taken as given. ``chunksize="auto"`` adapts to measured
+task time:
+
+* before anything is measured, chunks ramp up 1, 2, 4, ... items, so a slow
+  function is never batched blindly and a fast one soon is;
+* once chunks come back, a chunk holds enough items to take about 100x the
+  backend's per-chunk overhead (so dispatch costs ~1% of the work);
+* when the input's length is known, no chunk holds more than
+  ``remaining / (4 x workers)`` items, which keeps several chunks per worker
+  for balance and shrinks chunks towards the end so no worker idles at the
+  tail;
+* for inputs of unknown length a ceiling keeps memory bounded.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import threading
+from collections.abc import Iterable, Iterator
+from typing import Any, Final
+
+from ._worker import Chunk
+
+__all__ = ["ChunkSizer", "chunks"]
+
+#: chunks per worker kept in play when the input's length is known
+BALANCE: Final = 4
+#: largest auto chunk when the input's length is unknown (bounded memory)
+UNKNOWN_LENGTH_CEILING: Final = 10_000
+#: shortest chunk duration worth aiming for, whatever the backend's overhead
+MIN_TARGET_SECONDS: Final = 0.001
+
+
+class ChunkSizer:
+    """Decides the next chunk's size; learns from finished chunks."""
+
+    def __init__(
+        self,
+        chunksize: int | str,
+        *,
+        workers: int,
+        total: int | None,
+        chunk_overhead: float,
+        item_seconds: float | None = None,
+    ) -> None:
+        self.fixed = chunksize if isinstance(chunksize, int) else None
+        self.workers = max(1, workers)
+        self.total = total
+        self.target_seconds = max(MIN_TARGET_SECONDS, 100 * chunk_overhead)
+        self._lock = threading.Lock()
+        self._item_seconds = item_seconds
+        self._ramp = 1
+        self._largest = 0
+
+    @property
+    def item_seconds(self) -> float | None:
+        """Measured seconds per item so far (None until a chunk returns)."""
+        return self._item_seconds
+
+    @property
+    def largest(self) -> int:
+        """The largest chunk handed out so far."""
+        return self._largest
+
+    def observe(self, items: int, seconds: float) -> None:
+        if items <= 0 or self.fixed is not None:
+            return
+        per_item = max(seconds, 0.0) / items
+        with self._lock:
+            if self._item_seconds is None:
+                self._item_seconds = per_item
+            else:  # weight by items so big chunks count more than small ones
+                self._item_seconds = 0.7 * self._item_seconds + 0.3 * per_item
+
+    def next_size(self, consumed: int) -> int:
+        if self.fixed is not None:
+            size = self.fixed
+        else:
+            size = self._auto_size(consumed)
+        self._largest = max(self._largest, size)
+        return size
+
+    def _auto_size(self, consumed: int) -> int:
+        if self._item_seconds is None:
+            size = self._ramp
+            self._ramp *= 2
+        else:
+            size = math.ceil(self.target_seconds / max(self._item_seconds, 1e-9))
+        if self.total is not None:
+            remaining = max(1, self.total - consumed)
+            size = min(size, math.ceil(remaining / (BALANCE * self.workers)))
+        else:
+            size = min(size, UNKNOWN_LENGTH_CEILING)
+        return max(1, size)
+
+
+def chunks(
+    source: Iterable[Any], sizer: ChunkSizer, *, first_index: int = 0, first_seq: int = 0
+) -> Iterator[Chunk]:
+    """Cut ``source`` lazily into chunks sized by ``sizer``.
+
+    Items are numbered from ``first_index``: a list, tuple or range is read
+    from that index on (it is sliced, not copied whole); any other iterable
+    is read from where it stands, the items before it having been taken
+    already (by the auto-selector's probe).
+    """
+    seq = first_seq
+    consumed = first_index
+    if isinstance(source, list | tuple | range):
+        total = len(source)
+        while consumed < total:
+            items = list(source[consumed : consumed + sizer.next_size(consumed)])
+            yield Chunk.fresh(seq, consumed, items)
+            consumed += len(items)
+            seq += 1
+        return
+    iterator = iter(source)
+    while True:
+        items = list(itertools.islice(iterator, sizer.next_size(consumed)))
+        if not items:
+            return
+        yield Chunk.fresh(seq, consumed, items)
+        consumed += len(items)
+        seq += 1

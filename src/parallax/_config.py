@@ -1,0 +1,237 @@
+"""Which mode and options a call runs with, and checking what the user passed.
+
+Precedence of the mode, highest first:
+
+1. a ``using(mode)`` block around the call (thread- and task-local);
+2. the ``PARALLAX_MODE`` environment variable;
+3. ``mode=`` given to the call;
+4. the ``@parallel(mode=...)`` decorator's default;
+5. ``"auto"``.
+
+A call made inside a parallax worker does not start a pool of its own: modes
+that would (process, free-threaded, dask, auto) run serially there instead.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import inspect
+import math
+import os
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+from ._worker import inside_worker
+from .backends import available_modes, backend_options
+
+__all__ = [
+    "Mode",
+    "Settings",
+    "check_callable",
+    "check_chunksize",
+    "check_errors",
+    "check_mode",
+    "check_options",
+    "check_timeout",
+    "check_workers",
+    "resolve_mode",
+    "using",
+]
+
+Mode = Literal["auto", "serial", "thread", "process", "free-threaded", "asyncio", "dask"]
+
+ENVIRONMENT_VARIABLE: Final = "PARALLAX_MODE"
+ERROR_POLICIES: Final = ("raise", "return", "skip")
+#: modes that start a pool of their own, so degrade to serial when nested
+_POOL_STARTING: Final = frozenset({"auto", "process", "free-threaded", "dask"})
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """What a ``using()`` block forces."""
+
+    mode: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+_forced: contextvars.ContextVar[Settings | None] = contextvars.ContextVar(
+    "parallax_forced", default=None
+)
+
+# -- checks ---------------------------------------------------------------------------
+
+
+def check_mode(mode: object, *, where: str = "mode") -> str:
+    """Return ``mode`` if it names a registered mode.
+
+    Raises:
+        ValueError: listing the valid modes.
+    """
+    modes = available_modes()
+    if not isinstance(mode, str) or mode not in modes:
+        raise ValueError(f"unknown {where} {mode!r}; valid modes are: {', '.join(modes)}")
+    return mode
+
+
+def check_workers(workers: object) -> int | None:
+    if workers is None:
+        return None
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be a positive integer or None (automatic), not {workers!r}")
+    return workers
+
+
+def check_chunksize(chunksize: object) -> int | str:
+    if chunksize == "auto" and isinstance(chunksize, str):
+        return "auto"
+    if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
+        raise ValueError(f'chunksize must be a positive integer or "auto", not {chunksize!r}')
+    return chunksize
+
+
+def check_timeout(timeout: object, *, name: str = "timeout") -> float | None:
+    if timeout is None:
+        return None
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not math.isfinite(timeout)
+        or timeout <= 0
+    ):
+        raise ValueError(f"{name} must be a positive number of seconds or None, not {timeout!r}")
+    return float(timeout)
+
+
+def check_errors(errors: object) -> Literal["raise", "return", "skip"]:
+    if errors not in ERROR_POLICIES:
+        raise ValueError(
+            f"errors must be one of {', '.join(repr(p) for p in ERROR_POLICIES)}, not {errors!r}"
+        )
+    return errors  # type: ignore[return-value]
+
+
+def check_callable(fn: object, *, name: str = "fn") -> Callable[..., Any]:
+    if not callable(fn):
+        raise TypeError(f"{name} must be callable, not {type(fn).__name__}")
+    return fn
+
+
+def check_iterable(iterable: object) -> None:
+    try:
+        iter(iterable)  # type: ignore[call-overload]
+    except TypeError:
+        raise TypeError(
+            f"the input must be an iterable (list, range, generator, ...), "
+            f"not {type(iterable).__name__}"
+        ) from None
+
+
+def check_initializer(initializer: object, initargs: object) -> None:
+    if initializer is not None:
+        check_callable(initializer, name="initializer")
+    if not isinstance(initargs, tuple):
+        raise TypeError(f"initargs must be a tuple, not {type(initargs).__name__}")
+
+
+def check_max_tasks(value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"max_tasks_per_worker must be a positive integer or None, not {value!r}")
+    return value
+
+
+def check_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Reject options that no backend knows; keep the rest for the one that runs.
+
+    Raises:
+        TypeError: naming the unknown option and the options each mode accepts.
+    """
+    known = backend_options()
+    if any(accepted is None for accepted in known.values()):
+        return dict(options)
+    everything = set().union(*(accepted or () for accepted in known.values()))
+    unknown = sorted(set(options) - everything)
+    if unknown:
+        listing = "; ".join(
+            f"{mode}: {', '.join(sorted(accepted))}" for mode, accepted in known.items() if accepted
+        )
+        raise TypeError(
+            f"unexpected keyword argument{'s' if len(unknown) > 1 else ''} "
+            f"{', '.join(repr(name) for name in unknown)}; backend options are "
+            f"({listing})"
+        )
+    return dict(options)
+
+
+# -- using() and resolution --------------------------------------------------------------
+
+
+@contextmanager
+def using(mode: Mode | str, **options: Any) -> Iterator[None]:
+    """Force ``mode`` (and backend options) for every parallax call in the block.
+
+    Overrides explicit ``mode=`` arguments, decorator defaults and the
+    ``PARALLAX_MODE`` environment variable. Local to the current thread and
+    asyncio task (a ``contextvars`` variable); blocks nest, the innermost wins.
+
+    Raises:
+        ValueError: ``mode`` is not a known mode.
+        TypeError: an option no backend accepts.
+    """
+    check_mode(mode)
+    checked = check_options(options)
+    outer = _forced.get()
+    merged = {**(outer.options if outer else {}), **checked}
+    token = _forced.set(Settings(mode, merged))
+    try:
+        yield
+    finally:
+        _forced.reset(token)
+
+
+def forced() -> Settings | None:
+    """The innermost active ``using()`` settings, if any."""
+    return _forced.get()
+
+
+def resolve_mode(explicit: str | None, default: str | None = None) -> str:
+    """The mode a call runs in, following the documented precedence."""
+    settings = _forced.get()
+    if settings is not None:
+        mode = settings.mode
+    elif os.environ.get(ENVIRONMENT_VARIABLE):
+        mode = check_mode(os.environ[ENVIRONMENT_VARIABLE].strip(), where=ENVIRONMENT_VARIABLE)
+    elif explicit is not None:
+        mode = explicit
+    elif default is not None:
+        mode = default
+    else:
+        mode = "auto"
+    if mode in _POOL_STARTING and inside_worker():
+        return "serial"
+    return mode
+
+
+def merge_options(call_options: Mapping[str, Any]) -> dict[str, Any]:
+    """Backend options of a call, overridden by those of an active ``using()``."""
+    settings = _forced.get()
+    if settings is None or not settings.options:
+        return dict(call_options)
+    return {**call_options, **settings.options}
+
+
+def is_coroutine_function(fn: object) -> bool:
+    """True for ``async def`` functions, also behind partials and decorators."""
+    target = fn
+    for _ in range(8):
+        if inspect.iscoroutinefunction(target):
+            return True
+        inner = getattr(target, "func", None) or getattr(target, "__wrapped__", None)
+        if inner is None:
+            call = getattr(type(target), "__call__", None)
+            return call is not None and inspect.iscoroutinefunction(call)
+        target = inner
+    return False

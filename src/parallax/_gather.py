@@ -1,0 +1,393 @@
+"""The run driver: feeds chunks to a backend and gathers what comes back.
+
+Everything that must behave the same in every mode lives here, once:
+
+* a bounded number of chunks in play (submitted, or finished but waiting for
+  an earlier one in ordered mode), so an endless input runs in bounded memory;
+* ordered or unordered delivery;
+* the error policy (``raise`` at the first failure and cancel what has not
+  started, ``return`` the exception in the item's place, ``skip`` it);
+* re-running the items of a chunk that an interrupted worker left undone,
+  and retrying failed items;
+* timings for the chunk sizer and the stats.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import random
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import CancelledError
+from dataclasses import dataclass, field
+from time import monotonic
+from typing import Any, Final, Literal
+
+from ._chunking import ChunkSizer, chunks
+from ._errors import ParallaxError
+from ._stats import StatsRecorder
+from ._worker import Chunk, ChunkResult, Failure, Job
+from .backends import Backend
+
+__all__ = ["ErrorPolicy", "Raised", "RetryPolicy", "Run"]
+
+ErrorPolicy = Literal["raise", "return", "skip"]
+ERROR_POLICIES: Final = ("raise", "return", "skip")
+
+#: how often a waiting run checks that its backend can still deliver
+_LIVENESS_POLL: Final = 0.5
+_CANCELLED: Final = object()
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Which failures are run again, how often, and how long to wait between."""
+
+    retries: int = 0
+    retry_on: tuple[type[BaseException], ...] = (Exception,)
+    backoff: float = 0.0
+    max_backoff: float = 30.0
+
+    def allows(self, error: BaseException, attempt: int) -> bool:
+        return attempt <= self.retries and isinstance(error, self.retry_on)
+
+    def delay(self, attempt: int) -> float:
+        """Exponential backoff with jitter, before attempt number ``attempt + 1``."""
+        if self.backoff <= 0:
+            return 0.0
+        base: float = min(self.max_backoff, self.backoff * 2 ** (attempt - 1))
+        return base * (0.5 + random.random() / 2)
+
+
+@dataclass(slots=True)
+class _ChunkState:
+    chunk: Chunk
+    values: list[Any] | None = None
+    errors: dict[int, BaseException] = field(default_factory=dict)
+    remaining: int = -1
+    attempts: dict[int, int] | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.remaining == 0
+
+
+@dataclass(frozen=True, slots=True)
+class Raised:
+    """An item's exception, kept in its place (``Executor.map`` raises it there)."""
+
+    error: BaseException
+
+
+class Run:
+    """One pass of a function over an input on a backend.
+
+    Constructing a run checks what can be checked before any work starts
+    (the function pickles, for process mode); iterating it does the work.
+    Leaving the iteration early (``break``, an exception, garbage collection)
+    cancels the chunks that have not started.
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        fn: Callable[[Any], Any],
+        iterable: Iterable[Any],
+        *,
+        chunksize: int | str = "auto",
+        ordered: bool = True,
+        errors: ErrorPolicy | Literal["wrap"] = "raise",
+        timeout: float | None = None,
+        deadline: float | None = None,
+        retry: RetryPolicy | None = None,
+        total: int | None = None,
+        recorder: StatsRecorder | None = None,
+        preloaded: ChunkResult | None = None,
+        on_progress: Callable[[int], None] | None = None,
+        on_finish: Callable[[Run], None] | None = None,
+    ) -> None:
+        self.backend = backend
+        self._inbox: queue.SimpleQueue[ChunkResult | object] = queue.SimpleQueue()
+        self.job = Job(fn, self._inbox.put, timeout=timeout)
+        backend.prepare(self.job)
+        self.ordered = ordered
+        self.errors = errors
+        self.deadline = deadline
+        self.retry = retry or RetryPolicy()
+        self.recorder = recorder
+        probed = len(preloaded.chunk.items) if preloaded is not None else 0
+        item_seconds = None
+        if preloaded is not None and preloaded.values:
+            item_seconds = (preloaded.finished - preloaded.started) / len(preloaded.values)
+        self.sizer = ChunkSizer(
+            chunksize,
+            workers=backend.workers,
+            total=total,
+            chunk_overhead=backend.chunk_overhead,
+            item_seconds=item_seconds,
+        )
+        self.window = max(2, backend.workers * (2 + backend.prefetch))
+        self._source = chunks(
+            iterable, self.sizer, first_index=probed, first_seq=1 if preloaded else 0
+        )
+        self._preloaded = preloaded
+        self._on_progress = on_progress
+        self._on_finish = on_finish
+        self._delayed: list[tuple[float, Chunk]] = []
+        self._states: dict[int, _ChunkState] = {}
+        self._next_seq = 0
+        self._exhausted = False
+        self._started = False
+        self.items_done = 0
+        self.finished = False
+        self._iterator: Iterator[list[Any]] | None = None
+
+    # -- iteration -------------------------------------------------------------
+
+    def start(self) -> None:
+        """Submit the first window of chunks now rather than at first ``next()``."""
+        if not self._started:
+            self._started = True
+            if self.recorder is not None:
+                self.recorder.begin()
+            self._fill()
+
+    def batches(self) -> Iterator[list[Any]]:
+        """Results chunk by chunk (for ``map``, which extends a list with them)."""
+        if self._iterator is None:
+            self._iterator = self._drive()
+        return self._iterator
+
+    def __iter__(self) -> Iterator[Any]:
+        return itertools.chain.from_iterable(self.batches())
+
+    def cancel(self) -> None:
+        """Stop the run from another thread; its iterator raises CancelledError."""
+        self.backend.cancel(self.job)
+        self._inbox.put(_CANCELLED)
+
+    def _fill(self) -> None:
+        states = self._states
+        while not self._exhausted and len(states) < self.window:
+            chunk = next(self._source, None)
+            if chunk is None:
+                self._exhausted = True
+                return
+            states[chunk.seq] = _ChunkState(chunk, remaining=len(chunk.items))
+            self._submit(chunk)
+
+    def _drive(self) -> Iterator[list[Any]]:
+        states = self._states
+        completed = False
+        interrupted = False
+        try:
+            self.start()
+            if self._preloaded is not None:
+                preloaded, self._preloaded = self._preloaded, None
+                states[0] = _ChunkState(preloaded.chunk, remaining=len(preloaded.chunk.items))
+                self._absorb(states[0], preloaded)
+            while True:
+                yield from self._ready(states)
+                self._fill()
+                if not states:
+                    completed = True
+                    return
+                self._release_due()
+                result = self._receive()
+                if result is None:
+                    continue
+                state = states.get(result.chunk.seq)
+                if state is None or state.done:
+                    continue  # a straggler from before a cancellation
+                self._absorb(state, result)
+        except KeyboardInterrupt:
+            interrupted = True
+            raise
+        finally:
+            self.finished = True
+            if not completed:
+                self.backend.cancel(self.job, interrupt=interrupted)
+            if self.recorder is not None:
+                self.recorder.end(self.items_done, chunksize=self._chunksize_used())
+            if self._on_finish is not None:
+                self._on_finish(self)
+
+    def _ready(self, states: dict[int, _ChunkState]) -> Iterator[list[Any]]:
+        """Pop and yield the chunks that may be delivered now."""
+        if self.ordered:
+            while (state := states.get(self._next_seq)) is not None and state.done:
+                del states[self._next_seq]
+                self._next_seq += 1
+                yield self._outcomes(state)
+        else:
+            for seq in [seq for seq, state in states.items() if state.done]:
+                yield self._outcomes(states.pop(seq))
+
+    def _chunksize_used(self) -> int | str:
+        if self.sizer.fixed is not None:
+            return self.sizer.fixed
+        return f"auto (up to {self.sizer.largest})" if self.sizer.largest else "auto"
+
+    def _submit(self, chunk: Chunk) -> None:
+        self.backend.submit(self.job, chunk)
+
+    def _release_due(self) -> None:
+        """Submit retries whose backoff has passed."""
+        if not self._delayed:
+            return
+        now = monotonic()
+        due = [chunk for when, chunk in self._delayed if when <= now]
+        if due:
+            self._delayed = [(when, chunk) for when, chunk in self._delayed if when > now]
+            for chunk in due:
+                self._submit(chunk)
+
+    def _receive(self) -> ChunkResult | None:
+        broken_polls = 0
+        while True:
+            wait = _LIVENESS_POLL
+            if self.deadline is not None:
+                wait = min(wait, self.deadline - monotonic())
+                if wait <= 0:
+                    raise TimeoutError("the run did not finish within its timeout")
+            if self._delayed:
+                soonest = min(when for when, _ in self._delayed) - monotonic()
+                if soonest <= 0:
+                    return None
+                wait = min(wait, soonest)
+            try:
+                result = self._inbox.get(timeout=wait)
+            except queue.Empty:
+                # A broken backend fails what it holds itself; this is the
+                # safety net should a chunk still go missing.
+                broken = self.backend.broken
+                broken_polls = broken_polls + 1 if broken is not None else 0
+                if broken is not None and broken_polls > 2:
+                    raise ParallaxError(f"the {self.backend.name} backend failed") from broken
+                continue
+            if result is _CANCELLED:
+                raise CancelledError("the run was cancelled (its executor was shut down)")
+            assert isinstance(result, ChunkResult)
+            return result
+
+    # -- merging results -------------------------------------------------------
+
+    def _absorb(self, state: _ChunkState, result: ChunkResult) -> None:
+        chunk = result.chunk
+        before = state.remaining
+        if self.recorder is not None:
+            self.recorder.add(result)
+        done = len(result.values)
+        if done:
+            self.sizer.observe(done, result.finished - result.started)
+        fresh = state.values is None and chunk is state.chunk
+        if fresh and result.complete:
+            state.values = result.values  # the common case: no copying
+        else:
+            if state.values is None:
+                state.values = [None] * len(state.chunk.items)
+            positions = chunk.positions
+            for offset, value in enumerate(result.values):
+                state.values[positions[offset]] = value
+        state.remaining -= done
+        if result.failures:
+            for offset, failure in result.failures.items():
+                self._fail(state, chunk, offset, failure, result.worker)
+        if result.interruption is not None:
+            self._interrupted(state, result)
+        finalized = before - state.remaining
+        self.items_done += finalized
+        if self._on_progress is not None and finalized:
+            self._on_progress(finalized)
+
+    def _interrupted(self, state: _ChunkState, result: ChunkResult) -> None:
+        chunk = result.chunk
+        error = result.interruption
+        assert error is not None
+        done = len(result.values)
+        if result.interrupted_at < 0:  # nothing of the chunk can run
+            state.remaining -= len(chunk.items) - done
+            for offset in range(done, len(chunk.items)):
+                self._record_error(state, chunk, offset, Failure(error, ""), result.worker)
+            return
+        culprit = result.interrupted_at
+        self._fail(state, chunk, culprit, Failure(error, ""), result.worker, interrupted=True)
+        undone = [offset for offset in range(done, len(chunk.items)) if offset != culprit]
+        if undone:
+            # The dead worker's other items never produced an outcome: run
+            # them again, so one poison item does not fail its neighbours.
+            self._rerun(chunk, undone)
+
+    def _rerun(self, chunk: Chunk, offsets: list[int], delay: float = 0) -> None:
+        """Submit some items of ``chunk`` again; they stay counted as outstanding."""
+        rerun = Chunk(
+            chunk.seq,
+            chunk.start,
+            [chunk.items[offset] for offset in offsets],
+            [chunk.positions[offset] for offset in offsets],
+        )
+        if delay > 0:
+            self._delayed.append((monotonic() + delay, rerun))
+        else:
+            self._submit(rerun)
+
+    def _fail(
+        self,
+        state: _ChunkState,
+        chunk: Chunk,
+        offset: int,
+        failure: Failure,
+        worker: str,
+        *,
+        interrupted: bool = False,
+    ) -> None:
+        """An item failed: retry it if the policy says so, else record the error.
+
+        ``state.remaining`` counts items whose outcome is not final. A value
+        slot already counted it as final; an interrupted item was not counted.
+        """
+        position = chunk.positions[offset]
+        if self.retry.retries:
+            if state.attempts is None:
+                state.attempts = {}
+            attempt = state.attempts.get(position, 1)
+            if self.retry.allows(failure.exception, attempt):
+                state.attempts[position] = attempt + 1
+                if self.recorder is not None:
+                    self.recorder.retried(chunk.start + position)
+                if not interrupted:
+                    state.remaining += 1
+                self._rerun(chunk, [offset], self.retry.delay(attempt))
+                return
+        if interrupted:
+            state.remaining -= 1
+        self._record_error(state, chunk, offset, failure, worker)
+
+    def _record_error(
+        self, state: _ChunkState, chunk: Chunk, offset: int, failure: Failure, worker: str
+    ) -> None:
+        position = chunk.positions[offset]
+        index = chunk.start + position
+        error = failure.to_exception(index, chunk.items[offset], worker)
+        state.errors[position] = error
+        if self.recorder is not None:
+            self.recorder.failed(index, error)
+        if self.errors == "raise":
+            raise error
+
+    def _outcomes(self, state: _ChunkState) -> list[Any]:
+        values = state.values
+        assert values is not None
+        if not state.errors:
+            return values
+        if self.errors == "return":
+            for position, error in state.errors.items():
+                values[position] = error
+            return values
+        if self.errors == "wrap":
+            for position, error in state.errors.items():
+                values[position] = Raised(error)
+            return values
+        return [value for position, value in enumerate(values) if position not in state.errors]
+

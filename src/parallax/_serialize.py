@@ -1,0 +1,82 @@
+"""Pickling for everything that crosses a process boundary.
+
+cloudpickle (protocol 5) so lambdas, closures and functions defined in
+``__main__`` travel by value. Failures become :class:`SerializationError`
+saying *what* could not be pickled; this module is also what serial mode's
+``check_pickle=True`` round-trips through, so fast unit tests catch the same
+problems process mode would.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Sequence
+from typing import Any
+
+import cloudpickle
+
+from ._errors import SerializationError, describe_item
+
+PROTOCOL = 5
+
+__all__ = ["PROTOCOL", "dumps", "find_unpicklable", "loads", "round_trip"]
+
+
+def dumps(obj: Any) -> bytes:
+    return cloudpickle.dumps(obj, protocol=PROTOCOL)
+
+
+def loads(data: bytes) -> Any:
+    return pickle.loads(data)
+
+
+def _describe_function(fn: Any) -> str:
+    name = getattr(fn, "__qualname__", None) or type(fn).__name__
+    return f"function {name!s}"
+
+
+def dumps_function(fn: Any) -> bytes:
+    """Pickle the job's function, or say which function could not be pickled."""
+    try:
+        return dumps(fn)
+    except Exception as exc:
+        raise SerializationError(
+            f"the {_describe_function(fn)} cannot be pickled for another process: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def find_unpicklable(values: Sequence[Any]) -> tuple[int, Exception] | None:
+    """The position of the first value that does not pickle, and why."""
+    for position, value in enumerate(values):
+        try:
+            dumps(value)
+        except Exception as exc:
+            return position, exc
+    return None
+
+
+def argument_error(index: int, item: Any, exc: BaseException) -> SerializationError:
+    error = SerializationError(
+        f"the argument of item {index} ({describe_item(item)}) cannot be pickled: "
+        f"{type(exc).__name__}: {exc}"
+    )
+    error.__cause__ = exc
+    return error
+
+
+def result_error(value: Any, exc: BaseException) -> SerializationError:
+    return SerializationError(
+        f"the result ({describe_item(value)}, of type {type(value).__qualname__}) "
+        f"cannot be pickled: {type(exc).__name__}: {exc}"
+    )
+
+
+def round_trip(obj: Any, what: str) -> Any:
+    """Pickle and unpickle ``obj`` as process mode would, naming ``what`` on failure."""
+    try:
+        return loads(dumps(obj))
+    except Exception as exc:
+        raise SerializationError(
+            f"the {what} ({describe_item(obj)}) cannot be pickled: {type(exc).__name__}: {exc}"
+        ) from exc

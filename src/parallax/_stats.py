@@ -1,0 +1,389 @@
+"""What every run records, and how it is read back.
+
+Recording is cheap: a run keeps one small record per *chunk* (who ran it,
+when, CPU time, per-item end times when items were slow enough to time).
+Per-task and per-worker views are derived from those only when asked for.
+Items too fast to time one by one (under ~20 µs) get the chunk's average, and
+their records say ``estimated=True``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from time import perf_counter, time
+from typing import Any
+
+from ._worker import ChunkResult
+
+__all__ = ["Monitor", "Stats", "StatsRecorder", "TaskRecord", "WorkerRecord", "monitor"]
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRecord:
+    """One item's run. Times are seconds since the run started."""
+
+    index: int
+    worker: str
+    started: float
+    finished: float
+    cpu: float
+    attempt: int
+    outcome: str  # "ok" or "error"
+    estimated: bool  # True: the chunk's average, the item was too fast to time alone
+
+    @property
+    def wall(self) -> float:
+        return self.finished - self.started
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerRecord:
+    """One worker's share of a run."""
+
+    name: str
+    tasks: int
+    chunks: int
+    busy: float
+    first_started: float
+    last_finished: float
+    utilisation: float  # busy / run wall time
+
+
+@dataclass(frozen=True, slots=True)
+class _ChunkRecord:
+    start: int
+    positions: Sequence[int]
+    worker: str
+    started: float
+    finished: float
+    cpu: float
+    item_ends: list[float] | None
+    done: int
+    failed: frozenset[int]
+
+
+@dataclass
+class Stats:
+    """The record of one run (or, for ``Executor.stats``, of several)."""
+
+    mode: str
+    reason: str
+    workers: int
+    chunksize: int | str
+    tasks: int = 0
+    failed: int = 0
+    retried: int = 0
+    wall_time: float = 0.0
+    started_at: float = 0.0  # time.time() when the run began
+    _origin: float = 0.0  # perf_counter() when the run began
+    _chunks: list[_ChunkRecord] = field(default_factory=list, repr=False)
+
+    # -- derived views -----------------------------------------------------------
+
+    @property
+    def task_records(self) -> list[TaskRecord]:
+        records: list[TaskRecord] = []
+        origin = self._origin
+        for chunk in self._chunks:
+            count = chunk.done
+            if count == 0:
+                continue
+            ends = chunk.item_ends
+            share_cpu = chunk.cpu / count
+            average = (chunk.finished - chunk.started) / count
+            previous = chunk.started
+            for offset in range(count):
+                if ends is not None and offset < len(ends):
+                    finished = ends[offset]
+                    estimated = False
+                else:
+                    finished = previous + average
+                    estimated = True
+                position = chunk.positions[offset]
+                records.append(
+                    TaskRecord(
+                        index=chunk.start + position,
+                        worker=chunk.worker,
+                        started=previous - origin,
+                        finished=finished - origin,
+                        cpu=share_cpu,
+                        attempt=1,
+                        outcome="error" if offset in chunk.failed else "ok",
+                        estimated=estimated,
+                    )
+                )
+                previous = finished
+        records.sort(key=lambda record: (record.index, record.started))
+        return records
+
+    @property
+    def worker_records(self) -> list[WorkerRecord]:
+        by_worker: dict[str, list[_ChunkRecord]] = {}
+        for chunk in self._chunks:
+            by_worker.setdefault(chunk.worker, []).append(chunk)
+        wall = self.wall_time or 1e-12
+        records = []
+        for name, chunks in sorted(by_worker.items()):
+            busy = sum(chunk.finished - chunk.started for chunk in chunks)
+            records.append(
+                WorkerRecord(
+                    name=name,
+                    tasks=sum(chunk.done for chunk in chunks),
+                    chunks=len(chunks),
+                    busy=busy,
+                    first_started=min(chunk.started for chunk in chunks) - self._origin,
+                    last_finished=max(chunk.finished for chunk in chunks) - self._origin,
+                    utilisation=min(1.0, busy / wall),
+                )
+            )
+        return records
+
+    @property
+    def busy_time(self) -> float:
+        """Seconds of work summed over every chunk (the serial cost of the run)."""
+        return sum(chunk.finished - chunk.started for chunk in self._chunks)
+
+    @property
+    def throughput(self) -> float:
+        """Items per second of wall time."""
+        return self.tasks / self.wall_time if self.wall_time > 0 else 0.0
+
+    @property
+    def efficiency(self) -> float:
+        """Summed task time / (wall time x workers): 1.0 means no idle worker."""
+        if self.wall_time <= 0 or self.workers <= 0:
+            return 0.0
+        return min(1.0, self.busy_time / (self.wall_time * self.workers))
+
+    @property
+    def overhead(self) -> float:
+        """Wall seconds not explained by work spread evenly over the workers."""
+        return max(0.0, self.wall_time - self.busy_time / max(1, self.workers))
+
+    # -- output ---------------------------------------------------------------------
+
+    def summary(self) -> str:
+        """A readable text table of the run and its workers."""
+        lines = [
+            f"mode        {self.mode}" + (f"  ({self.reason})" if self.reason else ""),
+            f"workers     {self.workers}    chunksize {self.chunksize}",
+            f"tasks       {self.tasks}    failed {self.failed}    retried {self.retried}",
+            f"wall time   {self.wall_time:.4f} s    throughput {self.throughput:,.1f} items/s",
+            f"efficiency  {self.efficiency:.0%}    overhead {self.overhead:.4f} s",
+        ]
+        workers = self.worker_records
+        if workers:
+            lines.append("")
+            lines.append(f"{'worker':<28} {'tasks':>8} {'chunks':>7} {'busy s':>9} {'util':>6}")
+            for worker in workers:
+                lines.append(
+                    f"{worker.name:<28} {worker.tasks:>8} {worker.chunks:>7} "
+                    f"{worker.busy:>9.4f} {worker.utilisation:>6.0%}"
+                )
+        return "\n".join(lines)
+
+    def to_dict(self, *, tasks: bool = True) -> dict[str, Any]:
+        """A JSON-serialisable dict; ``tasks=False`` leaves out per-task records."""
+        data: dict[str, Any] = {
+            "mode": self.mode,
+            "reason": self.reason,
+            "workers": self.workers,
+            "chunksize": self.chunksize,
+            "tasks": self.tasks,
+            "failed": self.failed,
+            "retried": self.retried,
+            "wall_time": self.wall_time,
+            "started_at": self.started_at,
+            "throughput": self.throughput,
+            "efficiency": self.efficiency,
+            "overhead": self.overhead,
+            "worker_records": [_record_dict(record) for record in self.worker_records],
+        }
+        if tasks:
+            data["task_records"] = [_record_dict(record) for record in self.task_records]
+        return data
+
+    def to_chrome_trace(self, path: str | Path) -> Path:
+        """Write Trace Event JSON (Perfetto, chrome://tracing): a track per worker."""
+        workers = sorted({chunk.worker for chunk in self._chunks})
+        tids = {name: number for number, name in enumerate(workers, start=1)}
+        events: list[dict[str, Any]] = [
+            {"name": "process_name", "ph": "M", "pid": 1, "args": {"name": f"parallax {self.mode}"}}
+        ]
+        for name, tid in tids.items():
+            events.append(
+                {"name": "thread_name", "ph": "M", "pid": 1, "tid": tid, "args": {"name": name}}
+            )
+        for record in self.task_records:
+            events.append(
+                {
+                    "name": f"item {record.index}",
+                    "cat": record.outcome,
+                    "ph": "X",
+                    "pid": 1,
+                    "tid": tids[record.worker],
+                    "ts": record.started * 1e6,
+                    "dur": max(record.wall, 0.0) * 1e6,
+                    "args": {"index": record.index, "estimated": record.estimated},
+                }
+            )
+        target = Path(path)
+        target.write_text(json.dumps({"traceEvents": events, "displayTimeUnit": "ms"}))
+        return target
+
+    def plot_timeline(self, path: str | Path) -> Path:
+        """Write a PNG Gantt chart of tasks per worker (needs matplotlib)."""
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError as exc:
+            raise ImportError(
+                "plot_timeline needs matplotlib: pip install 'parallax[plot]' "
+                "(or pip install matplotlib)"
+            ) from exc
+        records = self.task_records
+        workers = sorted({record.worker for record in records})
+        rows = {name: row for row, name in enumerate(workers)}
+        figure, axes = plt.subplots(figsize=(10, 1 + 0.5 * max(1, len(workers))))
+        for record in records:
+            color = "tab:red" if record.outcome == "error" else "tab:blue"
+            axes.barh(
+                rows[record.worker], max(record.wall, 1e-6), left=record.started,
+                height=0.8, color=color, edgecolor="white", linewidth=0.3,
+            )
+        axes.set_yticks(range(len(workers)), workers)
+        axes.set_xlabel("seconds since the run started")
+        axes.set_title(f"parallax {self.mode}: {self.tasks} tasks on {self.workers} workers")
+        figure.tight_layout()
+        target = Path(path)
+        figure.savefig(target, format="png", dpi=100)
+        plt.close(figure)
+        return target
+
+    @classmethod
+    def combine(cls, runs: Sequence[Stats], *, mode: str, workers: int) -> Stats:
+        """One Stats over several runs (``Executor.stats``)."""
+        if not runs:
+            return cls(mode=mode, reason="", workers=workers, chunksize="auto")
+        origin = min(run._origin for run in runs)
+        end = max(run._origin + run.wall_time for run in runs)
+        return cls(
+            mode=mode,
+            reason=runs[-1].reason,
+            workers=workers,
+            chunksize=runs[-1].chunksize,
+            tasks=sum(run.tasks for run in runs),
+            failed=sum(run.failed for run in runs),
+            retried=sum(run.retried for run in runs),
+            wall_time=end - origin,
+            started_at=min(run.started_at for run in runs),
+            _origin=origin,
+            _chunks=[chunk for run in runs for chunk in run._chunks],
+        )
+
+
+def _record_dict(record: TaskRecord | WorkerRecord) -> dict[str, Any]:
+    return {name: getattr(record, name) for name in record.__slots__}
+
+
+class StatsRecorder:
+    """Collects one run's records while it goes; publishes a Stats at the end."""
+
+    def __init__(self, mode: str, reason: str, workers: int, chunksize: int | str) -> None:
+        self.stats = Stats(mode=mode, reason=reason, workers=workers, chunksize=chunksize)
+        self._lock = threading.Lock()
+        self._published = False
+
+    def begin(self) -> None:
+        self.stats.started_at = time()
+        self.stats._origin = perf_counter()
+
+    def add(self, result: ChunkResult) -> None:
+        done = len(result.values)
+        record = _ChunkRecord(
+            start=result.chunk.start,
+            positions=result.chunk.positions,
+            worker=result.worker,
+            started=result.started,
+            finished=result.finished,
+            cpu=result.cpu,
+            item_ends=result.item_ends,
+            done=done,
+            failed=frozenset(result.failures or ()),
+        )
+        if done:
+            self.stats._chunks.append(record)
+
+    def failed(self, index: int, error: BaseException) -> None:
+        self.stats.failed += 1
+
+    def retried(self, index: int) -> None:
+        self.stats.retried += 1
+
+    def end(self, items_done: int, *, chunksize: int | str | None = None) -> Stats:
+        with self._lock:
+            stats = self.stats
+            stats.wall_time = perf_counter() - stats._origin
+            stats.tasks = items_done
+            if chunksize is not None:
+                stats.chunksize = chunksize
+            if not self._published:
+                self._published = True
+                _publish(stats)
+        return stats
+
+
+# -- monitor() ----------------------------------------------------------------------
+
+_monitors: list[Monitor] = []
+_monitors_lock = threading.Lock()
+
+
+class Monitor:
+    """Collects the Stats of every run that ends while it is active (any thread)."""
+
+    def __init__(self) -> None:
+        self.runs: list[Stats] = []
+        self._lock = threading.Lock()
+
+    def _add(self, stats: Stats) -> None:
+        with self._lock:
+            self.runs.append(stats)
+
+    def summary(self) -> str:
+        """A table with one line per run."""
+        header = f"{'#':>3} {'mode':<14} {'tasks':>8} {'failed':>6} {'wall s':>9} {'items/s':>12} {'eff':>5}"
+        lines = [header]
+        for number, run in enumerate(self.runs, start=1):
+            lines.append(
+                f"{number:>3} {run.mode:<14} {run.tasks:>8} {run.failed:>6} "
+                f"{run.wall_time:>9.4f} {run.throughput:>12,.1f} {run.efficiency:>5.0%}"
+            )
+        return "\n".join(lines)
+
+
+def _publish(stats: Stats) -> None:
+    with _monitors_lock:
+        active = list(_monitors)
+    for active_monitor in active:
+        active_monitor._add(stats)
+
+
+@contextmanager
+def monitor() -> Iterator[Monitor]:
+    """Collect the Stats of every run inside the block: ``mon.runs``, ``mon.summary()``."""
+    collected = Monitor()
+    with _monitors_lock:
+        _monitors.append(collected)
+    try:
+        yield collected
+    finally:
+        with _monitors_lock:
+            _monitors.remove(collected)

@@ -1,0 +1,327 @@
+"""The unit of work and the worker loop every pool backend runs.
+
+A run is split into :class:`Chunk` objects. A worker takes a chunk, runs every
+item through the function, captures each value or exception, and hands back a
+:class:`ChunkResult` with the chunk's timings. Threads and processes run the
+very same :func:`worker_loop`; they differ only in how a task arrives (a shared
+queue, a pipe) and how a result leaves (a callback, a pipe).
+
+Each worker also owns a *mark*: three floats ``[chunk token, item position,
+item start time]`` it updates as it goes. The pool reads it to name the item a
+dead worker was running and to spot an item that has run past its timeout. For
+process workers the mark lives in shared memory, so it survives the worker.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from time import perf_counter, thread_time
+from typing import Any, Final
+
+from ._errors import (
+    WorkerTraceback,
+    describe_item,
+    format_worker_traceback,
+)
+
+__all__ = [
+    "STOP",
+    "Chunk",
+    "ChunkResult",
+    "Failure",
+    "Job",
+    "inside_worker",
+    "run_chunk",
+    "worker_loop",
+]
+
+#: The poison pill. ``None`` survives pickling unchanged, so the same sentinel
+#: stops a thread reading a queue and a process reading a pipe.
+STOP: Final = None
+
+#: Items faster than this are not timed one by one: two clock reads would cost
+#: more than the work. Their records use the chunk's average instead.
+PER_ITEM_TIMING_THRESHOLD: Final = 20e-6
+
+MARK_TOKEN, MARK_POSITION, MARK_STARTED = 0, 1, 2
+MARK_SIZE: Final = 3
+
+_job_ids = itertools.count(1)
+_worker_state = threading.local()
+
+
+_process_is_worker = False
+
+
+def inside_worker() -> bool:
+    """True when called from code that a parallax worker is running."""
+    return _process_is_worker or bool(getattr(_worker_state, "active", False))
+
+
+def mark_process_as_worker() -> None:
+    """Called once in a worker process: every thread of it counts as inside."""
+    global _process_is_worker
+    _process_is_worker = True
+
+
+def set_inside_worker(active: bool) -> bool:
+    """Mark this thread as (not) running worker code; returns the previous state."""
+    previous = inside_worker()
+    _worker_state.active = active
+    return previous
+
+
+@dataclass(slots=True)
+class Chunk:
+    """Consecutive items of a run, sent to one worker at once.
+
+    ``seq`` orders chunks within a run; ``start`` is the input index of the
+    chunk's first item. A chunk re-run after a crash keeps its ``seq`` and
+    carries only some ``positions`` of the original chunk.
+    """
+
+    seq: int
+    start: int
+    items: list[Any]
+    positions: Sequence[int]
+
+    @classmethod
+    def fresh(cls, seq: int, start: int, items: list[Any]) -> Chunk:
+        return cls(seq, start, items, range(len(items)))
+
+
+@dataclass(slots=True)
+class Failure:
+    """An exception captured in a worker, with its traceback as text."""
+
+    exception: BaseException
+    traceback: str
+
+    @classmethod
+    def capture(cls, exc: BaseException) -> Failure:
+        return cls(exc, format_worker_traceback(exc))
+
+    def to_exception(self, index: int | None, item: Any, worker: str) -> BaseException:
+        """The exception as the caller sees it: same type, worker traceback as cause."""
+        exc = self.exception
+        if self.traceback and not isinstance(exc.__cause__, WorkerTraceback):
+            exc.__cause__ = WorkerTraceback(self.traceback)
+        where = f" in {worker}" if worker else ""
+        if index is not None:
+            note = f"parallax: raised by item {index} ({describe_item(item)}){where}"
+        else:
+            note = f"parallax: raised{where}"
+        notes = getattr(exc, "__notes__", ())
+        if note not in notes:
+            exc.add_note(note)
+        return exc
+
+
+@dataclass(slots=True)
+class ChunkResult:
+    """What a worker reports for a chunk.
+
+    ``values`` holds results for the chunk's first ``len(values)`` items, with
+    ``None`` where ``failures`` holds the exception instead. A chunk cut short
+    by a dead or stuck worker has ``interruption`` set for the item at
+    ``interrupted_at``; the items neither in ``values`` nor interrupted did not
+    produce an outcome and must be run again.
+    """
+
+    chunk: Chunk
+    values: list[Any]
+    failures: dict[int, Failure] | None = None
+    worker: str = ""
+    started: float = 0.0
+    finished: float = 0.0
+    cpu: float = 0.0
+    item_ends: list[float] | None = None
+    interruption: BaseException | None = None
+    interrupted_at: int = -1
+    attempts: int = 1
+
+    @property
+    def complete(self) -> bool:
+        return self.interruption is None and len(self.values) == len(self.chunk.items)
+
+
+class Job:
+    """One function applied over one run: what every chunk of the run shares.
+
+    Backends call :meth:`claim` right before a chunk starts (False: drop it)
+    and :meth:`deliver` with each finished chunk; they know nothing else of
+    the run.
+    """
+
+    __slots__ = ("__weakref__", "_deliver", "cancelled", "fn", "id", "payload", "timeout")
+
+    def __init__(
+        self,
+        fn: Callable[[Any], Any],
+        deliver: Callable[[ChunkResult], None],
+        *,
+        timeout: float | None = None,
+    ) -> None:
+        self.id = next(_job_ids)
+        self.fn = fn
+        self.timeout = timeout
+        self.cancelled = False
+        self._deliver = deliver
+        #: the function serialized by a backend that needs it, cached per job
+        self.payload: bytes | None = None
+
+    def claim(self) -> bool:
+        return not self.cancelled
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def deliver(self, result: ChunkResult) -> None:
+        self._deliver(result)
+
+
+def run_chunk(
+    fn: Callable[[Any], Any],
+    chunk: Chunk,
+    mark: memoryview,
+    values: list[Any],
+    *,
+    watch_time: bool,
+) -> ChunkResult:
+    """Run every item of ``chunk`` through ``fn``, appending to ``values``.
+
+    Never raises for an exception of ``fn`` (it is captured) except
+    ``KeyboardInterrupt``, which only reaches a worker running in the caller's
+    own thread and must stop the caller.
+    """
+    items = chunk.items
+    failures: dict[int, Failure] | None = None
+    started = perf_counter()
+    cpu_started = thread_time()
+    ends: list[float] | None = []
+    n = len(items)
+    pos = 0
+    # The first item is always timed; its duration decides whether the rest
+    # are worth a clock read each.
+    bound = 1
+    while pos < n:
+        while pos < bound:
+            mark[MARK_POSITION] = pos
+            if watch_time:
+                if mark[MARK_TOKEN] < 0:  # the pool gave up on this chunk
+                    break
+                mark[MARK_STARTED] = perf_counter()
+            try:
+                values.append(fn(items[pos]))
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:
+                values.append(None)
+                if failures is None:
+                    failures = {}
+                failures[pos] = Failure.capture(exc)
+            if ends is not None:
+                ends.append(perf_counter())
+            pos += 1
+        if pos < bound:  # abandoned mid-chunk
+            break
+        if (
+            bound == 1
+            and not watch_time
+            and ends is not None
+            and ends[0] - started < PER_ITEM_TIMING_THRESHOLD
+        ):
+            ends = None
+        bound = n
+    finished = perf_counter()
+    return ChunkResult(
+        chunk,
+        values,
+        failures,
+        started=started,
+        finished=finished,
+        cpu=thread_time() - cpu_started,
+        item_ends=ends,
+    )
+
+
+#: What a worker loop pulls: the function, the chunk, whether to track item
+#: start times (a timeout is set), and an opaque tag handed back with the result.
+Task = tuple[Callable[[Any], Any], Chunk, bool, Any]
+
+
+def worker_loop(
+    next_task: Callable[[], Task | None],
+    report: Callable[[ChunkResult, Any], None],
+    mark: memoryview,
+    *,
+    name: str,
+    max_tasks: int | None = None,
+    should_retire: Callable[[], bool] | None = None,
+    partial: list[list[Any]] | None = None,
+) -> bool:
+    """Take tasks until the poison pill; return True when the worker should be
+    recycled (``max_tasks`` items run, or ``should_retire()`` said so).
+
+    ``partial``, when given, receives the list each chunk's values are
+    appended to, so a pool can salvage finished items of a chunk whose worker
+    it abandons.
+    """
+    done = 0
+    token = 0.0
+    previous = set_inside_worker(True)
+    try:
+        while True:
+            task = next_task()
+            if task is STOP:
+                return False
+            fn, chunk, watch_time, tag = task
+            token += 1.0
+            mark[MARK_TOKEN] = token
+            values: list[Any] = []
+            if partial is not None:
+                partial.clear()
+                partial.append(values)
+            result = run_chunk(fn, chunk, mark, values, watch_time=watch_time)
+            mark[MARK_POSITION] = -1.0
+            result.worker = name
+            report(result, tag)
+            done += len(chunk.items)
+            if max_tasks is not None and done >= max_tasks:
+                return True
+            if should_retire is not None and should_retire():
+                return True
+    finally:
+        set_inside_worker(previous)
+
+
+def new_mark() -> memoryview:
+    """A mark for a worker that lives in this process."""
+    mark = memoryview(bytearray(8 * MARK_SIZE)).cast("d")
+    mark[MARK_POSITION] = -1.0
+    return mark
+
+
+@dataclass(slots=True)
+class StarCall:
+    """``fn(*args)`` as a one-argument callable, for ``starmap``; pickles by value."""
+
+    fn: Callable[..., Any]
+
+    def __call__(self, args: Any) -> Any:
+        return self.fn(*args)
+
+
+@dataclass(slots=True)
+class BoundCall:
+    """``fn(*args, **kwargs)`` ignoring its item, for ``Executor.submit``."""
+
+    fn: Callable[..., Any]
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __call__(self, _item: Any) -> Any:
+        return self.fn(*self.args, **self.kwargs)

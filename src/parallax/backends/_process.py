@@ -1,0 +1,577 @@
+"""Process mode: a pool of worker interpreters, one socket each.
+
+Data flow::
+
+    caller thread(s)                 manager thread                 workers
+    ----------------                 --------------                 -------
+    submit(job, chunk)
+      pickle items ──► pending ──► dispatch to an idle worker ──► socket ──► worker_loop
+                       (deque)          │                                       │
+    job.deliver ◄── decode result ◄─────┴──── wait(sockets, wake-up pipe) ◄─────┘
+                                        │
+                    death (EOF), stuck item (timeout) ──► WorkerCrashedError /
+                                        TaskTimeoutError for the item, new worker
+
+Workers are fresh interpreters started with ``subprocess`` (never ``fork``):
+forking a process that already runs threads can deadlock on a lock some
+other thread held at the fork, and a fresh interpreter does not re-import the
+caller's ``__main__`` either (functions travel by value with cloudpickle).
+
+Each worker has at most one chunk at a time, so the pool always knows what a
+dead worker was running; a shared-memory mark says which item. One manager
+thread owns all worker state; it waits on every socket and a wake-up pipe at
+once, so a death, a result or a new chunk is noticed immediately.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import mmap
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from collections import OrderedDict, deque
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+from time import perf_counter
+from typing import Any
+
+from .._errors import ParallaxError, TaskTimeoutError, WorkerCrashedError, describe_item
+from .._procworker import JOB_CACHE_SIZE, decode_failure
+from .._serialize import argument_error, dumps, dumps_function, find_unpicklable, loads
+from .._worker import MARK_POSITION, MARK_SIZE, MARK_STARTED, STOP, Chunk, ChunkResult, Job
+from . import Backend, WorkerSetup, usable_cpus
+from ._thread import failed_chunk, initializer_error
+
+logger = logging.getLogger("parallax")
+
+_pool_ids = itertools.count(1)
+
+#: thread pools of numeric libraries, capped in workers so that
+#: workers x library threads does not exceed the CPUs
+BLAS_THREAD_VARIABLES = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+    "BLIS_NUM_THREADS",
+)
+
+#: a worker that dies this many times in a row before saying "ready" means
+#: workers cannot start at all; stop instead of respawning forever
+STARTUP_FAILURE_LIMIT = 3
+
+_WORKER_COMMAND = "from parallax._procworker import main; main()"
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+
+
+def signal_description(exitcode: int | None) -> str:
+    """How a process ended, and the likely reason, in words."""
+    if exitcode is None:
+        return "vanished (exit status unknown)"
+    if exitcode < 0:
+        number = -exitcode
+        try:
+            name = signal.Signals(number).name
+        except ValueError:
+            name = f"signal {number}"
+        cause = {
+            "SIGKILL": "killed from outside, often by the out-of-memory killer",
+            "SIGSEGV": "a segmentation fault in native code",
+            "SIGBUS": "a bus error in native code",
+            "SIGABRT": "an abort, e.g. a failed assertion in native code",
+            "SIGTERM": "terminated from outside",
+            "SIGFPE": "a floating-point exception in native code",
+        }.get(name, "killed by a signal")
+        return f"was killed by {name} (likely cause: {cause})"
+    cause = "os._exit() or a fatal error in the interpreter or native code"
+    return f"exited with code {exitcode} (likely cause: {cause})"
+
+
+class _Worker:
+    __slots__ = (
+        "busy",
+        "conn",
+        "jobs",
+        "kill_reason",
+        "mark",
+        "name",
+        "popen",
+        "ready",
+        "retiring",
+        "slot",
+    )
+
+    def __init__(self, name: str, slot: int, popen: subprocess.Popen[bytes], conn: Connection,
+                 mark: memoryview) -> None:
+        self.name = name
+        self.slot = slot
+        self.popen = popen
+        self.conn = conn
+        self.mark = mark
+        self.busy: tuple[Job, Chunk, bytes] | None = None
+        self.jobs: OrderedDict[int, None] = OrderedDict()
+        self.ready = False
+        self.retiring = False
+        self.kill_reason: BaseException | None = None
+
+    def kill(self, reason: BaseException | None) -> None:
+        if self.kill_reason is None:
+            self.kill_reason = reason
+        with contextlib.suppress(OSError):
+            self.popen.kill()
+
+
+class ProcessBackend(Backend):
+    name = "process"
+    chunk_overhead = 3e-4
+    prefetch = 1
+
+    def __init__(
+        self,
+        workers: int | None = None,
+        setup: WorkerSetup | None = None,
+        *,
+        max_worker_memory: int | None = None,
+    ) -> None:
+        if max_worker_memory is not None and (
+            isinstance(max_worker_memory, bool)
+            or not isinstance(max_worker_memory, int)
+            or max_worker_memory <= 0
+        ):
+            raise ValueError(
+                f"max_worker_memory must be a positive number of bytes, not {max_worker_memory!r}"
+            )
+        self.workers = workers or usable_cpus()
+        self._setup = setup or WorkerSetup()
+        self._max_memory = max_worker_memory
+        self._prefix = f"parallax-process-{next(_pool_ids)}"
+        self._names = itertools.count(1)
+        self._lock = threading.Lock()
+        self._pending: deque[tuple[Job, Chunk, bytes]] = deque()
+        self._workers: dict[Connection, _Worker] = {}
+        self._free_slots = list(range(self.workers))
+        self._closed = False
+        self._broken: BaseException | None = None
+        self._startup_failures = 0
+        self._manager: threading.Thread | None = None
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        self._marks_file = tempfile.TemporaryFile()
+        os.ftruncate(self._marks_file.fileno(), 8 * MARK_SIZE * self.workers)
+        self._marks_map = mmap.mmap(self._marks_file.fileno(), 8 * MARK_SIZE * self.workers)
+        self._marks = memoryview(self._marks_map).cast("d")
+        self._hello_extras = self._encode_setup()
+
+    # -- public --------------------------------------------------------------
+
+    @property
+    def broken(self) -> BaseException | None:
+        return self._broken
+
+    def worker_pids(self) -> list[int]:
+        """Process ids of the live workers (for tests and diagnostics)."""
+        with self._lock:
+            return [worker.popen.pid for worker in self._workers.values()]
+
+    def prepare(self, job: Job) -> None:
+        if job.payload is None:
+            job.payload = dumps_function(job.fn)
+
+    def submit(self, job: Job, chunk: Chunk) -> None:
+        if self._closed:
+            raise RuntimeError("cannot submit to a process backend after shutdown")
+        if self._broken is not None:
+            job.deliver(failed_chunk(chunk, self._broken))
+            return
+        try:
+            blob = dumps(chunk.items)
+        except Exception:
+            culprit = find_unpicklable(chunk.items)
+            position, exc = culprit if culprit else (0, RuntimeError("pickling failed"))
+            index = chunk.start + chunk.positions[position]
+            job.deliver(
+                ChunkResult(
+                    chunk,
+                    [],
+                    interruption=argument_error(index, chunk.items[position], exc),
+                    interrupted_at=position,
+                )
+            )
+            return
+        with self._lock:
+            self._pending.append((job, chunk, blob))
+            if self._manager is None:
+                self._manager = threading.Thread(
+                    target=self._manage, name=f"{self._prefix}-manager", daemon=True
+                )
+                self._manager.start()
+        self._wake()
+
+    def cancel(self, job: Job, *, interrupt: bool = False) -> None:
+        job.cancel()
+        if interrupt:
+            with self._lock:
+                for worker in self._workers.values():
+                    if worker.busy is not None and worker.busy[0] is job:
+                        worker.kill(KeyboardInterrupt())
+        self._wake()
+
+    def shutdown(self, wait: bool = True, *, cancel_pending: bool = False) -> None:
+        with self._lock:
+            self._closed = True
+            if cancel_pending:
+                self._pending.clear()
+            manager = self._manager
+        self._wake()
+        if manager is None:
+            self._release_resources()
+        elif wait and manager is not threading.current_thread():
+            manager.join()
+
+    def terminate(self) -> None:
+        """Kill every worker now (interpreter exit, Ctrl-C)."""
+        with self._lock:
+            self._closed = True
+            self._pending.clear()
+            for worker in self._workers.values():
+                worker.kill(KeyboardInterrupt())
+        self._wake()
+
+    # -- manager thread -------------------------------------------------------
+
+    def _wake(self) -> None:
+        if self._wake_w >= 0:
+            with contextlib.suppress(BlockingIOError, OSError):
+                os.write(self._wake_w, b"\0")
+
+    def _encode_setup(self) -> dict[str, Any]:
+        setup = self._setup
+        return {
+            "initializer": dumps_function(setup.initializer) if setup.initializer else None,
+            "initargs": dumps(setup.initargs),
+            "max_tasks": setup.max_tasks_per_worker,
+            "max_memory": self._max_memory,
+        }
+
+    def _child_environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        path = env.get("PYTHONPATH")
+        env["PYTHONPATH"] = _PACKAGE_ROOT + (os.pathsep + path if path else "")
+        per_worker = str(max(1, usable_cpus() // self.workers))
+        for variable in BLAS_THREAD_VARIABLES:
+            env.setdefault(variable, per_worker)
+        return env
+
+    def _spawn(self) -> None:
+        """Start one worker (manager thread only: Linux ties the worker's life to it)."""
+        slot = self._free_slots.pop()
+        parent_end, child_end = _socket_pair()
+        name = f"{self._prefix}-{next(self._names)}"
+        mark = self._marks[slot * MARK_SIZE : (slot + 1) * MARK_SIZE]
+        mark[MARK_POSITION] = -1.0
+        try:
+            popen = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    _WORKER_COMMAND,
+                    str(child_end),
+                    str(self._marks_file.fileno()),
+                    str(slot),
+                ],
+                pass_fds=(child_end, self._marks_file.fileno()),
+                stdin=subprocess.DEVNULL,
+                env=self._child_environment(),
+            )
+        except BaseException:
+            os.close(child_end)
+            parent_end.close()
+            self._free_slots.append(slot)
+            raise
+        os.close(child_end)
+        worker = _Worker(name, slot, popen, parent_end, mark)
+        hello = {"sys_path": list(sys.path), "name": name, **self._hello_extras}
+        with self._lock:
+            self._workers[parent_end] = worker
+        try:
+            parent_end.send_bytes(dumps(hello))
+        except OSError:
+            pass  # it died already; the manager sees the EOF next
+
+    def _manage(self) -> None:
+        try:
+            for _ in range(self.workers):
+                self._spawn()
+            while self._step():
+                pass
+        except BaseException as exc:  # a bug here must not leave callers waiting
+            logger.exception("parallax: process pool manager failed")
+            error = ParallaxError(f"the process pool failed: {type(exc).__name__}: {exc}")
+            error.__cause__ = exc
+            self._broken = error
+            self._fail_outstanding(error)
+        finally:
+            self._stop_workers()
+            self._release_resources()
+
+    def _step(self) -> bool:
+        """One turn of the manager loop; False when the pool is done."""
+        with self._lock:
+            workers = list(self._workers.values())
+            closing = self._closed
+            idle_pending = not self._pending
+        if closing and idle_pending and all(worker.busy is None for worker in workers):
+            return False
+        self._dispatch()
+        ready = wait([*self._workers, self._wake_r], self._next_deadline())
+        for source in ready:
+            if source == self._wake_r:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self._wake_r, 4096)
+                continue
+            assert isinstance(source, Connection)
+            worker = self._workers[source]
+            try:
+                message = source.recv_bytes()
+            except (EOFError, OSError):
+                self._bury(worker)
+                continue
+            self._handle(worker, message)
+        self._enforce_timeouts()
+        return True
+
+    def _dispatch(self) -> None:
+        assignments = []
+        with self._lock:
+            for worker in self._workers.values():
+                if worker.busy is not None or worker.retiring or worker.kill_reason is not None:
+                    continue
+                task = self._next_pending()
+                if task is None:
+                    break
+                worker.busy = task
+                assignments.append(worker)
+        # Sent outside the lock: a large chunk takes a while to write, and
+        # callers submitting meanwhile must not wait for it.
+        for worker in assignments:
+            self._send(worker)
+
+    def _next_pending(self) -> tuple[Job, Chunk, bytes] | None:
+        while self._pending:
+            task = self._pending.popleft()
+            if task[0].claim():
+                return task
+        return None
+
+    def _send(self, worker: _Worker) -> None:
+        assert worker.busy is not None
+        job, _chunk, blob = worker.busy
+        function = None
+        if job.id in worker.jobs:
+            worker.jobs.move_to_end(job.id)
+        else:
+            function = job.payload
+            worker.jobs[job.id] = None
+            while len(worker.jobs) > JOB_CACHE_SIZE:
+                worker.jobs.popitem(last=False)
+        try:
+            worker.conn.send_bytes(dumps((job.id, function, job.timeout is not None)))
+            worker.conn.send_bytes(blob)
+        except OSError:
+            worker.kill(None)  # dead already; the EOF path reports the chunk
+
+    def _handle(self, worker: _Worker, message: bytes) -> None:
+        payload = loads(message)
+        kind = payload[0]
+        if kind == "result":
+            _, values_blob, failures, started, finished, cpu, ends = payload
+            busy = worker.busy
+            worker.busy = None
+            if busy is None:
+                return
+            job, chunk, _blob = busy
+            try:
+                values = loads(values_blob)
+            except Exception as exc:
+                error = ParallaxError(
+                    f"the results of a chunk could not be unpickled in the caller: "
+                    f"{type(exc).__name__}: {exc}"
+                )
+                error.__cause__ = exc
+                job.deliver(failed_chunk(chunk, error))
+                return
+            decoded = (
+                {position: decode_failure(*parts) for position, parts in failures.items()}
+                if failures
+                else None
+            )
+            job.deliver(
+                ChunkResult(chunk, values, decoded, worker.name, started, finished, cpu, ends)
+            )
+        elif kind == "ready":
+            worker.ready = True
+            self._startup_failures = 0
+        elif kind == "chunk_failed":
+            busy = worker.busy
+            worker.busy = None
+            if busy is not None:
+                error = decode_failure(*payload[1]).exception
+                busy[0].deliver(failed_chunk(busy[1], error))
+        elif kind == "init_failed":
+            failure = decode_failure(*payload[1])
+            failure.to_exception(None, None, worker.name)
+            self._broken = self._broken or initializer_error(failure.exception)
+        elif kind == "retire":
+            worker.retiring = True
+
+    def _bury(self, worker: _Worker) -> None:
+        """A worker's socket closed: collect it, report its chunk, replace it."""
+        try:
+            exitcode: int | None = worker.popen.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            worker.kill(None)
+            exitcode = worker.popen.wait()
+        with self._lock:
+            del self._workers[worker.conn]
+        worker.conn.close()
+        self._free_slots.append(worker.slot)
+        if not worker.ready and not worker.retiring and self._broken is None:
+            self._startup_failures += 1
+            if self._startup_failures >= STARTUP_FAILURE_LIMIT:
+                self._broken = ParallaxError(
+                    f"worker processes keep dying before they start: the last one "
+                    f"{signal_description(exitcode)}; see its output above"
+                )
+        if worker.busy is not None:
+            job, chunk, blob = worker.busy
+            if self._broken is not None:
+                job.deliver(failed_chunk(chunk, self._broken))
+            elif worker.retiring:
+                # It had been handed a chunk before its "retire" arrived:
+                # nothing ran, so the chunk simply goes to another worker.
+                with self._lock:
+                    self._pending.appendleft((job, chunk, blob))
+            elif not job.cancelled:
+                position = max(0, int(worker.mark[MARK_POSITION]))
+                job.deliver(
+                    ChunkResult(
+                        chunk,
+                        [],
+                        worker=worker.name,
+                        interruption=self._death_error(worker, chunk, position, exitcode),
+                        interrupted_at=position,
+                    )
+                )
+        elif not worker.retiring and worker.kill_reason is None:
+            logger.warning(
+                "parallax: idle worker %s %s", worker.name, signal_description(exitcode)
+            )
+        if self._broken is not None:
+            self._fail_outstanding(self._broken)
+        elif not self._closed:
+            self._spawn()
+
+    def _death_error(
+        self, worker: _Worker, chunk: Chunk, position: int, exitcode: int | None
+    ) -> BaseException:
+        if worker.kill_reason is not None:
+            return worker.kill_reason
+        index = chunk.start + chunk.positions[position]
+        return WorkerCrashedError(
+            f"worker {worker.name} (pid {worker.popen.pid}) {signal_description(exitcode)} "
+            f"while running item {index} ({describe_item(chunk.items[position])}); "
+            "the worker was replaced and the other items carry on",
+            exitcode=exitcode,
+            worker=worker.name,
+        )
+
+    def _next_deadline(self) -> float | None:
+        soonest: float | None = None
+        now = perf_counter()
+        for worker in list(self._workers.values()):
+            if worker.busy is None or worker.busy[0].timeout is None:
+                continue
+            timeout = worker.busy[0].timeout
+            if worker.mark[MARK_POSITION] < 0:
+                left = 0.01  # about to start: look again soon
+            else:
+                left = max(0.001, worker.mark[MARK_STARTED] + timeout - now)
+            soonest = left if soonest is None else min(soonest, left)
+        return soonest
+
+    def _enforce_timeouts(self) -> None:
+        now = perf_counter()
+        for worker in list(self._workers.values()):
+            busy = worker.busy
+            if busy is None or busy[0].timeout is None or worker.kill_reason is not None:
+                continue
+            position = int(worker.mark[MARK_POSITION])
+            timeout = busy[0].timeout
+            if position < 0 or now - worker.mark[MARK_STARTED] <= timeout:
+                continue
+            chunk = busy[1]
+            index = chunk.start + chunk.positions[position]
+            worker.kill(
+                TaskTimeoutError(
+                    f"item {index} ({describe_item(chunk.items[position])}) ran past the "
+                    f"{timeout:g} s timeout; worker {worker.name} was killed and replaced"
+                )
+            )
+
+    def _fail_outstanding(self, error: BaseException) -> None:
+        with self._lock:
+            pending = list(self._pending)
+            self._pending.clear()
+            busy = [worker.busy for worker in self._workers.values() if worker.busy]
+            for worker in self._workers.values():
+                worker.busy = None
+        for job, chunk, _blob in pending:
+            if job.claim():
+                job.deliver(failed_chunk(chunk, error))
+        for job, chunk, _blob in busy:
+            job.deliver(failed_chunk(chunk, error))
+
+    def _stop_workers(self) -> None:
+        """One poison pill per live worker, then reap them; kill stragglers."""
+        with self._lock:
+            workers = list(self._workers.values())
+            self._workers.clear()
+        for worker in workers:
+            with contextlib.suppress(OSError):
+                worker.conn.send_bytes(dumps(STOP))
+        for worker in workers:
+            try:
+                worker.popen.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                worker.kill(None)
+                worker.popen.wait()
+            worker.conn.close()
+
+    def _release_resources(self) -> None:
+        with contextlib.suppress(Exception):
+            self._marks.release()
+            self._marks_map.close()
+            self._marks_file.close()
+        fds = (self._wake_r, self._wake_w)
+        self._wake_r = self._wake_w = -1
+        for fd in fds:
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+
+def _socket_pair() -> tuple[Connection, int]:
+    """A connected pair: our end as a Connection, the child's as a raw fd."""
+    import socket
+
+    ours, theirs = socket.socketpair()
+    ours.setblocking(True)
+    connection = Connection(ours.detach())
+    return connection, theirs.detach()

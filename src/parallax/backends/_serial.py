@@ -1,0 +1,100 @@
+"""Serial mode: every chunk runs in the caller's thread, at submit time.
+
+For tests and debugging: breakpoints, profilers and tracebacks behave as in a
+plain loop. ``check_pickle=True`` round-trips the function, each argument and
+each result through the serializer process mode uses, so a unit test run
+serially still catches what process mode could not ship. A per-task timeout
+cannot interrupt the caller's own thread: an item that ran longer than
+``timeout=`` is reported as :class:`TaskTimeoutError` after it returns.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .._errors import TaskTimeoutError, describe_item
+from .._serialize import round_trip
+from .._worker import Chunk, ChunkResult, Failure, Job, new_mark, run_chunk, set_inside_worker
+from . import Backend, WorkerSetup
+
+
+class _CheckedCall:
+    """Round-trips each argument and result through pickling around ``fn``."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Any) -> None:
+        self.fn = fn
+
+    def __call__(self, item: Any) -> Any:
+        return round_trip(self.fn(round_trip(item, "argument")), "result")
+
+
+class SerialBackend(Backend):
+    name = "serial"
+    chunk_overhead = 1e-6
+    prefetch = 0
+
+    def __init__(
+        self,
+        workers: int | None = None,
+        setup: WorkerSetup | None = None,
+        *,
+        check_pickle: bool = False,
+    ) -> None:
+        self.workers = 1
+        self._setup = setup or WorkerSetup()
+        self._check_pickle = check_pickle
+        self._initialized = False
+        self._mark = new_mark()
+        self._closed = False
+
+    def prepare(self, job: Job) -> None:
+        if self._check_pickle:
+            job.fn = _CheckedCall(round_trip(job.fn, "function"))
+
+    def submit(self, job: Job, chunk: Chunk) -> None:
+        if self._closed:
+            raise RuntimeError("cannot submit to a serial backend after shutdown")
+        if not job.claim():
+            return
+        if not self._initialized:
+            self._initialized = True
+            if self._setup.initializer is not None:
+                self._setup.initializer(*self._setup.initargs)
+        previous = set_inside_worker(True)
+        try:
+            result = run_chunk(
+                job.fn, chunk, self._mark, [], watch_time=job.timeout is not None
+            )
+        finally:
+            set_inside_worker(previous)
+        result.worker = "the caller's thread"
+        if job.timeout is not None:
+            _flag_overruns(result, job.timeout)
+        job.deliver(result)
+
+    def shutdown(self, wait: bool = True, *, cancel_pending: bool = False) -> None:
+        self._closed = True
+
+
+def _flag_overruns(result: ChunkResult, timeout: float) -> None:
+    """Turn items that ran past ``timeout`` into TaskTimeoutError, after the fact."""
+    ends = result.item_ends
+    if not ends:
+        return
+    chunk = result.chunk
+    previous = result.started
+    for position, end in enumerate(ends):
+        if end - previous > timeout:
+            index = chunk.start + chunk.positions[position]
+            error = TaskTimeoutError(
+                f"item {index} ({describe_item(chunk.items[position])}) ran "
+                f"{end - previous:.3g} s, over the {timeout:g} s timeout "
+                "(serial mode cannot interrupt it, so it ran to the end)"
+            )
+            result.values[position] = None
+            if result.failures is None:
+                result.failures = {}
+            result.failures[position] = Failure(error, "")
+        previous = end

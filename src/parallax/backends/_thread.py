@@ -1,0 +1,249 @@
+"""Thread mode: worker threads taking chunks from one shared queue.
+
+Suits work that waits (network, disk, sleeps, C code that releases the GIL).
+Workers run the shared :func:`parallax._worker.worker_loop`; each stops at its
+own poison pill. A thread cannot be killed, so an item past its timeout is
+*abandoned*: the caller gets :class:`TaskTimeoutError` at once, a fresh thread
+takes the abandoned one's place, and the stuck thread exits as soon as the
+item returns, its result discarded.
+
+Free-threaded mode reuses this backend: on a CPython built without the GIL
+these threads run Python code on several cores at once.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+from time import perf_counter
+from typing import Any
+
+from .._errors import ParallaxError, TaskTimeoutError, describe_item
+from .._worker import (
+    MARK_POSITION,
+    MARK_STARTED,
+    MARK_TOKEN,
+    STOP,
+    Chunk,
+    ChunkResult,
+    Job,
+    Task,
+    new_mark,
+    worker_loop,
+)
+from . import Backend, WorkerSetup, usable_cpus
+
+logger = logging.getLogger("parallax")
+
+_pool_ids = itertools.count(1)
+
+
+def default_thread_workers() -> int:
+    """Like the standard library: enough threads to overlap waiting, capped."""
+    return min(32, usable_cpus() + 4)
+
+
+def failed_chunk(chunk: Chunk, error: BaseException) -> ChunkResult:
+    """A result that fails every item of ``chunk`` with ``error``."""
+    return ChunkResult(chunk, [], interruption=error, interrupted_at=-1)
+
+
+def initializer_error(exc: BaseException) -> ParallaxError:
+    error = ParallaxError(
+        f"the worker initializer failed with {type(exc).__name__}: {exc}; "
+        "no item can run in this pool"
+    )
+    error.__cause__ = exc
+    return error
+
+
+class _ThreadWorker:
+    __slots__ = ("abandoned", "current", "lock", "mark", "name", "partial", "thread")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.mark = new_mark()
+        self.partial: list[list[Any]] = []
+        self.current: tuple[Job, Chunk] | None = None
+        self.abandoned = False
+        self.lock = threading.Lock()
+        self.thread: threading.Thread | None = None
+
+
+class ThreadBackend(Backend):
+    name = "thread"
+    chunk_overhead = 2e-5
+    prefetch = 1
+
+    def __init__(self, workers: int | None = None, setup: WorkerSetup | None = None) -> None:
+        self.workers = workers or self.default_workers()
+        self._setup = setup or WorkerSetup()
+        self._tasks: queue.SimpleQueue[tuple[Job, Chunk] | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._live: set[_ThreadWorker] = set()
+        self._names = itertools.count(1)
+        self._prefix = f"parallax-{self.name}-{next(_pool_ids)}"
+        self._started = False
+        self._closed = False
+        self._broken: BaseException | None = None
+        self._watchdog: threading.Thread | None = None
+        self._stop_watching = threading.Event()
+
+    @classmethod
+    def default_workers(cls) -> int:
+        return default_thread_workers()
+
+    @property
+    def broken(self) -> BaseException | None:
+        return self._broken
+
+    # -- workers -------------------------------------------------------------
+
+    def _spawn(self) -> None:
+        """Start one worker thread; the caller holds ``self._lock``."""
+        worker = _ThreadWorker(f"{self._prefix}-{next(self._names)}")
+        thread = threading.Thread(target=self._work, args=(worker,), name=worker.name, daemon=True)
+        worker.thread = thread
+        self._live.add(worker)
+        thread.start()
+
+    def _work(self, worker: _ThreadWorker) -> None:
+        setup = self._setup
+        if setup.initializer is not None:
+            try:
+                setup.initializer(*setup.initargs)
+            except BaseException as exc:
+                logger.error("parallax: worker initializer failed in %s", worker.name)
+                self._broken = self._broken or initializer_error(exc)
+        recycle = worker_loop(
+            lambda: self._next_task(worker),
+            lambda result, job: self._report(worker, result, job),
+            worker.mark,
+            name=worker.name,
+            max_tasks=setup.max_tasks_per_worker,
+            partial=worker.partial,
+        )
+        with self._lock:
+            self._live.discard(worker)
+            if recycle and not self._closed and not worker.abandoned:
+                self._spawn()
+
+    def _next_task(self, worker: _ThreadWorker) -> Task | None:
+        while not worker.abandoned:
+            task = self._tasks.get()
+            if task is STOP:
+                return STOP
+            job, chunk = task
+            if self._broken is not None:
+                job.deliver(failed_chunk(chunk, self._broken))
+                continue
+            if not job.claim():
+                continue
+            worker.current = task
+            return job.fn, chunk, job.timeout is not None, job
+        return STOP
+
+    def _report(self, worker: _ThreadWorker, result: ChunkResult, job: Job) -> None:
+        with worker.lock:
+            if worker.abandoned:
+                return
+            worker.current = None
+        job.deliver(result)
+
+    # -- timeouts ------------------------------------------------------------
+
+    def _ensure_watchdog(self) -> None:
+        with self._lock:
+            if self._watchdog is None and not self._closed:
+                self._watchdog = threading.Thread(
+                    target=self._watch, name=f"{self._prefix}-watchdog", daemon=True
+                )
+                self._watchdog.start()
+
+    def _watch(self) -> None:
+        pause = 0.1
+        while not self._stop_watching.wait(pause):
+            pause = 0.1
+            now = perf_counter()
+            with self._lock:
+                workers = list(self._live)
+            for worker in workers:
+                current = worker.current
+                if current is None or current[0].timeout is None:
+                    continue
+                timeout = current[0].timeout
+                position = int(worker.mark[MARK_POSITION])
+                if position < 0:
+                    continue
+                left = worker.mark[MARK_STARTED] + timeout - now
+                if left > 0:
+                    pause = min(pause, max(left, 0.001))
+                    continue
+                self._abandon(worker, current, position, timeout)
+
+    def _abandon(
+        self, worker: _ThreadWorker, current: tuple[Job, Chunk], position: int, timeout: float
+    ) -> None:
+        with worker.lock:
+            if worker.current is not current or worker.abandoned:
+                return
+            worker.abandoned = True
+            worker.mark[MARK_TOKEN] = -1.0
+            done = list(worker.partial[0][:position]) if worker.partial else []
+        job, chunk = current
+        index = chunk.start + chunk.positions[position]
+        error = TaskTimeoutError(
+            f"item {index} ({describe_item(chunk.items[position])}) ran past the "
+            f"{timeout:g} s timeout in {worker.name}; the thread was abandoned "
+            "(threads cannot be killed) and replaced"
+        )
+        job.deliver(
+            ChunkResult(
+                chunk,
+                done[:position],
+                worker=worker.name,
+                interruption=error,
+                interrupted_at=position,
+            )
+        )
+        with self._lock:
+            self._live.discard(worker)
+            if not self._closed:
+                self._spawn()
+
+    # -- Backend -------------------------------------------------------------
+
+    def submit(self, job: Job, chunk: Chunk) -> None:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError(f"cannot submit to a {self.name} backend after shutdown")
+            if not self._started:
+                self._started = True
+                for _ in range(self.workers):
+                    self._spawn()
+        if job.timeout is not None and self._watchdog is None:
+            self._ensure_watchdog()
+        self._tasks.put((job, chunk))
+
+    def shutdown(self, wait: bool = True, *, cancel_pending: bool = False) -> None:
+        with self._lock:
+            already = self._closed
+            self._closed = True
+            live = list(self._live)
+        if not already:
+            if cancel_pending:
+                try:
+                    while True:
+                        self._tasks.get_nowait()
+                except queue.Empty:
+                    pass
+            for _ in live:
+                self._tasks.put(STOP)
+            self._stop_watching.set()
+        if wait:
+            current = threading.current_thread()
+            for worker in live:
+                if worker.thread is not None and worker.thread is not current:
+                    worker.thread.join()
