@@ -17,7 +17,7 @@ import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar, overload
+from typing import Any, Generic, Protocol, TypeVar, cast, overload
 
 from typing_extensions import ParamSpec
 
@@ -198,11 +198,9 @@ def _launch(
     mode = resolve_mode(options.mode, default_mode)
     backend_options = merge_options(options.backend or {})
     coroutine = is_coroutine_function(fn)
-    call: Callable[[Any], Any]
+    call: Callable[[Any], Any] = fn
     if star:
         call = _AsyncStarCall(fn) if coroutine else StarCall(fn)
-    else:
-        call = fn
     total = _length(iterable)
     workers = options.workers
     chunksize = options.chunksize
@@ -277,7 +275,7 @@ def _probe_result(items: list[Any], outcomes: list[Any], ends: list[float], star
     """The auto-selector's probed items as the run's first, already finished chunk."""
     failures = {position: outcome for position, outcome in enumerate(outcomes)
                 if isinstance(outcome, Failure)}
-    values = [None if position in failures else outcome for position, outcome in enumerate(outcomes)]
+    values = [None if position in failures else value for position, value in enumerate(outcomes)]
     return ChunkResult(
         Chunk.fresh(0, 0, items),
         values,
@@ -473,13 +471,13 @@ class ParallelFunction(Generic[P, R]):
             merged.pop("mode", None)
         return CallOptions.checked(**merged), default_mode
 
-    def map(self: ParallelFunction[[T], R], iterable: Iterable[T], **options: Any) -> list[R]:
+    def map(self, iterable: Iterable[Any], **options: Any) -> list[R]:
         """:func:`parallax.map` of this function, with the decorator's defaults."""
         checked, default_mode = self._options(options)
         return _collect(_launch(self.__wrapped__, iterable, checked, star=False,
                                 default_mode=default_mode))
 
-    def imap(self: ParallelFunction[[T], R], iterable: Iterable[T], **options: Any) -> Iterator[R]:
+    def imap(self, iterable: Iterable[Any], **options: Any) -> Iterator[R]:
         """:func:`parallax.imap` of this function, with the decorator's defaults."""
         checked, default_mode = self._options(options)
         return _iterate(_launch(self.__wrapped__, iterable, checked, star=False,
@@ -532,6 +530,12 @@ def _no_facts() -> Any:
     return Facts(gil_enabled=gil_enabled(), cpus=usable_cpus())
 
 
+class ParallelDecorator(Protocol):
+    """What ``parallel(...)`` with keywords returns: a generic decorator."""
+
+    def __call__(self, fn: Callable[P, R], /) -> ParallelFunction[P, R]: ...
+
+
 @overload
 def parallel(fn: Callable[P, R], /) -> ParallelFunction[P, R]: ...
 
@@ -549,12 +553,12 @@ def parallel(
     initializer: Callable[..., object] | None = ...,
     initargs: tuple[Any, ...] = ...,
     **options: Any,
-) -> Callable[[Callable[P, R]], ParallelFunction[P, R]]: ...
+) -> ParallelDecorator: ...
 
 
 def parallel(
     fn: Callable[P, R] | None = None, /, **defaults: Any
-) -> ParallelFunction[P, R] | Callable[[Callable[P, R]], ParallelFunction[P, R]]:
+) -> ParallelFunction[P, R] | ParallelDecorator:
     """Decorate a function so it gains ``.map``, ``.imap``, ``.starmap``, ``.submit``.
 
     Bare (``@parallel``) or with the keywords of :func:`map`
@@ -573,5 +577,5 @@ def parallel(
 
     if fn is not None:
         return decorate(fn)
-    return decorate
+    return cast(ParallelDecorator, decorate)
 

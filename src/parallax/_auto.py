@@ -110,10 +110,11 @@ def decide(facts: Facts, workers: int | None = None) -> Plan:
     per_item = _duration(wall)
     remaining = None if facts.total is None else max(0, facts.total - facts.probed)
     if remaining is not None and remaining * wall < SERIAL_BUDGET:
+        count = facts.total if facts.total is not None else remaining
         return Plan(
             "serial", 1, "auto",
-            f"tiny input: {remaining} more items x {per_item} is under "
-            f"{_duration(SERIAL_BUDGET)} of work -> serial",
+            f"tiny input: {count} items x {per_item} is under "
+            f"{_duration(SERIAL_BUDGET)} of work in all -> serial",
         )
     if share < CPU_BOUND_SHARE:
         waiting = wall - cpu

@@ -76,10 +76,7 @@ class ChunkSizer:
                 self._item_seconds = 0.7 * self._item_seconds + 0.3 * per_item
 
     def next_size(self, consumed: int) -> int:
-        if self.fixed is not None:
-            size = self.fixed
-        else:
-            size = self._auto_size(consumed)
+        size = self.fixed if self.fixed is not None else self._auto_size(consumed)
         self._largest = max(self._largest, size)
         return size
 

@@ -109,7 +109,7 @@ def check_errors(errors: object) -> Literal["raise", "return", "skip"]:
         raise ValueError(
             f"errors must be one of {', '.join(repr(p) for p in ERROR_POLICIES)}, not {errors!r}"
         )
-    return errors  # type: ignore[return-value]
+    return errors
 
 
 def check_callable(fn: object, *, name: str = "fn") -> Callable[..., Any]:
@@ -230,8 +230,8 @@ def is_coroutine_function(fn: object) -> bool:
         if inspect.iscoroutinefunction(target):
             return True
         inner = getattr(target, "func", None) or getattr(target, "__wrapped__", None)
-        if inner is None:
-            call = getattr(type(target), "__call__", None)
-            return call is not None and inspect.iscoroutinefunction(call)
+        if inner is None:  # a callable object: look at its __call__ method
+            method = vars(type(target)).get("__call__")
+            return method is not None and inspect.iscoroutinefunction(method)
         target = inner
     return False

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, InvalidStateError
 from concurrent.futures import Executor as _StdExecutor
+from concurrent.futures import Future, InvalidStateError
 from time import monotonic
 from typing import Any, TypeVar
 
@@ -52,7 +52,9 @@ class _FutureJob(Job):
 
     __slots__ = ("future",)
 
-    def __init__(self, fn: Callable[[Any], Any], future: Future[Any], timeout: float | None) -> None:
+    def __init__(
+        self, fn: Callable[[Any], Any], future: Future[Any], timeout: float | None
+    ) -> None:
         super().__init__(fn, self._settle, timeout=timeout)
         self.future = future
 
@@ -209,7 +211,7 @@ class Executor(_StdExecutor):
         with self._lock:
             self._futures.discard(future)
 
-    def map(  # type: ignore[override]
+    def map(
         self,
         fn: Callable[..., R],
         *iterables: Iterable[Any],
@@ -329,7 +331,7 @@ class Executor(_StdExecutor):
                 iterable,
                 chunksize=size,
                 ordered=ordered,
-                errors=policy,  # type: ignore[arg-type]
+                errors=policy,
                 timeout=per_task,
                 deadline=deadline,
                 retry=retry,

@@ -17,7 +17,6 @@ from __future__ import annotations
 import itertools
 import queue
 import random
-import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import CancelledError
 from dataclasses import dataclass, field
@@ -120,14 +119,16 @@ class Run:
         item_seconds = None
         if preloaded is not None and preloaded.values:
             item_seconds = (preloaded.finished - preloaded.started) / len(preloaded.values)
+        if chunksize == "auto":
+            chunksize = backend.auto_chunksize() or "auto"
         self.sizer = ChunkSizer(
             chunksize,
-            workers=backend.workers,
+            workers=backend.chunk_slots,
             total=total,
             chunk_overhead=backend.chunk_overhead,
             item_seconds=item_seconds,
         )
-        self.window = max(2, backend.workers * (2 + backend.prefetch))
+        self.window = max(2, backend.chunk_slots * (2 + backend.prefetch))
         self._source = chunks(
             iterable, self.sizer, first_index=probed, first_seq=1 if preloaded else 0
         )

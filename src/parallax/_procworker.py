@@ -37,6 +37,7 @@ from ._worker import (
     Chunk,
     ChunkResult,
     Failure,
+    Mark,
     Task,
     mark_process_as_worker,
     worker_loop,
@@ -128,7 +129,7 @@ def main() -> None:
     _die_with_parent()
     conn = Connection(conn_fd)
     shared = mmap.mmap(mark_fd, 0)
-    mark = memoryview(shared).cast("d")[slot * MARK_SIZE : (slot + 1) * MARK_SIZE]
+    mark: Mark = memoryview(shared).cast("d")[slot * MARK_SIZE : (slot + 1) * MARK_SIZE]
     hello: dict[str, Any] = loads(conn.recv_bytes())
     sys.path[:] = hello["sys_path"]
     name: str = hello["name"]
@@ -147,8 +148,8 @@ def main() -> None:
 
     def next_task() -> Task | None:
         while True:
-            header = loads(conn.recv_bytes())
-            if header is STOP:
+            header: tuple[int, bytes | None, bool] | None = loads(conn.recv_bytes())
+            if header is None:  # the poison pill
                 return STOP
             job_id, function_blob, watch_time = header
             items_blob = conn.recv_bytes()

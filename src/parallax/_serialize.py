@@ -23,7 +23,8 @@ __all__ = ["PROTOCOL", "dumps", "find_unpicklable", "loads", "round_trip"]
 
 
 def dumps(obj: Any) -> bytes:
-    return cloudpickle.dumps(obj, protocol=PROTOCOL)
+    data: bytes = cloudpickle.dumps(obj, protocol=PROTOCOL)
+    return data
 
 
 def loads(data: bytes) -> Any:

@@ -63,6 +63,7 @@ class _ChunkRecord:
     finished: float
     cpu: float
     item_ends: list[float] | None
+    item_starts: list[float] | None
     done: int
     failed: frozenset[int]
 
@@ -94,6 +95,7 @@ class Stats:
             if count == 0:
                 continue
             ends = chunk.item_ends
+            starts = chunk.item_starts
             share_cpu = chunk.cpu / count
             average = (chunk.finished - chunk.started) / count
             previous = chunk.started
@@ -105,6 +107,8 @@ class Stats:
                     finished = previous + average
                     estimated = True
                 position = chunk.positions[offset]
+                if starts is not None:  # items ran concurrently
+                    previous = starts[offset]
                 records.append(
                     TaskRecord(
                         index=chunk.start + position,
@@ -315,6 +319,7 @@ class StatsRecorder:
             finished=result.finished,
             cpu=result.cpu,
             item_ends=result.item_ends,
+            item_starts=result.item_starts,
             done=done,
             failed=frozenset(result.failures or ()),
         )
@@ -359,8 +364,10 @@ class Monitor:
 
     def summary(self) -> str:
         """A table with one line per run."""
-        header = f"{'#':>3} {'mode':<14} {'tasks':>8} {'failed':>6} {'wall s':>9} {'items/s':>12} {'eff':>5}"
-        lines = [header]
+        lines = [
+            f"{'#':>3} {'mode':<14} {'tasks':>8} {'failed':>6} {'wall s':>9} "
+            f"{'items/s':>12} {'eff':>5}"
+        ]
         for number, run in enumerate(self.runs, start=1):
             lines.append(
                 f"{number:>3} {run.mode:<14} {run.tasks:>8} {run.failed:>6} "

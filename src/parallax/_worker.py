@@ -19,7 +19,13 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from time import perf_counter, thread_time
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:
+    #: a worker's mark: three floats in (possibly shared) memory
+    Mark = memoryview[float]
+else:
+    Mark = memoryview
 
 from ._errors import (
     WorkerTraceback,
@@ -141,7 +147,8 @@ class ChunkResult:
     item_ends: list[float] | None = None
     interruption: BaseException | None = None
     interrupted_at: int = -1
-    attempts: int = 1
+    #: per-item start times, for engines that run a chunk's items concurrently
+    item_starts: list[float] | None = None
 
     @property
     def complete(self) -> bool:
@@ -186,7 +193,7 @@ class Job:
 def run_chunk(
     fn: Callable[[Any], Any],
     chunk: Chunk,
-    mark: memoryview,
+    mark: Mark,
     values: list[Any],
     *,
     watch_time: bool,
@@ -256,7 +263,7 @@ Task = tuple[Callable[[Any], Any], Chunk, bool, Any]
 def worker_loop(
     next_task: Callable[[], Task | None],
     report: Callable[[ChunkResult, Any], None],
-    mark: memoryview,
+    mark: Mark,
     *,
     name: str,
     max_tasks: int | None = None,
@@ -298,7 +305,7 @@ def worker_loop(
         set_inside_worker(previous)
 
 
-def new_mark() -> memoryview:
+def new_mark() -> Mark:
     """A mark for a worker that lives in this process."""
     mark = memoryview(bytearray(8 * MARK_SIZE)).cast("d")
     mark[MARK_POSITION] = -1.0

@@ -69,6 +69,16 @@ class Backend(ABC):
 
     workers: int
 
+    @property
+    def chunk_slots(self) -> int:
+        """How many chunks run at once (a worker runs one chunk at a time)."""
+        return self.workers
+
+    def auto_chunksize(self) -> int | None:
+        """A fixed size for ``chunksize="auto"``, for engines where measured item
+        time says nothing about cost (items of a chunk run concurrently)."""
+        return None
+
     def prepare(self, job: Job) -> None:  # noqa: B027 - optional hook
         """Check what a job needs before any of its chunks is sent.
 
@@ -172,6 +182,8 @@ def _register_builtin(name: str, target: str, options: frozenset[str]) -> None:
 _register_builtin("serial", "._serial:SerialBackend", frozenset({"check_pickle"}))
 _register_builtin("thread", "._thread:ThreadBackend", frozenset())
 _register_builtin("process", "._process:ProcessBackend", frozenset({"max_worker_memory"}))
+_register_builtin("free-threaded", "._freethreaded:FreeThreadedBackend", frozenset())
+_register_builtin("asyncio", "._asyncio:AsyncioBackend", frozenset({"loop"}))
 
 
 def available_modes() -> tuple[str, ...]:

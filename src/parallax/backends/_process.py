@@ -44,7 +44,16 @@ from typing import Any
 from .._errors import ParallaxError, TaskTimeoutError, WorkerCrashedError, describe_item
 from .._procworker import JOB_CACHE_SIZE, decode_failure
 from .._serialize import argument_error, dumps, dumps_function, find_unpicklable, loads
-from .._worker import MARK_POSITION, MARK_SIZE, MARK_STARTED, STOP, Chunk, ChunkResult, Job
+from .._worker import (
+    MARK_POSITION,
+    MARK_SIZE,
+    MARK_STARTED,
+    STOP,
+    Chunk,
+    ChunkResult,
+    Job,
+    Mark,
+)
 from . import Backend, WorkerSetup, usable_cpus
 from ._thread import failed_chunk, initializer_error
 
@@ -109,7 +118,7 @@ class _Worker:
     )
 
     def __init__(self, name: str, slot: int, popen: subprocess.Popen[bytes], conn: Connection,
-                 mark: memoryview) -> None:
+                 mark: Mark) -> None:
         self.name = name
         self.slot = slot
         self.popen = popen
@@ -163,10 +172,11 @@ class ProcessBackend(Backend):
         self._manager: threading.Thread | None = None
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
-        self._marks_file = tempfile.TemporaryFile()
+        # Closed in _release_resources when the pool ends, not in a with block.
+        self._marks_file = tempfile.TemporaryFile()  # noqa: SIM115
         os.ftruncate(self._marks_file.fileno(), 8 * MARK_SIZE * self.workers)
         self._marks_map = mmap.mmap(self._marks_file.fileno(), 8 * MARK_SIZE * self.workers)
-        self._marks = memoryview(self._marks_map).cast("d")
+        self._marks: Mark = memoryview(self._marks_map).cast("d")
         self._hello_extras = self._encode_setup()
 
     # -- public --------------------------------------------------------------
@@ -300,10 +310,8 @@ class ProcessBackend(Backend):
         hello = {"sys_path": list(sys.path), "name": name, **self._hello_extras}
         with self._lock:
             self._workers[parent_end] = worker
-        try:
+        with contextlib.suppress(OSError):  # if it died already, the EOF says so next
             parent_end.send_bytes(dumps(hello))
-        except OSError:
-            pass  # it died already; the manager sees the EOF next
 
     def _manage(self) -> None:
         try:
@@ -422,8 +430,8 @@ class ProcessBackend(Backend):
             busy = worker.busy
             worker.busy = None
             if busy is not None:
-                error = decode_failure(*payload[1]).exception
-                busy[0].deliver(failed_chunk(busy[1], error))
+                reason = decode_failure(*payload[1]).exception
+                busy[0].deliver(failed_chunk(busy[1], reason))
         elif kind == "init_failed":
             failure = decode_failure(*payload[1])
             failure.to_exception(None, None, worker.name)

@@ -1,0 +1,235 @@
+"""Asyncio mode: coroutine functions, many at a time, on one event loop.
+
+Called from sync code, the backend runs a private event loop on its own
+thread. Through ``await parallax.amap(...)`` it runs on the caller's loop
+(backend option ``loop=``). ``workers`` is the concurrency limit: at most that
+many items are awaited at once (a semaphore). The items of a chunk start
+together; a per-task timeout cancels the item's coroutine
+(``TaskTimeoutError``), and cancelling a run cancels its coroutines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future as ThreadFuture
+from time import perf_counter
+from typing import Any
+
+from .._errors import TaskTimeoutError, describe_item
+from .._worker import Chunk, ChunkResult, Failure, Job, set_inside_worker
+from . import Backend, WorkerSetup
+from ._thread import failed_chunk, initializer_error
+
+DEFAULT_CONCURRENCY = 1000
+#: chunks kept in play at once; chunks are sized so that together they keep
+#: the concurrency limit busy twice over
+CHUNK_SLOTS = 8
+
+_loop_ids = itertools.count(1)
+
+
+class AsyncioBackend(Backend):
+    name = "asyncio"
+    chunk_overhead = 5e-5
+    prefetch = 1
+
+    def __init__(
+        self,
+        workers: int | None = None,
+        setup: WorkerSetup | None = None,
+        *,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self.workers = workers or DEFAULT_CONCURRENCY
+        self._setup = setup or WorkerSetup()
+        self._external = loop
+        self._loop: asyncio.AbstractEventLoop | None = loop
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._semaphore: asyncio.Semaphore | None = None
+        self._tasks: dict[Job, set[asyncio.Task[None]]] = {}
+        self._closed = False
+        self._broken: BaseException | None = None
+        self._initialized = loop is None
+        self._name = f"parallax-asyncio-{next(_loop_ids)}"
+
+    @property
+    def chunk_slots(self) -> int:
+        return CHUNK_SLOTS
+
+    def auto_chunksize(self) -> int | None:
+        return max(1, (2 * self.workers) // (CHUNK_SLOTS * (2 + self.prefetch)))
+
+    @property
+    def broken(self) -> BaseException | None:
+        return self._broken
+
+    # -- loop ------------------------------------------------------------------------
+
+    def _ensure_loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("cannot submit to an asyncio backend after shutdown")
+            if self._loop is None:
+                ready: ThreadFuture[asyncio.AbstractEventLoop] = ThreadFuture()
+                self._thread = threading.Thread(
+                    target=self._run_loop, args=(ready,), name=self._name, daemon=True
+                )
+                self._thread.start()
+                self._loop = ready.result()
+            return self._loop
+
+    def _run_loop(self, ready: ThreadFuture[asyncio.AbstractEventLoop]) -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        set_inside_worker(True)
+        if self._setup.initializer is not None:
+            try:
+                self._setup.initializer(*self._setup.initargs)
+            except BaseException as exc:
+                self._broken = initializer_error(exc)
+        ready.set_result(loop)
+        try:
+            loop.run_forever()
+        finally:
+            with contextlib.suppress(Exception):
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    # -- Backend -----------------------------------------------------------------------
+
+    def submit(self, job: Job, chunk: Chunk) -> None:
+        loop = self._ensure_loop()
+        if self._broken is not None:
+            job.deliver(failed_chunk(chunk, self._broken))
+            return
+        loop.call_soon_threadsafe(self._start, job, chunk)
+
+    def _start(self, job: Job, chunk: Chunk) -> None:
+        if not job.claim():
+            return
+        if not self._initialized:  # external loop: initializer runs on it, once
+            self._initialized = True
+            if self._setup.initializer is not None:
+                try:
+                    self._setup.initializer(*self._setup.initargs)
+                except BaseException as exc:
+                    self._broken = initializer_error(exc)
+            if self._broken is not None:
+                job.deliver(failed_chunk(chunk, self._broken))
+                return
+        if self._semaphore is None:
+            self._semaphore = asyncio.Semaphore(self.workers)
+        task = asyncio.ensure_future(self._run_chunk(job, chunk))
+        tasks = self._tasks.setdefault(job, set())
+        tasks.add(task)
+        task.add_done_callback(lambda done: self._forget(job, done))
+
+    def _forget(self, job: Job, task: asyncio.Task[None]) -> None:
+        tasks = self._tasks.get(job)
+        if tasks is not None:
+            tasks.discard(task)
+            if not tasks:
+                del self._tasks[job]
+
+    async def _run_chunk(self, job: Job, chunk: Chunk) -> None:
+        items = chunk.items
+        values: list[Any] = [None] * len(items)
+        failures: dict[int, Failure] = {}
+        starts = [0.0] * len(items)
+        ends = [0.0] * len(items)
+        started = perf_counter()
+        await asyncio.gather(
+            *(
+                self._run_item(job, chunk, position, values, failures, starts, ends)
+                for position in range(len(items))
+            )
+        )
+        job.deliver(
+            ChunkResult(
+                chunk,
+                values,
+                failures or None,
+                worker=self._name,
+                started=started,
+                finished=perf_counter(),
+                item_starts=starts,
+                item_ends=ends,
+            )
+        )
+
+    async def _run_item(
+        self,
+        job: Job,
+        chunk: Chunk,
+        position: int,
+        values: list[Any],
+        failures: dict[int, Failure],
+        starts: list[float],
+        ends: list[float],
+    ) -> None:
+        assert self._semaphore is not None
+        fn: Callable[[Any], Any] = job.fn
+        async with self._semaphore:
+            starts[position] = perf_counter()
+            try:
+                if job.timeout is None:
+                    values[position] = await fn(chunk.items[position])
+                else:
+                    try:
+                        async with asyncio.timeout(job.timeout) as scope:
+                            values[position] = await fn(chunk.items[position])
+                    except TimeoutError:
+                        if not scope.expired():
+                            raise
+                        index = chunk.start + chunk.positions[position]
+                        error = TaskTimeoutError(
+                            f"item {index} ({describe_item(chunk.items[position])}) ran past "
+                            f"the {job.timeout:g} s timeout; its coroutine was cancelled"
+                        )
+                        failures[position] = Failure(error, "")
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:
+                failures[position] = Failure.capture(exc)
+            finally:
+                ends[position] = perf_counter()
+
+    def cancel(self, job: Job, *, interrupt: bool = False) -> None:
+        job.cancel()
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._cancel_tasks, job)
+
+    def _cancel_tasks(self, job: Job) -> None:
+        for task in list(self._tasks.get(job, ())):
+            task.cancel()
+
+    def shutdown(self, wait: bool = True, *, cancel_pending: bool = False) -> None:
+        with self._lock:
+            already = self._closed
+            self._closed = True
+            loop, thread = self._loop, self._thread
+        if already or loop is None or self._external is not None:
+            return
+        if cancel_pending:
+            for job in list(self._tasks):
+                self.cancel(job)
+
+        async def drain() -> None:
+            while self._tasks:
+                pending = [task for tasks in self._tasks.values() for task in tasks]
+                await asyncio.gather(*pending, return_exceptions=True)
+
+        def stop() -> None:
+            asyncio.ensure_future(drain()).add_done_callback(lambda _: loop.stop())
+
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(stop)
+        if wait and thread is not None and thread is not threading.current_thread():
+            thread.join()

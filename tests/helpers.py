@@ -1,0 +1,49 @@
+"""Module-level functions for tests (process workers import them by reference)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any
+
+
+def double(x: int) -> int:
+    return x * 2
+
+
+def add(x: int, y: int) -> int:
+    return x + y
+
+
+def identity(x: Any) -> Any:
+    return x
+
+
+class Boom(ValueError):
+    """A user exception with a custom constructor (pickles via args)."""
+
+
+def fail_on(bad: set[int]) -> Any:
+    def fn(x: int) -> int:
+        if x in bad:
+            raise Boom(f"bad item {x}")
+        return x * 2
+
+    return fn
+
+
+def nap(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def where(_: Any) -> tuple[int, str]:
+    return os.getpid(), threading.current_thread().name
+
+
+def spin(n: int) -> int:
+    total = 0
+    for i in range(n):
+        total += i * i
+    return total

@@ -1,0 +1,126 @@
+"""The auto-selector: a pure decision over measured facts, and the probe."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+import parallax
+from helpers import spin
+from parallax._auto import Facts, decide
+
+CPU20MS = 0  # calibrated below
+
+
+def cpu_bound(_: int) -> int:
+    # ~20 ms of pure Python on this class of machine; exact time does not matter
+    return spin(600_000)
+
+
+def io_bound(_: int) -> None:
+    time.sleep(0.05)
+
+
+async def coroutine(x: int) -> int:
+    await asyncio.sleep(0)
+    return x
+
+
+@pytest.mark.parametrize(
+    ("facts", "mode"),
+    [
+        (Facts(coroutine=True, cpus=2), "asyncio"),
+        (Facts(probed=1, item_wall=0.02, item_cpu=0.0199, total=100, cpus=2), "process"),
+        (Facts(probed=1, item_wall=0.02, item_cpu=0.0199, total=100, cpus=8,
+               gil_enabled=False), "free-threaded"),
+        (Facts(probed=1, item_wall=0.05, item_cpu=0.0001, total=100, cpus=2), "thread"),
+        (Facts(probed=10, item_wall=1e-6, item_cpu=1e-6, total=10, cpus=2), "serial"),
+        (Facts(probed=64, item_wall=1e-7, item_cpu=1e-7, total=1_000_000, cpus=2), "serial"),
+        (Facts(probed=1, item_wall=0.02, item_cpu=0.02, total=100, cpus=1), "serial"),
+        (Facts(probed=1, item_wall=0.02, item_cpu=0.02, total=100, cpus=2, picklable=False,
+               unpicklable="the function f"), "serial"),
+        (Facts(probed=3, item_wall=5e-4, item_cpu=5e-4, total=200, cpus=2,
+               item_bytes=1_000_000, thread_speedup=1.8), "thread"),
+        (Facts(probed=3, item_wall=5e-4, item_cpu=5e-4, total=200, cpus=2,
+               item_bytes=1_000_000, thread_speedup=1.0), "process"),
+        (Facts(cpus=2), "process"),
+        (Facts(cpus=2, gil_enabled=False), "free-threaded"),
+    ],
+)
+def test_decide_over_a_table_of_facts(facts: Facts, mode: str) -> None:
+    plan = decide(facts)
+    assert plan.mode == mode
+    assert plan.reason and "->" in plan.reason
+    assert plan.workers >= 1
+
+
+def test_decide_respects_workers_and_caps_io_threads() -> None:
+    facts = Facts(probed=1, item_wall=0.02, item_cpu=1e-6, total=100_000, cpus=2)
+    assert decide(facts).workers == 256
+    assert decide(facts, workers=7).workers == 7
+    few = Facts(probed=1, item_wall=0.02, item_cpu=1e-6, total=11, cpus=2)
+    assert decide(few).workers == 10  # never more threads than items left
+
+
+def test_reason_names_the_measurements() -> None:
+    plan = decide(Facts(probed=1, item_wall=0.012, item_cpu=0.0115, total=400, cpus=2))
+    assert plan.reason.startswith("CPU-bound: 96% of 12 ms per item is CPU, GIL enabled, 2 cores")
+    assert "process, chunks of" in plan.reason
+
+
+def test_plan_picks_process_for_cpu_work() -> None:
+    plan = parallax.plan(cpu_bound, range(8))
+    assert plan.mode == "process", plan.reason
+    assert "CPU-bound" in plan.reason
+
+
+def test_plan_picks_thread_for_sleeping_work() -> None:
+    plan = parallax.plan(io_bound, range(8))
+    assert plan.mode == "thread", plan.reason
+    assert "I/O-bound" in plan.reason
+
+
+def test_plan_picks_asyncio_for_coroutines() -> None:
+    plan = parallax.plan(coroutine, range(8))
+    assert plan.mode == "asyncio" and plan.reason
+
+
+def test_plan_picks_serial_for_tiny_input() -> None:
+    plan = parallax.plan(lambda x: x + 1, range(10))
+    assert plan.mode == "serial" and "tiny" in plan.reason
+
+
+def test_auto_map_records_its_reason_and_never_runs_the_probe_twice() -> None:
+    runs: dict[int, int] = {}
+
+    def counted(x: int) -> int:
+        runs[x] = runs.get(x, 0) + 1
+        time.sleep(0.02)
+        return x * 3
+
+    with parallax.monitor() as monitor:
+        assert parallax.map(counted, range(12)) == [x * 3 for x in range(12)]
+    assert runs == dict.fromkeys(range(12), 1)
+    stats = monitor.runs[-1]
+    assert stats.mode == "thread" and "I/O-bound" in stats.reason
+    assert stats.tasks == 12
+
+
+def test_auto_over_a_generator_keeps_probed_items() -> None:
+    results = parallax.map(lambda x: spin(200_000) * 0 + x, (x for x in range(10)))
+    assert results == list(range(10))
+
+
+def test_auto_probe_failure_follows_the_error_policy() -> None:
+    def bad_first(x: int) -> int:
+        if x == 0:
+            raise KeyError(x)
+        return x
+
+    with pytest.raises(KeyError):
+        parallax.map(bad_first, range(5))
+    results = parallax.map(bad_first, range(5), errors="return")
+    assert isinstance(results[0], KeyError) and results[1:] == [1, 2, 3, 4]
+    assert parallax.map(bad_first, range(5), errors="skip") == [1, 2, 3, 4]

@@ -1,0 +1,149 @@
+"""using(), PARALLAX_MODE and nesting: which mode a call runs in."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+
+import pytest
+
+import parallax
+from helpers import where
+
+
+def mode_of_run(call: object) -> str:
+    with parallax.monitor() as monitor:
+        call()  # type: ignore[operator]
+    return monitor.runs[-1].mode
+
+
+def test_using_overrides_an_explicit_mode() -> None:
+    with parallax.using("serial"):
+        assert mode_of_run(lambda: parallax.map(where, range(3), mode="process")) == "serial"
+
+
+def test_using_overrides_a_decorator_default() -> None:
+    @parallax.parallel(mode="process")
+    def work(x: int) -> int:
+        return x
+
+    with parallax.using("thread"):
+        assert mode_of_run(lambda: work.map(range(3))) == "thread"
+
+
+def test_using_nests_and_restores() -> None:
+    with parallax.using("thread"):
+        with parallax.using("serial"):
+            assert mode_of_run(lambda: parallax.map(where, [1])) == "serial"
+        assert mode_of_run(lambda: parallax.map(where, [1])) == "thread"
+    assert mode_of_run(lambda: parallax.map(where, [1], mode="thread")) == "thread"
+
+
+def test_using_does_not_leak_into_another_thread() -> None:
+    seen: list[str] = []
+
+    def other() -> None:
+        seen.append(mode_of_run(lambda: parallax.map(where, [1], mode="thread")))
+
+    with parallax.using("serial"):
+        thread = threading.Thread(target=other)
+        thread.start()
+        thread.join()
+    assert seen == ["thread"]
+
+
+def test_using_is_task_local() -> None:
+    async def in_task(mode: str | None) -> str:
+        if mode is None:
+            await asyncio.sleep(0.01)
+            return mode_of_run(lambda: parallax.map(where, [1], mode="thread"))
+        with parallax.using(mode):
+            await asyncio.sleep(0.02)
+            return mode_of_run(lambda: parallax.map(where, [1], mode="thread"))
+
+    async def main() -> list[str]:
+        return list(await asyncio.gather(in_task("serial"), in_task(None)))
+
+    assert asyncio.run(main()) == ["serial", "thread"]
+
+
+def test_using_rejects_unknown_modes_and_options() -> None:
+    with pytest.raises(ValueError, match="valid modes"), parallax.using("warp"):
+        pass
+    with pytest.raises(TypeError, match="'bogus'"), parallax.using("thread", bogus=1):
+        pass
+
+
+def test_using_options_reach_the_backend() -> None:
+    import threading as threading_module
+
+    lock = threading_module.Lock()
+    with parallax.using("serial", check_pickle=True), pytest.raises(parallax.SerializationError):
+        parallax.map(lambda x: lock and x, [1], mode="thread")
+
+
+def run_script(code: str, **env: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **env},
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+SCRIPT = """
+    import parallax
+    with parallax.monitor() as monitor:
+        parallax.map(abs, [1, -2], mode="process")
+    print(monitor.runs[-1].mode)
+"""
+
+
+def test_environment_variable_beats_explicit_mode() -> None:
+    assert run_script(SCRIPT, PARALLAX_MODE="serial") == "serial"
+
+
+def test_using_beats_environment_variable() -> None:
+    code = """
+        import parallax
+        with parallax.monitor() as monitor, parallax.using("thread"):
+            parallax.map(abs, [1, -2], mode="process")
+        print(monitor.runs[-1].mode)
+    """
+    assert run_script(code, PARALLAX_MODE="serial") == "thread"
+
+
+def test_bad_environment_variable_is_a_clear_error() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", "import parallax; parallax.map(abs, [1])"],
+        capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PARALLAX_MODE": "warp"}, check=False,
+    )
+    assert result.returncode != 0
+    assert "PARALLAX_MODE" in result.stderr and "valid modes" in result.stderr
+
+
+def nested(x: int) -> list[tuple[int, str]]:
+    return parallax.map(where, range(3), mode="process")
+
+
+def test_nested_call_in_a_process_worker_runs_serially() -> None:
+    outer = parallax.map(nested, range(4), mode="process", workers=2)
+    for inner in outer:
+        pids = {pid for pid, _ in inner}
+        assert len(pids) == 1 and os.getpid() not in pids  # ran inside the worker itself
+
+
+def test_nested_call_in_a_thread_worker_runs_serially() -> None:
+    def inner_modes(x: int) -> str:
+        return mode_of_run(lambda: parallax.map(where, [1, 2], mode="process"))
+
+    assert set(parallax.map(inner_modes, range(4), mode="thread")) == {"serial"}
