@@ -1,0 +1,579 @@
+"""Run parallax's benchmark suite and write the results as markdown.
+
+    python benchmarks/run.py [--quick] [--only WORKLOAD,...] [--output benchmarks/RESULTS.md]
+
+Every case (one library, one configuration, one workload) runs in a fresh
+interpreter (``python -m benchmarks.case``), once per repeat, with a time
+limit; repeats of different cases are interleaved so that a slow spell of
+the machine does not land on one case only. The run prints a markdown
+report (per-workload tables, the core and auto summary tables, the targets)
+and writes it to ``--output`` with the machine's description; the raw
+measurements go to ``benchmarks/.results/latest.json``.
+
+Exit status: 0, or 1 if any case returned a wrong result or failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.case import RESULT_PREFIX  # noqa: E402
+from benchmarks.peers import CPUS, IO_CONCURRENCY, STREAM_CHUNK, Planned, plan_cases  # noqa: E402
+from benchmarks.workloads import WORKLOADS, Workload  # noqa: E402
+
+FULL_REPEATS = 3
+QUICK_REPEATS = 1
+LIBRARIES = ("parallax", "cloudpickle", "joblib", "mpire", "pebble", "psutil")
+RAW_RESULTS = ROOT / "benchmarks" / ".results" / "latest.json"
+
+
+# -- running cases ---------------------------------------------------------------------
+
+
+def _child_environment() -> dict[str, str]:
+    env = {name: value for name, value in os.environ.items()
+           if not name.startswith("PARALLAX_")}  # PARALLAX_MODE would override every mode
+    path = env.get("PYTHONPATH")
+    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + path if path else "")
+    return env
+
+
+def _kill_group(pgid: int) -> None:
+    """Kill what is left of a case's process group (its pool workers included)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def _warning_in(stderr: str) -> str:
+    for line in stderr.splitlines():
+        if "Warning:" in line:
+            return line.split("Warning:", 1)[1].strip()
+    return ""
+
+
+def run_once(workload: Workload, case_id: str, size: int, limit: float) -> dict[str, Any]:
+    """One repeat of one case, in a fresh interpreter, within ``limit`` seconds."""
+    command = [sys.executable, "-m", "benchmarks.case", workload.name, case_id, str(size)]
+    process = subprocess.Popen(
+        command, cwd=ROOT, env=_child_environment(), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=limit)
+    except subprocess.TimeoutExpired:
+        _kill_group(process.pid)
+        process.communicate()
+        return {"status": "timeout", "note": f"over the {limit:.0f} s time limit"}
+    finally:
+        _kill_group(process.pid)
+    lines = [line for line in stdout.splitlines() if line.startswith(RESULT_PREFIX)]
+    if not lines:
+        tail = " | ".join(stderr.strip().splitlines()[-3:])
+        return {"status": "error", "note": f"exit code {process.returncode}: {tail}"}
+    result: dict[str, Any] = json.loads(lines[-1][len(RESULT_PREFIX):])
+    warning = _warning_in(stderr)
+    if warning and result.get("status") == "ok":
+        result["note"] = "; ".join(part for part in (result.get("note"), warning) if part)
+    return result
+
+
+@dataclass
+class CaseResult:
+    """Every repeat of one case on one workload."""
+
+    planned: Planned
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    computed: float | None = None  # serial time by arithmetic
+
+    @property
+    def id(self) -> str:
+        return self.planned.case.id
+
+    @property
+    def label(self) -> str:
+        return self.planned.case.label
+
+    @property
+    def status(self) -> str:
+        if self.computed is not None:
+            return "computed"
+        if self.planned.skip is not None:
+            return "skipped"
+        for bad in ("wrong", "error", "timeout", "na"):
+            if any(run["status"] == bad for run in self.runs):
+                return bad
+        return "ok" if self.runs else "pending"
+
+    @property
+    def finished(self) -> bool:
+        """No more repeats: skipped, or a repeat went wrong, timed out or was n/a."""
+        return self.status not in ("ok", "pending")
+
+    def values(self, key: str) -> list[float]:
+        return [run[key] for run in self.runs if run["status"] == "ok" and key in run]
+
+    def median(self, key: str = "cold") -> float | None:
+        if self.computed is not None and key in ("cold", "warm"):
+            return self.computed
+        values = self.values(key)
+        return statistics.median(values) if values else None
+
+    def spread(self, key: str = "cold") -> tuple[float, float] | None:
+        values = self.values(key)
+        return (min(values), max(values)) if len(values) > 1 else None
+
+    @property
+    def note(self) -> str:
+        if self.planned.skip is not None:
+            return self.planned.skip
+        notes = [run.get("note", "") for run in self.runs if run.get("note")]
+        return notes[-1] if notes else ""
+
+
+@dataclass
+class WorkloadResult:
+    workload: Workload
+    size: int
+    cases: list[CaseResult]
+
+    def case(self, case_id: str) -> CaseResult | None:
+        return next((case for case in self.cases if case.id == case_id), None)
+
+    def median(self, case_id: str, key: str = "cold") -> float | None:
+        case = self.case(case_id)
+        return case.median(key) if case else None
+
+    @property
+    def serial(self) -> float | None:
+        return self.median("serial")
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def run_workload(workload: Workload, *, quick: bool, repeats: int,
+                 cases: set[str] | None) -> WorkloadResult:
+    size = workload.size(quick)
+    limit = workload.limit(quick)
+    results = [CaseResult(planned) for planned in plan_cases(workload, size)
+               if cases is None or planned.case.id in cases]
+    for case in results:
+        if case.id == "serial" and workload.computed_serial(size) is not None:
+            case.computed = workload.computed_serial(size)
+    _progress(f"== {workload.name} (size {size:,}, limit {limit:.0f} s, {repeats} repeats)")
+    for repeat in range(repeats):
+        for case in results:
+            if case.finished:
+                continue
+            run = run_once(workload, case.id, size, limit)
+            case.runs.append(run)
+            shown = f"{run['cold']:.4g} s cold, {run['warm']:.4g} s warm" if (
+                run["status"] == "ok") else f"{run['status']}: {run.get('note', '')}"
+            _progress(f"   [{repeat + 1}/{repeats}] {case.label}: {shown}")
+    return WorkloadResult(workload, size, results)
+
+
+# -- formatting ------------------------------------------------------------------------
+
+
+def seconds(value: float | None) -> str:
+    if value is None:
+        return "—"
+    return f"{value:.3g}"
+
+
+def millis(value: float | None) -> str:
+    return "—" if value is None else f"{value * 1e3:.3g}"
+
+
+def ratio(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}x"
+
+
+def divide(top: float | None, bottom: float | None) -> float | None:
+    if top is None or bottom is None or bottom <= 0:
+        return None
+    return top / bottom
+
+
+def megabytes(value: float | None) -> str:
+    return "—" if value is None else f"{value / 2**20:.1f}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+    return lines
+
+
+def _time_cell(case: CaseResult, key: str, unit: Callable[[float | None], str]) -> str:
+    status = case.status
+    if status == "skipped":
+        return "skipped"
+    if status == "na":
+        return "n/a"
+    if status in ("wrong", "error"):
+        return f"**{status.upper()}**"
+    if status == "timeout" and case.median(key) is None:
+        return "timeout"
+    return unit(case.median(key))
+
+
+def _range_cell(case: CaseResult, unit: Callable[[float | None], str]) -> str:
+    spread = case.spread("cold")
+    return "—" if spread is None else f"{unit(spread[0])} to {unit(spread[1])}"
+
+
+def workload_table(result: WorkloadResult) -> list[str]:
+    workload = result.workload
+    serial = result.serial
+    lines = [f"### {workload.name}: {workload.description}, {result.size:,} tasks", ""]
+    if workload.kind == "startup":
+        header = ["case", "import ms", "cold ms", "cold range ms", "warm ms", "note"]
+        rows = [[case.label, _time_cell(case, "import", millis), _time_cell(case, "cold", millis),
+                 _range_cell(case, millis), _time_cell(case, "warm", millis), case.note]
+                for case in result.cases]
+        return [*lines, *_table(header, rows), ""]
+    header = ["case", "cold s", "range s", "vs serial", "warm s", "warm vs serial"]
+    if workload.kind == "stream":
+        header += ["peak RSS growth MB (parent+children)", "parent only MB"]
+    header.append("note")
+    rows = []
+    for case in result.cases:
+        row = [
+            case.label,
+            _time_cell(case, "cold", seconds),
+            _range_cell(case, seconds),
+            ratio(divide(serial, case.median("cold"))),
+            _time_cell(case, "warm", seconds),
+            ratio(divide(result.median("serial", "warm"), case.median("warm"))),
+        ]
+        if workload.kind == "stream":
+            growth = case.values("rss_growth")
+            parent = case.values("parent_growth")
+            row += [megabytes(max(growth) if growth else None),
+                    megabytes(max(parent) if parent else None)]
+        row.append(case.note)
+        rows.append(row)
+    return [*lines, *_table(header, rows), ""]
+
+
+def core_table(results: dict[str, WorkloadResult]) -> list[str]:
+    header = ["workload", "call", "serial s", "parallax thread", "parallax process",
+              "Pool.map", "ProcessPoolExecutor.map (tuned chunksize)",
+              "parallax process vs Pool.map"]
+    rows = []
+    for name in ("cpu_medium", "cpu_small", "tiny"):
+        result = results.get(name)
+        if result is None:
+            continue
+        for key in ("cold", "warm"):
+            serial = result.median("serial", key)
+
+            def cell(case_id: str, key: str = key, serial: float | None = serial,
+                     result: WorkloadResult = result) -> str:
+                value = result.median(case_id, key)
+                if value is None:
+                    return "—"
+                return f"{seconds(value)} s ({ratio(divide(serial, value))})"
+
+            rows.append([
+                name, key, seconds(serial), cell("parallax-thread"), cell("parallax-process"),
+                cell("pool"), cell("ppe-tuned"),
+                ratio(divide(result.median("pool", key), result.median("parallax-process", key))),
+            ])
+    if not rows:
+        return []
+    return [
+        "## Core table",
+        "",
+        "Median seconds and speed-up over the serial loop (in brackets). *cold*: a fresh "
+        "process, pool start-up included; *warm*: the second call in that process. The last "
+        "column is parallax process's throughput relative to `multiprocessing.Pool.map` "
+        "(above 1.00x: parallax is faster).",
+        "",
+        *_table(header, rows),
+        "",
+    ]
+
+
+PARALLAX_FIXED = ("parallax-serial", "parallax-thread", "parallax-thread-256", "parallax-process",
+                  "parallax-asyncio", "parallax-free-threaded")
+
+
+def _best_fixed(result: WorkloadResult, key: str) -> tuple[str, float] | None:
+    timed = [(case.label, value) for case in result.cases
+             if case.id in PARALLAX_FIXED and (value := case.median(key)) is not None]
+    return min(timed, key=lambda pair: pair[1]) if timed else None
+
+
+def _auto_choice(result: WorkloadResult) -> str:
+    note = (result.case("parallax-auto") or result.cases[0]).note
+    if note.startswith("auto -> "):
+        return note[len("auto -> "):].split(":", 1)[0]
+    return "—"
+
+
+def auto_table(results: dict[str, WorkloadResult]) -> list[str]:
+    header = ["workload", "auto chose", "auto s", "best fixed parallax mode", "its s",
+              "auto / best", "auto vs serial", "auto vs ThreadPoolExecutor()"]
+    rows = []
+    for name in ("cpu_medium", "cpu_small", "tiny", "io_sleep", "io_async", "payload",
+                 "stream_memory"):
+        result = results.get(name)
+        if result is None:
+            continue
+        auto = result.median("parallax-auto")
+        best = _best_fixed(result, "cold")
+        versus_threads = "—"
+        if name == "io_sleep":
+            versus_threads = ratio(divide(result.median("tpe"), auto)) + " faster"
+        rows.append([
+            name, _auto_choice(result), seconds(auto),
+            best[0] if best else "—", seconds(best[1]) if best else "—",
+            ratio(divide(auto, best[1] if best else None)),
+            ratio(divide(result.serial, auto)), versus_threads,
+        ])
+    if not rows:
+        return []
+    return [
+        "## Auto table",
+        "",
+        "`mode=\"auto\"` (no tuning) against the best fixed parallax mode on the same workload "
+        "(cold calls, medians). *auto / best*: 1.00x means auto matched the best fixed mode; "
+        "above means it was slower by that factor.",
+        "",
+        *_table(header, rows),
+        "",
+    ]
+
+
+@dataclass
+class Target:
+    what: str
+    measured: str
+    met: bool | None  # None: could not be measured
+
+
+def _target(what: str, value: float | None, *, at_least: float | None = None,
+            at_most: float | None = None, shown: Callable[[float | None], str] = ratio,
+            extra: str = "") -> Target:
+    if value is None:
+        return Target(what, "not measured", None)
+    met = (at_least is None or value >= at_least) and (at_most is None or value <= at_most)
+    return Target(what, shown(value) + (f" ({extra})" if extra else ""), met)
+
+
+def _iter_targets(results: dict[str, WorkloadResult]) -> Iterator[Target]:
+    def get(name: str, case_id: str, key: str = "cold") -> float | None:
+        result = results.get(name)
+        return result.median(case_id, key) if result else None
+
+    def speedup(name: str, case_id: str, key: str = "cold") -> float | None:
+        return divide(get(name, "serial", key), get(name, case_id, key))
+
+    for name, goal in (("cpu_medium", 1.95), ("cpu_small", 1.85), ("tiny", 0.9),
+                       ("payload", 1.4)):
+        if name in results:
+            warm = ratio(speedup(name, "parallax-auto", "warm"))
+            yield _target(f"{name}: auto >= {goal}x serial", speedup(name, "parallax-auto"),
+                          at_least=goal, extra=f"warm {warm}")
+    if "tiny" in results:
+        warm = ratio(divide(get("tiny", "pool", "warm"), get("tiny", "parallax-process", "warm")))
+        yield _target("tiny: parallax process throughput >= Pool.map (Pool time / parallax time)",
+                      divide(get("tiny", "pool"), get("tiny", "parallax-process")),
+                      at_least=1.0, extra=f"warm {warm}")
+    if "io_sleep" in results:
+        yield _target(f"io_sleep: auto within 1.5x of ThreadPoolExecutor({IO_CONCURRENCY}) "
+                      "(auto time / its time)",
+                      divide(get("io_sleep", "parallax-auto"), get("io_sleep", "tpe-256")),
+                      at_most=1.5)
+        yield _target("io_sleep: auto >= 5x faster than ThreadPoolExecutor() defaults",
+                      divide(get("io_sleep", "tpe"), get("io_sleep", "parallax-auto")),
+                      at_least=5.0)
+    if "io_async" in results:
+        for case_id, label in (("parallax-auto", "auto"), ("parallax-asyncio", "asyncio mode")):
+            yield _target(f"io_async: {label} within 1.2x of asyncio.gather + "
+                          f"Semaphore({IO_CONCURRENCY}) (parallax time / its time)",
+                          divide(get("io_async", case_id), get("io_async", "gather-sem")),
+                          at_most=1.2)
+    if "startup" in results:
+        for case_id in ("parallax-auto", "parallax-thread", "parallax-process"):
+            yield _target(f"startup: warm map <= 2 ms ({case_id.replace('-', ' ')})",
+                          get("startup", case_id, "warm"), at_most=0.002,
+                          shown=lambda value: f"{millis(value)} ms")
+        yield _target("startup: cold process pool <= 150 ms (parallax process, first call)",
+                      get("startup", "parallax-process"), at_most=0.150,
+                      shown=lambda value: f"{millis(value)} ms")
+    stream = results.get("stream_memory")
+    if stream is not None:
+        for case_id in ("parallax-auto", "parallax-process"):
+            case = stream.case(case_id)
+            growth = case.values("rss_growth") if case else []
+            yield _target(f"stream_memory: peak RSS growth <= 20 MB ({case_id.replace('-', ' ')},"
+                          " parent + children)", max(growth) if growth else None,
+                          at_most=20 * 2**20, shown=lambda value: f"{megabytes(value)} MB")
+            yield _target(f"stream_memory: time within 1.5x of Pool.imap(chunksize={STREAM_CHUNK})"
+                          f" ({case_id.replace('-', ' ')} time / Pool.imap time)",
+                          divide(get("stream_memory", case_id), get("stream_memory",
+                                                                    "pool-imap-tuned")),
+                          at_most=1.5)
+
+
+def targets_table(results: dict[str, WorkloadResult]) -> tuple[list[str], list[Target]]:
+    targets = list(_iter_targets(results))
+    if not targets:
+        return [], []
+    rows = [[target.what, target.measured,
+             "n/a" if target.met is None else ("met" if target.met else "**MISSED**")]
+            for target in targets]
+    return ["## Targets", "", "On cold calls (medians) unless the cell says warm.", "",
+            *_table(["target", "measured", "verdict"], rows), ""], targets
+
+
+# -- the report ------------------------------------------------------------------------
+
+
+def _version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def machine_section(args: argparse.Namespace, repeats: int, elapsed: float) -> list[str]:
+    versions = ", ".join(f"{name} {_version(name)}" for name in LIBRARIES)
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    command = "python benchmarks/run.py " + " ".join(sys.argv[1:])
+    return [
+        "# parallax benchmarks",
+        "",
+        f"- date: {now}; command: `{command.strip()}`; {repeats} repeat(s) per case, "
+        f"{'quick' if args.quick else 'full'} sizes; whole run {elapsed / 60:.1f} min",
+        f"- machine: {os.cpu_count()} CPUs ({_cpu_model()}), {platform.platform()}",
+        f"- Python {platform.python_version()} ({platform.python_implementation()}), "
+        f"start method of multiprocessing: fork (Linux default)",
+        f"- libraries: {versions}",
+        "",
+        f"**This machine has {os.cpu_count()} cores, so the parallel speed-up on CPU-bound work "
+        f"is at most {os.cpu_count()}x.** Timings of a shared virtual machine vary by 10-20% "
+        "from one minute to the next; repeats of different cases are interleaved so that a slow "
+        "spell does not land on one case only.",
+        "",
+        "How it measures: every case runs in a fresh interpreter, once per repeat. *cold* is "
+        "pool creation plus the first call, until the results are in hand (the import of the "
+        "library is not included: it is shown in the startup table); *warm* is a second call "
+        "in the same process on the same pool. Pool shutdown is never timed (parallax keeps "
+        "its pool until exit). Tables show medians; *range* is the fastest and slowest cold "
+        "repeat; *vs serial* is serial time / case time (above 1.00x: faster than the serial "
+        "loop). Every result is checked against the expected list (the stream workload: "
+        "against the expected sum); a wrong result fails the run. io_sleep and io_async serial "
+        "times are computed (tasks x 20 ms), not run. Process pools have "
+        f"{CPUS} workers; multiprocessing, concurrent.futures, mpire and pebble fork them, "
+        "joblib's loky and parallax start fresh interpreters.",
+        "",
+    ]
+
+
+def render(args: argparse.Namespace, repeats: int, elapsed: float,
+           results: dict[str, WorkloadResult]) -> tuple[str, list[Target]]:
+    target_lines, targets = targets_table(results)
+    lines = machine_section(args, repeats, elapsed)
+    lines += target_lines
+    lines += core_table(results)
+    lines += auto_table(results)
+    lines += ["## Workloads", ""]
+    for result in results.values():
+        lines += workload_table(result)
+    return "\n".join(lines).rstrip() + "\n", targets
+
+
+def _raw(results: dict[str, WorkloadResult]) -> dict[str, Any]:
+    return {
+        name: {
+            "size": result.size,
+            "cases": {case.id: {"label": case.label, "status": case.status,
+                                "skip": case.planned.skip, "computed": case.computed,
+                                "runs": case.runs} for case in result.cases},
+        }
+        for name, result in results.items()
+    }
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true",
+                        help="fewer repeats and smaller inputs (about 3 minutes)")
+    parser.add_argument("--only", default="",
+                        help="comma-separated workloads: " + ", ".join(WORKLOADS))
+    parser.add_argument("--cases", default="",
+                        help="comma-separated case ids to run (e.g. serial,parallax-auto)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help=f"repeats per case (default {FULL_REPEATS}, {QUICK_REPEATS} quick)")
+    parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "RESULTS.md",
+                        help="where to write the markdown report")
+    args = parser.parse_args(argv)
+    unknown = [name for name in args.only.split(",") if name and name not in WORKLOADS]
+    if unknown:
+        parser.error(f"unknown workload(s) {', '.join(unknown)}; valid: {', '.join(WORKLOADS)}")
+    if args.repeats is not None and args.repeats < 1:
+        parser.error("--repeats must be at least 1")
+    return args
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    names = [name for name in args.only.split(",") if name] or list(WORKLOADS)
+    repeats = args.repeats or (QUICK_REPEATS if args.quick else FULL_REPEATS)
+    cases = {case for case in args.cases.split(",") if case} or None
+    started = time.perf_counter()
+    results = {name: run_workload(WORKLOADS[name], quick=args.quick, repeats=repeats,
+                                  cases=cases) for name in names}
+    elapsed = time.perf_counter() - started
+    report, targets = render(args, repeats, elapsed, results)
+    print(report)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(report)
+    RAW_RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RAW_RESULTS.write_text(json.dumps(_raw(results), indent=1))
+    failed = [f"{name}: {case.label} ({case.status}: {case.note})"
+              for name, result in results.items() for case in result.cases
+              if case.status in ("wrong", "error")]
+    missed = sum(1 for target in targets if target.met is False)
+    _progress(f"wrote {args.output}; {elapsed / 60:.1f} min; {missed} target(s) missed")
+    if failed:
+        _progress("FAILED cases:\n  " + "\n  ".join(failed))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
