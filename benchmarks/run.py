@@ -44,6 +44,10 @@ FULL_REPEATS = 3
 QUICK_REPEATS = 1
 LIBRARIES = ("parallax", "cloudpickle", "joblib", "mpire", "pebble", "psutil")
 RAW_RESULTS = ROOT / "benchmarks" / ".results" / "latest.json"
+#: bytecode cache of the cases' interpreters: outside the source tree, and on even
+#: where PYTHONDONTWRITEBYTECODE is set, so that the editable parallax is not
+#: compiled from source at every start while the installed peers load their .pyc
+PYCACHE = ROOT / "benchmarks" / ".results" / "pycache"
 
 
 # -- running cases ---------------------------------------------------------------------
@@ -54,7 +58,29 @@ def _child_environment() -> dict[str, str]:
            if not name.startswith("PARALLAX_")}  # PARALLAX_MODE would override every mode
     path = env.get("PYTHONPATH")
     env["PYTHONPATH"] = str(ROOT) + (os.pathsep + path if path else "")
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["PYTHONPYCACHEPREFIX"] = str(PYCACHE)
     return env
+
+
+def warm_up() -> None:
+    """Fill the cases' bytecode cache (and the OS file cache) before anything is timed.
+
+    Compiles parallax and the benchmarks, then runs every startup case once,
+    untimed, so that every module a case imports is already compiled.
+    """
+    import parallax
+
+    _progress("== warming up (bytecode cache, one untimed startup run of every case)")
+    source = Path(parallax.__file__).parent
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", str(source), str(ROOT / "benchmarks")],
+        cwd=ROOT, env=_child_environment(), check=False, stdout=subprocess.DEVNULL,
+    )
+    startup = WORKLOADS["startup"]
+    for planned in plan_cases(startup, startup.quick_size):
+        if planned.skip is None:
+            run_once(startup, planned.case.id, startup.quick_size, startup.limit(quick=True))
 
 
 def _kill_group(pgid: int) -> None:
@@ -469,7 +495,8 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def machine_section(args: argparse.Namespace, repeats: int, elapsed: float) -> list[str]:
+def machine_section(args: argparse.Namespace, repeats: int, elapsed: float,
+                    loads: tuple[float, float]) -> list[str]:
     versions = ", ".join(f"{name} {_version(name)}" for name in LIBRARIES)
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     command = "python benchmarks/run.py " + " ".join(sys.argv[1:])
@@ -482,6 +509,8 @@ def machine_section(args: argparse.Namespace, repeats: int, elapsed: float) -> l
         f"- Python {platform.python_version()} ({platform.python_implementation()}), "
         f"start method of multiprocessing: fork (Linux default)",
         f"- libraries: {versions}",
+        f"- 1-minute load average: {loads[0]:.2f} at the start, {loads[1]:.2f} at the end "
+        "(above 0 means other work shared the cores with the benchmark)",
         "",
         f"**This machine has {os.cpu_count()} cores, so the parallel speed-up on CPU-bound work "
         f"is at most {os.cpu_count()}x.** Timings of a shared virtual machine vary by 10-20% "
@@ -498,15 +527,18 @@ def machine_section(args: argparse.Namespace, repeats: int, elapsed: float) -> l
         "against the expected sum); a wrong result fails the run. io_sleep and io_async serial "
         "times are computed (tasks x 20 ms), not run. Process pools have "
         f"{CPUS} workers; multiprocessing, concurrent.futures, mpire and pebble fork them, "
-        "joblib's loky and parallax start fresh interpreters.",
+        "joblib's loky and parallax start fresh interpreters. The cases' interpreters "
+        "cache bytecode in `benchmarks/.results/pycache` (PYTHONPYCACHEPREFIX), so the "
+        "editable parallax loads compiled modules like the installed peers do.",
         "",
     ]
 
 
 def render(args: argparse.Namespace, repeats: int, elapsed: float,
-           results: dict[str, WorkloadResult]) -> tuple[str, list[Target]]:
+           results: dict[str, WorkloadResult],
+           loads: tuple[float, float]) -> tuple[str, list[Target]]:
     target_lines, targets = targets_table(results)
-    lines = machine_section(args, repeats, elapsed)
+    lines = machine_section(args, repeats, elapsed, loads)
     lines += target_lines
     lines += core_table(results)
     lines += auto_table(results)
@@ -555,10 +587,12 @@ def main(argv: list[str]) -> int:
     repeats = args.repeats or (QUICK_REPEATS if args.quick else FULL_REPEATS)
     cases = {case for case in args.cases.split(",") if case} or None
     started = time.perf_counter()
+    load = os.getloadavg()[0]
+    warm_up()
     results = {name: run_workload(WORKLOADS[name], quick=args.quick, repeats=repeats,
                                   cases=cases) for name in names}
     elapsed = time.perf_counter() - started
-    report, targets = render(args, repeats, elapsed, results)
+    report, targets = render(args, repeats, elapsed, results, (load, os.getloadavg()[0]))
     print(report)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(report)

@@ -109,7 +109,8 @@ def chunks(
     if isinstance(source, list | tuple | range):
         total = len(source)
         while consumed < total:
-            items = list(source[consumed : consumed + sizer.next_size(consumed)])
+            piece = source[consumed : consumed + sizer.next_size(consumed)]
+            items = piece if isinstance(piece, list) else list(piece)
             yield Chunk.fresh(seq, consumed, items)
             consumed += len(items)
             seq += 1

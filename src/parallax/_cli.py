@@ -137,14 +137,20 @@ def _python_build() -> str:
     if not free_threaded_build:
         return "GIL enabled (standard build): threads do not run Python code in parallel"
     if gil_enabled():
-        return "free-threaded build, but the GIL was re-enabled at run time (PYTHON_GIL=1 or " \
-            "an extension that needs it)"
+        return ("free-threaded build, but the GIL was re-enabled at run time (PYTHON_GIL=1 or "
+                "an extension that needs it)")
     return "free-threaded build, GIL disabled: threads run Python code in parallel"
 
 
 def command_info(args: argparse.Namespace) -> int:
     """Print what this interpreter and machine offer, mode by mode."""
     forced_mode = os.environ.get(ENVIRONMENT_VARIABLE, "").strip()
+    if not forced_mode:
+        forced = "not set"
+    elif forced_mode in available_modes():
+        forced = f"{forced_mode!r}: every call runs in this mode"
+    else:
+        forced = f"{forced_mode!r} is not a mode: every parallax call will raise ValueError"
     rows = [
         ("parallax", __version__),
         ("python", f"{platform.python_version()} ({platform.python_implementation()}), "
@@ -153,8 +159,7 @@ def command_info(args: argparse.Namespace) -> int:
         ("CPUs", f"{usable_cpus()} usable by this process (os.cpu_count() = {os.cpu_count()})"),
         ("processes", "workers are fresh interpreters started with subprocess "
                       "(spawn-like, never fork)"),
-        (ENVIRONMENT_VARIABLE,
-         f"{forced_mode!r}: every call runs in this mode" if forced_mode else "not set"),
+        (ENVIRONMENT_VARIABLE, forced),
     ]
     width = max(len(label) for label, _ in rows)
     for label, value in rows:
@@ -363,7 +368,7 @@ def _duration(seconds: float) -> str:
 
 
 def _table(rows: Sequence[BenchRow]) -> list[str]:
-    serial = next((row for row in rows if row.mode == "serial" and row.time), None)
+    serial = next((row for row in rows if row.mode == "serial" and row.time is not None), None)
     header = ("mode", "ran as", "workers", "time", "speed-up", "efficiency")
     lines: list[tuple[str, ...]] = [header]
     notes: list[str] = []
@@ -374,8 +379,9 @@ def _table(rows: Sequence[BenchRow]) -> list[str]:
             notes.extend(f"{row.mode}: {warning}" for warning in row.warnings)
             continue
         stats = row.stats
-        speedup = "n/a" if serial is None or serial.time is None else \
-            f"{serial.time / row.time:.2f}x"
+        speedup = "n/a"
+        if serial is not None and serial.time is not None and row.time > 0:
+            speedup = f"{serial.time / row.time:.2f}x"
         lines.append((
             row.mode,
             stats.mode if stats else "?",
@@ -407,8 +413,14 @@ def command_bench(args: argparse.Namespace) -> int:
     inputs, source = read_inputs(args.input, args.range)
     build = "GIL enabled" if gil_enabled() else "GIL disabled"
     print(f"parallax bench {args.target}: {len(inputs)} inputs ({source})")
-    print(f"Python {platform.python_version()}, {build}, {usable_cpus()} usable CPUs; "
-          f"time is the median of {args.repeat} run{'s' if args.repeat > 1 else ''} per mode")
+    if args.repeat == 1:
+        timing = ("time of 1 run per mode, which may include starting the mode's workers "
+                  "(--repeat 3 leaves that out)")
+    else:
+        # median_low: every figure in a row then comes from one real run
+        middle = "median" if args.repeat % 2 else "lower median"
+        timing = f"time is the {middle} of {args.repeat} runs per mode"
+    print(f"Python {platform.python_version()}, {build}, {usable_cpus()} usable CPUs; {timing}")
     print(flush=True)
 
     # serial first, whatever the order asked for: it is the baseline of the

@@ -9,6 +9,8 @@ their records say ``estimated=True``.
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import json
 import threading
 from collections.abc import Iterator, Sequence
@@ -83,6 +85,7 @@ class Stats:
     started_at: float = 0.0  # time.time() when the run began
     _origin: float = 0.0  # perf_counter() when the run began
     _chunks: list[_ChunkRecord] = field(default_factory=list, repr=False)
+    _attempts: dict[int, int] = field(default_factory=dict, repr=False)
 
     # -- derived views -----------------------------------------------------------
 
@@ -123,7 +126,22 @@ class Stats:
                 )
                 previous = finished
         records.sort(key=lambda record: (record.index, record.started))
-        return records
+        return self._number_attempts(records)
+
+    def _number_attempts(self, records: list[TaskRecord]) -> list[TaskRecord]:
+        """Set ``attempt`` on retried items: the last record has the final attempt."""
+        if not self._attempts:
+            return records
+        numbered = []
+        for index, group in itertools.groupby(records, key=lambda record: record.index):
+            runs = list(group)
+            final = self._attempts.get(index, len(runs))
+            first = max(1, final - len(runs) + 1)
+            numbered.extend(
+                dataclasses.replace(record, attempt=first + offset)
+                for offset, record in enumerate(runs)
+            )
+        return numbered
 
     @property
     def worker_records(self) -> list[WorkerRecord]:
@@ -290,6 +308,7 @@ class Stats:
             started_at=min(run.started_at for run in runs),
             _origin=origin,
             _chunks=[chunk for run in runs for chunk in run._chunks],
+            _attempts={index: count for run in runs for index, count in run._attempts.items()},
         )
 
 
@@ -331,6 +350,7 @@ class StatsRecorder:
 
     def retried(self, index: int) -> None:
         self.stats.retried += 1
+        self.stats._attempts[index] = self.stats._attempts.get(index, 1) + 1
 
     def end(self, items_done: int, *, chunksize: int | str | None = None) -> Stats:
         with self._lock:

@@ -197,52 +197,82 @@ def run_chunk(
     values: list[Any],
     *,
     watch_time: bool,
+    track_position: bool = True,
 ) -> ChunkResult:
     """Run every item of ``chunk`` through ``fn``, appending to ``values``.
 
     Never raises for an exception of ``fn`` (it is captured) except
     ``KeyboardInterrupt``, which only reaches a worker running in the caller's
     own thread and must stop the caller.
+
+    ``watch_time`` (a timeout is set) records each item's start in the mark
+    and stops early if the pool gives up on the chunk; ``track_position``
+    records which item runs, for naming the item a dead process was running.
+    The loops are written out per case: for tiny items the per-item work of
+    this function is the whole overhead of parallax.
     """
     items = chunk.items
+    append = values.append
     failures: dict[int, Failure] | None = None
     started = perf_counter()
     cpu_started = thread_time()
     ends: list[float] | None = []
     n = len(items)
     pos = 0
-    # The first item is always timed; its duration decides whether the rest
-    # are worth a clock read each.
-    bound = 1
+    first = True
     while pos < n:
-        while pos < bound:
-            mark[MARK_POSITION] = pos
+        try:
             if watch_time:
-                if mark[MARK_TOKEN] < 0:  # the pool gave up on this chunk
+                assert ends is not None
+                for pos in range(pos, n):  # noqa: B020 - resumes after a failure
+                    if mark[MARK_TOKEN] < 0:  # the pool gave up on this chunk
+                        break
+                    mark[MARK_POSITION] = pos
+                    mark[MARK_STARTED] = perf_counter()
+                    append(fn(items[pos]))
+                    ends.append(perf_counter())
+                pos = len(values)
+                if pos < n:  # abandoned
                     break
-                mark[MARK_STARTED] = perf_counter()
-            try:
-                values.append(fn(items[pos]))
-            except KeyboardInterrupt:
-                raise
-            except BaseException as exc:
-                values.append(None)
-                if failures is None:
-                    failures = {}
-                failures[pos] = Failure.capture(exc)
+            elif first:
+                # The first item is always timed; its duration decides whether
+                # the rest are worth a clock read each.
+                first = False
+                mark[MARK_POSITION] = 0
+                append(fn(items[0]))
+                assert ends is not None
+                ends.append(perf_counter())
+                if ends[0] - started < PER_ITEM_TIMING_THRESHOLD:
+                    ends = None
+                pos = 1
+            elif ends is not None:
+                for pos in range(pos, n):  # noqa: B020
+                    mark[MARK_POSITION] = pos
+                    append(fn(items[pos]))
+                    ends.append(perf_counter())
+                pos = n
+            elif track_position:
+                for pos in range(pos, n):  # noqa: B020
+                    mark[MARK_POSITION] = pos
+                    append(fn(items[pos]))
+                pos = n
+            else:
+                # C-speed loop; on an exception extend() keeps what it added
+                # so far, so len(values) is the failing item's position.
+                values.extend(map(fn, items if pos == 0 else items[pos:]))
+                pos = n
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:
+            pos = len(values)  # the item that raised
+            append(None)
+            if failures is None:
+                failures = {}
+            failures[pos] = Failure.capture(exc)
             if ends is not None:
                 ends.append(perf_counter())
+            first = False
             pos += 1
-        if pos < bound:  # abandoned mid-chunk
-            break
-        if (
-            bound == 1
-            and not watch_time
-            and ends is not None
-            and ends[0] - started < PER_ITEM_TIMING_THRESHOLD
-        ):
-            ends = None
-        bound = n
     finished = perf_counter()
     return ChunkResult(
         chunk,
@@ -269,6 +299,7 @@ def worker_loop(
     max_tasks: int | None = None,
     should_retire: Callable[[], bool] | None = None,
     partial: list[list[Any]] | None = None,
+    track_position: bool = True,
 ) -> bool:
     """Take tasks until the poison pill; return True when the worker should be
     recycled (``max_tasks`` items run, or ``should_retire()`` said so).
@@ -292,7 +323,9 @@ def worker_loop(
             if partial is not None:
                 partial.clear()
                 partial.append(values)
-            result = run_chunk(fn, chunk, mark, values, watch_time=watch_time)
+            result = run_chunk(
+                fn, chunk, mark, values, watch_time=watch_time, track_position=track_position
+            )
             mark[MARK_POSITION] = -1.0
             result.worker = name
             report(result, tag)

@@ -21,7 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from .._worker import Chunk, Job
+from .._errors import ParallaxError
+from .._worker import Chunk, ChunkResult, Job
 
 __all__ = [
     "Backend",
@@ -30,6 +31,8 @@ __all__ = [
     "available_modes",
     "backend_options",
     "create_backend",
+    "failed_chunk",
+    "initializer_error",
     "register_backend",
     "usable_cpus",
 ]
@@ -110,6 +113,20 @@ class Backend(ABC):
     def broken(self) -> BaseException | None:
         """Why this backend can run nothing more, or None while it can."""
         return None
+
+
+def failed_chunk(chunk: Chunk, error: BaseException) -> ChunkResult:
+    """A result that fails every item of ``chunk`` with ``error``."""
+    return ChunkResult(chunk, [], interruption=error, interrupted_at=-1)
+
+
+def initializer_error(exc: BaseException) -> ParallaxError:
+    error = ParallaxError(
+        f"the worker initializer failed with {type(exc).__name__}: {exc}; "
+        "no item can run in this pool"
+    )
+    error.__cause__ = exc
+    return error
 
 
 BackendFactory = Callable[..., Backend]

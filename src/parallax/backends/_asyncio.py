@@ -21,8 +21,7 @@ from typing import Any
 
 from .._errors import TaskTimeoutError, describe_item
 from .._worker import Chunk, ChunkResult, Failure, Job, set_inside_worker
-from . import Backend, WorkerSetup
-from ._thread import failed_chunk, initializer_error
+from . import Backend, WorkerSetup, failed_chunk, initializer_error
 
 DEFAULT_CONCURRENCY = 1000
 #: chunks kept in play at once; chunks are sized so that together they keep

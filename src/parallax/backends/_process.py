@@ -54,8 +54,7 @@ from .._worker import (
     Job,
     Mark,
 )
-from . import Backend, WorkerSetup, usable_cpus
-from ._thread import failed_chunk, initializer_error
+from . import Backend, WorkerSetup, failed_chunk, initializer_error, usable_cpus
 
 logger = logging.getLogger("parallax")
 

@@ -15,7 +15,7 @@ from typing import Any
 from .._errors import TaskTimeoutError, describe_item
 from .._serialize import round_trip
 from .._worker import Chunk, ChunkResult, Failure, Job, new_mark, run_chunk, set_inside_worker
-from . import Backend, WorkerSetup
+from . import Backend, WorkerSetup, failed_chunk, initializer_error
 
 
 class _CheckedCall:
@@ -48,6 +48,7 @@ class SerialBackend(Backend):
         self._initialized = False
         self._mark = new_mark()
         self._closed = False
+        self._broken: BaseException | None = None
 
     def prepare(self, job: Job) -> None:
         if self._check_pickle:
@@ -61,11 +62,22 @@ class SerialBackend(Backend):
         if not self._initialized:
             self._initialized = True
             if self._setup.initializer is not None:
-                self._setup.initializer(*self._setup.initargs)
+                try:
+                    self._setup.initializer(*self._setup.initargs)
+                except Exception as exc:
+                    self._broken = initializer_error(exc)
+        if self._broken is not None:
+            job.deliver(failed_chunk(chunk, self._broken))
+            return
         previous = set_inside_worker(True)
         try:
             result = run_chunk(
-                job.fn, chunk, self._mark, [], watch_time=job.timeout is not None
+                job.fn,
+                chunk,
+                self._mark,
+                [],
+                watch_time=job.timeout is not None,
+                track_position=False,
             )
         finally:
             set_inside_worker(previous)
@@ -73,6 +85,10 @@ class SerialBackend(Backend):
         if job.timeout is not None:
             _flag_overruns(result, job.timeout)
         job.deliver(result)
+
+    @property
+    def broken(self) -> BaseException | None:
+        return self._broken
 
     def shutdown(self, wait: bool = True, *, cancel_pending: bool = False) -> None:
         self._closed = True

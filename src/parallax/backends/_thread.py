@@ -20,7 +20,7 @@ import threading
 from time import perf_counter
 from typing import Any
 
-from .._errors import ParallaxError, TaskTimeoutError, describe_item
+from .._errors import TaskTimeoutError, describe_item
 from .._worker import (
     MARK_POSITION,
     MARK_STARTED,
@@ -33,7 +33,7 @@ from .._worker import (
     new_mark,
     worker_loop,
 )
-from . import Backend, WorkerSetup, usable_cpus
+from . import Backend, WorkerSetup, failed_chunk, initializer_error, usable_cpus
 
 logger = logging.getLogger("parallax")
 
@@ -43,20 +43,6 @@ _pool_ids = itertools.count(1)
 def default_thread_workers() -> int:
     """Like the standard library: enough threads to overlap waiting, capped."""
     return min(32, usable_cpus() + 4)
-
-
-def failed_chunk(chunk: Chunk, error: BaseException) -> ChunkResult:
-    """A result that fails every item of ``chunk`` with ``error``."""
-    return ChunkResult(chunk, [], interruption=error, interrupted_at=-1)
-
-
-def initializer_error(exc: BaseException) -> ParallaxError:
-    error = ParallaxError(
-        f"the worker initializer failed with {type(exc).__name__}: {exc}; "
-        "no item can run in this pool"
-    )
-    error.__cause__ = exc
-    return error
 
 
 class _ThreadWorker:
@@ -124,6 +110,7 @@ class ThreadBackend(Backend):
             name=worker.name,
             max_tasks=setup.max_tasks_per_worker,
             partial=worker.partial,
+            track_position=False,  # a thread cannot die under an item
         )
         with self._lock:
             self._live.discard(worker)

@@ -1,0 +1,226 @@
+"""Fault injection: every failure lands on its item, nothing hangs, nothing leaks."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import parallax
+from conftest import Backend, child_pids
+from faults import FailOnce, Faulty, InjectedError, failing_initializer, record_pid
+
+CHUNK = 5
+ITEMS = 15
+#: the first, a middle and the last item of the second chunk
+POSITIONS = {"first": 5, "middle": 7, "last": 9}
+
+PROCESS_FAULTS = {
+    "raise": (InjectedError, "injected at"),
+    "exit": (parallax.WorkerCrashedError, "exited with code 13"),
+    "sigkill": (parallax.WorkerCrashedError, "SIGKILL"),
+    "segfault": (parallax.WorkerCrashedError, "SIGSEGV"),
+    "hang": (parallax.TaskTimeoutError, "timeout"),
+    "unpicklable": (parallax.SerializationError, "result"),
+}
+
+
+@pytest.mark.parametrize("position", POSITIONS)
+@pytest.mark.parametrize("kind", PROCESS_FAULTS)
+def test_process_fault_matrix(kind: str, position: str) -> None:
+    bad = POSITIONS[position]
+    error_type, message = PROCESS_FAULTS[kind]
+    with parallax.Executor("process", workers=2, chunksize=CHUNK, timeout=2) as executor:
+        results = list(executor.imap(Faulty(kind, bad), range(ITEMS), errors="return"))
+        assert len(results) == ITEMS
+        failure = results[bad]
+        assert isinstance(failure, error_type), failure
+        assert message in str(failure)
+        if kind in {"exit", "sigkill", "segfault", "hang"}:
+            assert f"item {bad}" in str(failure)
+        assert [r for i, r in enumerate(results) if i != bad] == [
+            x * 10 for x in range(ITEMS) if x != bad
+        ]
+        # still usable afterwards, on replaced workers
+        assert list(executor.imap(Faulty("raise", -1), range(20))) == [x * 10 for x in range(20)]
+
+
+@pytest.mark.parametrize("kind", ["exit", "segfault"])
+def test_crash_with_errors_raise_names_worker_and_exit(kind: str) -> None:
+    with pytest.raises(parallax.WorkerCrashedError) as caught:
+        parallax.map(Faulty(kind, 3), range(10), mode="process", chunksize=4)
+    error = caught.value
+    assert error.worker.startswith("parallax-process-")
+    assert error.exitcode == (13 if kind == "exit" else -signal.SIGSEGV)
+    assert "item 3 (3)" in str(error)
+
+
+@pytest.mark.parametrize("mode", ["thread", "free-threaded", "serial"])
+def test_in_process_faults(mode: str) -> None:
+    results = parallax.map(Faulty("raise", 4), range(10), mode=mode, chunksize=3,
+                           errors="return")
+    assert isinstance(results[4], InjectedError)
+    assert [r for i, r in enumerate(results) if i != 4] == [x * 10 for x in range(10) if x != 4]
+
+
+@pytest.mark.parametrize("position", POSITIONS)
+def test_thread_timeout_abandons_the_item_and_carries_on(position: str) -> None:
+    bad = POSITIONS[position]
+
+    def fn(x: int) -> int:
+        if x == bad:
+            time.sleep(1.0)  # shorter than the leak check's patience
+        return x * 10
+
+    started = time.monotonic()
+    results = parallax.map(fn, range(ITEMS), mode="thread", workers=2, chunksize=CHUNK,
+                           timeout=0.2, errors="return")
+    assert time.monotonic() - started < 0.9  # did not wait for the stuck item
+    assert isinstance(results[bad], parallax.TaskTimeoutError)
+    assert "abandoned" in str(results[bad])
+    assert [r for i, r in enumerate(results) if i != bad] == [
+        x * 10 for x in range(ITEMS) if x != bad
+    ]
+
+
+def test_failing_initializer_is_a_clear_error_not_a_respawn_loop(backend: Backend) -> None:
+    started = time.monotonic()
+    with pytest.raises(parallax.ParallaxError, match="initializer failed") as caught:
+        backend.map(abs, range(20), initializer=failing_initializer)
+    assert time.monotonic() - started < 30
+    assert isinstance(caught.value.__cause__, InjectedError)
+
+
+def test_initializer_runs_once_per_worker(tmp_path: Path) -> None:
+    results = parallax.map(os.getpid.__call__ and _pid, range(40), mode="process", workers=2,
+                           initializer=record_pid, initargs=(str(tmp_path),))
+    initialized = {int(name) for name in os.listdir(tmp_path)}
+    assert set(results) <= initialized and len(initialized) == 2
+
+
+def _pid(_: int) -> int:
+    return os.getpid()
+
+
+def test_max_tasks_per_worker_recycles_workers() -> None:
+    pids = parallax.map(_pid, range(40), mode="process", workers=2, chunksize=5,
+                        max_tasks_per_worker=10)
+    assert len(set(pids)) >= 4  # 40 items, 10 per worker life
+
+
+def test_max_worker_memory_recycles_workers() -> None:
+    pids = parallax.map(_pid, range(40), mode="process", workers=1, chunksize=5,
+                        max_worker_memory=1)  # every worker is over one byte
+    assert len(set(pids)) == 8
+
+
+@pytest.mark.parametrize("kind", ["raise", "exit"])
+def test_retries_recover_transient_failures(kind: str, tmp_path: Path) -> None:
+    fn = FailOnce(kind, 6, str(tmp_path / "marker"))
+    with parallax.monitor() as monitor:
+        results = parallax.map(fn, range(12), mode="process", chunksize=4, retries=2)
+    assert results == [x * 10 for x in range(12)]
+    assert monitor.runs[-1].retried == 1
+    attempts = {record.index: record.attempt for record in monitor.runs[-1].task_records}
+    assert attempts[6] == 2
+
+
+def test_retry_on_limits_what_is_retried(tmp_path: Path) -> None:
+    fn = FailOnce("raise", 2, str(tmp_path / "marker"))
+    with pytest.raises(InjectedError):
+        parallax.map(fn, range(5), mode="thread", retries=3, retry_on=(KeyError,))
+
+
+def test_blas_thread_pools_are_capped_in_workers() -> None:
+    values = parallax.map(_omp, range(2), mode="process", workers=2)
+    expected = str(max(1, parallax.backends.usable_cpus() // 2))
+    assert values == [os.environ.get("OMP_NUM_THREADS", expected)] * 2
+
+
+def _omp(_: int) -> str | None:
+    return os.environ.get("OMP_NUM_THREADS")
+
+
+@pytest.mark.soak
+def test_soak_every_input_yields_exactly_one_outcome() -> None:
+    size = int(os.environ.get("PARALLAX_SOAK_ITEMS", "100000"))
+    rng = random.Random(1234)
+    failing = set(rng.sample(range(size), size // 100))
+    crashing = set(rng.sample(sorted(set(range(size)) - failing), 5))
+    results = parallax.map(_soak_item, [(x, x in failing, x in crashing) for x in range(size)],
+                           mode="process", errors="return")
+    assert len(results) == size
+    for x, value in enumerate(results):
+        if x in crashing:
+            assert isinstance(value, parallax.WorkerCrashedError), (x, value)
+        elif x in failing:
+            assert isinstance(value, InjectedError) and str(value) == f"injected at {x}"
+        else:
+            assert value == x * 10
+
+
+def _soak_item(args: tuple[int, bool, bool]) -> int:
+    x, fail, crash = args
+    if crash:
+        os._exit(9)
+    if fail:
+        raise InjectedError(f"injected at {x}")
+    return x * 10
+
+
+CTRL_C_SCRIPT = """
+import functools
+import sys
+
+import parallax
+from faults import sleep_and_record
+
+task = functools.partial(sleep_and_record, sys.argv[1])
+parallax.map(task, range(8), mode="process", workers=2, chunksize=1)
+print("finished", flush=True)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except OSError:
+        return False
+
+
+def test_ctrl_c_stops_the_run_and_leaves_no_worker(tmp_path: Path) -> None:
+    script = tmp_path / "run.py"
+    script.write_text(CTRL_C_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    process = subprocess.Popen([sys.executable, str(script), str(tmp_path)], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while len([name for name in os.listdir(tmp_path) if name.isdigit()]) < 2:
+            assert time.monotonic() < deadline, "workers never started"
+            assert process.poll() is None, process.communicate()
+            time.sleep(0.05)
+        workers = [int(name) for name in os.listdir(tmp_path) if name.isdigit()]
+        interrupted = time.monotonic()
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=10)
+        assert time.monotonic() - interrupted < 10
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert "KeyboardInterrupt" in stderr
+    assert process.returncode != 0
+    deadline = time.monotonic() + 5
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [pid for pid in workers if _alive(pid)], "orphaned workers"
+    assert not child_pids() - {process.pid}
