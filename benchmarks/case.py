@@ -1,14 +1,16 @@
 """One measurement of one case, in a fresh interpreter (run by ``benchmarks/run.py``).
 
-``python -m benchmarks.case WORKLOAD CASE_ID SIZE`` imports the case's
-library, then times two calls on the same pool:
+``python -m benchmarks.case WORKLOAD CASE_ID SIZE [--profile PATH]`` imports
+the case's library, then times two calls on the same pool:
 
 * cold: pool creation and the first call, until the results are in hand;
 * warm: a second call, same process, same pool.
 
 It checks both results against the expected ones and prints one line,
 ``RESULT {json}``, with ``status`` ``ok``, ``wrong`` (a result differed),
-``na`` (the parallax mode does not exist yet) or ``error``.
+``na`` (the parallax mode does not exist yet) or ``error``. With
+``--profile PATH`` the cold call runs under cProfile (in this process only;
+its timing is then not comparable) and the statistics are written to PATH.
 For the stream workload a thread samples the resident memory of this process
 and of all its children every few milliseconds.
 """
@@ -86,7 +88,8 @@ def _timed(call: Callable[[], Any]) -> tuple[Any, float]:
     return outcome, time.perf_counter() - started
 
 
-def measure(workload: Workload, runner: Runner, size: int) -> dict[str, Any]:
+def measure(workload: Workload, runner: Runner, size: int,
+            profile: str | None = None) -> dict[str, Any]:
     """Import, cold call, warm call, checks; the fields of the RESULT line."""
     fn = workload.fn
     started = time.perf_counter()
@@ -111,7 +114,14 @@ def measure(workload: Workload, runner: Runner, size: int) -> dict[str, Any]:
 
     def cold_call() -> Any:
         runner.start()
-        return call()
+        if profile is None:
+            return call()
+        import cProfile
+
+        with cProfile.Profile() as profiler:
+            outcome = call()
+        profiler.dump_stats(profile)
+        return outcome
 
     try:
         if sampler is not None:
@@ -144,13 +154,19 @@ def measure(workload: Workload, runner: Runner, size: int) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
-    workload_name, case_id, size_text = argv
-    workload = WORKLOADS[workload_name]
-    size = int(size_text)
-    case = find_case(workload, size, case_id)
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Measure one benchmark case.")
+    parser.add_argument("workload", choices=sorted(WORKLOADS))
+    parser.add_argument("case_id")
+    parser.add_argument("size", type=int)
+    parser.add_argument("--profile", metavar="PATH", help="cProfile the cold call into PATH")
+    args = parser.parse_args(argv)
+    workload = WORKLOADS[args.workload]
+    case = find_case(workload, args.size, args.case_id)
     runner = case.make()
     try:
-        result = measure(workload, runner, size)
+        result = measure(workload, runner, args.size, args.profile)
     except Exception as exc:
         message = f"{type(exc).__name__}: {exc}"
         if isinstance(runner, ParallaxRunner) and "unknown mode" in str(exc):

@@ -8,9 +8,9 @@ import sysconfig
 import pytest
 
 import parallax
+from helpers import spin
 from parallax import _auto
 from parallax.backends import _freethreaded
-from helpers import spin
 
 
 def test_runs_on_threads_and_returns_correct_results() -> None:
@@ -25,9 +25,11 @@ def test_default_workers_are_the_usable_cpus() -> None:
 @pytest.mark.skipif(not _auto.gil_enabled(), reason="only a GIL build warns")
 def test_warns_once_on_a_gil_build(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_freethreaded, "_warned", False)
+    executors = []
     with pytest.warns(RuntimeWarning, match="no CPU parallelism") as record:
-        parallax.Executor("free-threaded").shutdown()
-        parallax.Executor("free-threaded").shutdown()
+        executors.extend(parallax.Executor("free-threaded") for _ in range(2))
+    for executor in executors:
+        executor.shutdown()
     assert len(record) == 1
     assert record[0].filename == __file__  # points at the caller, not at parallax
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Iterator
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import parallax
 from conftest import Backend
 from helpers import add, double
 
@@ -82,3 +84,50 @@ def test_property_same_as_list_comprehension(
     results = Backend(mode).map(double, data, chunksize=chunksize, ordered=ordered)
     expected = [double(x) for x in data]
     assert (results if ordered else sorted(results)) == (expected if ordered else sorted(expected))
+
+
+def test_closing_imap_cancels_what_has_not_started(backend: Backend) -> None:
+    calls = itertools.count()
+
+    def counted(x: int) -> int:
+        next(calls)
+        time.sleep(0.01)
+        return x
+
+    iterator = backend.imap(counted, itertools.count(), workers=2, chunksize=1)
+    assert next(iterator) == 0
+    iterator.close()  # type: ignore[attr-defined]
+    at_close = next(calls)
+    time.sleep(0.3)
+    assert next(calls) - at_close <= 1 + 12  # only what was already running, or queued
+
+
+def test_unknown_length_input_is_not_batched_blindly(backend: Backend) -> None:
+    pulled = itertools.count()
+
+    def source() -> Iterator[int]:
+        for value in itertools.count():
+            next(pulled)
+            yield value
+
+    iterator = backend.imap(lambda x: time.sleep(0.01) or x, source(), workers=2)
+    assert [next(iterator) for _ in range(20)] == list(range(20))
+    iterator.close()  # type: ignore[attr-defined]
+    assert next(pulled) < 20 + 200  # read ahead a bounded, small amount
+
+
+@pytest.mark.parametrize("policy_mode", ["serial", "thread", "process"])
+def test_ordered_raise_yields_everything_before_the_first_failure(policy_mode: str) -> None:
+    def fail_late(x: int) -> int:
+        if x == 2:
+            time.sleep(0.2)
+            raise ValueError("item 2")
+        if x == 4:
+            raise KeyError("item 4")
+        return x
+
+    seen = []
+    with pytest.raises(ValueError, match="item 2"):
+        for value in parallax.imap(fail_late, range(8), mode=policy_mode, workers=2, chunksize=1):
+            seen.append(value)
+    assert seen == [0, 1]

@@ -3,8 +3,9 @@
 ``chunksize=N`` is taken as given. ``chunksize="auto"`` adapts to measured
 task time:
 
-* before anything is measured, chunks ramp up 1, 2, 4, ... items, so a slow
-  function is never batched blindly and a fast one soon is;
+* before anything is measured, chunks hold one item, so a slow function is
+  never batched blindly (the first results arrive within milliseconds, and
+  the auto-selector's probe often measured the function already);
 * once chunks come back, a chunk holds enough items to take about 100x the
   backend's per-chunk overhead (so dispatch costs ~1% of the work);
 * when the input's length is known, no chunk holds more than
@@ -52,7 +53,6 @@ class ChunkSizer:
         self.target_seconds = max(MIN_TARGET_SECONDS, 100 * chunk_overhead)
         self._lock = threading.Lock()
         self._item_seconds = item_seconds
-        self._ramp = 1
         self._largest = 0
 
     @property
@@ -82,8 +82,9 @@ class ChunkSizer:
 
     def _auto_size(self, consumed: int) -> int:
         if self._item_seconds is None:
-            size = self._ramp
-            self._ramp *= 2
+            # Nothing measured yet: one item at a time, so a slow function is
+            # never batched blindly; sizes adapt as soon as a chunk returns.
+            size = 1
         else:
             size = math.ceil(self.target_seconds / max(self._item_seconds, 1e-9))
         if self.total is not None:

@@ -58,7 +58,7 @@ class _FutureJob(Job):
         super().__init__(fn, self._settle, timeout=timeout)
         self.future = future
 
-    def claim(self) -> bool:
+    def claim(self, chunk: Chunk) -> bool:
         return not self.cancelled and self.future.set_running_or_notify_cancel()
 
     def _settle(self, result: ChunkResult) -> None:

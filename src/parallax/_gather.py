@@ -14,10 +14,9 @@ Everything that must behave the same in every mode lives here, once:
 
 from __future__ import annotations
 
-import itertools
 import queue
 import random
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import CancelledError
 from dataclasses import dataclass, field
 from time import monotonic
@@ -142,7 +141,7 @@ class Run:
         self._started = False
         self.items_done = 0
         self.finished = False
-        self._iterator: Iterator[list[Any]] | None = None
+        self._iterator: Generator[list[Any], None, None] | None = None
 
     # -- iteration -------------------------------------------------------------
 
@@ -154,14 +153,29 @@ class Run:
                 self.recorder.begin()
             self._fill()
 
-    def batches(self) -> Iterator[list[Any]]:
+    def batches(self) -> Generator[list[Any], None, None]:
         """Results chunk by chunk (for ``map``, which extends a list with them)."""
         if self._iterator is None:
             self._iterator = self._drive()
         return self._iterator
 
     def __iter__(self) -> Iterator[Any]:
-        return itertools.chain.from_iterable(self.batches())
+        batches = self.batches()
+        try:
+            for batch in batches:
+                yield from batch
+        finally:
+            # Closing this iterator (break, garbage collection) closes the
+            # driver, whose cleanup cancels what has not started.
+            self.close()
+
+    def close(self) -> None:
+        """Stop the run: cancel what has not started; idempotent."""
+        if self._iterator is not None:
+            self._iterator.close()
+        elif not self.finished:
+            self.finished = True
+            self.backend.cancel(self.job)
 
     def cancel(self) -> None:
         """Stop the run from another thread; its iterator raises CancelledError."""
@@ -170,6 +184,8 @@ class Run:
 
     def _fill(self) -> None:
         states = self._states
+        if self.job.cutoff is not None:
+            return  # a failure was recorded: nothing new starts
         while not self._exhausted and len(states) < self.window:
             chunk = next(self._source, None)
             if chunk is None:
@@ -178,7 +194,7 @@ class Run:
             states[chunk.seq] = _ChunkState(chunk, remaining=len(chunk.items))
             self._submit(chunk)
 
-    def _drive(self) -> Iterator[list[Any]]:
+    def _drive(self) -> Generator[list[Any], None, None]:
         states = self._states
         completed = False
         interrupted = False
@@ -220,6 +236,11 @@ class Run:
             while (state := states.get(self._next_seq)) is not None and state.done:
                 del states[self._next_seq]
                 self._next_seq += 1
+                if state.errors and self.errors == "raise":
+                    # In order: the items before the first failure, then it.
+                    first = min(state.errors)
+                    yield (state.values or [])[:first]
+                    raise state.errors[first]
                 yield self._outcomes(state)
         else:
             for seq in [seq for seq, state in states.items() if state.done]:
@@ -375,7 +396,23 @@ class Run:
         if self.recorder is not None:
             self.recorder.failed(index, error)
         if self.errors == "raise":
-            raise error
+            if not self.ordered:
+                raise error
+            self._stop_after(chunk.seq)
+
+    def _stop_after(self, seq: int) -> None:
+        """Ordered ``errors="raise"``: chunks before ``seq`` finish, later ones are dropped.
+
+        The run then delivers every result before the first failing item and
+        raises that item's exception, as ``[fn(x) for x in data]`` would.
+        """
+        cutoff = self.job.cutoff
+        if cutoff is not None and cutoff <= seq:
+            return
+        self.job.cutoff = seq
+        for later in [other for other in self._states if other > seq]:
+            del self._states[later]
+        self._delayed = [(when, chunk) for when, chunk in self._delayed if chunk.seq <= seq]
 
     def _outcomes(self, state: _ChunkState) -> list[Any]:
         values = state.values

@@ -132,7 +132,7 @@ class Stats:
         """Set ``attempt`` on retried items: the last record has the final attempt."""
         if not self._attempts:
             return records
-        numbered = []
+        numbered: list[TaskRecord] = []
         for index, group in itertools.groupby(records, key=lambda record: record.index):
             runs = list(group)
             final = self._attempts.get(index, len(runs))

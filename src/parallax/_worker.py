@@ -160,10 +160,20 @@ class Job:
 
     Backends call :meth:`claim` right before a chunk starts (False: drop it)
     and :meth:`deliver` with each finished chunk; they know nothing else of
-    the run.
+    the run. ``cutoff`` lets the run drop chunks past a failure while the
+    chunks before it still finish.
     """
 
-    __slots__ = ("__weakref__", "_deliver", "cancelled", "fn", "id", "payload", "timeout")
+    __slots__ = (
+        "__weakref__",
+        "_deliver",
+        "cancelled",
+        "cutoff",
+        "fn",
+        "id",
+        "payload",
+        "timeout",
+    )
 
     def __init__(
         self,
@@ -176,12 +186,17 @@ class Job:
         self.fn = fn
         self.timeout = timeout
         self.cancelled = False
+        self.cutoff: int | None = None
         self._deliver = deliver
         #: the function serialized by a backend that needs it, cached per job
         self.payload: bytes | None = None
 
-    def claim(self) -> bool:
-        return not self.cancelled
+    def claim(self, chunk: Chunk) -> bool:
+        """May ``chunk`` start? Backends ask right before running it."""
+        if self.cancelled:
+            return False
+        cutoff = self.cutoff
+        return cutoff is None or chunk.seq <= cutoff
 
     def cancel(self) -> None:
         self.cancelled = True

@@ -109,7 +109,7 @@ class AsyncioBackend(Backend):
         loop.call_soon_threadsafe(self._start, job, chunk)
 
     def _start(self, job: Job, chunk: Chunk) -> None:
-        if not job.claim():
+        if not job.claim(chunk):
             return
         if not self._initialized:  # external loop: initializer runs on it, once
             self._initialized = True

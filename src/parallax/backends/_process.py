@@ -373,7 +373,7 @@ class ProcessBackend(Backend):
     def _next_pending(self) -> tuple[Job, Chunk, bytes] | None:
         while self._pending:
             task = self._pending.popleft()
-            if task[0].claim():
+            if task[0].claim(task[1]):
                 return task
         return None
 
@@ -540,7 +540,7 @@ class ProcessBackend(Backend):
             for worker in self._workers.values():
                 worker.busy = None
         for job, chunk, _blob in pending:
-            if job.claim():
+            if job.claim(chunk):
                 job.deliver(failed_chunk(chunk, error))
         for job, chunk, _blob in busy:
             job.deliver(failed_chunk(chunk, error))

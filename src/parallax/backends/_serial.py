@@ -57,7 +57,7 @@ class SerialBackend(Backend):
     def submit(self, job: Job, chunk: Chunk) -> None:
         if self._closed:
             raise RuntimeError("cannot submit to a serial backend after shutdown")
-        if not job.claim():
+        if not job.claim(chunk):
             return
         if not self._initialized:
             self._initialized = True

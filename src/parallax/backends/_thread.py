@@ -126,7 +126,7 @@ class ThreadBackend(Backend):
             if self._broken is not None:
                 job.deliver(failed_chunk(chunk, self._broken))
                 continue
-            if not job.claim():
+            if not job.claim(chunk):
                 continue
             worker.current = task
             return job.fn, chunk, job.timeout is not None, job
