@@ -70,6 +70,7 @@ class CallOptions:
     retry_on: tuple[type[BaseException], ...] = (Exception,)
     backoff: float = 0.0
     max_tasks_per_worker: int | None = None
+    record_tasks: bool = True
     backend: dict[str, Any] | None = None
 
     @classmethod
@@ -85,8 +86,9 @@ class CallOptions:
         check_timeout(options.timeout)
         check_errors(options.errors)
         check_initializer(options.initializer, options.initargs)
-        if not isinstance(options.ordered, bool):
-            raise TypeError(f"ordered must be True or False, not {options.ordered!r}")
+        for flag in ("ordered", "record_tasks"):
+            if not isinstance(getattr(options, flag), bool):
+                raise TypeError(f"{flag} must be True or False, not {getattr(options, flag)!r}")
         if not (options.progress in (True, False, None) or callable(options.progress)):
             raise TypeError(f"progress must be True, False or a callable, not {options.progress!r}")
         _check_retry(options)
@@ -257,6 +259,7 @@ def _launch(
             total=total,
             reason=reason,
             on_progress=reporter.advance if reporter else None,
+            record_tasks=options.record_tasks,
         )
     except BaseException:
         executor.shutdown(wait=False)
@@ -341,8 +344,9 @@ def map(
             :class:`~parallax.ProgressUpdate`.
         initializer, initargs: run in each worker as it starts.
         **options: ``retries``, ``retry_on``, ``backoff``,
-            ``max_tasks_per_worker`` and backend options (e.g. ``address=``
-            for dask).
+            ``max_tasks_per_worker``, ``record_tasks`` (False keeps only
+            counts and totals in the stats) and backend options (e.g.
+            ``address=`` for dask).
 
     Raises:
         ValueError, TypeError: bad arguments, before any work starts.

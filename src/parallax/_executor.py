@@ -314,6 +314,7 @@ class Executor(_StdExecutor):
         total: int | None = None,
         reason: str | None = None,
         on_progress: Callable[[int], None] | None = None,
+        record_tasks: bool = True,
     ) -> Run:
         check_callable(fn)
         check_iterable(iterable)
@@ -322,7 +323,9 @@ class Executor(_StdExecutor):
         policy = errors if errors == "wrap" else check_errors(errors)
         if total is None:
             total = _length(iterable)
-        recorder = StatsRecorder(self.mode, reason or self._reason, self.workers, size)
+        recorder = StatsRecorder(
+            self.mode, reason or self._reason, self.workers, size, tasks=record_tasks
+        )
         with self._lock:
             self._check_open()
             run = Run(

@@ -19,7 +19,7 @@ import random
 from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import CancelledError
 from dataclasses import dataclass, field
-from time import monotonic
+from time import monotonic, perf_counter
 from typing import Any, Final, Literal
 
 from ._chunking import ChunkSizer, chunks
@@ -252,6 +252,7 @@ class Run:
         return f"auto (up to {self.sizer.largest})" if self.sizer.largest else "auto"
 
     def _submit(self, chunk: Chunk) -> None:
+        chunk.submitted = perf_counter()
         self.backend.submit(self.job, chunk)
 
     def _release_due(self) -> None:

@@ -10,6 +10,7 @@ their records say ``estimated=True``.
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import itertools
 import json
 import threading
@@ -20,6 +21,7 @@ from pathlib import Path
 from time import perf_counter, time
 from typing import Any
 
+from ._errors import describe_item
 from ._worker import ChunkResult
 
 __all__ = ["Monitor", "Stats", "StatsRecorder", "TaskRecord", "WorkerRecord", "monitor"]
@@ -31,6 +33,7 @@ class TaskRecord:
 
     index: int
     worker: str
+    queued: float  # when its chunk was handed to the backend
     started: float
     finished: float
     cpu: float
@@ -51,6 +54,8 @@ class WorkerRecord:
     tasks: int
     chunks: int
     busy: float
+    idle: float  # run wall time not spent on this worker's chunks
+    startup: float  # from the run's start to this worker's first chunk
     first_started: float
     last_finished: float
     utilisation: float  # busy / run wall time
@@ -58,6 +63,7 @@ class WorkerRecord:
 
 @dataclass(frozen=True, slots=True)
 class _ChunkRecord:
+    submitted: float
     start: int
     positions: Sequence[int]
     worker: str
@@ -86,6 +92,14 @@ class Stats:
     _origin: float = 0.0  # perf_counter() when the run began
     _chunks: list[_ChunkRecord] = field(default_factory=list, repr=False)
     _attempts: dict[int, int] = field(default_factory=dict, repr=False)
+    _slowest: list[tuple[float, int, str]] = field(default_factory=list, repr=False)
+    #: False when per-task records were turned off (``record_tasks=False``)
+    records_kept: bool = True
+
+    def slowest(self, count: int = 5) -> list[tuple[int, float, str]]:
+        """The slowest timed items: (index, seconds, short repr of the input)."""
+        ranked = sorted(self._slowest, reverse=True)[:count]
+        return [(index, seconds, text) for seconds, index, text in ranked]
 
     # -- derived views -----------------------------------------------------------
 
@@ -116,6 +130,7 @@ class Stats:
                     TaskRecord(
                         index=chunk.start + position,
                         worker=chunk.worker,
+                        queued=min(chunk.submitted, previous) - origin,
                         started=previous - origin,
                         finished=finished - origin,
                         cpu=share_cpu,
@@ -151,14 +166,17 @@ class Stats:
         wall = self.wall_time or 1e-12
         records = []
         for name, chunks in sorted(by_worker.items()):
-            busy = sum(chunk.finished - chunk.started for chunk in chunks)
+            busy = _covered(chunks)
+            first_started = min(chunk.started for chunk in chunks) - self._origin
             records.append(
                 WorkerRecord(
                     name=name,
                     tasks=sum(chunk.done for chunk in chunks),
                     chunks=len(chunks),
                     busy=busy,
-                    first_started=min(chunk.started for chunk in chunks) - self._origin,
+                    idle=max(0.0, self.wall_time - busy),
+                    startup=max(0.0, first_started),
+                    first_started=first_started,
                     last_finished=max(chunk.finished for chunk in chunks) - self._origin,
                     utilisation=min(1.0, busy / wall),
                 )
@@ -201,12 +219,21 @@ class Stats:
         workers = self.worker_records
         if workers:
             lines.append("")
-            lines.append(f"{'worker':<28} {'tasks':>8} {'chunks':>7} {'busy s':>9} {'util':>6}")
+            lines.append(
+                f"{'worker':<30} {'tasks':>8} {'chunks':>7} {'busy s':>9} {'idle s':>9} "
+                f"{'util':>5}"
+            )
             for worker in workers:
                 lines.append(
-                    f"{worker.name:<28} {worker.tasks:>8} {worker.chunks:>7} "
-                    f"{worker.busy:>9.4f} {worker.utilisation:>6.0%}"
+                    f"{worker.name:<30} {worker.tasks:>8} {worker.chunks:>7} "
+                    f"{worker.busy:>9.4f} {worker.idle:>9.4f} {worker.utilisation:>5.0%}"
                 )
+        slowest = self.slowest(3)
+        if slowest:
+            lines.append("")
+            lines.append("slowest     " + ", ".join(
+                f"item {index} ({text}) {seconds:.4f} s" for index, seconds, text in slowest
+            ))
         return "\n".join(lines)
 
     def to_dict(self, *, tasks: bool = True) -> dict[str, Any]:
@@ -225,6 +252,10 @@ class Stats:
             "efficiency": self.efficiency,
             "overhead": self.overhead,
             "worker_records": [_record_dict(record) for record in self.worker_records],
+            "slowest": [
+                {"index": index, "seconds": seconds, "input": text}
+                for index, seconds, text in self.slowest()
+            ],
         }
         if tasks:
             data["task_records"] = [_record_dict(record) for record in self.task_records]
@@ -309,7 +340,22 @@ class Stats:
             _origin=origin,
             _chunks=[chunk for run in runs for chunk in run._chunks],
             _attempts={index: count for run in runs for index, count in run._attempts.items()},
+            _slowest=[entry for run in runs for entry in run._slowest],
+            records_kept=all(run.records_kept for run in runs),
         )
+
+
+def _covered(chunks: list[_ChunkRecord]) -> float:
+    """Seconds during which at least one of ``chunks`` ran (they may overlap:
+    an asyncio loop runs several at once)."""
+    total = 0.0
+    end = float("-inf")
+    for chunk in sorted(chunks, key=lambda record: record.started):
+        if chunk.finished <= end:
+            continue
+        total += chunk.finished - max(chunk.started, end)
+        end = chunk.finished
+    return total
 
 
 def _record_dict(record: TaskRecord | WorkerRecord) -> dict[str, Any]:
@@ -319,8 +365,11 @@ def _record_dict(record: TaskRecord | WorkerRecord) -> dict[str, Any]:
 class StatsRecorder:
     """Collects one run's records while it goes; publishes a Stats at the end."""
 
-    def __init__(self, mode: str, reason: str, workers: int, chunksize: int | str) -> None:
-        self.stats = Stats(mode=mode, reason=reason, workers=workers, chunksize=chunksize)
+    def __init__(
+        self, mode: str, reason: str, workers: int, chunksize: int | str, *, tasks: bool = True
+    ) -> None:
+        self.stats = Stats(mode=mode, reason=reason, workers=workers, chunksize=chunksize,
+                           records_kept=tasks)
         self._lock = threading.Lock()
         self._published = False
 
@@ -330,7 +379,12 @@ class StatsRecorder:
 
     def add(self, result: ChunkResult) -> None:
         done = len(result.values)
+        if not done or not self.stats.records_kept:
+            return
+        if result.item_ends is not None:
+            self._note_slowest(result)
         record = _ChunkRecord(
+            submitted=result.chunk.submitted,
             start=result.chunk.start,
             positions=result.chunk.positions,
             worker=result.worker,
@@ -342,8 +396,27 @@ class StatsRecorder:
             done=done,
             failed=frozenset(result.failures or ()),
         )
-        if done:
-            self.stats._chunks.append(record)
+        self.stats._chunks.append(record)
+
+    def _note_slowest(self, result: ChunkResult, keep: int = 5) -> None:
+        """Keep the few slowest items with a short repr of their input."""
+        ends = result.item_ends
+        assert ends is not None
+        starts = result.item_starts
+        previous = result.started
+        slowest = self.stats._slowest
+        for offset, end in enumerate(ends):
+            begin = starts[offset] if starts is not None else previous
+            seconds = end - begin
+            previous = end
+            if len(slowest) < keep or seconds > slowest[0][0]:
+                chunk = result.chunk
+                entry = (seconds, chunk.start + chunk.positions[offset],
+                         describe_item(chunk.items[offset]))
+                if len(slowest) < keep:
+                    heapq.heappush(slowest, entry)
+                else:
+                    heapq.heapreplace(slowest, entry)
 
     def failed(self, index: int, error: BaseException) -> None:
         self.stats.failed += 1

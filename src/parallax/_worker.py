@@ -93,6 +93,8 @@ class Chunk:
     start: int
     items: list[Any]
     positions: Sequence[int]
+    #: perf_counter() when the run handed the chunk to its backend
+    submitted: float = 0.0
 
     @classmethod
     def fresh(cls, seq: int, start: int, items: list[Any]) -> Chunk:
