@@ -126,8 +126,8 @@ def test_ordered_raise_yields_everything_before_the_first_failure(policy_mode: s
             raise KeyError("item 4")
         return x
 
-    seen = []
+    seen: list[int] = []
+    results = parallax.imap(fail_late, range(8), mode=policy_mode, workers=2, chunksize=1)
     with pytest.raises(ValueError, match="item 2"):
-        for value in parallax.imap(fail_late, range(8), mode=policy_mode, workers=2, chunksize=1):
-            seen.append(value)
+        seen.extend(results)
     assert seen == [0, 1]

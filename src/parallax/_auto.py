@@ -69,6 +69,9 @@ class Facts:
     probed: int = 0
     item_wall: float | None = None  # mean seconds per probed item
     item_cpu: float | None = None  # mean CPU seconds per probed item
+    #: mean seconds per item spent ready to run but waiting for a CPU (other
+    #: processes were busy); not waiting for I/O, so not counted as such
+    item_runqueue: float = 0.0
     total: int | None = None  # items in the whole input, if known
     gil_enabled: bool = True
     cpus: int = 1
@@ -106,7 +109,7 @@ def decide(facts: Facts, workers: int | None = None) -> Plan:
         )
     wall = max(facts.item_wall, 1e-9)
     cpu = min(max(facts.item_cpu, 0.0), wall)
-    share = cpu / wall
+    share = cpu / max(wall - facts.item_runqueue, cpu, 1e-9)
     per_item = _duration(wall)
     remaining = None if facts.total is None else max(0, facts.total - facts.probed)
     if remaining is not None and remaining * wall < SERIAL_BUDGET:
@@ -205,6 +208,7 @@ def probe(
         return Probe(Facts(coroutine=True, total=total, gil_enabled=gil, cpus=cpus))
     result = Probe(Facts(total=total, gil_enabled=gil, cpus=cpus), started=perf_counter())
     wall_total = cpu_total = 0.0
+    runqueue_before = _runqueue_seconds()
     for item in source:
         outcome, wall, cpu = _timed_call(fn, item)
         result.items.append(item)
@@ -218,10 +222,12 @@ def probe(
     result.cpu = cpu_total
     if count == 0:
         return result
+    runqueue = max(0.0, _runqueue_seconds() - runqueue_before)
     facts = Facts(
         probed=count,
         item_wall=wall_total / count,
         item_cpu=cpu_total / count,
+        item_runqueue=min(runqueue, wall_total) / count,
         total=total,
         gil_enabled=gil,
         cpus=cpus,
@@ -283,6 +289,19 @@ def _check_shipping(
         result.ends.append(perf_counter())
     speedup = (2 * (facts.item_wall or 0.0)) / max(together, 1e-9)
     return _replace(facts, probed=facts.probed + 2, thread_speedup=speedup)
+
+
+def _runqueue_seconds() -> float:
+    """Seconds this thread has spent runnable but not running (Linux schedstat).
+
+    On a busy machine a CPU-bound probe also waits for a CPU; counting that as
+    "waiting" would make it look I/O-bound. Elsewhere this reads 0.
+    """
+    try:
+        with open("/proc/thread-self/schedstat", "rb") as schedstat:
+            return int(schedstat.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
 
 def _replace(facts: Facts, **changes: Any) -> Facts:
