@@ -124,3 +124,17 @@ def test_repr_shows_mode_and_state() -> None:
     assert "serial" in repr(executor) and "running" in repr(executor)
     executor.shutdown()
     assert "closed" in repr(executor)
+
+
+def test_idle_pools_are_shut_down(monkeypatch: pytest.MonkeyPatch) -> None:
+    from parallax import _pools
+
+    first = {pid for pid, _ in parallax.map(_pid_and_name, range(4), mode="process")}
+    monkeypatch.setenv("PARALLAX_IDLE_TIMEOUT", "3600")
+    assert _pools.reap_idle() == 0  # recently used: kept warm
+    monkeypatch.setenv("PARALLAX_IDLE_TIMEOUT", "0.01")
+    time.sleep(0.05)
+    assert _pools.reap_idle() == 1
+    assert not first & child_pids()  # its workers are gone
+    second = {pid for pid, _ in parallax.map(_pid_and_name, range(4), mode="process")}
+    assert second and not first & second  # a fresh pool

@@ -9,9 +9,9 @@ task time:
 * once chunks come back, a chunk holds enough items to take about 100x the
   backend's per-chunk overhead (so dispatch costs ~1% of the work);
 * when the input's length is known, no chunk holds more than
-  ``remaining / (4 x workers)`` items, which keeps several chunks per worker
-  for balance and shrinks chunks towards the end so no worker idles at the
-  tail;
+  ``total / (4 x workers)`` items, which keeps several chunks per worker for
+  balance, and chunks shrink towards the end (``remaining / (2 x workers)``,
+  but not below ~1 ms of work) so no worker idles at the tail;
 * for inputs of unknown length a ceiling keeps memory bounded.
 """
 
@@ -84,15 +84,19 @@ class ChunkSizer:
         if self._item_seconds is None:
             # Nothing measured yet: one item at a time, so a slow function is
             # never batched blindly; sizes adapt as soon as a chunk returns.
-            size = 1
-        else:
-            size = math.ceil(self.target_seconds / max(self._item_seconds, 1e-9))
-        if self.total is not None:
-            remaining = max(1, self.total - consumed)
-            size = min(size, math.ceil(remaining / (BALANCE * self.workers)))
-        else:
-            size = min(size, UNKNOWN_LENGTH_CEILING)
-        return max(1, size)
+            return 1
+        per_item = max(self._item_seconds, 1e-9)
+        size = math.ceil(self.target_seconds / per_item)
+        if self.total is None:
+            return max(1, min(size, UNKNOWN_LENGTH_CEILING))
+        # Balance: several chunks per worker over the whole input...
+        size = min(size, math.ceil(self.total / (BALANCE * self.workers)))
+        # ...and smaller ones towards the end, so the last chunks finish
+        # together, but never so small that dispatch dominates.
+        remaining = max(1, self.total - consumed)
+        tail = math.ceil(remaining / (2 * self.workers))
+        floor = math.ceil(MIN_TARGET_SECONDS / per_item)
+        return max(1, min(size, max(tail, floor)))
 
 
 def chunks(

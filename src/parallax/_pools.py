@@ -27,7 +27,7 @@ logger = logging.getLogger("parallax")
 
 DEFAULT_IDLE_TIMEOUT = 300.0
 
-__all__ = ["acquire", "idle_timeout", "new_backend", "release", "shutdown_pools"]
+__all__ = ["acquire", "idle_timeout", "new_backend", "reap_idle", "release", "shutdown_pools"]
 
 
 @dataclass(slots=True)
@@ -119,18 +119,24 @@ def release(backend: Backend) -> None:
 
 def _reap() -> None:
     while not _reaper_stop.wait(min(5.0, idle_timeout() / 2)):
-        limit = idle_timeout()
-        now = monotonic()
-        with _lock:
-            idle = [
-                key
-                for key, pooled in _pools.items()
-                if pooled.leases == 0 and now - pooled.last_used > limit
-            ]
-            expired = [_pools.pop(key).backend for key in idle]
-        for backend in expired:
-            logger.debug("parallax: shutting down idle %s pool", backend.name)
-            backend.shutdown(wait=True)
+        reap_idle()
+
+
+def reap_idle() -> int:
+    """Shut down pools unused for longer than the idle timeout; how many were."""
+    limit = idle_timeout()
+    now = monotonic()
+    with _lock:
+        idle = [
+            key
+            for key, pooled in _pools.items()
+            if pooled.leases == 0 and now - pooled.last_used > limit
+        ]
+        expired = [_pools.pop(key).backend for key in idle]
+    for backend in expired:
+        logger.debug("parallax: shutting down idle %s pool", backend.name)
+        backend.shutdown(wait=True)
+    return len(expired)
 
 
 def shutdown_pools(wait: bool = True) -> None:

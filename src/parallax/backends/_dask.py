@@ -1,0 +1,866 @@
+"""Dask mode: chunks run as tasks on a ``distributed`` cluster.
+
+For work that outgrows one machine: the same ``parallax.map`` runs on Dask's
+scheduler and workers instead of anything home-made. Backend options:
+``address="tcp://host:8786"`` connects to a running scheduler (the client is
+closed at shutdown), ``client=`` uses an existing ``distributed.Client`` (left
+open); with neither, a ``LocalCluster`` of worker processes sized to the
+machine is started on first use and closed at shutdown.
+
+Data flow::
+
+    caller thread(s)                         Dask                       workers
+    ----------------                         ----                       -------
+    prepare(job)  fn large? ── scatter once (broadcast) ──────────────► fn kept in memory
+    submit(job, chunk)
+      client.submit(_run_on_worker, fn, items) ──► scheduler ──► _run_on_worker:
+                                                                 run_chunk (same loop
+                                                                 as every mode), values
+                                                                 pickled into one blob
+    job.deliver ◄── decode ◄── collector thread ◄── as_completed(with_results=True)
+                                  │
+              KilledWorker ───────┴──► the chunk's items again, one task each, so
+                                       the item that kills workers is named
+                                       (WorkerCrashedError) and the others finish
+
+* One chunk is one Dask task (the scheduler costs about a millisecond per
+  task, so auto chunking makes chunks of ~0.1 s). Items and the function go
+  through Dask's own serialization; a function that pickles to more than
+  :data:`SCATTER_THRESHOLD` bytes (a closure over a large array, say) is
+  scattered to the workers once per job instead of travelling with every
+  chunk. Results come back as one pickled blob per chunk, made on the worker,
+  so a result that cannot be pickled fails only its item with
+  ``SerializationError`` (left to Dask, it would break the worker's
+  connection and get the worker restarted).
+* A worker that dies is Dask's to recover: the scheduler re-runs its tasks
+  elsewhere, and only after ``distributed.scheduler.allowed-failures`` (3)
+  deaths does it give up on a task with ``KilledWorker``. parallax then runs
+  that chunk's items one task each, and the item whose task is killed again
+  fails with ``WorkerCrashedError``; the other items keep their results.
+* Dask cannot stop a running task. ``timeout=`` is enforced on the worker:
+  the chunk's items run in a helper thread, and an item past its deadline is
+  *abandoned* as in thread mode: the caller gets ``TaskTimeoutError`` at
+  once, the rest of the chunk is re-run, and the stuck thread runs on in the
+  worker process until the item returns (its result discarded), beside the
+  next task Dask gives that worker.
+* ``initializer`` runs once per worker, as a Dask worker plugin (workers that
+  join later, or are restarted, run it as they start). Dask manages its
+  workers' lifetimes, so ``max_tasks_per_worker`` is ignored.
+
+``distributed`` is an optional extra: this module is imported only when the
+dask mode is first used, and without the package it raises an ``ImportError``
+naming ``pip install 'parallax[dask]'``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import threading
+import uuid
+import weakref
+from collections import deque
+from concurrent.futures import CancelledError
+from dataclasses import dataclass, field
+from time import perf_counter, time
+from typing import Any, Final, NamedTuple
+
+try:
+    import distributed
+    from distributed import WorkerPlugin
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess
+    raise ImportError(
+        "mode='dask' needs the 'distributed' package: pip install 'parallax[dask]'"
+    ) from exc
+
+from .._errors import (
+    ParallaxError,
+    SerializationError,
+    TaskTimeoutError,
+    WorkerCrashedError,
+    describe_item,
+)
+from .._procworker import decode_failure, encode_result
+from .._serialize import argument_error, dumps_function, find_unpicklable, loads
+from .._worker import (
+    MARK_POSITION,
+    MARK_STARTED,
+    MARK_TOKEN,
+    Chunk,
+    ChunkResult,
+    Failure,
+    Job,
+    new_mark,
+    run_chunk,
+    set_inside_worker,
+)
+from . import Backend, WorkerSetup, failed_chunk, initializer_error, usable_cpus
+
+__all__ = ["SCATTER_THRESHOLD", "DaskBackend"]
+
+logger = logging.getLogger("parallax")
+
+#: a job function that pickles to at least this many bytes is scattered to
+#: the workers once, rather than sent inside every chunk's task
+SCATTER_THRESHOLD: Final = 64 * 1024
+#: how often (seconds) a backend on someone else's cluster re-reads its size
+_RESIZE_INTERVAL: Final = 1.0
+
+_backend_ids = itertools.count(1)
+
+
+# -- worker side ---------------------------------------------------------------------------
+#
+# Everything in this section runs inside a Dask worker process. Dask pickles
+# ``_run_on_worker`` by reference, so parallax must be importable there (the
+# same version as the caller's).
+
+
+class _Items:
+    """A chunk's items, opaque to Dask's task parser.
+
+    Dask walks lists and dicts among a task's arguments looking for futures
+    and tasks to resolve; a chunk of thousands of items would be walked on
+    every submit, and items that look like tasks could be misread. Wrapped,
+    they are just one argument that Dask pickles.
+    """
+
+    __slots__ = ("items",)
+
+    def __init__(self, items: list[Any]) -> None:
+        self.items = items
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_Items, (self.items,))
+
+
+class _Outcome(NamedTuple):
+    """What a chunk's task returns to the caller."""
+
+    #: the chunk's ChunkResult as process mode encodes it (values pickled into
+    #: a blob on the worker, exceptions pickled one by one)
+    encoded: bytes
+    #: the worker's address, for stats and messages
+    worker: str
+    #: the worker's ``time() - perf_counter()``, to move its timings onto the
+    #: caller's clock (workers may run on other machines)
+    clock_offset: float
+    #: position of an item abandoned past its timeout, or -1
+    timed_out_at: int = -1
+
+
+def _run_on_worker(fn: Any, items: _Items, timeout: float | None) -> _Outcome:
+    """The Dask task of one chunk: run its items, capture values and exceptions."""
+    chunk = Chunk.fresh(0, 0, items.items)
+    timed_out_at = -1
+    previous = set_inside_worker(True)  # nested parallax calls degrade to serial
+    try:
+        if timeout is None:
+            result = run_chunk(fn, chunk, new_mark(), [], watch_time=False, track_position=False)
+        else:
+            result, timed_out_at = _run_watched(fn, chunk, timeout)
+    finally:
+        set_inside_worker(previous)
+    try:
+        name = str(distributed.get_worker().address)
+    except ValueError:  # not on a worker (an in-process test double)
+        name = "dask worker"
+    return _Outcome(encode_result(result), name, time() - perf_counter(), timed_out_at)
+
+
+def _run_watched(fn: Any, chunk: Chunk, timeout: float) -> tuple[ChunkResult, int]:
+    """Run the chunk in a helper thread; abandon it at the first item past ``timeout``.
+
+    Returns the chunk's result and the position of the abandoned item (-1 when
+    every item finished in time). An abandoned result holds the items before
+    the stuck one; the helper thread stops after the stuck item returns.
+    """
+    mark = new_mark()
+    values: list[Any] = []
+    # run_chunk keeps the failures it captures to itself until it returns;
+    # an abandoned chunk never returns, so its failures are recorded here too.
+    failures: dict[int, Failure] = {}
+    done: list[ChunkResult] = []
+
+    def guarded(item: Any) -> Any:
+        try:
+            return fn(item)
+        except BaseException as exc:
+            failures[int(mark[MARK_POSITION])] = Failure.capture(exc)
+            raise
+
+    def target() -> None:
+        previous = set_inside_worker(True)
+        try:
+            done.append(run_chunk(guarded, chunk, mark, values, watch_time=True))
+        finally:
+            set_inside_worker(previous)
+
+    started = perf_counter()
+    helper = threading.Thread(target=target, name="parallax-dask-timed-chunk", daemon=True)
+    helper.start()
+    while True:
+        position = int(mark[MARK_POSITION])
+        began = mark[MARK_STARTED]
+        if position < 0:
+            helper.join(0.005)  # not started yet
+        else:
+            left = began + timeout - perf_counter()
+            if left > 0:
+                helper.join(left)
+            elif int(mark[MARK_POSITION]) == position and mark[MARK_STARTED] == began:
+                mark[MARK_TOKEN] = -1.0  # the helper stops after the stuck item
+                kept = values[:position]
+                result = ChunkResult(
+                    chunk,
+                    kept,
+                    {offset: failure for offset, failure in failures.items() if offset < position}
+                    or None,
+                    started=started,
+                    finished=perf_counter(),
+                )
+                return result, position
+        if not helper.is_alive():
+            break
+    helper.join()
+    if not done:  # the helper died of an exception run_chunk lets through
+        raise RuntimeError("the chunk's helper thread ended without a result")
+    return done[0], -1
+
+
+# (the ignores cover mypy runs with and without distributed's own hints installed)
+class _Initializer(WorkerPlugin):  # type: ignore[misc,unused-ignore]
+    """Runs the pool's ``initializer(*initargs)`` once in every worker."""
+
+    def __init__(self, initializer: Any, initargs: tuple[Any, ...]) -> None:
+        self.initializer = initializer
+        self.initargs = initargs
+
+    def setup(self, worker: Any) -> None:
+        self.initializer(*self.initargs)
+
+
+# -- caller side ---------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Isolation:
+    """A chunk whose task Dask gave up on (KilledWorker), re-run one item per task.
+
+    Round one runs every item as its own task, all at once. Dask counts a
+    death against every task queued on the dead worker, so an innocent item
+    queued beside the killer can be given up on too: each item killed in
+    round one is run again *alone* (one such task at a time per backend), and
+    only an item whose solo task is killed as well is reported as the crash.
+    """
+
+    chunk: Chunk
+    #: round-one tasks not back yet
+    running: int
+    values: list[Any]
+    failures: dict[int, Failure] = field(default_factory=dict)
+    #: items killed in round one, waiting for round one to end
+    suspects: list[int] = field(default_factory=list)
+    #: items sent (or queued) for their solo run, not back yet
+    solo: int = 0
+    started: float = float("inf")
+    finished: float = 0.0
+    cpu: float = 0.0
+    worker: str = ""
+
+    @property
+    def complete(self) -> bool:
+        return self.running == 0 and not self.suspects and self.solo == 0
+
+    def merge(self, offset: int, result: ChunkResult) -> None:
+        """Take one item's outcome."""
+        if result.values:
+            self.values[offset] = result.values[0]
+        if result.failures and 0 in result.failures:
+            self.failures[offset] = result.failures[0]
+        elif result.interruption is not None:
+            self.failures[offset] = Failure(result.interruption, "")
+        if result.finished:
+            self.started = min(self.started, result.started)
+            self.finished = max(self.finished, result.finished)
+            self.cpu += result.cpu
+            self.worker = self.worker or result.worker
+
+    def single(self, offset: int) -> Chunk:
+        chunk = self.chunk
+        return Chunk(chunk.seq, chunk.start, [chunk.items[offset]], [chunk.positions[offset]])
+
+    def result(self) -> ChunkResult:
+        started = self.started if self.finished else 0.0
+        return ChunkResult(
+            self.chunk,
+            self.values,
+            self.failures or None,
+            self.worker,
+            started,
+            self.finished,
+            self.cpu,
+        )
+
+
+@dataclass(slots=True)
+class _Task:
+    """A chunk's task in flight: whose it is, and where its outcome goes."""
+
+    future: Any  # distributed.Future
+    job: Job
+    chunk: Chunk
+    #: set for the one-item tasks of a chunk being isolated after KilledWorker
+    group: _Isolation | None = None
+    offset: int = 0
+    #: an isolated item's solo run (see _Isolation)
+    solo: bool = False
+    #: a cancel was sent for it (not again on every sweep)
+    cancelling: bool = False
+
+
+def _dropped(job: Job, chunk: Chunk) -> bool:
+    """The run no longer wants this chunk (cancelled, or past an ordered failure)."""
+    # Not job.claim(): claiming has side effects for Executor.submit's jobs.
+    cutoff = job.cutoff
+    return job.cancelled or (cutoff is not None and chunk.seq > cutoff)
+
+
+class DaskBackend(Backend):
+    """Runs chunks as tasks on a Dask ``distributed`` cluster.
+
+    Args:
+        workers: size of the ``LocalCluster`` started when neither ``address``
+            nor ``client`` is given (default: usable CPUs; one single-threaded
+            worker process each). Ignored for an existing cluster, whose
+            size is read from its scheduler.
+        setup: the initializer (run once per worker, as a worker plugin);
+            ``max_tasks_per_worker`` is ignored (Dask manages its workers).
+        address: a running scheduler, e.g. ``"tcp://10.0.0.5:8786"``; a client
+            is connected now and closed at shutdown.
+        client: an existing ``distributed.Client``; it is used as is and left
+            open at shutdown.
+
+    Raises:
+        ValueError: both ``address`` and ``client`` were given, or ``client``
+            is not a ``distributed.Client``.
+        ParallaxError: the scheduler at ``address`` could not be reached.
+    """
+
+    name = "dask"
+    #: a task costs about a millisecond of scheduler and network time, so auto
+    #: chunking aims for chunks of ~0.1 s
+    chunk_overhead = 1e-3
+    prefetch = 1
+
+    def __init__(
+        self,
+        workers: int | None = None,
+        setup: WorkerSetup | None = None,
+        *,
+        address: str | None = None,
+        client: Any = None,
+    ) -> None:
+        if address is not None and client is not None:
+            raise ValueError("pass address= or client= to the dask backend, not both")
+        if client is not None and not isinstance(client, distributed.Client):
+            raise ValueError(
+                f"client= must be a distributed.Client, not {type(client).__name__}"
+            )
+        if address is not None and not isinstance(address, str):
+            raise ValueError(f"address= must be a scheduler address string, not {address!r}")
+        self._setup = setup or WorkerSetup()
+        if self._setup.max_tasks_per_worker is not None:
+            logger.warning(
+                "parallax: max_tasks_per_worker is ignored in dask mode "
+                "(Dask manages its workers' lifetimes)"
+            )
+        self._id = next(_backend_ids)
+        self._prefix = f"parallax-dask-{self._id}"
+        self._token = uuid.uuid4().hex[:8]  # task keys are unique per scheduler
+        self._keys = itertools.count()
+        self._address = address
+        self._cluster: Any = None  # the LocalCluster we started, if any
+        self._client: Any = client
+        self._owns_client = client is None
+        self._plugin: str | None = None
+        self._lock = threading.Lock()
+        self._start_lock = threading.Lock()
+        self._started = False
+        self._closed = False
+        self._broken: BaseException | None = None
+        self._tasks: dict[str, _Task] = {}
+        self._functions: weakref.WeakKeyDictionary[Job, Any] = weakref.WeakKeyDictionary()
+        self._completed: Any = None  # distributed.as_completed, made at start
+        self._collector: threading.Thread | None = None
+        self._closer: threading.Thread | None = None
+        self._resized = 0.0
+        #: isolated items waiting for their solo run, and whether one is out
+        self._solos: deque[tuple[Job, _Isolation, int]] = deque()
+        self._solo_busy = False
+        if address is None and client is None:
+            self.workers = workers or usable_cpus()
+        else:
+            # An existing cluster: connect now, so a bad address fails at the
+            # call and ``workers`` is the cluster's real size.
+            self.workers = 1
+            self._start()
+
+    # -- public --------------------------------------------------------------------------
+
+    @property
+    def client(self) -> Any:
+        """The ``distributed.Client`` in use (starting the local cluster if need be)."""
+        self._ensure_started()
+        return self._client
+
+    @property
+    def broken(self) -> BaseException | None:
+        if self._broken is not None:
+            return self._broken
+        client = self._client
+        if client is not None and not self._closed and client.status in ("closing", "closed"):
+            return ParallaxError("the dask client was closed while parallax was using it")
+        return None
+
+    def prepare(self, job: Job) -> None:
+        """Start the cluster if need be, and ship a large function once.
+
+        Raises:
+            SerializationError: the job's function cannot be pickled.
+            ParallaxError: the cluster could not be started or reached.
+        """
+        self._ensure_started()
+        self._resize()
+        with self._lock:
+            if self._broken is not None or job in self._functions:
+                return
+        size = len(dumps_function(job.fn))  # SerializationError names the function
+        if size < SCATTER_THRESHOLD:
+            return  # small: it travels inside each chunk's task
+        try:
+            future = self._client.scatter(job.fn, broadcast=True, hash=False)
+        except Exception as exc:
+            raise SerializationError(
+                f"the function {getattr(job.fn, '__qualname__', job.fn)!r} could not be "
+                f"scattered to the dask workers: {type(exc).__name__}: {exc}"
+            ) from exc
+        with self._lock:
+            self._functions[job] = future
+
+    def submit(self, job: Job, chunk: Chunk) -> None:
+        if self._closed:
+            raise RuntimeError("cannot submit to a dask backend after shutdown")
+        self._ensure_started()
+        if self._broken is not None:
+            job.deliver(failed_chunk(chunk, self._broken))
+            return
+        if not job.claim(chunk):
+            return
+        self._send(job, chunk)
+
+    def cancel(self, job: Job, *, interrupt: bool = False) -> None:
+        """Cancel the job's tasks that have not finished.
+
+        Dask cannot stop a task that is running: with ``interrupt=True`` too,
+        a running chunk goes on on its worker, its result discarded.
+        """
+        job.cancel()
+        self._cancel_where(lambda task: task.job is job)
+
+    def shutdown(self, wait: bool = True, *, cancel_pending: bool = False) -> None:
+        with self._lock:
+            already = self._closed
+            self._closed = True
+            tasks = list(self._tasks.values())
+        if not already and cancel_pending and tasks:
+            self._cancel_futures([task.future for task in tasks])
+        if already:
+            closer = self._closer
+            if wait and closer is not None and closer is not threading.current_thread():
+                closer.join()
+            return
+        if wait:
+            self._close()
+        else:
+            self._closer = threading.Thread(
+                target=self._close, name=f"{self._prefix}-closer", daemon=True
+            )
+            self._closer.start()
+
+    # -- starting and stopping -------------------------------------------------------------
+
+    def _ensure_started(self) -> None:
+        if not self._started:
+            with self._start_lock:
+                if not self._started:
+                    self._start()
+
+    def _start(self) -> None:
+        """Connect (or start a local cluster), register the initializer."""
+        if self._closed:
+            raise RuntimeError("cannot use a dask backend after shutdown")
+        try:
+            if self._client is None and self._address is not None:
+                self._client = distributed.Client(  # type: ignore[no-untyped-call,unused-ignore]
+                    self._address, set_as_default=False
+                )
+            elif self._client is None:
+                # Worker processes, one thread each: parallax's chunks are
+                # the unit of parallelism. Loopback only, no dashboard: a
+                # private pool, like process mode's.
+                self._cluster = distributed.LocalCluster(  # type: ignore[no-untyped-call,unused-ignore]
+                    n_workers=self.workers,
+                    threads_per_worker=1,
+                    processes=True,
+                    host="127.0.0.1",
+                    dashboard_address=None,
+                )
+                self._client = distributed.Client(  # type: ignore[no-untyped-call,unused-ignore]
+                    self._cluster, set_as_default=False
+                )
+        except Exception as exc:
+            self._close_owned()
+            where = f"the dask scheduler at {self._address}" if self._address else "dask"
+            raise ParallaxError(
+                f"could not connect to {where}: {type(exc).__name__}: {exc}"
+            ) from exc
+        if self._cluster is None:
+            self._resize(force=True)
+        self._completed = distributed.as_completed(  # type: ignore[no-untyped-call,unused-ignore]
+            with_results=True, raise_errors=False, loop=self._client.loop
+        )
+        setup = self._setup
+        if setup.initializer is not None:
+            name = f"parallax-initializer-{self._token}"
+            try:
+                self._client.register_plugin(
+                    _Initializer(setup.initializer, setup.initargs), name=name
+                )
+                self._plugin = name
+            except Exception as exc:
+                logger.error("parallax: the worker initializer failed on a dask worker")
+                self._broken = initializer_error(exc)
+                # Left registered, every worker joining later would run it too.
+                with contextlib.suppress(Exception):
+                    self._client.unregister_worker_plugin(name)
+        self._started = True
+
+    def _resize(self, *, force: bool = False) -> None:
+        """Re-read the size of a cluster someone else runs (it may scale)."""
+        if self._cluster is not None or self._client is None:
+            return
+        now = perf_counter()
+        if not force and now - self._resized < _RESIZE_INTERVAL:
+            return
+        self._resized = now
+        try:
+            threads = sum(self._client.nthreads().values())
+        except Exception:  # an unreachable scheduler shows up where work is sent
+            return
+        self.workers = max(1, threads)
+
+    def _close(self) -> None:
+        """Wait for the tasks in flight, then release the cluster's resources."""
+        collector = self._collector
+        if collector is not None and collector is not threading.current_thread():
+            collector.join()
+        self._close_owned()
+
+    def _close_owned(self) -> None:
+        with self._lock:
+            self._functions.clear()  # releases the scattered functions
+        client, cluster, plugin = self._client, self._cluster, self._plugin
+        self._plugin = None
+        if client is not None and plugin is not None and not self._owns_client:
+            # Someone else's cluster: leave no initializer behind on it.
+            with contextlib.suppress(Exception):
+                client.unregister_worker_plugin(plugin)
+        if client is not None and self._owns_client:
+            with contextlib.suppress(Exception):
+                client.close()
+        if cluster is not None:
+            with contextlib.suppress(Exception):
+                cluster.close()
+
+    # -- sending -------------------------------------------------------------------------
+
+    def _send(
+        self,
+        job: Job,
+        chunk: Chunk,
+        group: _Isolation | None = None,
+        offset: int = 0,
+        *,
+        solo: bool = False,
+    ) -> None:
+        with self._lock:
+            fn = self._functions.get(job, job.fn)
+        key = f"parallax-chunk-{self._token}-{job.id}-{chunk.seq}-{next(self._keys)}"
+        try:
+            future = self._client.submit(
+                _run_on_worker, fn, _Items(chunk.items), job.timeout, key=key, pure=False
+            )
+        except Exception as exc:
+            # Dask pickles the task as it is submitted: an item that does not
+            # pickle surfaces here.
+            self._settle(_Task(None, job, chunk, group, offset, solo), _submit_error(chunk, exc))
+            return
+        task = _Task(future, job, chunk, group, offset, solo)
+        with self._lock:
+            self._tasks[key] = task
+            self._completed.add(future)
+            if self._collector is None:
+                self._collector = threading.Thread(
+                    target=self._collect, name=f"{self._prefix}-collector", daemon=True
+                )
+                self._collector.start()
+
+    def _cancel_where(self, doomed: Any) -> None:
+        with self._lock:
+            chosen = [task for task in self._tasks.values() if not task.cancelling and doomed(task)]
+            for task in chosen:
+                task.cancelling = True
+            futures = [task.future for task in chosen]
+        if futures:
+            self._cancel_futures(futures)
+
+    def _cancel_futures(self, futures: list[Any]) -> None:
+        client = self._client
+        if client is None:
+            return
+        with contextlib.suppress(Exception):  # a closed client has nothing to cancel
+            client.cancel(futures, reason="cancelled by parallax")
+
+    # -- collecting ----------------------------------------------------------------------
+
+    def _collect(self) -> None:
+        """Deliver finished tasks until none is in flight (the collector thread)."""
+        completed = self._completed
+        while True:
+            try:
+                future, outcome = next(completed)
+            except StopIteration:
+                with self._lock:
+                    # Checked under the lock _send adds under: a task added
+                    # after this check finds no collector and starts one.
+                    if completed.is_empty():
+                        self._collector = None
+                        return
+                continue
+            with self._lock:
+                task = self._tasks.pop(future.key, None)
+            if task is None:
+                continue
+            try:
+                self._finish(task, future.status, outcome)
+            except BaseException as exc:  # a bug here must not leave a caller waiting
+                logger.exception("parallax: the dask collector failed on a chunk")
+                error = ParallaxError(f"the dask backend failed: {type(exc).__name__}: {exc}")
+                error.__cause__ = exc
+                self._settle(task, failed_chunk(task.chunk, error))
+
+    def _finish(self, task: _Task, status: str | None, outcome: Any) -> None:
+        job, chunk = task.job, task.chunk
+        if job.cutoff is not None:
+            # An ordered run hit a failure: later chunks need not run.
+            self._cancel_where(lambda other: other.job is job and _dropped(job, other.chunk))
+        if status == "finished" and isinstance(outcome, _Outcome):
+            result = _decode(chunk, outcome, job.timeout)
+        elif status == "error":
+            error = outcome[1] if isinstance(outcome, tuple) else outcome
+            if isinstance(error, distributed.KilledWorker):
+                if task.group is None:
+                    self._isolate(job, chunk)
+                    return
+                if not task.solo:
+                    self._suspect(task)
+                    return
+                result = _crashed(chunk, error)
+            else:
+                result = failed_chunk(chunk, _dask_error(error))
+        else:  # cancelled, or lost with the scheduler connection
+            if _dropped(job, chunk) and not task.solo:
+                return  # the run asked for it
+            if self._closed:
+                reason: BaseException = CancelledError(
+                    "the dask backend was shut down before this chunk finished"
+                )
+            else:
+                reason = ParallaxError(
+                    f"the dask task of this chunk was cancelled ({outcome}); "
+                    "was the client closed or the scheduler lost?"
+                )
+            result = failed_chunk(chunk, reason)
+        self._settle(task, result)
+
+    def _settle(self, task: _Task, result: ChunkResult) -> None:
+        """Deliver a chunk's result, or merge it into its isolated chunk's."""
+        job, group = task.job, task.group
+        if group is None:
+            job.deliver(result)
+            return
+        with self._lock:
+            group.merge(task.offset, result)
+            if task.solo:
+                group.solo -= 1
+            else:
+                group.running -= 1
+        self._advance(job, group)
+        if task.solo:
+            self._next_solo()
+
+    # -- isolating the item that kills workers -------------------------------------------
+
+    def _isolate(self, job: Job, chunk: Chunk) -> None:
+        """Re-run a chunk Dask gave up on one item per task, to name the killer."""
+        if _dropped(job, chunk):
+            return
+        # Also while shutting down: the collector (and so the client) lives
+        # until these tasks are in, and the chunk is owed a result.
+        n = len(chunk.items)
+        logger.warning(
+            "parallax: Dask gave up on a chunk of %d item(s) after the workers running it "
+            "died (KilledWorker); re-running the items one per task to find the culprit",
+            n,
+        )
+        if n == 1:  # the chunk's task was round one already
+            group = _Isolation(chunk, 0, [None], suspects=[0])
+            self._advance(job, group)
+            return
+        group = _Isolation(chunk, n, [None] * n)
+        for offset in range(n):
+            self._send(job, group.single(offset), group, offset)
+
+    def _suspect(self, task: _Task) -> None:
+        """A round-one task was killed: its item gets a solo run once round one ends."""
+        group = task.group
+        assert group is not None
+        with self._lock:
+            group.running -= 1
+            group.suspects.append(task.offset)
+        self._advance(task.job, group)
+
+    def _advance(self, job: Job, group: _Isolation) -> None:
+        """Queue solo runs when round one is over; deliver when all is in."""
+        with self._lock:
+            queued = []
+            if group.running == 0 and group.suspects:
+                queued, group.suspects = group.suspects, []
+                group.solo += len(queued)
+                self._solos.extend((job, group, offset) for offset in queued)
+            complete = group.complete
+        if queued:
+            self._next_solo(start=True)
+        elif complete and not _dropped(job, group.chunk):
+            job.deliver(group.result())
+
+    def _next_solo(self, *, start: bool = False) -> None:
+        """Send the next queued solo run (one at a time: alone, a death is its own)."""
+        while True:
+            with self._lock:
+                if start and self._solo_busy:
+                    return  # the running one sends the next when it ends
+                start = False
+                if not self._solos:
+                    self._solo_busy = False
+                    return
+                self._solo_busy = True
+                job, group, offset = self._solos.popleft()
+                if _dropped(job, group.chunk):
+                    group.solo -= 1
+                    continue
+            self._send(job, group.single(offset), group, offset, solo=True)
+            return
+
+
+# -- results and errors ------------------------------------------------------------------
+
+
+def _decode(chunk: Chunk, outcome: _Outcome, timeout: float | None) -> ChunkResult:
+    """The caller's ChunkResult from what a chunk's task returned."""
+    _, values_blob, failures, started, finished, cpu, ends = loads(outcome.encoded)
+    try:
+        values = loads(values_blob)
+    except Exception as exc:
+        error = ParallaxError(
+            f"the results of a chunk could not be unpickled in the caller: "
+            f"{type(exc).__name__}: {exc}"
+        )
+        error.__cause__ = exc
+        return failed_chunk(chunk, error)
+    decoded = (
+        {position: decode_failure(*parts) for position, parts in failures.items()}
+        if failures
+        else None
+    )
+    # perf_counter() readings from the worker's clock, moved onto ours.
+    shift = outcome.clock_offset - (time() - perf_counter())
+    result = ChunkResult(
+        chunk,
+        values,
+        decoded,
+        outcome.worker,
+        started + shift,
+        finished + shift,
+        cpu,
+        [end + shift for end in ends] if ends else None,
+    )
+    position = outcome.timed_out_at
+    if position >= 0:
+        index = chunk.start + chunk.positions[position]
+        result.interruption = TaskTimeoutError(
+            f"item {index} ({describe_item(chunk.items[position])}) ran past the "
+            f"{timeout:g} s timeout on dask worker {outcome.worker}; Dask cannot stop a "
+            "running task, so the item was abandoned (it runs on in the worker until it "
+            "returns, its result discarded)"
+        )
+        result.interrupted_at = position
+    return result
+
+
+def _crashed(chunk: Chunk, error: BaseException) -> ChunkResult:
+    """A one-item chunk whose task kept killing its workers."""
+    last = getattr(error, "last_worker", None)
+    worker = str(getattr(last, "address", "") or "")
+    allowed = getattr(error, "allowed_failures", None)
+    deaths = f"{allowed + 1} " if isinstance(allowed, int) else ""
+    index = chunk.start + chunk.positions[0]
+    crash = WorkerCrashedError(
+        f"item {index} ({describe_item(chunk.items[0])}) killed the dask worker running it "
+        f"{deaths}times (the last: {worker or 'unknown'}); Dask gave up on it (KilledWorker). "
+        "The workers were restarted and the other items carry on",
+        worker=worker,
+    )
+    crash.__cause__ = error
+    return ChunkResult(chunk, [], worker=worker, interruption=crash, interrupted_at=0)
+
+
+def _dask_error(error: Any) -> BaseException:
+    """An error Dask raised instead of running the chunk (not the user's: those are
+    captured inside the task)."""
+    if isinstance(error, BaseException):
+        wrapped = ParallaxError(
+            f"the dask cluster could not run the chunk: {type(error).__name__}: {error}"
+        )
+        wrapped.__cause__ = error
+        return wrapped
+    return ParallaxError(f"the dask cluster could not run the chunk: {error!r}")
+
+
+def _submit_error(chunk: Chunk, exc: BaseException) -> ChunkResult:
+    """``client.submit`` refused a chunk: name the item that does not pickle."""
+    culprit = find_unpicklable(chunk.items)
+    if culprit is None:
+        error = ParallaxError(f"dask refused the chunk: {type(exc).__name__}: {exc}")
+        error.__cause__ = exc
+        return failed_chunk(chunk, error)
+    position, reason = culprit
+    index = chunk.start + chunk.positions[position]
+    return ChunkResult(
+        chunk,
+        [],
+        interruption=argument_error(index, chunk.items[position], reason),
+        interrupted_at=position,
+    )
