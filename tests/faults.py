@@ -53,6 +53,7 @@ class FailOnce:
         self.marker = marker
 
     def __call__(self, x: int) -> Any:
+        time.sleep(0.001)  # slow enough to be marked item by item
         if x == self.bad and not Path(self.marker).exists():
             Path(self.marker).touch()
             return misbehave(self.kind, x)

@@ -224,3 +224,15 @@ def test_ctrl_c_stops_the_run_and_leaves_no_worker(tmp_path: Path) -> None:
         time.sleep(0.05)
     assert not [pid for pid in workers if _alive(pid)], "orphaned workers"
     assert not child_pids() - {process.pid}
+
+
+def test_crash_among_fast_unmarked_items_is_isolated_to_its_item() -> None:
+    # Items this fast are not marked one by one; the run finds the culprit by
+    # running the dead chunk's items again one per chunk.
+    results = parallax.map(Faulty("exit", 700), range(2_000), mode="process", chunksize=500,
+                           errors="return")
+    assert isinstance(results[700], parallax.WorkerCrashedError)
+    assert "item 700" in str(results[700])
+    assert [r for i, r in enumerate(results) if i != 700] == [
+        x * 10 for x in range(2_000) if x != 700
+    ]

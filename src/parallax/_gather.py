@@ -25,7 +25,7 @@ from typing import Any, Final, Literal
 from ._chunking import ChunkSizer, chunks
 from ._errors import ParallaxError
 from ._stats import StatsRecorder
-from ._worker import Chunk, ChunkResult, Failure, Job
+from ._worker import EVERY_ITEM, SOMEWHERE, Chunk, ChunkResult, Failure, Job
 from .backends import Backend
 
 __all__ = ["ErrorPolicy", "Raised", "RetryPolicy", "Run"]
@@ -329,7 +329,13 @@ class Run:
         error = result.interruption
         assert error is not None
         done = len(result.values)
-        if result.interrupted_at < 0:  # nothing of the chunk can run
+        if result.interrupted_at == SOMEWHERE:
+            # The worker died among fast items it did not mark one by one:
+            # run each again alone, so the culprit shows itself and only it fails.
+            for offset in range(done, len(chunk.items)):
+                self._rerun(chunk, [offset])
+            return
+        if result.interrupted_at == EVERY_ITEM:  # nothing of the chunk can run
             state.remaining -= len(chunk.items) - done
             for offset in range(done, len(chunk.items)):
                 self._record_error(state, chunk, offset, Failure(error, ""), result.worker)

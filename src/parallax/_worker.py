@@ -55,6 +55,12 @@ PER_ITEM_TIMING_THRESHOLD: Final = 20e-6
 MARK_TOKEN, MARK_POSITION, MARK_STARTED = 0, 1, 2
 MARK_SIZE: Final = 3
 
+#: ``interrupted_at`` values that are not positions: every undone item of
+#: the chunk fails with the interruption (the pool cannot run anything), or
+#: the worker died somewhere in a run of fast items it did not mark one by one
+EVERY_ITEM: Final = -1
+SOMEWHERE: Final = -2
+
 _job_ids = itertools.count(1)
 _worker_state = threading.local()
 
@@ -148,7 +154,7 @@ class ChunkResult:
     cpu: float = 0.0
     item_ends: list[float] | None = None
     interruption: BaseException | None = None
-    interrupted_at: int = -1
+    interrupted_at: int = EVERY_ITEM
     #: per-item start times, for engines that run a chunk's items concurrently
     item_starts: list[float] | None = None
 
@@ -225,8 +231,11 @@ def run_chunk(
     ``watch_time`` (a timeout is set) records each item's start in the mark
     and stops early if the pool gives up on the chunk; ``track_position``
     records which item runs, for naming the item a dead process was running.
-    The loops are written out per case: for tiny items the per-item work of
-    this function is the whole overhead of parallax.
+    Items faster than ``PER_ITEM_TIMING_THRESHOLD`` are neither timed nor
+    marked one by one (the mark says ``SOMEWHERE``): should the process die
+    among them, the run re-runs them one per chunk to find the culprit. The
+    loops are written out per case: for tiny items the per-item work of this
+    function is the whole overhead of parallax.
     """
     items = chunk.items
     append = values.append
@@ -268,12 +277,9 @@ def run_chunk(
                     append(fn(items[pos]))
                     ends.append(perf_counter())
                 pos = n
-            elif track_position:
-                for pos in range(pos, n):  # noqa: B020
-                    mark[MARK_POSITION] = pos
-                    append(fn(items[pos]))
-                pos = n
             else:
+                if track_position:
+                    mark[MARK_POSITION] = SOMEWHERE
                 # C-speed loop; on an exception extend() keeps what it added
                 # so far, so len(values) is the failing item's position.
                 values.extend(map(fn, items if pos == 0 else items[pos:]))

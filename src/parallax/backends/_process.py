@@ -48,6 +48,7 @@ from .._worker import (
     MARK_POSITION,
     MARK_SIZE,
     MARK_STARTED,
+    SOMEWHERE,
     STOP,
     Chunk,
     ChunkResult,
@@ -466,7 +467,9 @@ class ProcessBackend(Backend):
                 with self._lock:
                     self._pending.appendleft((job, chunk, blob))
             elif not job.cancelled:
-                position = max(0, int(worker.mark[MARK_POSITION]))
+                position = int(worker.mark[MARK_POSITION])
+                if position != SOMEWHERE:
+                    position = max(0, position)  # died before its first item: blame it
                 job.deliver(
                     ChunkResult(
                         chunk,
@@ -490,6 +493,13 @@ class ProcessBackend(Backend):
     ) -> BaseException:
         if worker.kill_reason is not None:
             return worker.kill_reason
+        if position == SOMEWHERE:
+            return WorkerCrashedError(
+                f"worker {worker.name} (pid {worker.popen.pid}) {signal_description(exitcode)} "
+                "while running a chunk of fast items; they run again one by one",
+                exitcode=exitcode,
+                worker=worker.name,
+            )
         index = chunk.start + chunk.positions[position]
         return WorkerCrashedError(
             f"worker {worker.name} (pid {worker.popen.pid}) {signal_description(exitcode)} "
