@@ -22,6 +22,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import resource
 import signal
 import statistics
 import subprocess
@@ -96,8 +97,69 @@ def _warning_in(stderr: str) -> str:
     return ""
 
 
+def _machine_cpu() -> tuple[float, float]:
+    """Busy and total CPU seconds of the whole machine, all cores, since boot.
+
+    From the first line of /proc/stat; time stolen by the hypervisor counts
+    as busy (it is capacity this machine did not get). (0, 0) where there is
+    no /proc/stat.
+    """
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]
+    except OSError:
+        return 0.0, 0.0
+    user, nice, system, idle, iowait, irq, softirq, steal = (int(value) for value in fields)
+    tick = os.sysconf("SC_CLK_TCK")
+    busy = user + nice + system + irq + softirq + steal
+    return busy / tick, (busy + idle + iowait) / tick
+
+
+def _own_cpu() -> float:
+    """CPU seconds used by this process's finished children and their descendants."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+@dataclass
+class Quiet:
+    """Waiting for other processes to leave the cores alone before a case starts."""
+
+    per_case: float  # most seconds to wait before one case
+    budget: float  # most seconds to wait in the whole run
+    threshold: float = 0.25  # busy share of the machine that counts as "not quiet"
+    waited: float = 0.0
+
+    def wait(self) -> None:
+        deadline = time.monotonic() + min(self.per_case, self.budget - self.waited)
+        started = time.monotonic()
+        while time.monotonic() < deadline:
+            busy, total = _machine_cpu()
+            time.sleep(0.5)
+            busy_after, total_after = _machine_cpu()
+            if total_after <= total or (busy_after - busy) / (total_after - total) < self.threshold:
+                break
+        self.waited += time.monotonic() - started
+
+
 def run_once(workload: Workload, case_id: str, size: int, limit: float) -> dict[str, Any]:
-    """One repeat of one case, in a fresh interpreter, within ``limit`` seconds."""
+    """One repeat of one case, in a fresh interpreter, within ``limit`` seconds.
+
+    Also measures how much of the machine's CPU other processes used meanwhile
+    (``others_cpu``, a share of all cores): the whole machine's busy time,
+    less the CPU time of the case's own process tree.
+    """
+    busy, total = _machine_cpu()
+    own = _own_cpu()
+    result = _run_case_process(workload, case_id, size, limit)
+    busy_after, total_after = _machine_cpu()
+    if total_after > total:
+        others = (busy_after - busy) - (_own_cpu() - own)
+        result["others_cpu"] = min(1.0, max(0.0, others / (total_after - total)))
+    return result
+
+
+def _run_case_process(workload: Workload, case_id: str, size: int,
+                      limit: float) -> dict[str, Any]:
     command = [sys.executable, "-m", "benchmarks.case", workload.name, case_id, str(size)]
     process = subprocess.Popen(
         command, cwd=ROOT, env=_child_environment(), stdout=subprocess.PIPE,
@@ -192,13 +254,27 @@ class WorkloadResult:
     def serial(self) -> float | None:
         return self.median("serial")
 
+    @property
+    def others_cpu(self) -> tuple[float, float] | None:
+        """Mean and largest share of the CPUs other processes used during these cases."""
+        shares = [run["others_cpu"] for case in self.cases for run in case.runs
+                  if "others_cpu" in run]
+        return (statistics.fmean(shares), max(shares)) if shares else None
+
+    def load_note(self) -> str:
+        shares = self.others_cpu
+        if shares is None:
+            return ""
+        return (f"Other processes used {shares[0]:.0%} of the machine's CPU time on average "
+                f"while these cases ran (at most {shares[1]:.0%} during one case).")
+
 
 def _progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
 def run_workload(workload: Workload, *, quick: bool, repeats: int,
-                 cases: set[str] | None) -> WorkloadResult:
+                 cases: set[str] | None, quiet: Quiet) -> WorkloadResult:
     size = workload.size(quick)
     limit = workload.limit(quick)
     results = [CaseResult(planned) for planned in plan_cases(workload, size)
@@ -211,11 +287,14 @@ def run_workload(workload: Workload, *, quick: bool, repeats: int,
         for case in results:
             if case.finished:
                 continue
+            quiet.wait()
             run = run_once(workload, case.id, size, limit)
             case.runs.append(run)
             shown = f"{run['cold']:.4g} s cold, {run['warm']:.4g} s warm" if (
                 run["status"] == "ok") else f"{run['status']}: {run.get('note', '')}"
-            _progress(f"   [{repeat + 1}/{repeats}] {case.label}: {shown}")
+            others = f" (others used {run['others_cpu']:.0%} of the CPUs)" if (
+                "others_cpu" in run) else ""
+            _progress(f"   [{repeat + 1}/{repeats}] {case.label}: {shown}{others}")
     return WorkloadResult(workload, size, results)
 
 
@@ -274,6 +353,8 @@ def workload_table(result: WorkloadResult) -> list[str]:
     workload = result.workload
     serial = result.serial
     lines = [f"### {workload.name}: {workload.description}, {result.size:,} tasks", ""]
+    if result.load_note():
+        lines += [result.load_note(), ""]
     if workload.kind == "startup":
         header = ["case", "import ms", "cold ms", "cold range ms", "warm ms", "note"]
         rows = [[case.label, _time_cell(case, "import", millis), _time_cell(case, "cold", millis),
@@ -473,7 +554,14 @@ def targets_table(results: dict[str, WorkloadResult]) -> tuple[list[str], list[T
     rows = [[target.what, target.measured,
              "n/a" if target.met is None else ("met" if target.met else "**MISSED**")]
             for target in targets]
-    return ["## Targets", "", "On cold calls (medians) unless the cell says warm.", "",
+    loads = ", ".join(f"{name} {shares[0]:.0%}" for name, result in results.items()
+                      if (shares := result.others_cpu) is not None)
+    intro = "On cold calls (medians) unless the cell says warm."
+    if loads:
+        intro += (" Share of the machine's CPU that other processes used while each workload "
+                  f"ran: {loads}. Where that share is large, parallel speed-ups on CPU-bound "
+                  "work are understated (the cores were not free).")
+    return ["## Targets", "", intro, "",
             *_table(["target", "measured", "verdict"], rows), ""], targets
 
 
@@ -496,7 +584,7 @@ def _cpu_model() -> str:
 
 
 def machine_section(args: argparse.Namespace, repeats: int, elapsed: float,
-                    loads: tuple[float, float]) -> list[str]:
+                    loads: tuple[float, float], quiet: Quiet) -> list[str]:
     versions = ", ".join(f"{name} {_version(name)}" for name in LIBRARIES)
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     command = "python benchmarks/run.py " + " ".join(sys.argv[1:])
@@ -510,7 +598,9 @@ def machine_section(args: argparse.Namespace, repeats: int, elapsed: float,
         f"start method of multiprocessing: fork (Linux default)",
         f"- libraries: {versions}",
         f"- 1-minute load average: {loads[0]:.2f} at the start, {loads[1]:.2f} at the end "
-        "(above 0 means other work shared the cores with the benchmark)",
+        "(above 0 means other work shared the cores with the benchmark); before each case the "
+        f"run waited up to {quiet.per_case:.0f} s for the cores to be quiet "
+        f"({quiet.waited:.0f} s waited in all, budget {quiet.budget:.0f} s)",
         "",
         f"**This machine has {os.cpu_count()} cores, so the parallel speed-up on CPU-bound work "
         f"is at most {os.cpu_count()}x.** Timings of a shared virtual machine vary by 10-20% "
@@ -535,10 +625,10 @@ def machine_section(args: argparse.Namespace, repeats: int, elapsed: float,
 
 
 def render(args: argparse.Namespace, repeats: int, elapsed: float,
-           results: dict[str, WorkloadResult],
-           loads: tuple[float, float]) -> tuple[str, list[Target]]:
+           results: dict[str, WorkloadResult], loads: tuple[float, float],
+           quiet: Quiet) -> tuple[str, list[Target]]:
     target_lines, targets = targets_table(results)
-    lines = machine_section(args, repeats, elapsed, loads)
+    lines = machine_section(args, repeats, elapsed, loads, quiet)
     lines += target_lines
     lines += core_table(results)
     lines += auto_table(results)
@@ -570,6 +660,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="comma-separated case ids to run (e.g. serial,parallax-auto)")
     parser.add_argument("--repeats", type=int, default=None,
                         help=f"repeats per case (default {FULL_REPEATS}, {QUICK_REPEATS} quick)")
+    parser.add_argument("--quiet-wait", type=float, default=10.0, metavar="SECONDS",
+                        help="before each case, wait up to this long for other processes to "
+                             "leave the CPUs idle (0: do not wait; default 10)")
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "RESULTS.md",
                         help="where to write the markdown report")
     args = parser.parse_args(argv)
@@ -578,6 +671,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error(f"unknown workload(s) {', '.join(unknown)}; valid: {', '.join(WORKLOADS)}")
     if args.repeats is not None and args.repeats < 1:
         parser.error("--repeats must be at least 1")
+    if args.quiet_wait < 0:
+        parser.error("--quiet-wait must be 0 or more seconds")
     return args
 
 
@@ -589,10 +684,11 @@ def main(argv: list[str]) -> int:
     started = time.perf_counter()
     load = os.getloadavg()[0]
     warm_up()
+    quiet = Quiet(per_case=args.quiet_wait, budget=60.0 if args.quick else 300.0)
     results = {name: run_workload(WORKLOADS[name], quick=args.quick, repeats=repeats,
-                                  cases=cases) for name in names}
+                                  cases=cases, quiet=quiet) for name in names}
     elapsed = time.perf_counter() - started
-    report, targets = render(args, repeats, elapsed, results, (load, os.getloadavg()[0]))
+    report, targets = render(args, repeats, elapsed, results, (load, os.getloadavg()[0]), quiet)
     print(report)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(report)

@@ -166,7 +166,7 @@ WORKLOADS: dict[str, Workload] = {
                  cpu_medium_task, 200, 60, (90, 30), expect=cpu_medium_expected),
         Workload("cpu_small", "pure-Python loop of ~100 µs per task", "list",
                  cpu_small_task, 20_000, 4_000, (90, 30), expect=cpu_small_expected),
-        Workload("tiny", "`x * 2` per task", "list", double, 1_000_000, 200_000, (30, 8),
+        Workload("tiny", "`x * 2` per task", "list", double, 1_000_000, 200_000, (20, 8),
                  expect=double),
         Workload("io_sleep", "`time.sleep(0.02)` per task", "list", sleep_task, 2_000, 500,
                  (45, 20), computed_task_seconds=SLEEP_SECONDS),
@@ -178,6 +178,6 @@ WORKLOADS: dict[str, Workload] = {
         Workload("startup", "10 trivial tasks (`x * 2`): cold and warm call", "startup",
                  double, 10, 10, (30, 20), expect=double),
         Workload("stream_memory", "lazy `x * 2` over a generator of ints, summed", "stream",
-                 double, 2_000_000, 400_000, (30, 10), expect=double),
+                 double, 2_000_000, 400_000, (20, 10), expect=double),
     )
 }

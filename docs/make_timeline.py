@@ -2,9 +2,9 @@
 
 Run from the repository root: ``python docs/make_timeline.py`` (needs
 matplotlib). The workload is CPU-bound pure Python with uneven item sizes,
-so ``mode="auto"`` picks process mode on a machine with the GIL; the
-item for n=60 raises after its work, to show a failed item in red. The picture differs a little from run
-to run, as timings do.
+so ``mode="auto"`` picks process mode on a machine with the GIL; the item
+for n=60 raises after its work, to show a failed item in red. The picture
+differs a little from run to run, as timings do.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ def collatz_steps(n: int) -> int:
     """Sum of Collatz path lengths below ``n * 200`` (uneven CPU work)."""
     total = 0
     for start in range(1, n * 200):
-        steps = 0
-        while start != 1:
-            start = start // 2 if start % 2 == 0 else 3 * start + 1
+        value, steps = start, 0
+        while value != 1:
+            value = value // 2 if value % 2 == 0 else 3 * value + 1
             steps += 1
         total += steps
     if n == 60:

@@ -124,3 +124,22 @@ def test_auto_probe_failure_follows_the_error_policy() -> None:
     results = parallax.map(bad_first, range(5), errors="return")
     assert isinstance(results[0], KeyError) and results[1:] == [1, 2, 3, 4]
     assert parallax.map(bad_first, range(5), errors="skip") == [1, 2, 3, 4]
+
+
+def test_timeout_applies_to_probed_items_after_the_fact() -> None:
+    def slow_first(x: int) -> int:
+        if x == 0:
+            time.sleep(0.3)
+        return x
+
+    results = parallax.map(slow_first, range(4), timeout=0.1, errors="return")
+    assert isinstance(results[0], parallax.TaskTimeoutError)
+    assert "auto probe" in str(results[0])
+    assert results[1:] == [1, 2, 3]
+
+
+def test_probed_items_have_sane_queue_times() -> None:
+    with parallax.monitor() as monitor:
+        parallax.map(lambda x: spin(300_000), range(6))
+    for record in monitor.runs[-1].task_records:
+        assert 0 <= record.queued <= record.started

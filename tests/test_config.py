@@ -147,3 +147,27 @@ def test_nested_call_in_a_thread_worker_runs_serially() -> None:
         return mode_of_run(lambda: parallax.map(where, [1, 2], mode="process"))
 
     assert set(parallax.map(inner_modes, range(4), mode="thread")) == {"serial"}
+
+
+def test_nested_call_with_the_same_pool_settings_does_not_deadlock() -> None:
+    def inner(x: int) -> int:
+        return x
+
+    def outer(_: int) -> int:
+        return sum(parallax.map(inner, range(4), mode="thread", workers=2))
+
+    assert parallax.map(outer, range(4), mode="thread", workers=2, chunksize=1) == [6] * 4
+
+
+def test_nested_reason_says_why_it_ran_serially() -> None:
+    def inner_reason(_: int) -> str:
+        return mode_of_run(lambda: None) if False else _reason_of_nested()
+
+    reasons = parallax.map(inner_reason, range(2), mode="thread")
+    assert all("inside a parallax worker" in reason for reason in reasons)
+
+
+def _reason_of_nested() -> str:
+    with parallax.monitor() as monitor:
+        parallax.map(abs, [1], mode="process")
+    return monitor.runs[-1].reason

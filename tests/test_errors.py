@@ -141,3 +141,25 @@ def test_serialization_error_is_a_pickle_error() -> None:
     assert issubclass(parallax.SerializationError, pickle.PickleError)
     assert issubclass(parallax.TaskTimeoutError, TimeoutError)
     assert issubclass(parallax.WorkerCrashedError, parallax.ParallaxError)
+
+
+def test_keyboard_interrupt_raised_by_fn_in_a_worker_is_an_item_error(backend: Backend) -> None:
+    if backend.mode == "serial":
+        pytest.skip("serial runs in the caller's thread: KeyboardInterrupt stops the caller")
+
+    def interrupting(x: int) -> int:
+        if x == 1:
+            raise KeyboardInterrupt
+        return x
+
+    results = backend.map(interrupting, range(4), errors="return")
+    assert isinstance(results[1], KeyboardInterrupt)
+    assert [results[0], results[2], results[3]] == [0, 2, 3]
+
+
+def test_shared_pool_error_gets_no_pile_of_notes(backend: Backend) -> None:
+    from faults import failing_initializer
+
+    results = backend.map(abs, range(6), initializer=failing_initializer, errors="return")
+    assert all(isinstance(result, parallax.ParallaxError) for result in results)
+    assert len(getattr(results[0], "__notes__", [])) <= 1

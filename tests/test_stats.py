@@ -110,3 +110,12 @@ def test_executor_stats_accumulate(backend: Backend) -> None:
         assert executor.stats.tasks == 30
         list(executor.imap(backend.fn(abs), range(5)))
         assert executor.stats.tasks == 35
+
+
+def test_summary_without_task_records_still_adds_up() -> None:
+    with parallax.monitor() as monitor:
+        parallax.map(nap, [0.005] * 20, mode="thread", workers=4, record_tasks=False)
+    stats = monitor.runs[-1]
+    assert stats.busy_time >= 20 * 0.005
+    assert stats.efficiency > 0
+    assert stats.overhead < stats.wall_time

@@ -33,15 +33,15 @@ from ._config import (
     check_options,
     check_timeout,
     check_workers,
-    forced,
     is_coroutine_function,
     merge_options,
+    resolve,
     resolve_mode,
 )
 from ._executor import Executor, collect
 from ._gather import ErrorPolicy, RetryPolicy, Run
 from ._progress import make_reporter
-from ._worker import Chunk, ChunkResult, Failure, StarCall
+from ._worker import Chunk, ChunkResult, Failure, StarCall, flag_overruns
 from .backends import WorkerSetup
 
 __all__ = ["ParallelFunction", "amap", "imap", "map", "parallel", "plan", "starmap"]
@@ -197,7 +197,7 @@ def _launch(
     """Resolve, plan and start a run (no item runs before this returns, but probes)."""
     check_callable(fn)
     check_iterable(iterable)
-    mode = resolve_mode(options.mode, default_mode)
+    mode, reason = resolve(options.mode, default_mode)
     backend_options = merge_options(options.backend or {})
     coroutine = is_coroutine_function(fn)
     call: Callable[[Any], Any] = fn
@@ -219,9 +219,10 @@ def _launch(
         if measured.items:
             preloaded = _probe_result(measured.items, measured.outcomes, measured.ends,
                                       measured.started, measured.cpu)
-    else:
-        how = "forced by parallax.using()" if forced() is not None else "requested"
-        reason = f"mode={mode!r} {how}"
+            if options.timeout is not None:
+                # Probed in the caller's thread, which nothing can interrupt:
+                # an overrun is reported once the item returns, as in serial mode.
+                flag_overruns(preloaded, options.timeout, "it ran in the caller as the auto probe")
     if mode == "asyncio" and not coroutine:
         raise TypeError(
             f"mode='asyncio' runs coroutine functions, but {_name(fn)} is a plain function; "
@@ -279,8 +280,10 @@ def _probe_result(items: list[Any], outcomes: list[Any], ends: list[float], star
     failures = {position: outcome for position, outcome in enumerate(outcomes)
                 if isinstance(outcome, Failure)}
     values = [None if position in failures else value for position, value in enumerate(outcomes)]
+    chunk = Chunk.fresh(0, 0, items)
+    chunk.submitted = started
     return ChunkResult(
-        Chunk.fresh(0, 0, items),
+        chunk,
         values,
         failures or None,
         worker="caller (auto-selector probe)",

@@ -114,8 +114,9 @@ def chunks(
     if isinstance(source, list | tuple | range):
         total = len(source)
         while consumed < total:
-            piece = source[consumed : consumed + sizer.next_size(consumed)]
-            items = piece if isinstance(piece, list) else list(piece)
+            # A slice of a range is a range: it pickles in a few bytes
+            # instead of one entry per item.
+            items = source[consumed : consumed + sizer.next_size(consumed)]
             yield Chunk.fresh(seq, consumed, items)
             consumed += len(items)
             seq += 1

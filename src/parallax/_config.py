@@ -8,8 +8,9 @@ Precedence of the mode, highest first:
 4. the ``@parallel(mode=...)`` decorator's default;
 5. ``"auto"``.
 
-A call made inside a parallax worker does not start a pool of its own: modes
-that would (process, free-threaded, dask, auto) run serially there instead.
+A call made inside a parallax worker runs serially in that worker, whatever
+mode it names: a pool per call would oversubscribe the CPUs, and sharing the
+outer pool could deadlock (every worker waiting for chunks queued behind it).
 """
 
 from __future__ import annotations
@@ -44,8 +45,6 @@ Mode = Literal["auto", "serial", "thread", "process", "free-threaded", "asyncio"
 
 ENVIRONMENT_VARIABLE: Final = "PARALLAX_MODE"
 ERROR_POLICIES: Final = ("raise", "return", "skip")
-#: modes that start a pool of their own, so degrade to serial when nested
-_POOL_STARTING: Final = frozenset({"auto", "process", "free-threaded", "dask"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,20 +198,26 @@ def forced() -> Settings | None:
 
 def resolve_mode(explicit: str | None, default: str | None = None) -> str:
     """The mode a call runs in, following the documented precedence."""
+    return resolve(explicit, default)[0]
+
+
+def resolve(explicit: str | None, default: str | None = None) -> tuple[str, str]:
+    """The mode a call runs in and, in words, why (for ``Stats.reason``)."""
     settings = _forced.get()
     if settings is not None:
-        mode = settings.mode
+        mode, why = settings.mode, "forced by parallax.using()"
     elif os.environ.get(ENVIRONMENT_VARIABLE):
         mode = check_mode(os.environ[ENVIRONMENT_VARIABLE].strip(), where=ENVIRONMENT_VARIABLE)
+        why = f"set by {ENVIRONMENT_VARIABLE}"
     elif explicit is not None:
-        mode = explicit
+        mode, why = explicit, "requested"
     elif default is not None:
-        mode = default
+        mode, why = default, "the decorator's default"
     else:
-        mode = "auto"
-    if mode in _POOL_STARTING and inside_worker():
-        return "serial"
-    return mode
+        mode, why = "auto", "the default"
+    if mode != "serial" and inside_worker():
+        return "serial", f"mode={mode!r} asked from inside a parallax worker -> serial"
+    return mode, f"mode={mode!r} {why}"
 
 
 def merge_options(call_options: Mapping[str, Any]) -> dict[str, Any]:

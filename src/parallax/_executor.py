@@ -31,9 +31,8 @@ from ._config import (
     check_options,
     check_timeout,
     check_workers,
-    forced,
     merge_options,
-    resolve_mode,
+    resolve,
 )
 from ._gather import ErrorPolicy, Raised, RetryPolicy, Run
 from ._stats import Stats, StatsRecorder
@@ -129,10 +128,7 @@ class Executor(_StdExecutor):
         check_initializer(initializer, initargs)
         max_tasks = check_max_tasks(max_tasks_per_worker)
         options = merge_options(check_options(backend_options))
-        resolved = resolve_mode(mode)
-        reason = f"mode={resolved!r} requested"
-        if forced() is not None:
-            reason = f"mode={resolved!r} forced by parallax.using()"
+        resolved, reason = resolve(mode)
         if resolved == "auto":
             plan = decide(Facts(gil_enabled=gil_enabled(), cpus=usable_cpus()), workers)
             resolved, reason = plan.mode, plan.reason

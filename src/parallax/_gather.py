@@ -150,7 +150,8 @@ class Run:
         if not self._started:
             self._started = True
             if self.recorder is not None:
-                self.recorder.begin()
+                preloaded = self._preloaded
+                self.recorder.begin(preloaded.started if preloaded is not None else None)
             self._fill()
 
     def batches(self) -> Generator[list[Any], None, None]:
@@ -338,7 +339,10 @@ class Run:
         if result.interrupted_at == EVERY_ITEM:  # nothing of the chunk can run
             state.remaining -= len(chunk.items) - done
             for offset in range(done, len(chunk.items)):
-                self._record_error(state, chunk, offset, Failure(error, ""), result.worker)
+                # One error object for every item (it is about the pool, not
+                # the item): no per-item note, or they would pile up on it.
+                self._record_error(state, chunk, offset, Failure(error, ""), result.worker,
+                                   note=False)
             return
         culprit = result.interrupted_at
         self._fail(state, chunk, culprit, Failure(error, ""), result.worker, interrupted=True)
@@ -394,11 +398,20 @@ class Run:
         self._record_error(state, chunk, offset, failure, worker)
 
     def _record_error(
-        self, state: _ChunkState, chunk: Chunk, offset: int, failure: Failure, worker: str
+        self,
+        state: _ChunkState,
+        chunk: Chunk,
+        offset: int,
+        failure: Failure,
+        worker: str,
+        *,
+        note: bool = True,
     ) -> None:
         position = chunk.positions[offset]
         index = chunk.start + position
-        error = failure.to_exception(index, chunk.items[offset], worker)
+        error = (
+            failure.to_exception(index, chunk.items[offset], worker) if note else failure.exception
+        )
         state.errors[position] = error
         if self.recorder is not None:
             self.recorder.failed(index, error)

@@ -93,6 +93,7 @@ class Stats:
     _chunks: list[_ChunkRecord] = field(default_factory=list, repr=False)
     _attempts: dict[int, int] = field(default_factory=dict, repr=False)
     _slowest: list[tuple[float, int, str]] = field(default_factory=list, repr=False)
+    _busy: float = field(default=0.0, repr=False)
     #: False when per-task records were turned off (``record_tasks=False``)
     records_kept: bool = True
 
@@ -186,7 +187,7 @@ class Stats:
     @property
     def busy_time(self) -> float:
         """Seconds of work summed over every chunk (the serial cost of the run)."""
-        return sum(chunk.finished - chunk.started for chunk in self._chunks)
+        return self._busy
 
     @property
     def throughput(self) -> float:
@@ -341,6 +342,7 @@ class Stats:
             _chunks=[chunk for run in runs for chunk in run._chunks],
             _attempts={index: count for run in runs for index, count in run._attempts.items()},
             _slowest=[entry for run in runs for entry in run._slowest],
+            _busy=sum(run._busy for run in runs),
             records_kept=all(run.records_kept for run in runs),
         )
 
@@ -373,13 +375,20 @@ class StatsRecorder:
         self._lock = threading.Lock()
         self._published = False
 
-    def begin(self) -> None:
-        self.stats.started_at = time()
-        self.stats._origin = perf_counter()
+    def begin(self, origin: float | None = None) -> None:
+        """The run starts (or started at ``origin``, a perf_counter() reading:
+        the auto-selector's probe is part of the run)."""
+        now = perf_counter()
+        origin = now if origin is None else min(origin, now)
+        self.stats._origin = origin
+        self.stats.started_at = time() - (now - origin)
 
     def add(self, result: ChunkResult) -> None:
         done = len(result.values)
-        if not done or not self.stats.records_kept:
+        if not done:
+            return
+        self.stats._busy += result.finished - result.started
+        if not self.stats.records_kept:
             return
         if result.item_ends is not None:
             self._note_slowest(result)

@@ -28,6 +28,7 @@ else:
     Mark = memoryview
 
 from ._errors import (
+    TaskTimeoutError,
     WorkerTraceback,
     describe_item,
     format_worker_traceback,
@@ -97,13 +98,13 @@ class Chunk:
 
     seq: int
     start: int
-    items: list[Any]
+    items: Sequence[Any]
     positions: Sequence[int]
     #: perf_counter() when the run handed the chunk to its backend
     submitted: float = 0.0
 
     @classmethod
-    def fresh(cls, seq: int, start: int, items: list[Any]) -> Chunk:
+    def fresh(cls, seq: int, start: int, items: Sequence[Any]) -> Chunk:
         return cls(seq, start, items, range(len(items)))
 
 
@@ -221,12 +222,14 @@ def run_chunk(
     *,
     watch_time: bool,
     track_position: bool = True,
+    in_caller: bool = False,
 ) -> ChunkResult:
     """Run every item of ``chunk`` through ``fn``, appending to ``values``.
 
-    Never raises for an exception of ``fn`` (it is captured) except
-    ``KeyboardInterrupt``, which only reaches a worker running in the caller's
-    own thread and must stop the caller.
+    Never raises for an exception of ``fn``: it is captured. The one
+    exception is ``KeyboardInterrupt`` when ``in_caller`` (serial mode runs in
+    the caller's thread, where Ctrl-C must stop the caller); in a worker it
+    is just another exception of the item.
 
     ``watch_time`` (a timeout is set) records each item's start in the mark
     and stops early if the pool gives up on the chunk; ``track_position``
@@ -284,9 +287,9 @@ def run_chunk(
                 # so far, so len(values) is the failing item's position.
                 values.extend(map(fn, items if pos == 0 else items[pos:]))
                 pos = n
-        except KeyboardInterrupt:
-            raise
         except BaseException as exc:
+            if in_caller and isinstance(exc, KeyboardInterrupt):
+                raise
             pos = len(values)  # the item that raised
             append(None)
             if failures is None:
@@ -388,3 +391,25 @@ class BoundCall:
 
     def __call__(self, _item: Any) -> Any:
         return self.fn(*self.args, **self.kwargs)
+
+
+def flag_overruns(result: ChunkResult, timeout: float, why: str) -> None:
+    """Turn items that ran past ``timeout`` into TaskTimeoutError, after the fact."""
+    ends = result.item_ends
+    if not ends:
+        return
+    chunk = result.chunk
+    previous = result.started
+    for position, end in enumerate(ends):
+        if end - previous > timeout:
+            index = chunk.start + chunk.positions[position]
+            error = TaskTimeoutError(
+                f"item {index} ({describe_item(chunk.items[position])}) ran "
+                f"{end - previous:.3g} s, over the {timeout:g} s timeout "
+                f"({why}, so it ran to the end)"
+            )
+            result.values[position] = None
+            if result.failures is None:
+                result.failures = {}
+            result.failures[position] = Failure(error, "")
+        previous = end

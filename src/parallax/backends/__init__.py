@@ -22,18 +22,24 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from .._errors import ParallaxError
-from .._worker import Chunk, ChunkResult, Job
+from .._worker import Chunk, ChunkResult, Failure, Job, new_mark, run_chunk
 
 __all__ = [
     "Backend",
     "BackendFactory",
+    "Chunk",
+    "ChunkResult",
+    "Failure",
+    "Job",
     "WorkerSetup",
     "available_modes",
     "backend_options",
     "create_backend",
     "failed_chunk",
     "initializer_error",
+    "new_mark",
     "register_backend",
+    "run_chunk",
     "usable_cpus",
 ]
 

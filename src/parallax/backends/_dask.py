@@ -654,22 +654,27 @@ class DaskBackend(Backend):
             if task is None:
                 continue
             try:
-                self._finish(task, future.status, outcome)
+                self._finish(task, outcome)
             except BaseException as exc:  # a bug here must not leave a caller waiting
                 logger.exception("parallax: the dask collector failed on a chunk")
                 error = ParallaxError(f"the dask backend failed: {type(exc).__name__}: {exc}")
                 error.__cause__ = exc
                 self._settle(task, failed_chunk(task.chunk, error))
 
-    def _finish(self, task: _Task, status: str | None, outcome: Any) -> None:
+    def _finish(self, task: _Task, outcome: Any) -> None:
+        """Turn what ``as_completed`` yielded for a task into a delivery.
+
+        The outcome's type says what happened, not ``future.status``: by the
+        time it is read, a worker death may have sent the key back to pending.
+        """
         job, chunk = task.job, task.chunk
         if job.cutoff is not None:
             # An ordered run hit a failure: later chunks need not run.
             self._cancel_where(lambda other: other.job is job and _dropped(job, other.chunk))
-        if status == "finished" and isinstance(outcome, _Outcome):
+        if isinstance(outcome, _Outcome):
             result = _decode(chunk, outcome, job.timeout)
-        elif status == "error":
-            error = outcome[1] if isinstance(outcome, tuple) else outcome
+        elif isinstance(outcome, tuple) and len(outcome) == 3:  # (type, exception, traceback)
+            error = outcome[1]
             if isinstance(error, distributed.KilledWorker):
                 if task.group is None:
                     self._isolate(job, chunk)
@@ -680,7 +685,7 @@ class DaskBackend(Backend):
                 result = _crashed(chunk, error)
             else:
                 result = failed_chunk(chunk, _dask_error(error))
-        else:  # cancelled, or lost with the scheduler connection
+        else:  # a CancelledError: cancelled, or lost with the scheduler connection
             if _dropped(job, chunk) and not task.solo:
                 return  # the run asked for it
             if self._closed:

@@ -479,7 +479,7 @@ class ProcessBackend(Backend):
                         interrupted_at=position,
                     )
                 )
-        elif not worker.retiring and worker.kill_reason is None:
+        elif not worker.retiring and worker.kill_reason is None and self._broken is None:
             logger.warning(
                 "parallax: idle worker %s %s", worker.name, signal_description(exitcode)
             )

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._errors import TaskTimeoutError, describe_item
 from .._serialize import round_trip
-from .._worker import Chunk, ChunkResult, Failure, Job, new_mark, run_chunk, set_inside_worker
+from .._worker import Chunk, Job, flag_overruns, new_mark, run_chunk, set_inside_worker
 from . import Backend, WorkerSetup, failed_chunk, initializer_error
 
 
@@ -78,12 +77,13 @@ class SerialBackend(Backend):
                 [],
                 watch_time=job.timeout is not None,
                 track_position=False,
+                in_caller=True,
             )
         finally:
             set_inside_worker(previous)
         result.worker = "the caller's thread"
         if job.timeout is not None:
-            _flag_overruns(result, job.timeout)
+            flag_overruns(result, job.timeout, "serial mode cannot interrupt it")
         job.deliver(result)
 
     @property
@@ -92,25 +92,3 @@ class SerialBackend(Backend):
 
     def shutdown(self, wait: bool = True, *, cancel_pending: bool = False) -> None:
         self._closed = True
-
-
-def _flag_overruns(result: ChunkResult, timeout: float) -> None:
-    """Turn items that ran past ``timeout`` into TaskTimeoutError, after the fact."""
-    ends = result.item_ends
-    if not ends:
-        return
-    chunk = result.chunk
-    previous = result.started
-    for position, end in enumerate(ends):
-        if end - previous > timeout:
-            index = chunk.start + chunk.positions[position]
-            error = TaskTimeoutError(
-                f"item {index} ({describe_item(chunk.items[position])}) ran "
-                f"{end - previous:.3g} s, over the {timeout:g} s timeout "
-                "(serial mode cannot interrupt it, so it ran to the end)"
-            )
-            result.values[position] = None
-            if result.failures is None:
-                result.failures = {}
-            result.failures[position] = Failure(error, "")
-        previous = end

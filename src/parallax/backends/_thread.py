@@ -20,7 +20,7 @@ import threading
 from time import perf_counter
 from typing import Any
 
-from .._errors import TaskTimeoutError, describe_item
+from .._errors import ParallaxError, TaskTimeoutError, describe_item
 from .._worker import (
     MARK_POSITION,
     MARK_STARTED,
@@ -103,15 +103,23 @@ class ThreadBackend(Backend):
             except BaseException as exc:
                 logger.error("parallax: worker initializer failed in %s", worker.name)
                 self._broken = self._broken or initializer_error(exc)
-        recycle = worker_loop(
-            lambda: self._next_task(worker),
-            lambda result, job: self._report(worker, result, job),
-            worker.mark,
-            name=worker.name,
-            max_tasks=setup.max_tasks_per_worker,
-            partial=worker.partial,
-            track_position=False,  # a thread cannot die under an item
-        )
+        try:
+            recycle = worker_loop(
+                lambda: self._next_task(worker),
+                lambda result, job: self._report(worker, result, job),
+                worker.mark,
+                name=worker.name,
+                max_tasks=setup.max_tasks_per_worker,
+                partial=worker.partial,
+                track_position=False,  # a thread cannot die under an item
+            )
+        except BaseException as exc:  # a bug of ours: never leave a chunk undelivered
+            logger.exception("parallax: worker thread %s failed", worker.name)
+            current = worker.current
+            if current is not None and not worker.abandoned:
+                error = ParallaxError(f"worker thread {worker.name} failed: {exc!r}")
+                current[0].deliver(failed_chunk(current[1], error))
+            recycle = True
         with self._lock:
             self._live.discard(worker)
             if recycle and not self._closed and not worker.abandoned:
