@@ -94,7 +94,8 @@ class ParallaxRunner(Runner):
             import asyncio
 
             async def main() -> list[Any]:
-                return await self.parallax.amap(fn, items, **self.options)
+                results: list[Any] = await self.parallax.amap(fn, items, **self.options)
+                return results
 
             return asyncio.run(main())
         return self.parallax.map(fn, items, **self.options)
@@ -199,7 +200,8 @@ class JoblibRunner(Runner):
 
     def map(self, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
         delayed = self.joblib.delayed(fn)
-        return list(self.parallel(delayed(item) for item in items))
+        results: list[Any] = self.parallel(delayed(item) for item in items)
+        return results
 
     def imap(self, fn: Callable[[Any], Any], source: Iterator[Any]) -> Iterable[Any]:
         delayed = self.joblib.delayed(fn)
@@ -222,7 +224,7 @@ class MpireRunner(Runner):
     def load(self) -> None:
         import mpire
 
-        self.mpire = mpire
+        self.mpire: Any = mpire
 
     def start(self) -> None:
         extra = {"start_method": self.start_method} if self.start_method else {}
@@ -230,7 +232,8 @@ class MpireRunner(Runner):
 
     def map(self, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
         # mpire unpacks tuples and dicts into arguments; every item here is neither
-        return list(self.pool.map(fn, items, chunk_size=self.chunk_size))
+        results: list[Any] = self.pool.map(fn, items, chunk_size=self.chunk_size)
+        return results
 
     def imap(self, fn: Callable[[Any], Any], source: Iterator[Any]) -> Iterable[Any]:
         results: Iterable[Any] = self.pool.imap(fn, source, chunk_size=self.chunk_size)
@@ -250,9 +253,10 @@ class PebbleRunner(Runner):
     def load(self) -> None:
         import pebble
 
-        self.pebble = pebble
+        self.pebble: Any = pebble
 
     def start(self) -> None:
+        self.pool: Any
         if self.threads is None:
             self.pool = self.pebble.ProcessPool(max_workers=CPUS)
         else:
@@ -292,7 +296,8 @@ class AsyncioGatherRunner(Runner):
 
             return list(await asyncio.gather(*(bounded(item) for item in items)))
 
-        return asyncio.run(main())
+        results: list[Any] = asyncio.run(main())
+        return results
 
 
 # -- the cases -------------------------------------------------------------------------

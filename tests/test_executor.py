@@ -138,3 +138,15 @@ def test_idle_pools_are_shut_down(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not first & child_pids()  # its workers are gone
     second = {pid for pid, _ in parallax.map(_pid_and_name, range(4), mode="process")}
     assert second and not first & second  # a fresh pool
+
+
+@pytest.mark.parametrize("mode", ["process", "thread", "asyncio"])
+def test_shutdown_after_a_cancelled_run_does_not_hang(mode: str) -> None:
+    backend = Backend(mode)
+    executor = backend.executor(workers=1)
+    results = executor.imap(backend.fn(lambda x: time.sleep(0.2) or x), range(10), chunksize=1)
+    assert next(results) == 0
+    results.close()  # type: ignore[attr-defined]  # queued chunks of the run are cancelled
+    started = time.monotonic()
+    executor.shutdown(wait=True)
+    assert time.monotonic() - started < 5

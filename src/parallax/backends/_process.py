@@ -331,13 +331,16 @@ class ProcessBackend(Backend):
 
     def _step(self) -> bool:
         """One turn of the manager loop; False when the pool is done."""
+        # Dispatch first: it also drops cancelled chunks, which may leave
+        # nothing pending, and the pool must then notice it is done rather
+        # than wait for a wake-up that will never come.
+        self._dispatch()
         with self._lock:
             workers = list(self._workers.values())
             closing = self._closed
             idle_pending = not self._pending
         if closing and idle_pending and all(worker.busy is None for worker in workers):
             return False
-        self._dispatch()
         ready = wait([*self._workers, self._wake_r], self._next_deadline())
         for source in ready:
             if source == self._wake_r:
