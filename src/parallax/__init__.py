@@ -3,22 +3,29 @@
 >>> import parallax
 >>> parallax.map(abs, [-1, -2, 3], mode="serial")
 [1, 2, 3]
+
+The names below are imported on first use (PEP 562), so ``import parallax``
+is cheap and a process worker, which imports this package too, starts fast.
 """
 
-from ._api import ParallelFunction, amap, imap, map, parallel, plan, starmap
-from ._auto import Plan
-from ._config import using
-from ._errors import (
-    ParallaxError,
-    SerializationError,
-    TaskTimeoutError,
-    WorkerCrashedError,
-    WorkerTraceback,
-)
-from ._executor import Executor
-from ._progress import ProgressUpdate
-from ._stats import Monitor, Stats, TaskRecord, WorkerRecord, monitor
-from .backends import Backend, register_backend
+import importlib as _importlib
+import typing as _typing
+
+if _typing.TYPE_CHECKING:
+    from ._api import ParallelFunction, amap, imap, map, parallel, plan, starmap
+    from ._auto import Plan
+    from ._config import using
+    from ._errors import (
+        ParallaxError,
+        SerializationError,
+        TaskTimeoutError,
+        WorkerCrashedError,
+        WorkerTraceback,
+    )
+    from ._executor import Executor
+    from ._progress import ProgressUpdate
+    from ._stats import Monitor, Stats, TaskRecord, WorkerRecord, monitor
+    from .backends import Backend, register_backend
 
 __version__ = "0.1.0"
 
@@ -48,3 +55,43 @@ __all__ = (
     "starmap",
     "using",
 )
+
+#: public name -> the private module that defines it
+_HOME = {
+    "Backend": ".backends",
+    "Executor": "._executor",
+    "Monitor": "._stats",
+    "ParallaxError": "._errors",
+    "ParallelFunction": "._api",
+    "Plan": "._auto",
+    "ProgressUpdate": "._progress",
+    "SerializationError": "._errors",
+    "Stats": "._stats",
+    "TaskRecord": "._stats",
+    "TaskTimeoutError": "._errors",
+    "WorkerCrashedError": "._errors",
+    "WorkerRecord": "._stats",
+    "WorkerTraceback": "._errors",
+    "amap": "._api",
+    "imap": "._api",
+    "map": "._api",
+    "monitor": "._stats",
+    "parallel": "._api",
+    "plan": "._api",
+    "register_backend": ".backends",
+    "starmap": "._api",
+    "using": "._config",
+}
+
+
+def __getattr__(name: str) -> _typing.Any:
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module 'parallax' has no attribute {name!r}")
+    value = getattr(_importlib.import_module(home, __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

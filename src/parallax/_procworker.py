@@ -26,11 +26,11 @@ import signal
 import sys
 from collections import OrderedDict
 from collections.abc import Callable
-from multiprocessing.connection import Connection
 from typing import Any
 
 from ._errors import SerializationError
 from ._serialize import dumps, loads, result_error
+from ._wire import Channel
 from ._worker import (
     MARK_SIZE,
     STOP,
@@ -127,7 +127,7 @@ def main() -> None:
     conn_fd, mark_fd, slot = (int(arg) for arg in sys.argv[1:4])
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the caller handles Ctrl-C
     _die_with_parent()
-    conn = Connection(conn_fd)
+    conn = Channel.from_fd(conn_fd)
     shared = mmap.mmap(mark_fd, 0)
     mark: Mark = memoryview(shared).cast("d")[slot * MARK_SIZE : (slot + 1) * MARK_SIZE]
     hello: dict[str, Any] = loads(conn.recv_bytes())
@@ -192,7 +192,7 @@ def main() -> None:
         mark.release()
 
 
-def _load(blob: bytes, what: str) -> Any:
+def _load(blob: bytes | bytearray, what: str) -> Any:
     """Unpickle ``blob``, or return the SerializationError saying what failed."""
     try:
         return loads(blob)

@@ -27,7 +27,7 @@ def dumps(obj: Any) -> bytes:
     return data
 
 
-def loads(data: bytes) -> Any:
+def loads(data: bytes | bytearray) -> Any:
     return pickle.loads(data)
 
 

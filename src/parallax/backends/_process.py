@@ -31,12 +31,13 @@ import logging
 import mmap
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
 from collections import OrderedDict, deque
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import wait
 from pathlib import Path
 from time import perf_counter
 from typing import Any
@@ -44,6 +45,7 @@ from typing import Any
 from .._errors import ParallaxError, TaskTimeoutError, WorkerCrashedError, describe_item
 from .._procworker import JOB_CACHE_SIZE, decode_failure
 from .._serialize import argument_error, dumps, dumps_function, find_unpicklable, loads
+from .._wire import Channel
 from .._worker import (
     MARK_POSITION,
     MARK_SIZE,
@@ -117,7 +119,7 @@ class _Worker:
         "slot",
     )
 
-    def __init__(self, name: str, slot: int, popen: subprocess.Popen[bytes], conn: Connection,
+    def __init__(self, name: str, slot: int, popen: subprocess.Popen[bytes], conn: Channel,
                  mark: Mark) -> None:
         self.name = name
         self.slot = slot
@@ -164,7 +166,7 @@ class ProcessBackend(Backend):
         self._names = itertools.count(1)
         self._lock = threading.Lock()
         self._pending: deque[tuple[Job, Chunk, bytes]] = deque()
-        self._workers: dict[Connection, _Worker] = {}
+        self._workers: dict[Channel, _Worker] = {}
         self._free_slots = list(range(self.workers))
         self._closed = False
         self._broken: BaseException | None = None
@@ -341,16 +343,17 @@ class ProcessBackend(Backend):
             idle_pending = not self._pending
         if closing and idle_pending and all(worker.busy is None for worker in workers):
             return False
-        ready = wait([*self._workers, self._wake_r], self._next_deadline())
+        by_fd = {channel.fileno(): worker for channel, worker in self._workers.items()}
+        ready = wait([*by_fd, self._wake_r], self._next_deadline())
         for source in ready:
             if source == self._wake_r:
                 with contextlib.suppress(BlockingIOError):
                     os.read(self._wake_r, 4096)
                 continue
-            assert isinstance(source, Connection)
-            worker = self._workers[source]
+            assert isinstance(source, int)
+            worker = by_fd[source]
             try:
-                message = source.recv_bytes()
+                message = worker.conn.recv_bytes()
             except (EOFError, OSError):
                 self._bury(worker)
                 continue
@@ -398,7 +401,7 @@ class ProcessBackend(Backend):
         except OSError:
             worker.kill(None)  # dead already; the EOF path reports the chunk
 
-    def _handle(self, worker: _Worker, message: bytes) -> None:
+    def _handle(self, worker: _Worker, message: bytes | bytearray) -> None:
         payload = loads(message)
         kind = payload[0]
         if kind == "result":
@@ -587,11 +590,7 @@ class ProcessBackend(Backend):
                     os.close(fd)
 
 
-def _socket_pair() -> tuple[Connection, int]:
-    """A connected pair: our end as a Connection, the child's as a raw fd."""
-    import socket
-
+def _socket_pair() -> tuple[Channel, int]:
+    """A connected pair: our end as a Channel, the child's as a raw fd."""
     ours, theirs = socket.socketpair()
-    ours.setblocking(True)
-    connection = Connection(ours.detach())
-    return connection, theirs.detach()
+    return Channel(ours), theirs.detach()
