@@ -60,8 +60,10 @@ def test_decide_respects_workers_and_caps_io_threads() -> None:
     facts = Facts(probed=1, item_wall=0.02, item_cpu=1e-6, total=100_000, cpus=2)
     assert decide(facts).workers == 256
     assert decide(facts, workers=7).workers == 7
-    few = Facts(probed=1, item_wall=0.02, item_cpu=1e-6, total=11, cpus=2)
-    assert decide(few).workers == 10  # never more threads than items left
+    # sized by the wait/CPU ratio, rounded up to a power of two so that similar
+    # calls share one warm pool
+    mixed = Facts(probed=1, item_wall=0.02, item_cpu=0.004, total=100, cpus=2)
+    assert decide(mixed).workers == 16
 
 
 def test_reason_names_the_measurements() -> None:
@@ -143,3 +145,15 @@ def test_probed_items_have_sane_queue_times() -> None:
         parallax.map(lambda x: spin(300_000), range(6))
     for record in monitor.runs[-1].task_records:
         assert 0 <= record.queued <= record.started
+
+
+def test_auto_calls_of_different_sizes_share_one_warm_pool() -> None:
+    import threading
+
+    def pool_of(_: int) -> str:
+        time.sleep(0.01)
+        return threading.current_thread().name.rsplit("-", 1)[0]
+
+    small = set(parallax.map(pool_of, range(6)))
+    large = set(parallax.map(pool_of, range(40)))
+    assert len(small) == 1 and small == large

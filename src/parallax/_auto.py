@@ -34,8 +34,10 @@ PROCESS_ITEM_COST: Final = 3e-6
 PIPE_BANDWIDTH: Final = 1.0e9
 #: CPU share of wall time above which work counts as CPU-bound
 CPU_BOUND_SHARE: Final = 0.5
-#: most threads auto mode starts for waiting work (and asyncio concurrency)
+#: most threads auto mode starts for waiting work
 MAX_IO_WORKERS: Final = 256
+#: coroutines awaited at once, as asyncio mode's own default (they are cheap)
+ASYNCIO_CONCURRENCY: Final = 1000
 #: probe until this much time was spent or this many items ran
 PROBE_SECONDS: Final = 0.002
 PROBE_ITEMS: Final = 64
@@ -89,16 +91,22 @@ def _duration(seconds: float) -> str:
     return f"{seconds * 1e6:.3g} µs"
 
 
-def _bounded(workers: int, facts: Facts) -> int:
-    remaining = None if facts.total is None else max(1, facts.total - facts.probed)
-    return max(1, min(workers, remaining) if remaining is not None else workers)
+def _io_threads(cpus: int, wall: float, cpu: float) -> int:
+    """Threads to overlap waiting: enough for the measured wait/CPU ratio.
+
+    Rounded up to a power of two, so that calls with similar work share one
+    warm pool (pools are keyed by size) instead of each starting its own;
+    thread pools start their threads only as work arrives.
+    """
+    fit = math.ceil(cpus * wall / max(cpu, wall / MAX_IO_WORKERS))
+    return min(MAX_IO_WORKERS, 1 << max(0, math.ceil(math.log2(max(cpus, fit)))))
 
 
 def decide(facts: Facts, workers: int | None = None) -> Plan:
     """Pick a mode from measured facts. Pure: no pool is started, nothing runs."""
     cpus = max(1, facts.cpus)
     if facts.coroutine:
-        count = workers or _bounded(MAX_IO_WORKERS, facts)
+        count = workers or ASYNCIO_CONCURRENCY
         return Plan("asyncio", count, "auto", f"coroutine function -> asyncio, {count} at a time")
     if facts.item_wall is None or facts.item_cpu is None:
         mode = "process" if facts.gil_enabled else "free-threaded"
@@ -121,8 +129,7 @@ def decide(facts: Facts, workers: int | None = None) -> Plan:
         )
     if share < CPU_BOUND_SHARE:
         waiting = wall - cpu
-        fit = math.ceil(cpus * wall / max(cpu, wall / MAX_IO_WORKERS))
-        count = workers or _bounded(min(MAX_IO_WORKERS, max(cpus, fit)), facts)
+        count = workers or _io_threads(cpus, wall, cpu)
         return Plan(
             "thread", count, "auto",
             f"I/O-bound: {1 - share:.0%} of {per_item} per item is waiting "
@@ -136,7 +143,7 @@ def decide(facts: Facts, workers: int | None = None) -> Plan:
     if cpus < 2:
         return Plan("serial", 1, "auto", f"CPU-bound ({share:.0%} CPU) but only 1 core -> serial")
     if not facts.gil_enabled:
-        count = workers or _bounded(cpus, facts)
+        count = workers or cpus
         return Plan(
             "free-threaded", count, "auto",
             f"CPU-bound: {share:.0%} of {per_item} per item is CPU, GIL disabled, "
@@ -145,7 +152,7 @@ def decide(facts: Facts, workers: int | None = None) -> Plan:
     if facts.item_bytes is not None and facts.thread_speedup is not None:
         shipping = 2 * facts.item_bytes / PIPE_BANDWIDTH
         if shipping >= wall / 2 and facts.thread_speedup >= 1.3:
-            count = workers or _bounded(cpus, facts)
+            count = workers or cpus
             return Plan(
                 "thread", count, "auto",
                 f"CPU-bound but payload-heavy: shipping {facts.item_bytes / 1e6:.2g} MB per item "
@@ -157,7 +164,7 @@ def decide(facts: Facts, workers: int | None = None) -> Plan:
             "serial", 1, "auto",
             f"CPU-bound but {facts.unpicklable} cannot be pickled for a process -> serial",
         )
-    count = workers or _bounded(cpus, facts)
+    count = workers or cpus
     sizer = ChunkSizer(
         "auto", workers=count, total=facts.total, chunk_overhead=3e-4, item_seconds=wall
     )

@@ -23,6 +23,7 @@ from .._errors import TaskTimeoutError, describe_item
 from .._worker import Chunk, ChunkResult, Failure, Job, set_inside_worker
 from . import Backend, WorkerSetup, failed_chunk, initializer_error
 
+#: the same as the auto-selector's choice for coroutine functions
 DEFAULT_CONCURRENCY = 1000
 #: chunks kept in play at once; chunks are sized so that together they keep
 #: the concurrency limit busy twice over

@@ -46,10 +46,11 @@ def default_thread_workers() -> int:
 
 
 class _ThreadWorker:
-    __slots__ = ("abandoned", "current", "lock", "mark", "name", "partial", "thread")
+    __slots__ = ("abandoned", "current", "fresh", "lock", "mark", "name", "partial", "thread")
 
     def __init__(self, name: str) -> None:
         self.name = name
+        self.fresh = True  # started for a task that is already queued
         self.mark = new_mark()
         self.partial: list[list[Any]] = []
         self.current: tuple[Job, Chunk] | None = None
@@ -71,7 +72,9 @@ class ThreadBackend(Backend):
         self._live: set[_ThreadWorker] = set()
         self._names = itertools.count(1)
         self._prefix = f"parallax-{self.name}-{next(_pool_ids)}"
-        self._started = False
+        # Threads start as work arrives, up to ``workers``: a big I/O pool
+        # costs nothing until it is needed. Each idle thread holds a token.
+        self._idle = threading.Semaphore(0)
         self._closed = False
         self._broken: BaseException | None = None
         self._watchdog: threading.Thread | None = None
@@ -126,6 +129,10 @@ class ThreadBackend(Backend):
                 self._spawn()
 
     def _next_task(self, worker: _ThreadWorker) -> Task | None:
+        if worker.fresh:
+            worker.fresh = False
+        else:
+            self._idle.release()
         while not worker.abandoned:
             task = self._tasks.get()
             if task is STOP:
@@ -214,13 +221,11 @@ class ThreadBackend(Backend):
         with self._lock:
             if self._closed:
                 raise RuntimeError(f"cannot submit to a {self.name} backend after shutdown")
-            if not self._started:
-                self._started = True
-                for _ in range(self.workers):
-                    self._spawn()
+            self._tasks.put((job, chunk))
+            if not self._idle.acquire(blocking=False) and len(self._live) < self.workers:
+                self._spawn()
         if job.timeout is not None and self._watchdog is None:
             self._ensure_watchdog()
-        self._tasks.put((job, chunk))
 
     def shutdown(self, wait: bool = True, *, cancel_pending: bool = False) -> None:
         with self._lock:
