@@ -8,7 +8,8 @@ limit; repeats of different cases are interleaved so that a slow spell of
 the machine does not land on one case only. The run prints a markdown
 report (per-workload tables, the core and auto summary tables, the targets)
 and writes it to ``--output`` with the machine's description; the raw
-measurements go to ``benchmarks/.results/latest.json``.
+measurements go to ``benchmarks/.results/<output name>.json`` (``RESULTS.json``
+for the default output), from which ``--render-only`` rewrites the report.
 
 Exit status: 0, or 1 if any case returned a wrong result or failed.
 """
@@ -29,7 +30,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +45,11 @@ from benchmarks.workloads import WORKLOADS, Workload  # noqa: E402
 FULL_REPEATS = 3
 QUICK_REPEATS = 1
 LIBRARIES = ("parallax", "cloudpickle", "joblib", "mpire", "pebble", "psutil")
-RAW_RESULTS = ROOT / "benchmarks" / ".results" / "latest.json"
+RAW_DIRECTORY = ROOT / "benchmarks" / ".results"
 #: bytecode cache of the cases' interpreters: outside the source tree, and on even
 #: where PYTHONDONTWRITEBYTECODE is set, so that the editable parallax is not
 #: compiled from source at every start while the installed peers load their .pyc
-PYCACHE = ROOT / "benchmarks" / ".results" / "pycache"
+PYCACHE = RAW_DIRECTORY / "pycache"
 
 
 # -- running cases ---------------------------------------------------------------------
@@ -482,8 +483,12 @@ class Target:
     met: bool | None  # None: could not be measured
 
 
+def precise_ratio(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3f}x"
+
+
 def _target(what: str, value: float | None, *, at_least: float | None = None,
-            at_most: float | None = None, shown: Callable[[float | None], str] = ratio,
+            at_most: float | None = None, shown: Callable[[float | None], str] = precise_ratio,
             extra: str = "") -> Target:
     if value is None:
         return Target(what, "not measured", None)
@@ -583,24 +588,37 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def machine_section(args: argparse.Namespace, repeats: int, elapsed: float,
-                    loads: tuple[float, float], quiet: Quiet) -> list[str]:
+@dataclass
+class RunInfo:
+    """How and when the measurements were taken (kept with the raw results)."""
+
+    command: str
+    date: str
+    quick: bool
+    repeats: int
+    elapsed: float = 0.0
+    load_start: float = 0.0
+    load_end: float = 0.0
+    quiet_per_case: float = 0.0
+    quiet_budget: float = 0.0
+    quiet_waited: float = 0.0
+
+
+def machine_section(info: RunInfo) -> list[str]:
     versions = ", ".join(f"{name} {_version(name)}" for name in LIBRARIES)
-    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    command = "python benchmarks/run.py " + " ".join(sys.argv[1:])
     return [
         "# parallax benchmarks",
         "",
-        f"- date: {now}; command: `{command.strip()}`; {repeats} repeat(s) per case, "
-        f"{'quick' if args.quick else 'full'} sizes; whole run {elapsed / 60:.1f} min",
+        f"- date: {info.date}; command: `{info.command}`; {info.repeats} repeat(s) per case, "
+        f"{'quick' if info.quick else 'full'} sizes; whole run {info.elapsed / 60:.1f} min",
         f"- machine: {os.cpu_count()} CPUs ({_cpu_model()}), {platform.platform()}",
         f"- Python {platform.python_version()} ({platform.python_implementation()}), "
         f"start method of multiprocessing: fork (Linux default)",
         f"- libraries: {versions}",
-        f"- 1-minute load average: {loads[0]:.2f} at the start, {loads[1]:.2f} at the end "
-        "(above 0 means other work shared the cores with the benchmark); before each case the "
-        f"run waited up to {quiet.per_case:.0f} s for the cores to be quiet "
-        f"({quiet.waited:.0f} s waited in all, budget {quiet.budget:.0f} s)",
+        f"- 1-minute load average: {info.load_start:.2f} at the start, {info.load_end:.2f} at "
+        "the end (above 0 means other work shared the cores with the benchmark); before each "
+        f"case the run waited up to {info.quiet_per_case:.0f} s for the cores to be quiet "
+        f"({info.quiet_waited:.0f} s waited in all, budget {info.quiet_budget:.0f} s)",
         "",
         f"**This machine has {os.cpu_count()} cores, so the parallel speed-up on CPU-bound work "
         f"is at most {os.cpu_count()}x.** Timings of a shared virtual machine vary by 10-20% "
@@ -624,11 +642,9 @@ def machine_section(args: argparse.Namespace, repeats: int, elapsed: float,
     ]
 
 
-def render(args: argparse.Namespace, repeats: int, elapsed: float,
-           results: dict[str, WorkloadResult], loads: tuple[float, float],
-           quiet: Quiet) -> tuple[str, list[Target]]:
+def render(info: RunInfo, results: dict[str, WorkloadResult]) -> tuple[str, list[Target]]:
     target_lines, targets = targets_table(results)
-    lines = machine_section(args, repeats, elapsed, loads, quiet)
+    lines = machine_section(info)
     lines += target_lines
     lines += core_table(results)
     lines += auto_table(results)
@@ -638,16 +654,57 @@ def render(args: argparse.Namespace, repeats: int, elapsed: float,
     return "\n".join(lines).rstrip() + "\n", targets
 
 
-def _raw(results: dict[str, WorkloadResult]) -> dict[str, Any]:
+def raw_path(output: Path) -> Path:
+    """Where the raw measurements behind the report ``output`` are kept."""
+    return RAW_DIRECTORY / f"{output.stem}.json"
+
+
+def _raw(info: RunInfo, results: dict[str, WorkloadResult]) -> dict[str, Any]:
     return {
-        name: {
-            "size": result.size,
-            "cases": {case.id: {"label": case.label, "status": case.status,
-                                "skip": case.planned.skip, "computed": case.computed,
-                                "runs": case.runs} for case in result.cases},
-        }
-        for name, result in results.items()
+        "info": asdict(info),
+        "workloads": {
+            name: {
+                "size": result.size,
+                "cases": {case.id: {"label": case.label, "status": case.status,
+                                    "skip": case.planned.skip, "computed": case.computed,
+                                    "runs": case.runs} for case in result.cases},
+            }
+            for name, result in results.items()
+        },
     }
+
+
+def _from_raw(raw: dict[str, Any]) -> tuple[RunInfo, dict[str, WorkloadResult]]:
+    """The results of an earlier run, from its raw JSON (``--render-only``)."""
+    info = RunInfo(**raw["info"])
+    results = {}
+    for name, stored in raw["workloads"].items():
+        workload = WORKLOADS[name]
+        size = stored["size"]
+        cases = []
+        for planned in plan_cases(workload, size):
+            saved = stored["cases"].get(planned.case.id)
+            if saved is not None:
+                cases.append(CaseResult(planned, saved["runs"], saved["computed"]))
+        results[name] = WorkloadResult(workload, size, cases)
+    return info, results
+
+
+def _report(info: RunInfo, results: dict[str, WorkloadResult], output: Path) -> int:
+    """Print and write the report; the exit status (1: a case failed)."""
+    report, targets = render(info, results)
+    print(report)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(report)
+    failed = [f"{name}: {case.label} ({case.status}: {case.note})"
+              for name, result in results.items() for case in result.cases
+              if case.status in ("wrong", "error")]
+    missed = sum(1 for target in targets if target.met is False)
+    _progress(f"wrote {output}; {info.elapsed / 60:.1f} min; {missed} target(s) missed")
+    if failed:
+        _progress("FAILED cases:\n  " + "\n  ".join(failed))
+        return 1
+    return 0
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -663,6 +720,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--quiet-wait", type=float, default=10.0, metavar="SECONDS",
                         help="before each case, wait up to this long for other processes to "
                              "leave the CPUs idle (0: do not wait; default 10)")
+    parser.add_argument("--render-only", action="store_true",
+                        help="measure nothing: rewrite the report --output from the raw "
+                             "measurements its last run kept in benchmarks/.results/")
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "RESULTS.md",
                         help="where to write the markdown report")
     args = parser.parse_args(argv)
@@ -678,31 +738,30 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    if args.render_only:
+        info, results = _from_raw(json.loads(raw_path(args.output).read_text()))
+        return _report(info, results, args.output)
     names = [name for name in args.only.split(",") if name] or list(WORKLOADS)
     repeats = args.repeats or (QUICK_REPEATS if args.quick else FULL_REPEATS)
     cases = {case for case in args.cases.split(",") if case} or None
+    info = RunInfo(
+        command=("python benchmarks/run.py " + " ".join(argv)).strip(),
+        date=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        quick=args.quick, repeats=repeats, load_start=os.getloadavg()[0],
+    )
     started = time.perf_counter()
-    load = os.getloadavg()[0]
     warm_up()
     quiet = Quiet(per_case=args.quiet_wait, budget=60.0 if args.quick else 300.0)
     results = {name: run_workload(WORKLOADS[name], quick=args.quick, repeats=repeats,
                                   cases=cases, quiet=quiet) for name in names}
-    elapsed = time.perf_counter() - started
-    report, targets = render(args, repeats, elapsed, results, (load, os.getloadavg()[0]), quiet)
-    print(report)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(report)
-    RAW_RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RAW_RESULTS.write_text(json.dumps(_raw(results), indent=1))
-    failed = [f"{name}: {case.label} ({case.status}: {case.note})"
-              for name, result in results.items() for case in result.cases
-              if case.status in ("wrong", "error")]
-    missed = sum(1 for target in targets if target.met is False)
-    _progress(f"wrote {args.output}; {elapsed / 60:.1f} min; {missed} target(s) missed")
-    if failed:
-        _progress("FAILED cases:\n  " + "\n  ".join(failed))
-        return 1
-    return 0
+    info.elapsed = time.perf_counter() - started
+    info.load_end = os.getloadavg()[0]
+    info.quiet_per_case, info.quiet_budget, info.quiet_waited = (
+        quiet.per_case, quiet.budget, quiet.waited)
+    raw = raw_path(args.output)
+    raw.parent.mkdir(parents=True, exist_ok=True)
+    raw.write_text(json.dumps(_raw(info, results), indent=1))
+    return _report(info, results, args.output)
 
 
 if __name__ == "__main__":
