@@ -44,6 +44,8 @@ async def coroutine(x: int) -> int:
         (Facts(probed=3, item_wall=5e-4, item_cpu=5e-4, total=200, cpus=2,
                item_bytes=1_000_000, thread_speedup=1.8), "thread"),
         (Facts(probed=3, item_wall=5e-4, item_cpu=5e-4, total=200, cpus=2,
+               item_bytes=1_000_000, thread_speedup=1.0), "serial"),
+        (Facts(probed=3, item_wall=0.05, item_cpu=0.05, total=200, cpus=2,
                item_bytes=1_000_000, thread_speedup=1.0), "process"),
         (Facts(cpus=2), "process"),
         (Facts(cpus=2, gil_enabled=False), "free-threaded"),

@@ -151,13 +151,22 @@ def decide(facts: Facts, workers: int | None = None) -> Plan:
         )
     if facts.item_bytes is not None and facts.thread_speedup is not None:
         shipping = 2 * facts.item_bytes / PIPE_BANDWIDTH
-        if shipping >= wall / 2 and facts.thread_speedup >= 1.3:
-            count = workers or cpus
-            return Plan(
-                "thread", count, "auto",
+        if shipping >= wall / 2:
+            heavy = (
                 f"CPU-bound but payload-heavy: shipping {facts.item_bytes / 1e6:.2g} MB per item "
-                f"costs ~{_duration(shipping)} vs {per_item} of work, and 2 threads ran "
-                f"{facts.thread_speedup:.2g}x faster than 1 (the work releases the GIL) -> thread",
+                f"costs ~{_duration(shipping)} vs {per_item} of work"
+            )
+            if facts.thread_speedup >= 1.3:
+                count = workers or cpus
+                return Plan(
+                    "thread", count, "auto",
+                    f"{heavy}, and 2 threads ran {facts.thread_speedup:.2g}x faster than 1 "
+                    "(the work releases the GIL) -> thread",
+                )
+            return Plan(
+                "serial", 1, "auto",
+                f"{heavy}, and 2 threads ran only {facts.thread_speedup:.2g}x faster than 1 "
+                "-> serial",
             )
     if not facts.picklable:
         return Plan(

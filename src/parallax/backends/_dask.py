@@ -61,8 +61,9 @@ import threading
 import uuid
 import weakref
 from collections import deque
+from collections.abc import Sequence
 from concurrent.futures import CancelledError
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from time import perf_counter, time
 from typing import Any, Final, NamedTuple
 
@@ -87,6 +88,7 @@ from .._worker import (
     MARK_POSITION,
     MARK_STARTED,
     MARK_TOKEN,
+    SOMEWHERE,
     Chunk,
     ChunkResult,
     Failure,
@@ -106,6 +108,8 @@ logger = logging.getLogger("parallax")
 SCATTER_THRESHOLD: Final = 64 * 1024
 #: how often (seconds) a backend on someone else's cluster re-reads its size
 _RESIZE_INTERVAL: Final = 1.0
+#: longest wait (seconds) of the collector between looks at the cluster
+_COLLECTOR_POLL: Final = 0.5
 
 _backend_ids = itertools.count(1)
 
@@ -128,7 +132,7 @@ class _Items:
 
     __slots__ = ("items",)
 
-    def __init__(self, items: list[Any]) -> None:
+    def __init__(self, items: Sequence[Any]) -> None:
         self.items = items
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -245,76 +249,13 @@ class _Initializer(WorkerPlugin):  # type: ignore[misc,unused-ignore]
 
 
 @dataclass(slots=True)
-class _Isolation:
-    """A chunk whose task Dask gave up on (KilledWorker), re-run one item per task.
-
-    Round one runs every item as its own task, all at once. Dask counts a
-    death against every task queued on the dead worker, so an innocent item
-    queued beside the killer can be given up on too: each item killed in
-    round one is run again *alone* (one such task at a time per backend), and
-    only an item whose solo task is killed as well is reported as the crash.
-    """
-
-    chunk: Chunk
-    #: round-one tasks not back yet
-    running: int
-    values: list[Any]
-    failures: dict[int, Failure] = field(default_factory=dict)
-    #: items killed in round one, waiting for round one to end
-    suspects: list[int] = field(default_factory=list)
-    #: items sent (or queued) for their solo run, not back yet
-    solo: int = 0
-    started: float = float("inf")
-    finished: float = 0.0
-    cpu: float = 0.0
-    worker: str = ""
-
-    @property
-    def complete(self) -> bool:
-        return self.running == 0 and not self.suspects and self.solo == 0
-
-    def merge(self, offset: int, result: ChunkResult) -> None:
-        """Take one item's outcome."""
-        if result.values:
-            self.values[offset] = result.values[0]
-        if result.failures and 0 in result.failures:
-            self.failures[offset] = result.failures[0]
-        elif result.interruption is not None:
-            self.failures[offset] = Failure(result.interruption, "")
-        if result.finished:
-            self.started = min(self.started, result.started)
-            self.finished = max(self.finished, result.finished)
-            self.cpu += result.cpu
-            self.worker = self.worker or result.worker
-
-    def single(self, offset: int) -> Chunk:
-        chunk = self.chunk
-        return Chunk(chunk.seq, chunk.start, [chunk.items[offset]], [chunk.positions[offset]])
-
-    def result(self) -> ChunkResult:
-        started = self.started if self.finished else 0.0
-        return ChunkResult(
-            self.chunk,
-            self.values,
-            self.failures or None,
-            self.worker,
-            started,
-            self.finished,
-            self.cpu,
-        )
-
-
-@dataclass(slots=True)
 class _Task:
     """A chunk's task in flight: whose it is, and where its outcome goes."""
 
     future: Any  # distributed.Future
     job: Job
     chunk: Chunk
-    #: set for the one-item tasks of a chunk being isolated after KilledWorker
-    group: _Isolation | None = None
-    offset: int = 0
-    #: an isolated item's solo run (see _Isolation)
+    #: a one-item chunk's run alone, to tell its item's crash from a neighbour's
     solo: bool = False
     #: a cancel was sent for it (not again on every sweep)
     cancelling: bool = False
@@ -396,8 +337,9 @@ class DaskBackend(Backend):
         self._collector: threading.Thread | None = None
         self._closer: threading.Thread | None = None
         self._resized = 0.0
+        self._healed = 0.0
         #: isolated items waiting for their solo run, and whether one is out
-        self._solos: deque[tuple[Job, _Isolation, int]] = deque()
+        self._solos: deque[tuple[Job, Chunk]] = deque()
         self._solo_busy = False
         if address is None and client is None:
             self.workers = workers or usable_cpus()
@@ -561,6 +503,28 @@ class DaskBackend(Backend):
             return
         self.workers = max(1, threads)
 
+    def _heal(self) -> None:
+        """Give the local cluster back a worker it lost for good.
+
+        When a worker keeps dying, the nanny restarts it, but ``LocalCluster``
+        closes a nanny whose worker is gone at the moment it looks again
+        (``distributed.deploy.lost-worker-timeout`` after a death); a burst
+        of deaths can so leave it with no workers and a run waiting forever.
+        ``scale`` to the same size starts the missing ones again.
+        """
+        cluster = self._cluster
+        now = perf_counter()
+        if cluster is None or now - self._healed < _RESIZE_INTERVAL:
+            return
+        self._healed = now
+        with contextlib.suppress(Exception):
+            wanted = len(cluster.worker_spec)
+            if len(cluster.workers) < wanted and not self._closed:
+                logger.warning(
+                    "parallax: the local dask cluster lost a worker for good; starting it again"
+                )
+                cluster.scale(wanted)
+
     def _close(self) -> None:
         """Wait for the tasks in flight, then release the cluster's resources."""
         collector = self._collector
@@ -586,15 +550,7 @@ class DaskBackend(Backend):
 
     # -- sending -------------------------------------------------------------------------
 
-    def _send(
-        self,
-        job: Job,
-        chunk: Chunk,
-        group: _Isolation | None = None,
-        offset: int = 0,
-        *,
-        solo: bool = False,
-    ) -> None:
+    def _send(self, job: Job, chunk: Chunk, *, solo: bool = False) -> None:
         with self._lock:
             fn = self._functions.get(job, job.fn)
         key = f"parallax-chunk-{self._token}-{job.id}-{chunk.seq}-{next(self._keys)}"
@@ -605,9 +561,9 @@ class DaskBackend(Backend):
         except Exception as exc:
             # Dask pickles the task as it is submitted: an item that does not
             # pickle surfaces here.
-            self._settle(_Task(None, job, chunk, group, offset, solo), _submit_error(chunk, exc))
+            self._settle(_Task(None, job, chunk, solo), _submit_error(chunk, exc))
             return
-        task = _Task(future, job, chunk, group, offset, solo)
+        task = _Task(future, job, chunk, solo)
         with self._lock:
             self._tasks[key] = task
             self._completed.add(future)
@@ -638,17 +594,28 @@ class DaskBackend(Backend):
     def _collect(self) -> None:
         """Deliver finished tasks until none is in flight (the collector thread)."""
         completed = self._completed
+        # as_completed's own blocking next() offers no way to look up now and
+        # then; waiting on the condition it notifies (checked under it, so no
+        # notification is missed) lets the collector also keep the local
+        # cluster whole while it waits.
+        condition = getattr(completed, "thread_condition", None)
         while True:
-            try:
-                future, outcome = next(completed)
-            except StopIteration:
+            if not completed.has_ready():
                 with self._lock:
                     # Checked under the lock _send adds under: a task added
                     # after this check finds no collector and starts one.
                     if completed.is_empty():
                         self._collector = None
                         return
+                self._heal()
+                if condition is None:
+                    threading.Event().wait(0.01)
+                    continue
+                with condition:
+                    if not completed.has_ready():
+                        condition.wait(_COLLECTOR_POLL)
                 continue
+            future, outcome = next(completed)
             with self._lock:
                 task = self._tasks.pop(future.key, None)
             if task is None:
@@ -675,16 +642,17 @@ class DaskBackend(Backend):
             result = _decode(chunk, outcome, job.timeout)
         elif isinstance(outcome, tuple) and len(outcome) == 3:  # (type, exception, traceback)
             error = outcome[1]
-            if isinstance(error, distributed.KilledWorker):
-                if task.group is None:
-                    self._isolate(job, chunk)
-                    return
-                if not task.solo:
-                    self._suspect(task)
-                    return
-                result = _crashed(chunk, error)
-            else:
+            if not isinstance(error, distributed.KilledWorker):
                 result = failed_chunk(chunk, _dask_error(error))
+            elif len(chunk.items) > 1:
+                # Which item killed the workers is unknown (the position they
+                # were at died with them): the run re-runs each item alone.
+                result = _crashed(chunk, error, SOMEWHERE)
+            elif not task.solo:
+                self._queue_solo(job, chunk)
+                return
+            else:
+                result = _crashed(chunk, error, 0)
         else:  # a CancelledError: cancelled, or lost with the scheduler connection
             if _dropped(job, chunk) and not task.solo:
                 return  # the run asked for it
@@ -701,83 +669,42 @@ class DaskBackend(Backend):
         self._settle(task, result)
 
     def _settle(self, task: _Task, result: ChunkResult) -> None:
-        """Deliver a chunk's result, or merge it into its isolated chunk's."""
-        job, group = task.job, task.group
-        if group is None:
-            job.deliver(result)
-            return
-        with self._lock:
-            group.merge(task.offset, result)
-            if task.solo:
-                group.solo -= 1
-            else:
-                group.running -= 1
-        self._advance(job, group)
+        """Deliver a chunk's result (unless its run dropped it while it ran alone)."""
+        if not (task.solo and _dropped(task.job, task.chunk)):
+            task.job.deliver(result)
         if task.solo:
             self._next_solo()
 
-    # -- isolating the item that kills workers -------------------------------------------
+    # -- telling the item that kills workers from its neighbours -------------------------
+    #
+    # Dask counts a worker's death against every task queued on that worker,
+    # not only the one running, so an innocent one-item chunk queued beside
+    # the killer can be given up on (KilledWorker) too. Such a chunk is run
+    # once more *alone* (one solo task at a time per backend) before its item
+    # is reported as the crash.
 
-    def _isolate(self, job: Job, chunk: Chunk) -> None:
-        """Re-run a chunk Dask gave up on one item per task, to name the killer."""
-        if _dropped(job, chunk):
-            return
-        # Also while shutting down: the collector (and so the client) lives
-        # until these tasks are in, and the chunk is owed a result.
-        n = len(chunk.items)
-        logger.warning(
-            "parallax: Dask gave up on a chunk of %d item(s) after the workers running it "
-            "died (KilledWorker); re-running the items one per task to find the culprit",
-            n,
-        )
-        if n == 1:  # the chunk's task was round one already
-            group = _Isolation(chunk, 0, [None], suspects=[0])
-            self._advance(job, group)
-            return
-        group = _Isolation(chunk, n, [None] * n)
-        for offset in range(n):
-            self._send(job, group.single(offset), group, offset)
-
-    def _suspect(self, task: _Task) -> None:
-        """A round-one task was killed: its item gets a solo run once round one ends."""
-        group = task.group
-        assert group is not None
+    def _queue_solo(self, job: Job, chunk: Chunk) -> None:
         with self._lock:
-            group.running -= 1
-            group.suspects.append(task.offset)
-        self._advance(task.job, group)
+            self._solos.append((job, chunk))
+            if self._solo_busy:
+                return  # the running one sends the next when it ends
+            self._solo_busy = True
+        self._next_solo(first=True)
 
-    def _advance(self, job: Job, group: _Isolation) -> None:
-        """Queue solo runs when round one is over; deliver when all is in."""
-        with self._lock:
-            queued = []
-            if group.running == 0 and group.suspects:
-                queued, group.suspects = group.suspects, []
-                group.solo += len(queued)
-                self._solos.extend((job, group, offset) for offset in queued)
-            complete = group.complete
-        if queued:
-            self._next_solo(start=True)
-        elif complete and not _dropped(job, group.chunk):
-            job.deliver(group.result())
-
-    def _next_solo(self, *, start: bool = False) -> None:
-        """Send the next queued solo run (one at a time: alone, a death is its own)."""
+    def _next_solo(self, *, first: bool = False) -> None:
+        """Send the next queued solo run, if any (the caller holds the solo turn)."""
         while True:
             with self._lock:
-                if start and self._solo_busy:
-                    return  # the running one sends the next when it ends
-                start = False
+                if not first and not self._solo_busy:
+                    return
+                first = False
                 if not self._solos:
                     self._solo_busy = False
                     return
-                self._solo_busy = True
-                job, group, offset = self._solos.popleft()
-                if _dropped(job, group.chunk):
-                    group.solo -= 1
-                    continue
-            self._send(job, group.single(offset), group, offset, solo=True)
-            return
+                job, chunk = self._solos.popleft()
+            if not _dropped(job, chunk):
+                self._send(job, chunk, solo=True)
+                return
 
 
 # -- results and errors ------------------------------------------------------------------
@@ -825,21 +752,29 @@ def _decode(chunk: Chunk, outcome: _Outcome, timeout: float | None) -> ChunkResu
     return result
 
 
-def _crashed(chunk: Chunk, error: BaseException) -> ChunkResult:
-    """A one-item chunk whose task kept killing its workers."""
+def _crashed(chunk: Chunk, error: BaseException, position: int) -> ChunkResult:
+    """A chunk whose task Dask gave up on: its workers kept dying (KilledWorker).
+
+    ``position`` is the item to blame (a one-item chunk that was killed alone
+    too), or SOMEWHERE: the run then re-runs each item of the chunk alone.
+    """
     last = getattr(error, "last_worker", None)
     worker = str(getattr(last, "address", "") or "")
     allowed = getattr(error, "allowed_failures", None)
-    deaths = f"{allowed + 1} " if isinstance(allowed, int) else ""
-    index = chunk.start + chunk.positions[0]
+    times = f"{allowed + 1} times " if isinstance(allowed, int) else ""
+    if position == SOMEWHERE:
+        what = f"a chunk of {len(chunk.items)} items"
+    else:
+        index = chunk.start + chunk.positions[position]
+        what = f"item {index} ({describe_item(chunk.items[position])})"
     crash = WorkerCrashedError(
-        f"item {index} ({describe_item(chunk.items[0])}) killed the dask worker running it "
-        f"{deaths}times (the last: {worker or 'unknown'}); Dask gave up on it (KilledWorker). "
-        "The workers were restarted and the other items carry on",
+        f"{what} killed the dask worker running it {times}(the last: {worker or 'unknown'}), "
+        "even when run alone; Dask gave up on it (KilledWorker). Dask restarted the "
+        "workers and the other items carry on",
         worker=worker,
     )
     crash.__cause__ = error
-    return ChunkResult(chunk, [], worker=worker, interruption=crash, interrupted_at=0)
+    return ChunkResult(chunk, [], worker=worker, interruption=crash, interrupted_at=position)
 
 
 def _dask_error(error: Any) -> BaseException:
