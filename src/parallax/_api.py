@@ -9,7 +9,6 @@ kept warm between calls.
 
 from __future__ import annotations
 
-import asyncio
 import builtins
 import functools
 import sys
@@ -17,7 +16,10 @@ import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast, overload
+
+if TYPE_CHECKING:
+    import asyncio
 
 from typing_extensions import ParamSpec
 
@@ -130,6 +132,8 @@ class RunCoroutine:
         self.fn = fn
 
     def __call__(self, item: Any) -> Any:
+        import asyncio  # only coroutine functions need it; keeps the first call light
+
         try:
             asyncio.get_running_loop()
         except RuntimeError:
@@ -438,6 +442,8 @@ async def amap(
         mode=mode, workers=workers, chunksize=chunksize, ordered=ordered, timeout=timeout,
         errors=errors, progress=progress, initializer=initializer, initargs=initargs, **options,
     )
+    import asyncio
+
     loop = asyncio.get_running_loop()
     launch = _launch(fn, iterable, checked, star=False, loop=loop)
     return await asyncio.to_thread(_collect, launch)

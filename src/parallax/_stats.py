@@ -92,15 +92,16 @@ class Stats:
     _origin: float = 0.0  # perf_counter() when the run began
     _chunks: list[_ChunkRecord] = field(default_factory=list, repr=False)
     _attempts: dict[int, int] = field(default_factory=dict, repr=False)
-    _slowest: list[tuple[float, int, str]] = field(default_factory=list, repr=False)
+    #: heap of (seconds, index, tie-breaker, input) of the slowest timed items
+    _slowest: list[tuple[float, int, int, Any]] = field(default_factory=list, repr=False)
     _busy: float = field(default=0.0, repr=False)
     #: False when per-task records were turned off (``record_tasks=False``)
     records_kept: bool = True
 
     def slowest(self, count: int = 5) -> list[tuple[int, float, str]]:
         """The slowest timed items: (index, seconds, short repr of the input)."""
-        ranked = sorted(self._slowest, reverse=True)[:count]
-        return [(index, seconds, text) for seconds, index, text in ranked]
+        ranked = sorted(self._slowest, key=lambda entry: entry[:2], reverse=True)[:count]
+        return [(index, seconds, describe_item(item)) for seconds, index, _, item in ranked]
 
     # -- derived views -----------------------------------------------------------
 
@@ -364,6 +365,9 @@ def _record_dict(record: TaskRecord | WorkerRecord) -> dict[str, Any]:
     return {name: getattr(record, name) for name in record.__slots__}
 
 
+_ties = itertools.count()
+
+
 class StatsRecorder:
     """Collects one run's records while it goes; publishes a Stats at the end."""
 
@@ -420,8 +424,10 @@ class StatsRecorder:
             previous = end
             if len(slowest) < keep or seconds > slowest[0][0]:
                 chunk = result.chunk
-                entry = (seconds, chunk.start + chunk.positions[offset],
-                         describe_item(chunk.items[offset]))
+                # The input itself is kept (described only when read): a
+                # repr per candidate would cost more than the items it times.
+                entry = (seconds, chunk.start + chunk.positions[offset], next(_ties),
+                         chunk.items[offset])
                 if len(slowest) < keep:
                     heapq.heappush(slowest, entry)
                 else:
