@@ -150,3 +150,11 @@ def test_shutdown_after_a_cancelled_run_does_not_hang(mode: str) -> None:
     started = time.monotonic()
     executor.shutdown(wait=True)
     assert time.monotonic() - started < 5
+
+
+def test_default_worker_count_and_explicit_default_share_a_pool() -> None:
+    cpus = parallax.backends.usable_cpus()
+    first = {pid for pid, _ in parallax.map(_pid_and_name, range(8), mode="process")}
+    second = {pid for pid, _ in parallax.map(_pid_and_name, range(8), mode="process",
+                                            workers=cpus)}
+    assert first == second

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from time import monotonic
 from typing import Any
 
-from .backends import Backend, WorkerSetup, create_backend
+from .backends import Backend, WorkerSetup, create_backend, default_workers
 
 logger = logging.getLogger("parallax")
 
@@ -88,7 +88,8 @@ def _key(mode: str, workers: int | None, options: dict[str, Any]) -> Hashable:
 def acquire(mode: str, workers: int | None, options: dict[str, Any]) -> Backend:
     """Lease the shared pool for this mode and options, creating it if needed."""
     global _reaper
-    key = _key(mode, workers, options)
+    # workers=None and the mode's default count are the same pool
+    key = _key(mode, workers or default_workers(mode), options)
     with _lock:
         pooled = _pools.get(key)
         if pooled is not None and pooled.backend.broken is not None:

@@ -35,6 +35,7 @@ __all__ = [
     "available_modes",
     "backend_options",
     "create_backend",
+    "default_workers",
     "failed_chunk",
     "initializer_error",
     "new_mark",
@@ -77,6 +78,11 @@ class Backend(ABC):
     prefetch: ClassVar[int] = 1
 
     workers: int
+
+    @classmethod
+    def default_workers(cls) -> int:
+        """The pool size when ``workers=None``: by default the usable CPUs."""
+        return usable_cpus()
 
     @property
     def chunk_slots(self) -> int:
@@ -219,6 +225,16 @@ def backend_options() -> dict[str, frozenset[str] | None]:
     """Mode name -> the backend options it accepts (None: any)."""
     with _registry_lock:
         return {name: entry.options for name, entry in _registry.items()}
+
+
+def default_workers(name: str) -> int | None:
+    """Mode ``name``'s pool size for ``workers=None`` (None if it cannot say)."""
+    with _registry_lock:
+        entry = _registry[name]
+    factory = entry.load()
+    if isinstance(factory, type) and issubclass(factory, Backend):
+        return factory.default_workers()
+    return None
 
 
 def create_backend(

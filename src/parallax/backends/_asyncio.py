@@ -44,7 +44,7 @@ class AsyncioBackend(Backend):
         *,
         loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
-        self.workers = workers or DEFAULT_CONCURRENCY
+        self.workers = workers or self.default_workers()
         self._setup = setup or WorkerSetup()
         self._external = loop
         self._loop: asyncio.AbstractEventLoop | None = loop
@@ -56,6 +56,10 @@ class AsyncioBackend(Backend):
         self._broken: BaseException | None = None
         self._initialized = loop is None
         self._name = f"parallax-asyncio-{next(_loop_ids)}"
+
+    @classmethod
+    def default_workers(cls) -> int:
+        return DEFAULT_CONCURRENCY
 
     @property
     def chunk_slots(self) -> int:

@@ -159,7 +159,7 @@ class ProcessBackend(Backend):
             raise ValueError(
                 f"max_worker_memory must be a positive number of bytes, not {max_worker_memory!r}"
             )
-        self.workers = workers or usable_cpus()
+        self.workers = workers or self.default_workers()
         self._setup = setup or WorkerSetup()
         self._max_memory = max_worker_memory
         self._prefix = f"parallax-process-{next(_pool_ids)}"

@@ -52,6 +52,10 @@ class SerialBackend(Backend):
         self._closed = False
         self._broken: BaseException | None = None
 
+    @classmethod
+    def default_workers(cls) -> int:
+        return 1
+
     def prepare(self, job: Job) -> None:
         if self._check_pickle:
             job.fn = _CheckedCall(round_trip(job.fn, "function"))
