@@ -602,6 +602,26 @@ class RunInfo:
     quiet_per_case: float = 0.0
     quiet_budget: float = 0.0
     quiet_waited: float = 0.0
+    parallax_source: str = "unknown"
+
+
+def _git(*args: str) -> str:
+    """Output of a read-only git command in the repository ('' if git is not there)."""
+    try:
+        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
+                              timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return done.stdout.strip() if done.returncode == 0 else ""
+
+
+def parallax_source() -> str:
+    """Which parallax was measured: the commit, and whether src/ had uncommitted changes."""
+    commit = _git("rev-parse", "--short", "HEAD")
+    if not commit:
+        return "unknown (not a git checkout)"
+    dirty = _git("status", "--porcelain", "--", "src")
+    return commit + (" + uncommitted changes in src/" if dirty else "")
 
 
 def machine_section(info: RunInfo) -> list[str]:
@@ -614,7 +634,7 @@ def machine_section(info: RunInfo) -> list[str]:
         f"- machine: {os.cpu_count()} CPUs ({_cpu_model()}), {platform.platform()}",
         f"- Python {platform.python_version()} ({platform.python_implementation()}), "
         f"start method of multiprocessing: fork (Linux default)",
-        f"- libraries: {versions}",
+        f"- libraries: {versions}; parallax source: {info.parallax_source}",
         f"- 1-minute load average: {info.load_start:.2f} at the start, {info.load_end:.2f} at "
         "the end (above 0 means other work shared the cores with the benchmark); before each "
         f"case the run waited up to {info.quiet_per_case:.0f} s for the cores to be quiet "
@@ -626,8 +646,9 @@ def machine_section(info: RunInfo) -> list[str]:
         "spell does not land on one case only.",
         "",
         "How it measures: every case runs in a fresh interpreter, once per repeat. *cold* is "
-        "pool creation plus the first call, until the results are in hand (the import of the "
-        "library is not included: it is shown in the startup table); *warm* is a second call "
+        "pool creation plus the first call, until the results are in hand (the `import` "
+        "statement is timed apart, in the startup table; a library that loads its modules "
+        "lazily, as parallax does, pays that in *cold* instead); *warm* is a second call "
         "in the same process on the same pool. Pool shutdown is never timed (parallax keeps "
         "its pool until exit). Tables show medians; *range* is the fastest and slowest cold "
         "repeat; *vs serial* is serial time / case time (above 1.00x: faster than the serial "
@@ -748,10 +769,11 @@ def main(argv: list[str]) -> int:
         command=("python benchmarks/run.py " + " ".join(argv)).strip(),
         date=datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         quick=args.quick, repeats=repeats, load_start=os.getloadavg()[0],
+        parallax_source=parallax_source(),
     )
     started = time.perf_counter()
     warm_up()
-    quiet = Quiet(per_case=args.quiet_wait, budget=60.0 if args.quick else 300.0)
+    quiet = Quiet(per_case=args.quiet_wait, budget=20.0 if args.quick else 300.0)
     results = {name: run_workload(WORKLOADS[name], quick=args.quick, repeats=repeats,
                                   cases=cases, quiet=quiet) for name in names}
     info.elapsed = time.perf_counter() - started

@@ -31,10 +31,10 @@ class _CheckedCall:
 
 class SerialBackend(Backend):
     name = "serial"
-    # Not a real dispatch cost: chunks of ~10 ms keep the per-chunk
-    # bookkeeping out of the way of tiny items, and still stop a failing
-    # run (errors="raise") or a lazy imap within milliseconds.
-    chunk_overhead = 1e-4
+    # Not a real dispatch cost: chunks of ~1 ms keep the per-chunk
+    # bookkeeping out of the way of tiny items while a chunk's values still
+    # fit in the CPU cache (measured: 20k-item chunks beat 150k-item ones).
+    chunk_overhead = 1e-5
     prefetch = 0
 
     def __init__(
