@@ -85,8 +85,15 @@ class ParallaxRunner(Runner):
         self.use_amap = use_amap
 
     def load(self) -> None:
+        import importlib
+
         import parallax
 
+        # parallax loads its modules on first use; load them here so that, as
+        # for the peers, the library's import is not timed as pool start-up.
+        for module in ("_api", "_executor", "backends._serial", "backends._thread",
+                       "backends._process", "backends._asyncio", "backends._freethreaded"):
+            importlib.import_module(f"parallax.{module}")
         self.parallax = parallax
 
     def map(self, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:

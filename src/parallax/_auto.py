@@ -276,35 +276,41 @@ def _check_shipping(
     facts = _replace(facts, item_bytes=item_bytes)
     if not check_threads or item_bytes < LARGE_ITEM_BYTES or facts.cpus < 2:
         return facts
-    # Two more items on two threads at once: if the work releases the GIL
+    # More items on two threads at once: if the work releases the GIL
     # (hashing, compression, numpy), threads run it in parallel without
-    # shipping a byte. Their outcomes are kept like the other probed items.
-    pair = [item for _, item in zip(range(2), source, strict=False)]
-    if len(pair) < 2:
-        result.items.extend(pair)
-        for item in pair:
+    # shipping a byte. Both threads are started before the clock runs and
+    # each takes two items, so thread start-up and a cold first item do not
+    # count. Their outcomes are kept like the other probed items.
+    batch = [item for _, item in zip(range(4), source, strict=False)]
+    if len(batch) < 4:
+        for item in batch:
             outcome, _, _ = _timed_call(fn, item)
+            result.items.append(item)
             result.outcomes.append(outcome)
             result.ends.append(perf_counter())
-        return facts
-    outcomes: list[Any] = [None, None]
+        return _replace(facts, probed=facts.probed + len(batch))
+    outcomes: list[Any] = [None] * 4
+    start_line = threading.Barrier(3)
 
     def run(slot: int) -> None:
-        outcomes[slot] = _timed_call(fn, pair[slot])[0]
+        start_line.wait()
+        for index in (slot, slot + 2):
+            outcomes[index] = _timed_call(fn, batch[index])[0]
 
-    started = perf_counter()
     threads = [threading.Thread(target=run, args=(slot,)) for slot in range(2)]
     for thread in threads:
         thread.start()
+    start_line.wait()
+    started = perf_counter()
     for thread in threads:
         thread.join()
     together = perf_counter() - started
-    for item, outcome in zip(pair, outcomes, strict=True):
+    for item, outcome in zip(batch, outcomes, strict=True):
         result.items.append(item)
         result.outcomes.append(outcome)
         result.ends.append(perf_counter())
-    speedup = (2 * (facts.item_wall or 0.0)) / max(together, 1e-9)
-    return _replace(facts, probed=facts.probed + 2, thread_speedup=speedup)
+    speedup = (4 * (facts.item_wall or 0.0)) / max(together, 1e-9)
+    return _replace(facts, probed=facts.probed + 4, thread_speedup=speedup)
 
 
 def _runqueue_seconds() -> float:

@@ -97,6 +97,8 @@ class Stats:
     _busy: float = field(default=0.0, repr=False)
     #: False when per-task records were turned off (``record_tasks=False``)
     records_kept: bool = True
+    #: True when the run outgrew the record cap and later chunks only count
+    records_truncated: bool = False
 
     def slowest(self, count: int = 5) -> list[tuple[int, float, str]]:
         """The slowest timed items: (index, seconds, short repr of the input)."""
@@ -367,6 +369,10 @@ def _record_dict(record: TaskRecord | WorkerRecord) -> dict[str, Any]:
 
 _ties = itertools.count()
 
+#: chunk records a run keeps at most (about 330 bytes each): an endless
+#: ``imap`` keeps counting, but stops adding records past this
+MAX_CHUNK_RECORDS = 100_000
+
 
 class StatsRecorder:
     """Collects one run's records while it goes; publishes a Stats at the end."""
@@ -393,6 +399,9 @@ class StatsRecorder:
             return
         self.stats._busy += result.finished - result.started
         if not self.stats.records_kept:
+            return
+        if len(self.stats._chunks) >= MAX_CHUNK_RECORDS:
+            self.stats.records_truncated = True
             return
         if result.item_ends is not None:
             self._note_slowest(result)

@@ -264,16 +264,23 @@ def run_chunk(
                 if pos < n:  # abandoned
                     break
             elif first:
-                # The first item is always timed; its duration decides whether
-                # the rest are worth a clock read each.
+                # The first two items are always timed; they decide whether
+                # the rest are worth a clock read each. Two, because one
+                # hiccup (a page fault, a preemption) must not make a worker
+                # time and ship back a timestamp per item of a huge chunk.
                 first = False
-                mark[MARK_POSITION] = 0
-                append(fn(items[0]))
                 assert ends is not None
-                ends.append(perf_counter())
-                if ends[0] - started < PER_ITEM_TIMING_THRESHOLD:
-                    ends = None
-                pos = 1
+                previous = started
+                for pos in range(min(2, n)):
+                    mark[MARK_POSITION] = pos
+                    append(fn(items[pos]))
+                    now = perf_counter()
+                    ends.append(now)
+                    if now - previous < PER_ITEM_TIMING_THRESHOLD:
+                        ends = None
+                        break
+                    previous = now
+                pos = len(values)
             elif ends is not None:
                 for pos in range(pos, n):  # noqa: B020
                     mark[MARK_POSITION] = pos

@@ -410,6 +410,9 @@ class ProcessBackend(Backend):
             worker.busy = None
             if busy is None:
                 return
+            # Hand the worker its next chunk before decoding this one, so it
+            # computes while the caller's side unpickles.
+            self._dispatch()
             job, chunk, _blob = busy
             try:
                 values = loads(values_blob)
