@@ -159,3 +159,21 @@ def test_auto_calls_of_different_sizes_share_one_warm_pool() -> None:
     small = set(parallax.map(pool_of, range(6))) - {"MainThread"}  # minus the probe
     large = set(parallax.map(pool_of, range(40))) - {"MainThread"}
     assert len(small) == 1 and small == large
+
+
+def test_auto_with_an_initializer_does_not_probe_in_the_caller() -> None:
+    with parallax.monitor() as monitor:
+        results = parallax.map(_initialized, range(20), initializer=_initialize)
+    assert results == [True] * 20  # every item ran where the initializer had run
+    assert "initializer given" in monitor.runs[-1].reason
+
+
+_state: dict[str, bool] = {}
+
+
+def _initialize() -> None:
+    _state["ready"] = True
+
+
+def _initialized(_: int) -> bool:
+    return _state.get("ready", False)

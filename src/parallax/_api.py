@@ -211,6 +211,13 @@ def _launch(
     workers = options.workers
     chunksize = options.chunksize
     preloaded: ChunkResult | None = None
+    if mode == "auto" and options.initializer is not None:
+        # The probe runs items in the caller, which is no worker and has not
+        # run the initializer: decide without measuring instead.
+        chosen = decide(_no_facts(), workers)
+        mode = chosen.mode
+        reason = chosen.reason.replace("nothing measured yet", "initializer given, no probe")
+        workers = workers or chosen.workers
     if mode == "auto":
         if isinstance(iterable, _SEQUENCES):
             measured = probe(call, iter(iterable), total=total, coroutine=coroutine)

@@ -290,12 +290,14 @@ def _check_shipping(
             result.ends.append(perf_counter())
         return _replace(facts, probed=facts.probed + len(batch))
     outcomes: list[Any] = [None] * 4
+    ends = [0.0] * 4
     start_line = threading.Barrier(3)
 
     def run(slot: int) -> None:
         start_line.wait()
         for index in (slot, slot + 2):
             outcomes[index] = _timed_call(fn, batch[index])[0]
+            ends[index] = perf_counter()
 
     threads = [threading.Thread(target=run, args=(slot,)) for slot in range(2)]
     for thread in threads:
@@ -305,10 +307,14 @@ def _check_shipping(
     for thread in threads:
         thread.join()
     together = perf_counter() - started
-    for item, outcome in zip(batch, outcomes, strict=True):
+    previous = result.ends[-1] if result.ends else started
+    for item, outcome, end in zip(batch, outcomes, ends, strict=True):
+        # Input order is kept (they are results); the records are sequential,
+        # so an end time never goes back before the previous one.
+        previous = max(previous, end)
         result.items.append(item)
         result.outcomes.append(outcome)
-        result.ends.append(perf_counter())
+        result.ends.append(previous)
     speedup = (4 * (facts.item_wall or 0.0)) / max(together, 1e-9)
     return _replace(facts, probed=facts.probed + 4, thread_speedup=speedup)
 

@@ -347,6 +347,7 @@ class Stats:
             _slowest=[entry for run in runs for entry in run._slowest],
             _busy=sum(run._busy for run in runs),
             records_kept=all(run.records_kept for run in runs),
+            records_truncated=any(run.records_truncated for run in runs),
         )
 
 

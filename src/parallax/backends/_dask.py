@@ -110,6 +110,11 @@ SCATTER_THRESHOLD: Final = 64 * 1024
 _RESIZE_INTERVAL: Final = 1.0
 #: longest wait (seconds) of the collector between looks at the cluster
 _COLLECTOR_POLL: Final = 0.5
+#: how long to wait for the exception of a future seen erred (it may be
+#: pending again: a worker died and Dask computes it again)
+_STATUS_TIMEOUT: Final = 1.0
+#: looks at a finished task whose result cannot be fetched before giving up
+_FETCH_ATTEMPTS: Final = 5
 
 _backend_ids = itertools.count(1)
 
@@ -259,6 +264,8 @@ class _Task:
     solo: bool = False
     #: a cancel was sent for it (not again on every sweep)
     cancelling: bool = False
+    #: times it was seen finished but its result could not be fetched
+    fetches: int = 0
 
 
 def _dropped(job: Job, chunk: Chunk) -> bool:
@@ -471,7 +478,7 @@ class DaskBackend(Backend):
         if self._cluster is None:
             self._resize(force=True)
         self._completed = distributed.as_completed(  # type: ignore[no-untyped-call,unused-ignore]
-            with_results=True, raise_errors=False, loop=self._client.loop
+            loop=self._client.loop
         )
         setup = self._setup
         if setup.initializer is not None:
@@ -594,54 +601,83 @@ class DaskBackend(Backend):
     def _collect(self) -> None:
         """Deliver finished tasks until none is in flight (the collector thread)."""
         completed = self._completed
-        # as_completed's own blocking next() offers no way to look up now and
+        # as_completed's blocking next() offers no way to look up now and
         # then; waiting on the condition it notifies (checked under it, so no
         # notification is missed) lets the collector also keep the local
         # cluster whole while it waits.
         condition = getattr(completed, "thread_condition", None)
         while True:
-            if not completed.has_ready():
-                with self._lock:
-                    # Checked under the lock _send adds under: a task added
-                    # after this check finds no collector and starts one.
-                    if completed.is_empty():
-                        self._collector = None
-                        return
-                self._heal()
-                if condition is None:
-                    threading.Event().wait(0.01)
-                    continue
-                with condition:
-                    if not completed.has_ready():
-                        condition.wait(_COLLECTOR_POLL)
+            batch = completed.next_batch(block=False)
+            if batch:
+                self._take(batch)
                 continue
-            future, outcome = next(completed)
             with self._lock:
-                task = self._tasks.pop(future.key, None)
+                # Checked under the lock _send adds under: a task added
+                # after this check finds no collector and starts one.
+                if completed.is_empty():
+                    self._collector = None
+                    return
+            self._heal()
+            if condition is None:
+                threading.Event().wait(0.01)
+                continue
+            with condition:
+                if not completed.has_ready():
+                    condition.wait(_COLLECTOR_POLL)
+
+    def _take(self, batch: list[Any]) -> None:
+        """Fetch the results of a batch of finished futures and deliver them.
+
+        The futures come from ``as_completed`` without results, and their data
+        is fetched here in one ``gather(errors="skip")``: as_completed's own
+        fetching dies silently when a key errs after a failed fetch (a worker
+        died meanwhile), which would leave the run waiting forever.
+        """
+        finished = [future for future in batch if future.status == "finished"]
+        fetched: dict[str, Any] = {}
+        if finished:
+            try:
+                fetched = self._client.gather(
+                    {future.key: future for future in finished}, errors="skip"
+                )
+            except Exception:  # each future's status says what to do next
+                logger.debug("parallax: gathering dask results failed", exc_info=True)
+        for future in batch:
+            with self._lock:
+                task = self._tasks.get(future.key)
             if task is None:
                 continue
+            outcome = fetched.get(future.key)
             try:
-                self._finish(task, outcome)
+                if not self._finish(task, future, outcome):
+                    with self._lock:
+                        self._completed.add(future)  # back to pending: wait again
             except BaseException as exc:  # a bug here must not leave a caller waiting
                 logger.exception("parallax: the dask collector failed on a chunk")
                 error = ParallaxError(f"the dask backend failed: {type(exc).__name__}: {exc}")
                 error.__cause__ = exc
+                self._forget(task)
                 self._settle(task, failed_chunk(task.chunk, error))
 
-    def _finish(self, task: _Task, outcome: Any) -> None:
-        """Turn what ``as_completed`` yielded for a task into a delivery.
+    def _finish(self, task: _Task, future: Any, outcome: Any) -> bool:
+        """Deliver what became of a task; False when it is not over after all.
 
-        The outcome's type says what happened, not ``future.status``: by the
-        time it is read, a worker death may have sent the key back to pending.
+        ``outcome`` is the fetched result, or None: then the future's status
+        says why (an error, a cancellation, or back to pending because the
+        worker holding its result died before it was fetched).
         """
         job, chunk = task.job, task.chunk
         if job.cutoff is not None:
             # An ordered run hit a failure: later chunks need not run.
             self._cancel_where(lambda other: other.job is job and _dropped(job, other.chunk))
+        status = future.status
         if isinstance(outcome, _Outcome):
             result = _decode(chunk, outcome, job.timeout)
-        elif isinstance(outcome, tuple) and len(outcome) == 3:  # (type, exception, traceback)
-            error = outcome[1]
+        elif status == "error":
+            try:
+                error = future.exception(timeout=_STATUS_TIMEOUT)
+            except Exception:  # pending again meanwhile
+                return False
             if not isinstance(error, distributed.KilledWorker):
                 result = failed_chunk(chunk, _dask_error(error))
             elif len(chunk.items) > 1:
@@ -649,24 +685,43 @@ class DaskBackend(Backend):
                 # were at died with them): the run re-runs each item alone.
                 result = _crashed(chunk, error, SOMEWHERE)
             elif not task.solo:
+                self._forget(task)
                 self._queue_solo(job, chunk)
-                return
+                return True
             else:
                 result = _crashed(chunk, error, 0)
-        else:  # a CancelledError: cancelled, or lost with the scheduler connection
+        elif status == "cancelled":  # by the run, or lost with the scheduler
             if _dropped(job, chunk) and not task.solo:
-                return  # the run asked for it
+                self._forget(task)
+                return True  # the run asked for it
             if self._closed:
                 reason: BaseException = CancelledError(
                     "the dask backend was shut down before this chunk finished"
                 )
             else:
                 reason = ParallaxError(
-                    f"the dask task of this chunk was cancelled ({outcome}); "
-                    "was the client closed or the scheduler lost?"
+                    "the dask task of this chunk was cancelled; "
+                    "was the client closed or the connection to the scheduler lost?"
                 )
             result = failed_chunk(chunk, reason)
+        elif status == "finished":
+            # Finished, yet its result could not be fetched (or was no
+            # outcome of ours): a few looks again, then give up on it.
+            task.fetches += 1
+            if task.fetches <= _FETCH_ATTEMPTS:
+                return False
+            result = failed_chunk(
+                chunk, ParallaxError("the result of this chunk could not be fetched from dask")
+            )
+        else:  # pending or lost: Dask is computing it again
+            return False
+        self._forget(task)
         self._settle(task, result)
+        return True
+
+    def _forget(self, task: _Task) -> None:
+        with self._lock:
+            self._tasks.pop(task.future.key, None)
 
     def _settle(self, task: _Task, result: ChunkResult) -> None:
         """Deliver a chunk's result (unless its run dropped it while it ran alone)."""
