@@ -9,7 +9,7 @@ import time
 import pytest
 
 import parallax
-from conftest import Backend, child_pids
+from conftest import Backend, child_pids, wait_until
 from helpers import Boom, add, double, fail_on
 
 
@@ -134,8 +134,8 @@ def test_idle_pools_are_shut_down(monkeypatch: pytest.MonkeyPatch) -> None:
     assert _pools.reap_idle() == 0  # recently used: kept warm
     monkeypatch.setenv("PARALLAX_IDLE_TIMEOUT", "0.01")
     time.sleep(0.05)
-    assert _pools.reap_idle() == 1
-    assert not first & child_pids()  # its workers are gone
+    _pools.reap_idle()  # the background reaper may have been first: either way
+    assert wait_until(lambda: not first & child_pids())  # its workers are gone
     second = {pid for pid, _ in parallax.map(_pid_and_name, range(4), mode="process")}
     assert second and not first & second  # a fresh pool
 
