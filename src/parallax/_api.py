@@ -76,6 +76,13 @@ class CallOptions:
     backend: dict[str, Any] | None = None
 
     @classmethod
+    def from_call(cls, arguments: dict[str, Any]) -> CallOptions:
+        """The checked options of a ``map``-like call, from its ``locals()``."""
+        given = {name: value for name, value in arguments.items()
+                 if name not in ("fn", "iterable", "options")}
+        return cls.checked(**given, **arguments["options"])
+
+    @classmethod
     def checked(cls, **given: Any) -> CallOptions:
         """Check every keyword; raise before any work starts."""
         backend_options = {name: given.pop(name) for name in list(given)
@@ -367,10 +374,7 @@ def map(
         Exception: what ``fn`` raised, same type, worker traceback as cause.
         TaskTimeoutError, WorkerCrashedError, SerializationError.
     """
-    checked = CallOptions.checked(
-        mode=mode, workers=workers, chunksize=chunksize, ordered=ordered, timeout=timeout,
-        errors=errors, progress=progress, initializer=initializer, initargs=initargs, **options,
-    )
+    checked = CallOptions.from_call(locals())
     return _collect(_launch(fn, iterable, checked, star=False))
 
 
@@ -395,10 +399,7 @@ def imap(
     generator runs in bounded memory. Closing the iterator early (``break``)
     cancels what has not started.
     """
-    checked = CallOptions.checked(
-        mode=mode, workers=workers, chunksize=chunksize, ordered=ordered, timeout=timeout,
-        errors=errors, progress=progress, initializer=initializer, initargs=initargs, **options,
-    )
+    checked = CallOptions.from_call(locals())
     return _iterate(_launch(fn, iterable, checked, star=False))
 
 
@@ -418,10 +419,7 @@ def starmap(
     **options: Any,
 ) -> list[R]:
     """``[fn(*args) for args in iterable]``, computed in parallel (see :func:`map`)."""
-    checked = CallOptions.checked(
-        mode=mode, workers=workers, chunksize=chunksize, ordered=ordered, timeout=timeout,
-        errors=errors, progress=progress, initializer=initializer, initargs=initargs, **options,
-    )
+    checked = CallOptions.from_call(locals())
     return _collect(_launch(fn, iterable, checked, star=True))
 
 
@@ -445,10 +443,7 @@ async def amap(
     Coroutine functions run concurrently on the caller's own event loop (in
     asyncio mode); plain functions run on their pool while the loop stays free.
     """
-    checked = CallOptions.checked(
-        mode=mode, workers=workers, chunksize=chunksize, ordered=ordered, timeout=timeout,
-        errors=errors, progress=progress, initializer=initializer, initargs=initargs, **options,
-    )
+    checked = CallOptions.from_call(locals())
     import asyncio
 
     loop = asyncio.get_running_loop()
