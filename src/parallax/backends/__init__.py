@@ -65,6 +65,21 @@ class WorkerSetup:
     max_tasks_per_worker: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def initialize(self, *, in_caller: bool = False) -> ParallaxError | None:
+        """Run the initializer where a worker starts; the error if it failed.
+
+        ``KeyboardInterrupt`` propagates only ``in_caller`` (serial mode).
+        """
+        if self.initializer is None:
+            return None
+        try:
+            self.initializer(*self.initargs)
+        except BaseException as exc:
+            if in_caller and isinstance(exc, KeyboardInterrupt):
+                raise
+            return initializer_error(exc)
+        return None
+
 
 class Backend(ABC):
     """An engine that runs chunks of a job on its workers."""

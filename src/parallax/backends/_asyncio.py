@@ -21,7 +21,7 @@ from typing import Any
 
 from .._errors import TaskTimeoutError, describe_item
 from .._worker import Chunk, ChunkResult, Failure, Job, set_inside_worker
-from . import Backend, WorkerSetup, failed_chunk, initializer_error
+from . import Backend, WorkerSetup, failed_chunk
 
 #: the same as the auto-selector's choice for coroutine functions
 DEFAULT_CONCURRENCY = 1000
@@ -91,11 +91,7 @@ class AsyncioBackend(Backend):
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
         set_inside_worker(True)
-        if self._setup.initializer is not None:
-            try:
-                self._setup.initializer(*self._setup.initargs)
-            except BaseException as exc:
-                self._broken = initializer_error(exc)
+        self._broken = self._setup.initialize()
         ready.set_result(loop)
         try:
             loop.run_forever()
@@ -118,11 +114,7 @@ class AsyncioBackend(Backend):
             return
         if not self._initialized:  # external loop: initializer runs on it, once
             self._initialized = True
-            if self._setup.initializer is not None:
-                try:
-                    self._setup.initializer(*self._setup.initargs)
-                except BaseException as exc:
-                    self._broken = initializer_error(exc)
+            self._broken = self._setup.initialize()
             if self._broken is not None:
                 job.deliver(failed_chunk(chunk, self._broken))
                 return

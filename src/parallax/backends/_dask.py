@@ -9,43 +9,60 @@ machine is started on first use and closed at shutdown.
 
 Data flow::
 
-    caller thread(s)                         Dask                       workers
-    ----------------                         ----                       -------
-    prepare(job)  fn large? ── scatter once (broadcast) ──────────────► fn kept in memory
-    submit(job, chunk)
-      client.submit(_run_on_worker, fn, items) ──► scheduler ──► _run_on_worker:
-                                                                 run_chunk (same loop
-                                                                 as every mode), values
-                                                                 pickled into one blob
-    job.deliver ◄── decode ◄── collector thread ◄── as_completed(with_results=True)
+    caller thread(s)                         Dask                        workers
+    ----------------                         ----                        -------
+    prepare(job): pickle fn; big? ── scatter the bytes to every worker ──► kept there
+    submit(job, chunk): pickle items
+      client.submit(_run_on_worker, token, fn, items) ─► scheduler ─► _run_on_worker:
+                                                                  unpickle (fn once per
+                                                                  worker), run_chunk (the
+                                                                  loop every mode runs),
+                                                                  values pickled to a blob
+    job.deliver ◄── decode ◄── collector thread: as_completed, then one
+                                gather(errors="skip") per batch of finished tasks
                                   │
-              KilledWorker ───────┴──► the chunk's items again, one task each, so
-                                       the item that kills workers is named
-                                       (WorkerCrashedError) and the others finish
+           KilledWorker ──────────┴──► many items: interrupted SOMEWHERE (the run
+                                       re-runs each item alone); one item: run once
+                                       more alone, then WorkerCrashedError
 
-* One chunk is one Dask task (the scheduler costs about a millisecond per
-  task, so auto chunking makes chunks of ~0.1 s). Items and the function go
-  through Dask's own serialization; a function that pickles to more than
-  :data:`SCATTER_THRESHOLD` bytes (a closure over a large array, say) is
-  scattered to the workers once per job instead of travelling with every
-  chunk. Results come back as one pickled blob per chunk, made on the worker,
-  so a result that cannot be pickled fails only its item with
-  ``SerializationError`` (left to Dask, it would break the worker's
-  connection and get the worker restarted).
-* A worker that dies is Dask's to recover: the scheduler re-runs its tasks
-  elsewhere, and only after ``distributed.scheduler.allowed-failures`` (3)
-  deaths does it give up on a task with ``KilledWorker``. parallax then runs
-  that chunk's items one task each, and the item whose task is killed again
-  fails with ``WorkerCrashedError``; the other items keep their results.
+* One chunk is one Dask task. The scheduler costs about a millisecond per
+  task, so auto chunking makes chunks of ~0.1 s.
+* parallax pickles the function and each chunk's items itself (cloudpickle,
+  as in process mode) and Dask carries the bytes; the task unpickles them on
+  the worker. Left to Dask, an argument that does not unpickle on a worker
+  (its module is not installed there, the commonest mistake on a real
+  cluster) breaks the worker's connection to the scheduler and stalls every
+  task of the cluster; here it fails the chunk with ``SerializationError``.
+  A function that pickles to :data:`SCATTER_THRESHOLD` bytes or more (a
+  closure over a large array, say) is scattered to every worker once per run
+  and unpickled once per worker; Dask forgets scattered data when every
+  worker holding it has died, so it is then sent again (up to
+  :data:`_RESHIPS` times a run). Results come back as one pickled blob per
+  chunk, made on the worker, so a result that cannot be pickled fails only
+  its item with ``SerializationError`` (left to Dask, it breaks the worker's
+  connection and gets the worker restarted).
+* A worker that dies is Dask's to recover: the scheduler runs its tasks
+  again elsewhere, and only after ``distributed.scheduler.allowed-failures``
+  (3) deaths gives up on a task with ``KilledWorker``. The position the
+  worker was at died with it, so parallax reports a chunk of several items
+  as interrupted somewhere and the run re-runs each item alone. Dask counts
+  a death against every task queued on the dying worker, not only the one
+  running, so a one-item chunk given up on is run once more alone (one such
+  task at a time) before its item is reported as ``WorkerCrashedError``:
+  the item that kills workers fails, its neighbours do not.
+* Fetching a result from a worker that dies meanwhile waits for Dask's
+  connect timeout (``distributed.comm.timeouts.connect``, 30 s) before the
+  task is computed again: a run with crashing workers can stall that long.
 * Dask cannot stop a running task. ``timeout=`` is enforced on the worker:
-  the chunk's items run in a helper thread, and an item past its deadline is
-  *abandoned* as in thread mode: the caller gets ``TaskTimeoutError`` at
+  the chunk's items run in a helper thread, and an item past its deadline
+  is *abandoned* as in thread mode: the caller gets ``TaskTimeoutError`` at
   once, the rest of the chunk is re-run, and the stuck thread runs on in the
   worker process until the item returns (its result discarded), beside the
   next task Dask gives that worker.
 * ``initializer`` runs once per worker, as a Dask worker plugin (workers that
-  join later, or are restarted, run it as they start). Dask manages its
-  workers' lifetimes, so ``max_tasks_per_worker`` is ignored.
+  join later, or are restarted, run it as they start); on someone else's
+  cluster it is unregistered at shutdown. Dask manages its workers'
+  lifetimes, so ``max_tasks_per_worker`` is ignored.
 
 ``distributed`` is an optional extra: this module is imported only when the
 dask mode is first used, and without the package it raises an ``ImportError``
@@ -60,8 +77,7 @@ import logging
 import threading
 import uuid
 import weakref
-from collections import deque
-from collections.abc import Sequence
+from collections import OrderedDict, deque
 from concurrent.futures import CancelledError
 from dataclasses import dataclass
 from time import perf_counter, time
@@ -81,9 +97,10 @@ from .._errors import (
     TaskTimeoutError,
     WorkerCrashedError,
     describe_item,
+    format_worker_traceback,
 )
-from .._procworker import decode_failure, encode_result
-from .._serialize import argument_error, dumps_function, find_unpicklable, loads
+from .._procworker import JOB_CACHE_SIZE, decode_failure, encode_failure, encode_result
+from .._serialize import argument_error, dumps, dumps_function, find_unpicklable, loads
 from .._worker import (
     MARK_POSITION,
     MARK_STARTED,
@@ -115,6 +132,8 @@ _COLLECTOR_POLL: Final = 0.5
 _STATUS_TIMEOUT: Final = 1.0
 #: looks at a finished task whose result cannot be fetched before giving up
 _FETCH_ATTEMPTS: Final = 5
+#: times a run's scattered function may be lost with its workers and sent again
+_RESHIPS: Final = 5
 
 _backend_ids = itertools.count(1)
 
@@ -126,29 +145,12 @@ _backend_ids = itertools.count(1)
 # same version as the caller's).
 
 
-class _Items:
-    """A chunk's items, opaque to Dask's task parser.
-
-    Dask walks lists and dicts among a task's arguments looking for futures
-    and tasks to resolve; a chunk of thousands of items would be walked on
-    every submit, and items that look like tasks could be misread. Wrapped,
-    they are just one argument that Dask pickles.
-    """
-
-    __slots__ = ("items",)
-
-    def __init__(self, items: Sequence[Any]) -> None:
-        self.items = items
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_Items, (self.items,))
-
-
 class _Outcome(NamedTuple):
     """What a chunk's task returns to the caller."""
 
     #: the chunk's ChunkResult as process mode encodes it (values pickled into
-    #: a blob on the worker, exceptions pickled one by one)
+    #: a blob on the worker, exceptions pickled one by one), or b"" when
+    #: nothing of the chunk could run (see ``failed``)
     encoded: bytes
     #: the worker's address, for stats and messages
     worker: str
@@ -157,11 +159,66 @@ class _Outcome(NamedTuple):
     clock_offset: float
     #: position of an item abandoned past its timeout, or -1
     timed_out_at: int = -1
+    #: why nothing of the chunk could run (the function or the items did not
+    #: unpickle on the worker), encoded as process mode encodes a failure
+    failed: tuple[bytes | None, str, str] | None = None
 
 
-def _run_on_worker(fn: Any, items: _Items, timeout: float | None) -> _Outcome:
-    """The Dask task of one chunk: run its items, capture values and exceptions."""
-    chunk = Chunk.fresh(0, 0, items.items)
+#: functions this worker process has unpickled, by job token, newest last
+#: (a run's chunks share one; a few runs may interleave)
+_functions: OrderedDict[str, Any] = OrderedDict()
+_functions_lock = threading.Lock()
+
+
+def _function(token: str, blob: bytes) -> Any:
+    """The job's function, unpickled once per worker (or why it cannot be)."""
+    with _functions_lock:
+        fn = _functions.get(token)
+        if fn is not None:
+            _functions.move_to_end(token)
+            return fn
+    fn = _unpickle(blob, "function")
+    with _functions_lock:
+        _functions[token] = fn
+        while len(_functions) > JOB_CACHE_SIZE:
+            _functions.popitem(last=False)
+    return fn
+
+
+def _unpickle(blob: bytes, what: str) -> Any:
+    """Unpickle ``blob``, or return the SerializationError saying what failed."""
+    try:
+        return loads(blob)
+    except Exception as exc:
+        error = SerializationError(
+            f"the {what} could not be unpickled on the dask worker: "
+            f"{type(exc).__name__}: {exc} (is every module it needs installed there?)"
+        )
+        error.__cause__ = exc
+        return error
+
+
+def _run_on_worker(
+    token: str, fn_blob: bytes, items_blob: bytes, timeout: float | None
+) -> _Outcome:
+    """The Dask task of one chunk: run its items, capture values and exceptions.
+
+    The function and the items arrive pickled by parallax and are unpickled
+    here, where a failure is the chunk's SerializationError: left to Dask, an
+    argument that does not unpickle on a worker (its module is not installed
+    there, say) breaks the worker's connection to the scheduler, and with it
+    every task of the cluster.
+    """
+    try:
+        name = str(distributed.get_worker().address)
+    except ValueError:  # not on a worker (an in-process test double)
+        name = "dask worker"
+    fn = _function(token, fn_blob)
+    items = fn if isinstance(fn, BaseException) else _unpickle(items_blob, "arguments")
+    if isinstance(items, BaseException):
+        failure = encode_failure(Failure(items, format_worker_traceback(items)))
+        return _Outcome(b"", name, time() - perf_counter(), failed=failure)
+    chunk = Chunk.fresh(0, 0, items)
     timed_out_at = -1
     previous = set_inside_worker(True)  # nested parallax calls degrade to serial
     try:
@@ -171,10 +228,6 @@ def _run_on_worker(fn: Any, items: _Items, timeout: float | None) -> _Outcome:
             result, timed_out_at = _run_watched(fn, chunk, timeout)
     finally:
         set_inside_worker(previous)
-    try:
-        name = str(distributed.get_worker().address)
-    except ValueError:  # not on a worker (an in-process test double)
-        name = "dask worker"
     return _Outcome(encode_result(result), name, time() - perf_counter(), timed_out_at)
 
 
@@ -266,6 +319,8 @@ class _Task:
     cancelling: bool = False
     #: times it was seen finished but its result could not be fetched
     fetches: int = 0
+    #: the scattered function it was sent with, if any
+    shipped: Any = None
 
 
 def _dropped(job: Job, chunk: Chunk) -> bool:
@@ -292,7 +347,9 @@ class DaskBackend(Backend):
 
     Raises:
         ValueError: both ``address`` and ``client`` were given, or ``client``
-            is not a ``distributed.Client``.
+            is asynchronous.
+        TypeError: ``client`` is not a ``distributed.Client``, or ``address``
+            not a string.
         ParallaxError: the scheduler at ``address`` could not be reached.
     """
 
@@ -313,11 +370,12 @@ class DaskBackend(Backend):
         if address is not None and client is not None:
             raise ValueError("pass address= or client= to the dask backend, not both")
         if client is not None and not isinstance(client, distributed.Client):
-            raise ValueError(
-                f"client= must be a distributed.Client, not {type(client).__name__}"
-            )
+            raise TypeError(f"client= must be a distributed.Client, not {type(client).__name__}")
+        if client is not None and client.asynchronous:
+            # parallax calls the client from its own threads, not from a loop
+            raise ValueError("client= must be a synchronous distributed.Client")
         if address is not None and not isinstance(address, str):
-            raise ValueError(f"address= must be a scheduler address string, not {address!r}")
+            raise TypeError(f"address= must be a scheduler address string, not {address!r}")
         self._setup = setup or WorkerSetup()
         if self._setup.max_tasks_per_worker is not None:
             logger.warning(
@@ -340,6 +398,7 @@ class DaskBackend(Backend):
         self._broken: BaseException | None = None
         self._tasks: dict[str, _Task] = {}
         self._functions: weakref.WeakKeyDictionary[Job, Any] = weakref.WeakKeyDictionary()
+        self._reships: weakref.WeakKeyDictionary[Job, int] = weakref.WeakKeyDictionary()
         self._completed: Any = None  # distributed.as_completed, made at start
         self._collector: threading.Thread | None = None
         self._closer: threading.Thread | None = None
@@ -366,6 +425,10 @@ class DaskBackend(Backend):
 
     @property
     def broken(self) -> BaseException | None:
+        # Runs waiting for results look here twice a second: the place to
+        # keep the local cluster whole even while the collector is blocked
+        # fetching a result that Dask is computing again.
+        self._heal()
         if self._broken is not None:
             return self._broken
         client = self._client
@@ -383,20 +446,36 @@ class DaskBackend(Backend):
         self._ensure_started()
         self._resize()
         with self._lock:
-            if self._broken is not None or job in self._functions:
+            if self._broken is not None or job in self._functions or job.payload is not None:
                 return
-        size = len(dumps_function(job.fn))  # SerializationError names the function
-        if size < SCATTER_THRESHOLD:
-            return  # small: it travels inside each chunk's task
+        self._ship(job)
+
+    def _ship(self, job: Job) -> Any:
+        """Pickle the job's function; scatter it if large. Returns the task's argument.
+
+        A small function (the bytes) travels inside every chunk's task; a large
+        one (a closure over a big array, say) is scattered to every worker once
+        and the tasks name it. Every worker has it then, so no task is pulled
+        towards the one worker holding it.
+
+        Raises:
+            SerializationError: the function cannot be pickled.
+            ParallaxError: the function could not be sent to the workers.
+        """
+        payload = dumps_function(job.fn)  # SerializationError names the function
+        if len(payload) < SCATTER_THRESHOLD:
+            job.payload = payload
+            return payload
         try:
-            future = self._client.scatter(job.fn, broadcast=True, hash=False)
+            future = self._client.scatter(payload, broadcast=True, hash=False)
         except Exception as exc:
-            raise SerializationError(
-                f"the function {getattr(job.fn, '__qualname__', job.fn)!r} could not be "
-                f"scattered to the dask workers: {type(exc).__name__}: {exc}"
+            raise ParallaxError(
+                f"could not send the function {getattr(job.fn, '__qualname__', job.fn)!r} "
+                f"to the dask workers: {type(exc).__name__}: {exc}"
             ) from exc
         with self._lock:
             self._functions[job] = future
+        return future
 
     def submit(self, job: Job, chunk: Chunk) -> None:
         if self._closed:
@@ -464,7 +543,10 @@ class DaskBackend(Backend):
                     threads_per_worker=1,
                     processes=True,
                     host="127.0.0.1",
-                    dashboard_address=None,
+                    # Dask serves an HTTP endpoint even without a dashboard; on
+                    # its default port 8787 a second cluster (or a notebook's)
+                    # would clash, so any free port, loopback only.
+                    dashboard_address="127.0.0.1:0",
                 )
                 self._client = distributed.Client(  # type: ignore[no-untyped-call,unused-ignore]
                     self._cluster, set_as_default=False
@@ -544,7 +626,7 @@ class DaskBackend(Backend):
             self._functions.clear()  # releases the scattered functions
         client, cluster, plugin = self._client, self._cluster, self._plugin
         self._plugin = None
-        if client is not None and plugin is not None and not self._owns_client:
+        if client is not None and plugin is not None and cluster is None:
             # Someone else's cluster: leave no initializer behind on it.
             with contextlib.suppress(Exception):
                 client.unregister_worker_plugin(plugin)
@@ -559,18 +641,31 @@ class DaskBackend(Backend):
 
     def _send(self, job: Job, chunk: Chunk, *, solo: bool = False) -> None:
         with self._lock:
-            fn = self._functions.get(job, job.fn)
+            fn: Any = self._functions.get(job, job.payload)
+        try:
+            if fn is None:  # submitted without prepare()
+                fn = self._ship(job)
+            items = dumps(chunk.items)
+        except Exception as exc:
+            self._settle(_Task(None, job, chunk, solo), _pickling_error(chunk, exc))
+            return
         key = f"parallax-chunk-{self._token}-{job.id}-{chunk.seq}-{next(self._keys)}"
         try:
             future = self._client.submit(
-                _run_on_worker, fn, _Items(chunk.items), job.timeout, key=key, pure=False
+                _run_on_worker,
+                f"{self._token}-{job.id}",
+                fn,
+                items,
+                job.timeout,
+                key=key,
+                pure=False,
             )
-        except Exception as exc:
-            # Dask pickles the task as it is submitted: an item that does not
-            # pickle surfaces here.
-            self._settle(_Task(None, job, chunk, solo), _submit_error(chunk, exc))
+        except Exception as exc:  # a closed client, say
+            error = ParallaxError(f"dask refused the chunk: {type(exc).__name__}: {exc}")
+            error.__cause__ = exc
+            self._settle(_Task(None, job, chunk, solo), failed_chunk(chunk, error))
             return
-        task = _Task(future, job, chunk, solo)
+        task = _Task(future, job, chunk, solo, shipped=fn if not isinstance(fn, bytes) else None)
         with self._lock:
             self._tasks[key] = task
             self._completed.add(future)
@@ -671,13 +766,24 @@ class DaskBackend(Backend):
             # An ordered run hit a failure: later chunks need not run.
             self._cancel_where(lambda other: other.job is job and _dropped(job, other.chunk))
         status = future.status
-        if isinstance(outcome, _Outcome):
-            result = _decode(chunk, outcome, job.timeout)
-        elif status == "error":
+        error: BaseException | None = None
+        if not isinstance(outcome, _Outcome) and status == "error":
             try:
                 error = future.exception(timeout=_STATUS_TIMEOUT)
             except Exception:  # pending again meanwhile
                 return False
+        if (
+            status in ("error", "cancelled")
+            and not isinstance(outcome, _Outcome)
+            and not isinstance(error, distributed.KilledWorker)
+            and task.shipped is not None
+            and task.shipped.status != "finished"
+            and not _dropped(job, chunk)
+        ):
+            return self._reship(task)
+        if isinstance(outcome, _Outcome):
+            result = _decode(chunk, outcome, job.timeout)
+        elif status == "error":
             if not isinstance(error, distributed.KilledWorker):
                 result = failed_chunk(chunk, _dask_error(error))
             elif len(chunk.items) > 1:
@@ -717,6 +823,43 @@ class DaskBackend(Backend):
             return False
         self._forget(task)
         self._settle(task, result)
+        return True
+
+    def _reship(self, task: _Task) -> bool:
+        """The scattered function of a failed task is gone: ship it again, resend.
+
+        Dask forgets scattered data once no worker holds it, and the tasks
+        that need it are cancelled: workers dying one after another (a poison
+        item, say) can take every replica with them. Up to
+        :data:`_RESHIPS` times per run.
+        """
+        job, chunk = task.job, task.chunk
+        self._forget(task)
+        with self._lock:
+            current = self._functions.get(job)
+            again = current is task.shipped  # not shipped again by an earlier task
+            count = self._reships.get(job, 0) + (1 if again else 0)
+            self._reships[job] = count
+        if count > _RESHIPS:
+            crash = WorkerCrashedError(
+                f"the dask workers holding this run's function kept dying: it was lost "
+                f"{count} times, each time with every worker holding it, so the chunks "
+                "that needed it could not run; giving up on this chunk"
+            )
+            self._settle(task, failed_chunk(chunk, crash))
+            return True
+        if again:
+            logger.warning("parallax: the function scattered to the dask workers was lost "
+                           "with its workers; sending it again")
+            with self._lock:
+                self._functions.pop(job, None)
+            try:
+                self._ship(job)
+            except ParallaxError as exc:
+                self._settle(task, failed_chunk(chunk, exc))
+                return True
+        # (a solo task's turn passes to the resent one, which ends it)
+        self._send(job, chunk, solo=task.solo)
         return True
 
     def _forget(self, task: _Task) -> None:
@@ -767,6 +910,9 @@ class DaskBackend(Backend):
 
 def _decode(chunk: Chunk, outcome: _Outcome, timeout: float | None) -> ChunkResult:
     """The caller's ChunkResult from what a chunk's task returned."""
+    if outcome.failed is not None:  # the function or the items did not unpickle
+        failure = decode_failure(*outcome.failed)
+        return failed_chunk(chunk, failure.to_exception(None, None, outcome.worker))
     _, values_blob, failures, started, finished, cpu, ends = loads(outcome.encoded)
     try:
         values = loads(values_blob)
@@ -844,11 +990,13 @@ def _dask_error(error: Any) -> BaseException:
     return ParallaxError(f"the dask cluster could not run the chunk: {error!r}")
 
 
-def _submit_error(chunk: Chunk, exc: BaseException) -> ChunkResult:
-    """``client.submit`` refused a chunk: name the item that does not pickle."""
+def _pickling_error(chunk: Chunk, exc: BaseException) -> ChunkResult:
+    """The chunk could not be pickled for the workers: name the item that does not."""
+    if isinstance(exc, ParallaxError):  # the function (see _ship)
+        return failed_chunk(chunk, exc)
     culprit = find_unpicklable(chunk.items)
     if culprit is None:
-        error = ParallaxError(f"dask refused the chunk: {type(exc).__name__}: {exc}")
+        error = ParallaxError(f"the chunk could not be pickled: {type(exc).__name__}: {exc}")
         error.__cause__ = exc
         return failed_chunk(chunk, error)
     position, reason = culprit

@@ -14,7 +14,7 @@ from typing import Any
 
 from .._serialize import round_trip
 from .._worker import Chunk, Job, flag_overruns, new_mark, run_chunk, set_inside_worker
-from . import Backend, WorkerSetup, failed_chunk, initializer_error
+from . import Backend, WorkerSetup, failed_chunk
 
 
 class _CheckedCall:
@@ -67,11 +67,7 @@ class SerialBackend(Backend):
             return
         if not self._initialized:
             self._initialized = True
-            if self._setup.initializer is not None:
-                try:
-                    self._setup.initializer(*self._setup.initargs)
-                except Exception as exc:
-                    self._broken = initializer_error(exc)
+            self._broken = self._setup.initialize(in_caller=True)
         if self._broken is not None:
             job.deliver(failed_chunk(chunk, self._broken))
             return

@@ -33,7 +33,7 @@ from .._worker import (
     new_mark,
     worker_loop,
 )
-from . import Backend, WorkerSetup, failed_chunk, initializer_error, usable_cpus
+from . import Backend, WorkerSetup, failed_chunk, usable_cpus
 
 logger = logging.getLogger("parallax")
 
@@ -100,12 +100,10 @@ class ThreadBackend(Backend):
 
     def _work(self, worker: _ThreadWorker) -> None:
         setup = self._setup
-        if setup.initializer is not None:
-            try:
-                setup.initializer(*setup.initargs)
-            except BaseException as exc:
-                logger.error("parallax: worker initializer failed in %s", worker.name)
-                self._broken = self._broken or initializer_error(exc)
+        failed = setup.initialize()
+        if failed is not None:
+            logger.error("parallax: worker initializer failed in %s", worker.name)
+            self._broken = self._broken or failed
         try:
             recycle = worker_loop(
                 lambda: self._next_task(worker),
