@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         threads_per_worker=1,
         processes=True,
         host="127.0.0.1",
-        dashboard_address=None,
+        dashboard_address="127.0.0.1:0",  # not 8787: several clusters at once
         silence_logs=logging.ERROR,
     )
     client = Client(cluster, set_as_default=False)

@@ -228,6 +228,7 @@ _register_builtin("thread", "._thread:ThreadBackend", frozenset())
 _register_builtin("process", "._process:ProcessBackend", frozenset({"max_worker_memory"}))
 _register_builtin("free-threaded", "._freethreaded:FreeThreadedBackend", frozenset())
 _register_builtin("asyncio", "._asyncio:AsyncioBackend", frozenset({"loop"}))
+_register_builtin("dask", "._dask:DaskBackend", frozenset({"address", "client"}))
 
 
 def available_modes() -> tuple[str, ...]:

@@ -166,22 +166,22 @@ class _Outcome(NamedTuple):
 
 #: functions this worker process has unpickled, by job token, newest last
 #: (a run's chunks share one; a few runs may interleave)
-_functions: OrderedDict[str, Any] = OrderedDict()
-_functions_lock = threading.Lock()
+_unpickled: OrderedDict[str, Any] = OrderedDict()
+_unpickled_lock = threading.Lock()
 
 
 def _function(token: str, blob: bytes) -> Any:
     """The job's function, unpickled once per worker (or why it cannot be)."""
-    with _functions_lock:
-        fn = _functions.get(token)
+    with _unpickled_lock:
+        fn = _unpickled.get(token)
         if fn is not None:
-            _functions.move_to_end(token)
+            _unpickled.move_to_end(token)
             return fn
     fn = _unpickle(blob, "function")
-    with _functions_lock:
-        _functions[token] = fn
-        while len(_functions) > JOB_CACHE_SIZE:
-            _functions.popitem(last=False)
+    with _unpickled_lock:
+        _unpickled[token] = fn
+        while len(_unpickled) > JOB_CACHE_SIZE:
+            _unpickled.popitem(last=False)
     return fn
 
 
