@@ -158,3 +158,10 @@ def test_default_worker_count_and_explicit_default_share_a_pool() -> None:
     second = {pid for pid, _ in parallax.map(_pid_and_name, range(8), mode="process",
                                             workers=cpus)}
     assert first == second
+
+
+def test_map_that_raises_ends_its_run_at_once() -> None:
+    with parallax.Executor("thread", workers=2) as executor, parallax.monitor() as monitor:
+        with pytest.raises(Boom):
+            list(executor.map(fail_on({3}), range(10)))
+        assert len(monitor.runs) == 1  # published now, not at garbage collection

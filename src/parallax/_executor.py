@@ -10,7 +10,7 @@ so they share every behaviour documented here.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Executor as _StdExecutor
 from concurrent.futures import Future, InvalidStateError
 from time import monotonic
@@ -81,11 +81,14 @@ def _length(iterable: Iterable[Any]) -> int | None:
         return None
 
 
-def _unwrap(results: Iterator[Any]) -> Iterator[Any]:
-    for value in results:
-        if isinstance(value, Raised):
-            raise value.error
-        yield value
+def _unwrap(results: Generator[Any, None, None]) -> Iterator[Any]:
+    try:
+        for value in results:
+            if isinstance(value, Raised):
+                raise value.error
+            yield value
+    finally:
+        results.close()  # ends the run now (its stats too), not at garbage collection
 
 
 class Executor(_StdExecutor):

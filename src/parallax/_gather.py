@@ -160,7 +160,7 @@ class Run:
             self._iterator = self._drive()
         return self._iterator
 
-    def __iter__(self) -> Iterator[Any]:
+    def __iter__(self) -> Generator[Any, None, None]:
         batches = self.batches()
         try:
             for batch in batches:
