@@ -236,3 +236,18 @@ def test_crash_among_fast_unmarked_items_is_isolated_to_its_item() -> None:
     assert [r for i, r in enumerate(results) if i != 700] == [
         x * 10 for x in range(2_000) if x != 700
     ]
+
+
+def test_thread_timeout_keeps_the_failures_of_earlier_items() -> None:
+    def fn(x: int) -> int:
+        if x == 0:
+            raise InjectedError("first")
+        if x == 1:
+            time.sleep(1.0)
+        return x
+
+    results = parallax.map(fn, range(3), mode="thread", workers=1, chunksize=3, timeout=0.2,
+                           errors="return")
+    assert isinstance(results[0], InjectedError)
+    assert isinstance(results[1], parallax.TaskTimeoutError)
+    assert results[2] == 2

@@ -223,6 +223,7 @@ def run_chunk(
     watch_time: bool,
     track_position: bool = True,
     in_caller: bool = False,
+    failures: dict[int, Failure] | None = None,
 ) -> ChunkResult:
     """Run every item of ``chunk`` through ``fn``, appending to ``values``.
 
@@ -242,7 +243,7 @@ def run_chunk(
     """
     items = chunk.items
     append = values.append
-    failures: dict[int, Failure] | None = None
+    # ``failures`` may be handed in (empty) so a pool can read it mid-chunk
     started = perf_counter()
     cpu_started = thread_time()
     ends: list[float] | None = []
@@ -310,7 +311,7 @@ def run_chunk(
     return ChunkResult(
         chunk,
         values,
-        failures,
+        failures or None,
         started=started,
         finished=finished,
         cpu=thread_time() - cpu_started,
@@ -331,7 +332,7 @@ def worker_loop(
     name: str,
     max_tasks: int | None = None,
     should_retire: Callable[[], bool] | None = None,
-    partial: list[list[Any]] | None = None,
+    partial: list[tuple[list[Any], dict[int, Failure]]] | None = None,
     track_position: bool = True,
 ) -> bool:
     """Take tasks until the poison pill; return True when the worker should be
@@ -353,11 +354,19 @@ def worker_loop(
             token += 1.0
             mark[MARK_TOKEN] = token
             values: list[Any] = []
+            failures: dict[int, Failure] | None = None
             if partial is not None:
+                failures = {}
                 partial.clear()
-                partial.append(values)
+                partial.append((values, failures))
             result = run_chunk(
-                fn, chunk, mark, values, watch_time=watch_time, track_position=track_position
+                fn,
+                chunk,
+                mark,
+                values,
+                watch_time=watch_time,
+                track_position=track_position,
+                failures=failures,
             )
             mark[MARK_POSITION] = -1.0
             result.worker = name

@@ -28,6 +28,7 @@ from .._worker import (
     STOP,
     Chunk,
     ChunkResult,
+    Failure,
     Job,
     Task,
     new_mark,
@@ -52,7 +53,7 @@ class _ThreadWorker:
         self.name = name
         self.fresh = True  # started for a task that is already queued
         self.mark = new_mark()
-        self.partial: list[list[Any]] = []
+        self.partial: list[tuple[list[Any], dict[int, Failure]]] = []
         self.current: tuple[Job, Chunk] | None = None
         self.abandoned = False
         self.lock = threading.Lock()
@@ -191,7 +192,9 @@ class ThreadBackend(Backend):
                 return
             worker.abandoned = True
             worker.mark[MARK_TOKEN] = -1.0
-            done = list(worker.partial[0][:position]) if worker.partial else []
+            values, failures = worker.partial[0] if worker.partial else ([], {})
+            done = list(values[:position])
+            failed = {offset: failure for offset, failure in failures.items() if offset < position}
         job, chunk = current
         index = chunk.start + chunk.positions[position]
         error = TaskTimeoutError(
@@ -202,7 +205,8 @@ class ThreadBackend(Backend):
         job.deliver(
             ChunkResult(
                 chunk,
-                done[:position],
+                done,
+                failed or None,
                 worker=worker.name,
                 interruption=error,
                 interrupted_at=position,
