@@ -9,9 +9,9 @@ is cheap and a process worker, which imports this package too, starts fast.
 """
 
 import importlib as _importlib
-import typing as _typing
 
-if _typing.TYPE_CHECKING:
+TYPE_CHECKING = False  # not typing's: a process worker imports this package too
+if TYPE_CHECKING:
     from ._api import ParallelFunction, amap, imap, map, parallel, plan, starmap
     from ._auto import Plan
     from ._config import using
@@ -26,6 +26,7 @@ if _typing.TYPE_CHECKING:
     from ._progress import ProgressUpdate
     from ._stats import Monitor, Stats, TaskRecord, WorkerRecord, monitor
     from .backends import Backend, register_backend
+del TYPE_CHECKING
 
 __version__ = "0.1.0"
 
@@ -84,7 +85,7 @@ _HOME = {
 }
 
 
-def __getattr__(name: str) -> _typing.Any:
+def __getattr__(name: str) -> object:
     home = _HOME.get(name)
     if home is None:
         raise AttributeError(f"module 'parallax' has no attribute {name!r}")

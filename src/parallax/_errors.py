@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import pickle
 import reprlib
-import traceback
-from typing import Any
+
+TYPE_CHECKING = False  # not typing's: workers do not import typing
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = [
     "ParallaxError",
@@ -106,4 +108,6 @@ class WorkerTraceback(Exception):
 
 def format_worker_traceback(exc: BaseException) -> str:
     """The traceback text of ``exc`` as it looked inside the worker."""
+    import traceback  # only failures need it; keeps a worker's start-up light
+
     return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))

@@ -19,17 +19,17 @@ worker dies or overruns a timeout.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import mmap
 import os
 import signal
 import sys
 from collections import OrderedDict
-from collections.abc import Callable
-from typing import Any
 
+# Everything a worker imports adds to its start-up, paid on every cold pool:
+# no typing, dataclasses, socket or cloudpickle here (cloudpickle is imported
+# by pickle itself, only when a function travelled by value).
 from ._errors import SerializationError
-from ._serialize import dumps, loads, result_error
+from ._serialize import dumps_plain, loads, result_error
 from ._wire import Channel
 from ._worker import (
     MARK_SIZE,
@@ -38,10 +38,16 @@ from ._worker import (
     ChunkResult,
     Failure,
     Mark,
-    Task,
     mark_process_as_worker,
     worker_loop,
 )
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+    from ._worker import Task
 
 #: jobs whose function a worker keeps; the parent mirrors this to know when
 #: it must send a function again
@@ -53,6 +59,8 @@ def _die_with_parent() -> None:
     if not sys.platform.startswith("linux"):
         return
     with contextlib.suppress(Exception):
+        import ctypes
+
         libc = ctypes.CDLL(None, use_errno=True)
         pr_set_pdeathsig = 1
         libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
@@ -63,7 +71,7 @@ def encode_failure(failure: Failure) -> tuple[bytes | None, str, str]:
     exc = failure.exception
     summary = f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}"
     try:
-        return dumps(exc), failure.traceback, summary
+        return dumps_plain(exc), failure.traceback, summary
     except Exception:
         return None, failure.traceback, summary
 
@@ -88,18 +96,18 @@ def encode_result(result: ChunkResult) -> bytes:
     values = result.values
     failures = dict(result.failures or {})
     try:
-        values_blob = dumps(values)
+        values_blob = dumps_plain(values)
     except Exception:
         values = list(values)
         for position, value in enumerate(values):
             try:
-                dumps(value)
+                dumps_plain(value)
             except Exception as exc:
                 values[position] = None
                 failures[position] = Failure(result_error(value, exc), "")
-        values_blob = dumps(values)
+        values_blob = dumps_plain(values)
     encoded = {position: encode_failure(failure) for position, failure in failures.items()}
-    return dumps(
+    return dumps_plain(
         (
             "result",
             values_blob,
@@ -127,7 +135,7 @@ def main() -> None:
     conn_fd, mark_fd, slot = (int(arg) for arg in sys.argv[1:4])
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the caller handles Ctrl-C
     _die_with_parent()
-    conn = Channel.from_fd(conn_fd)
+    conn = Channel(conn_fd)
     shared = mmap.mmap(mark_fd, 0)
     mark: Mark = memoryview(shared).cast("d")[slot * MARK_SIZE : (slot + 1) * MARK_SIZE]
     hello: dict[str, Any] = loads(conn.recv_bytes())
@@ -140,9 +148,9 @@ def main() -> None:
         try:
             loads(initializer)(*loads(hello["initargs"]))
         except BaseException as exc:
-            conn.send_bytes(dumps(("init_failed", encode_failure(Failure.capture(exc)))))
+            conn.send_bytes(dumps_plain(("init_failed", encode_failure(Failure.capture(exc)))))
             sys.exit(3)
-    conn.send_bytes(dumps(("ready",)))
+    conn.send_bytes(dumps_plain(("ready",)))
 
     jobs: OrderedDict[int, Callable[[Any], Any] | BaseException] = OrderedDict()
 
@@ -162,7 +170,7 @@ def main() -> None:
             if isinstance(items, BaseException):
                 # Nothing of the chunk can run: say so for the whole chunk.
                 failure = encode_failure(Failure(items, ""))
-                conn.send_bytes(dumps(("chunk_failed", failure)))
+                conn.send_bytes(dumps_plain(("chunk_failed", failure)))
                 continue
             assert not isinstance(fn, BaseException)
             return fn, Chunk.fresh(0, 0, items), watch_time, None
@@ -185,7 +193,7 @@ def main() -> None:
             should_retire=over_memory if max_memory is not None else None,
         )
         if recycled:
-            conn.send_bytes(dumps(("retire",)))
+            conn.send_bytes(dumps_plain(("retire",)))
     except (EOFError, OSError):
         pass  # the pool is gone: nothing left to do
     finally:

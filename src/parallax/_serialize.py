@@ -1,7 +1,10 @@
 """Pickling for everything that crosses a process boundary.
 
 cloudpickle (protocol 5) so lambdas, closures and functions defined in
-``__main__`` travel by value. Failures become :class:`SerializationError`
+``__main__`` travel by value. What comes back from a worker (results,
+exceptions) is pickled with the standard library's pickler first, which is
+faster and lets a worker start without importing cloudpickle at all; only
+what it refuses goes through cloudpickle. Failures become :class:`SerializationError`
 saying *what* could not be pickled; this module is also what serial mode's
 ``check_pickle=True`` round-trips through, so fast unit tests catch the same
 problems process mode would.
@@ -11,20 +14,48 @@ from __future__ import annotations
 
 import pickle
 from collections.abc import Sequence
-from typing import Any
-
-import cloudpickle
 
 from ._errors import SerializationError, describe_item
 
+TYPE_CHECKING = False  # not typing's: workers do not import typing
+if TYPE_CHECKING:
+    from types import ModuleType
+    from typing import Any
+
 PROTOCOL = 5
 
-__all__ = ["PROTOCOL", "dumps", "find_unpicklable", "loads", "round_trip"]
+__all__ = ["PROTOCOL", "dumps", "dumps_plain", "find_unpicklable", "loads", "round_trip"]
+
+_cloudpickle: ModuleType | None = None
 
 
 def dumps(obj: Any) -> bytes:
-    data: bytes = cloudpickle.dumps(obj, protocol=PROTOCOL)
+    """Pickle ``obj`` for another process, by value where it must be (cloudpickle)."""
+    global _cloudpickle
+    if _cloudpickle is None:
+        # Imported on first use: a worker that only returns plain values never
+        # pays for it (it also pulls in ``typing`` and more).
+        import cloudpickle
+
+        _cloudpickle = cloudpickle
+    data: bytes = _cloudpickle.dumps(obj, protocol=PROTOCOL)
     return data
+
+
+def dumps_plain(obj: Any) -> bytes:
+    """Pickle with the standard pickler, or cloudpickle if it refuses.
+
+    For what a worker sends home (results, exceptions) and for plain data.
+    A worker's results may be instances of classes the caller sent by value
+    (from its ``__main__``); the standard pickler refuses those, as it
+    refuses lambdas, so nothing is pickled by a reference the caller cannot
+    resolve. (The other way round cloudpickle is a must: the caller's
+    ``__main__`` classes resolve in the caller, not in a worker.)
+    """
+    try:
+        return pickle.dumps(obj, protocol=PROTOCOL)
+    except Exception:
+        return dumps(obj)
 
 
 def loads(data: bytes | bytearray) -> Any:

@@ -1,12 +1,13 @@
-"""Length-prefixed frames over a socket: the link between a pool and a worker.
+"""Length-prefixed frames over a file descriptor: the link between a pool and a worker.
 
-A few lines instead of ``multiprocessing.connection``, whose import alone
-would add tens of milliseconds to every worker's start-up.
+A few lines of ``os.readv``/``os.write`` instead of ``multiprocessing.connection``
+or even the ``socket`` module, whose imports alone would add milliseconds to
+every worker's start-up. The descriptor is one end of a connected socket pair.
 """
 
 from __future__ import annotations
 
-import socket
+import os
 import struct
 
 __all__ = ["Channel"]
@@ -17,27 +18,31 @@ _SMALL = 1 << 16
 
 
 class Channel:
-    """One end of a connected stream socket, sending and receiving whole frames."""
+    """One end of a connected stream, sending and receiving whole frames.
 
-    __slots__ = ("_socket",)
+    Owns its descriptor: :meth:`close` closes it.
+    """
 
-    def __init__(self, sock: socket.socket) -> None:
-        self._socket = sock
+    __slots__ = ("_fd",)
 
-    @classmethod
-    def from_fd(cls, fd: int) -> Channel:
-        return cls(socket.socket(fileno=fd))
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
 
     def fileno(self) -> int:
-        return self._socket.fileno()
+        return self._fd
 
     def send_bytes(self, data: bytes) -> None:
         header = _HEADER.pack(len(data))
         if len(data) <= _SMALL:
-            self._socket.sendall(header + data)
+            self._write(header + data)
         else:
-            self._socket.sendall(header)
-            self._socket.sendall(data)
+            self._write(header)
+            self._write(data)
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view) :]
 
     def recv_bytes(self) -> bytearray:
         """The next frame. Raises EOFError when the other end has closed."""
@@ -49,11 +54,13 @@ class Channel:
         view = memoryview(buffer)
         received = 0
         while received < size:
-            count = self._socket.recv_into(view[received:])
+            count = os.readv(self._fd, [view[received:]])
             if count == 0:
                 raise EOFError("the other end of the channel closed")
             received += count
         return buffer
 
     def close(self) -> None:
-        self._socket.close()
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)

@@ -16,16 +16,7 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from time import perf_counter, thread_time
-from typing import TYPE_CHECKING, Any, Final
-
-if TYPE_CHECKING:
-    #: a worker's mark: three floats in (possibly shared) memory
-    Mark = memoryview[float]
-else:
-    Mark = memoryview
 
 from ._errors import (
     TaskTimeoutError,
@@ -33,6 +24,19 @@ from ._errors import (
     describe_item,
     format_worker_traceback,
 )
+
+# Not typing's TYPE_CHECKING, and no dataclasses: a process worker imports
+# this module, and ``typing`` and ``dataclasses`` (with ``inspect``) would add
+# milliseconds to every worker's start-up.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from typing import Any, Final
+
+    #: a worker's mark: three floats in (possibly shared) memory
+    Mark = memoryview[float]
+else:
+    Mark = memoryview
 
 __all__ = [
     "STOP",
@@ -87,33 +91,44 @@ def set_inside_worker(active: bool) -> bool:
     return previous
 
 
-@dataclass(slots=True)
 class Chunk:
     """Consecutive items of a run, sent to one worker at once.
 
     ``seq`` orders chunks within a run; ``start`` is the input index of the
     chunk's first item. A chunk re-run after a crash keeps its ``seq`` and
-    carries only some ``positions`` of the original chunk.
+    carries only some ``positions`` of the original chunk. ``submitted`` is
+    the ``perf_counter()`` when the run handed the chunk to its backend.
     """
 
-    seq: int
-    start: int
-    items: Sequence[Any]
-    positions: Sequence[int]
-    #: perf_counter() when the run handed the chunk to its backend
-    submitted: float = 0.0
+    __slots__ = ("items", "positions", "seq", "start", "submitted")
+
+    def __init__(self, seq: int, start: int, items: Sequence[Any], positions: Sequence[int],
+                 submitted: float = 0.0) -> None:
+        self.seq = seq
+        self.start = start
+        self.items = items
+        self.positions = positions
+        self.submitted = submitted
+
+    def __repr__(self) -> str:
+        return f"Chunk(seq={self.seq}, start={self.start}, {len(self.items)} items)"
 
     @classmethod
     def fresh(cls, seq: int, start: int, items: Sequence[Any]) -> Chunk:
         return cls(seq, start, items, range(len(items)))
 
 
-@dataclass(slots=True)
 class Failure:
     """An exception captured in a worker, with its traceback as text."""
 
-    exception: BaseException
-    traceback: str
+    __slots__ = ("exception", "traceback")
+
+    def __init__(self, exception: BaseException, traceback: str) -> None:
+        self.exception = exception
+        self.traceback = traceback
+
+    def __repr__(self) -> str:
+        return f"Failure({self.exception!r})"
 
     @classmethod
     def capture(cls, exc: BaseException) -> Failure:
@@ -135,7 +150,6 @@ class Failure:
         return exc
 
 
-@dataclass(slots=True)
 class ChunkResult:
     """What a worker reports for a chunk.
 
@@ -143,21 +157,53 @@ class ChunkResult:
     ``None`` where ``failures`` holds the exception instead. A chunk cut short
     by a dead or stuck worker has ``interruption`` set for the item at
     ``interrupted_at``; the items neither in ``values`` nor interrupted did not
-    produce an outcome and must be run again.
+    produce an outcome and must be run again. ``item_starts`` holds per-item
+    start times, for engines that run a chunk's items concurrently.
     """
 
-    chunk: Chunk
-    values: list[Any]
-    failures: dict[int, Failure] | None = None
-    worker: str = ""
-    started: float = 0.0
-    finished: float = 0.0
-    cpu: float = 0.0
-    item_ends: list[float] | None = None
-    interruption: BaseException | None = None
-    interrupted_at: int = EVERY_ITEM
-    #: per-item start times, for engines that run a chunk's items concurrently
-    item_starts: list[float] | None = None
+    __slots__ = (
+        "chunk",
+        "cpu",
+        "failures",
+        "finished",
+        "interrupted_at",
+        "interruption",
+        "item_ends",
+        "item_starts",
+        "started",
+        "values",
+        "worker",
+    )
+
+    def __init__(
+        self,
+        chunk: Chunk,
+        values: list[Any],
+        failures: dict[int, Failure] | None = None,
+        worker: str = "",
+        started: float = 0.0,
+        finished: float = 0.0,
+        cpu: float = 0.0,
+        item_ends: list[float] | None = None,
+        interruption: BaseException | None = None,
+        interrupted_at: int = EVERY_ITEM,
+        item_starts: list[float] | None = None,
+    ) -> None:
+        self.chunk = chunk
+        self.values = values
+        self.failures = failures
+        self.worker = worker
+        self.started = started
+        self.finished = finished
+        self.cpu = cpu
+        self.item_ends = item_ends
+        self.interruption = interruption
+        self.interrupted_at = interrupted_at
+        self.item_starts = item_starts
+
+    def __repr__(self) -> str:
+        return (f"ChunkResult({self.chunk!r}, {len(self.values)} values, "
+                f"failures={self.failures!r}, interruption={self.interruption!r})")
 
     @property
     def complete(self) -> bool:
@@ -321,7 +367,8 @@ def run_chunk(
 
 #: What a worker loop pulls: the function, the chunk, whether to track item
 #: start times (a timeout is set), and an opaque tag handed back with the result.
-Task = tuple[Callable[[Any], Any], Chunk, bool, Any]
+if TYPE_CHECKING:
+    Task = tuple[Callable[[Any], Any], Chunk, bool, Any]
 
 
 def worker_loop(
@@ -387,26 +434,37 @@ def new_mark() -> Mark:
     return mark
 
 
-@dataclass(slots=True)
 class StarCall:
     """``fn(*args)`` as a one-argument callable, for ``starmap``; pickles by value."""
 
-    fn: Callable[..., Any]
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
 
     def __call__(self, args: Any) -> Any:
         return self.fn(*args)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (StarCall, (self.fn,))
 
-@dataclass(slots=True)
+
 class BoundCall:
     """``fn(*args, **kwargs)`` ignoring its item, for ``Executor.submit``."""
 
-    fn: Callable[..., Any]
-    args: tuple[Any, ...] = ()
-    kwargs: dict[str, Any] = field(default_factory=dict)
+    __slots__ = ("args", "fn", "kwargs")
+
+    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...] = (),
+                 kwargs: dict[str, Any] | None = None) -> None:
+        self.fn = fn
+        self.args = args
+        self.kwargs = kwargs or {}
 
     def __call__(self, _item: Any) -> Any:
         return self.fn(*self.args, **self.kwargs)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (BoundCall, (self.fn, self.args, self.kwargs))
 
 
 def flag_overruns(result: ChunkResult, timeout: float, why: str) -> None:

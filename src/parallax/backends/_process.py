@@ -44,7 +44,14 @@ from typing import Any
 
 from .._errors import ParallaxError, TaskTimeoutError, WorkerCrashedError, describe_item
 from .._procworker import JOB_CACHE_SIZE, decode_failure
-from .._serialize import argument_error, dumps, dumps_function, find_unpicklable, loads
+from .._serialize import (
+    argument_error,
+    dumps,
+    dumps_function,
+    dumps_plain,
+    find_unpicklable,
+    loads,
+)
 from .._wire import Channel
 from .._worker import (
     MARK_POSITION,
@@ -171,7 +178,6 @@ class ProcessBackend(Backend):
         self._closed = False
         self._broken: BaseException | None = None
         self._startup_failures = 0
-        self._manager: threading.Thread | None = None
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         # Closed in _release_resources when the pool ends, not in a with block.
@@ -180,6 +186,13 @@ class ProcessBackend(Backend):
         self._marks_map = mmap.mmap(self._marks_file.fileno(), 8 * MARK_SIZE * self.workers)
         self._marks: Mark = memoryview(self._marks_map).cast("d")
         self._hello_extras = self._encode_setup()
+        # Workers start now, not at the first chunk: a fresh interpreter takes
+        # tens of milliseconds to boot, which overlaps with the caller
+        # pickling the function and cutting the first chunks.
+        self._manager = threading.Thread(
+            target=self._manage, name=f"{self._prefix}-manager", daemon=True
+        )
+        self._manager.start()
 
     # -- public --------------------------------------------------------------
 
@@ -219,11 +232,6 @@ class ProcessBackend(Backend):
             return
         with self._lock:
             self._pending.append((job, chunk, blob))
-            if self._manager is None:
-                self._manager = threading.Thread(
-                    target=self._manage, name=f"{self._prefix}-manager", daemon=True
-                )
-                self._manager.start()
         self._wake()
 
     def cancel(self, job: Job, *, interrupt: bool = False) -> None:
@@ -240,12 +248,9 @@ class ProcessBackend(Backend):
             self._closed = True
             if cancel_pending:
                 self._pending.clear()
-            manager = self._manager
         self._wake()
-        if manager is None:
-            self._release_resources()
-        elif wait and manager is not threading.current_thread():
-            manager.join()
+        if wait and self._manager is not threading.current_thread():
+            self._manager.join()
 
     def terminate(self) -> None:
         """Kill every worker now (interpreter exit, Ctrl-C)."""
@@ -267,7 +272,7 @@ class ProcessBackend(Backend):
         setup = self._setup
         return {
             "initializer": dumps_function(setup.initializer) if setup.initializer else None,
-            "initargs": dumps(setup.initargs),
+            "initargs": dumps(setup.initargs) if setup.initializer else None,
             "max_tasks": setup.max_tasks_per_worker,
             "max_memory": self._max_memory,
         }
@@ -313,7 +318,7 @@ class ProcessBackend(Backend):
         with self._lock:
             self._workers[parent_end] = worker
         with contextlib.suppress(OSError):  # if it died already, the EOF says so next
-            parent_end.send_bytes(dumps(hello))
+            parent_end.send_bytes(dumps_plain(hello))
 
     def _manage(self) -> None:
         try:
@@ -396,7 +401,7 @@ class ProcessBackend(Backend):
             while len(worker.jobs) > JOB_CACHE_SIZE:
                 worker.jobs.popitem(last=False)
         try:
-            worker.conn.send_bytes(dumps((job.id, function, job.timeout is not None)))
+            worker.conn.send_bytes(dumps_plain((job.id, function, job.timeout is not None)))
             worker.conn.send_bytes(blob)
         except OSError:
             worker.kill(None)  # dead already; the EOF path reports the chunk
@@ -571,7 +576,7 @@ class ProcessBackend(Backend):
             self._workers.clear()
         for worker in workers:
             with contextlib.suppress(OSError):
-                worker.conn.send_bytes(dumps(STOP))
+                worker.conn.send_bytes(dumps_plain(STOP))
         for worker in workers:
             try:
                 worker.popen.wait(timeout=10)
@@ -596,4 +601,4 @@ class ProcessBackend(Backend):
 def _socket_pair() -> tuple[Channel, int]:
     """A connected pair: our end as a Channel, the child's as a raw fd."""
     ours, theirs = socket.socketpair()
-    return Channel(ours), theirs.detach()
+    return Channel(ours.detach()), theirs.detach()

@@ -18,7 +18,7 @@ import logging
 import queue
 import threading
 from time import perf_counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._errors import ParallaxError, TaskTimeoutError, describe_item
 from .._worker import (
@@ -30,11 +30,13 @@ from .._worker import (
     ChunkResult,
     Failure,
     Job,
-    Task,
     new_mark,
     worker_loop,
 )
 from . import Backend, WorkerSetup, failed_chunk, usable_cpus
+
+if TYPE_CHECKING:
+    from .._worker import Task
 
 logger = logging.getLogger("parallax")
 

@@ -1,0 +1,68 @@
+"""What crosses the process boundary, and what a process worker has to load to start."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+from typing import Any
+
+import pytest
+
+from conftest import Backend
+from parallax._serialize import dumps_plain, loads
+from parallax._wire import Channel
+
+
+def test_a_process_worker_starts_without_heavy_modules() -> None:
+    # A cold process pool waits for its workers to boot; every module the
+    # worker's own code imports is paid on each start.
+    heavy = ["cloudpickle", "typing", "dataclasses", "inspect", "socket", "ctypes", "asyncio",
+             "concurrent.futures", "logging", "traceback"]
+    script = (
+        "import json, sys; from parallax._procworker import main; "
+        f"print(json.dumps([name for name in {heavy!r} if name in sys.modules]))"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         check=True, timeout=60)
+    assert json.loads(out.stdout) == []
+
+
+def test_results_of_classes_sent_by_value_come_home(backend: Backend) -> None:
+    class Point:  # defined here: it travels to a worker by value
+        def __init__(self, x: int) -> None:
+            self.x = x
+
+    def make(x: int) -> Any:
+        return Point(x)
+
+    points = backend.map(make, range(5), chunksize=2)
+    assert [point.x for point in points] == [0, 1, 2, 3, 4]
+
+
+def test_plain_pickling_falls_back_to_cloudpickle() -> None:
+    square = loads(dumps_plain(lambda x: x * x))
+    assert square(7) == 49
+    assert loads(dumps_plain({"a": [1, 2.5, b"x"]})) == {"a": [1, 2.5, b"x"]}
+
+
+@pytest.mark.parametrize("size", [0, 1, 65_535, 65_536, 65_537, 5_000_000])
+def test_channel_frames_survive_any_size(size: int) -> None:
+    ours, theirs = socket.socketpair()
+    sender, receiver = Channel(ours.detach()), Channel(theirs.detach())
+    payload = os.urandom(size)
+    try:
+        # A large frame fills the socket buffer: send from another thread.
+        thread = threading.Thread(target=sender.send_bytes, args=(payload,))
+        thread.start()
+        assert receiver.recv_bytes() == payload
+        thread.join(timeout=30)
+        sender.close()
+        with pytest.raises(EOFError):
+            receiver.recv_bytes()
+    finally:
+        sender.close()
+        receiver.close()
