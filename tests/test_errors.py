@@ -163,3 +163,40 @@ def test_shared_pool_error_gets_no_pile_of_notes(backend: Backend) -> None:
     results = backend.map(abs, range(6), initializer=failing_initializer, errors="return")
     assert all(isinstance(result, parallax.ParallaxError) for result in results)
     assert len(getattr(results[0], "__notes__", [])) <= 1
+
+
+@pytest.mark.parametrize("errors", ["raise", "return", "skip"])
+def test_serial_map_runs_like_a_loop_around_a_failure(errors: str) -> None:
+    # One chunk of the whole list in serial mode: on "raise" nothing after the
+    # failing item runs, as in a for loop; the other policies run every item.
+    ran: list[int] = []
+
+    def record(x: int) -> int:
+        ran.append(x)
+        if x == 500:
+            raise Boom("bad item 500")
+        return x
+
+    data = list(range(10_000))
+    if errors == "raise":
+        with pytest.raises(Boom, match="bad item 500") as caught:
+            parallax.map(record, data, mode="serial", errors=errors)
+        assert any("item 500" in note for note in caught.value.__notes__)
+        assert ran == data[:501]
+    else:
+        results = parallax.map(record, data, mode="serial", errors=errors)
+        assert ran == data
+        assert len(results) == (10_000 if errors == "return" else 9_999)
+
+
+def test_serial_retries_still_run_the_rest_of_the_chunk() -> None:
+    attempts: dict[int, int] = {}
+
+    def flaky(x: int) -> int:
+        attempts[x] = attempts.get(x, 0) + 1
+        if x == 3 and attempts[x] == 1:
+            raise Boom("first try fails")
+        return x * 2
+
+    assert parallax.map(flaky, range(10), mode="serial", retries=1) == [x * 2 for x in range(10)]
+    assert attempts == {x: 2 if x == 3 else 1 for x in range(10)}

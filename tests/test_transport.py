@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import socket
 import subprocess
 import sys
@@ -12,7 +13,9 @@ from typing import Any
 
 import pytest
 
+import parallax
 from conftest import Backend
+from helpers import double
 from parallax._serialize import dumps_plain, loads
 from parallax._wire import Channel
 
@@ -66,3 +69,25 @@ def test_channel_frames_survive_any_size(size: int) -> None:
     finally:
         sender.close()
         receiver.close()
+
+
+def test_a_tail_view_reads_the_source_without_copying() -> None:
+    from parallax._chunking import Tail
+
+    source = list(range(10))
+    tail = Tail(source, 7)
+    assert len(tail) == 3
+    assert list(tail) == [7, 8, 9]
+    assert (tail[0], tail[-1], tail[1:]) == (7, 9, [8, 9])
+    with pytest.raises(IndexError):
+        tail[3]
+    assert pickle.loads(pickle.dumps(tail)) == [7, 8, 9]  # only its own items travel
+    assert list(Tail((1, 2, 3), 1)) == [2, 3]
+
+
+@pytest.mark.parametrize("start", [0, 1, 37])
+def test_map_results_splice_around_the_largest_batch(backend: Backend, start: int) -> None:
+    # The auto probe's first items, a short chunk and one long one: in order.
+    data = list(range(start, start + 5_000))
+    assert backend.map(double, data) == [x * 2 for x in data]
+    assert parallax.map(double, data) == [x * 2 for x in data]

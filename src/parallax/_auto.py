@@ -248,9 +248,9 @@ def probe(
         gil_enabled=gil,
         cpus=cpus,
     )
-    if facts.item_cpu is not None and facts.item_wall is not None and gil and (
-        facts.item_cpu >= CPU_BOUND_SHARE * facts.item_wall
-    ):
+    if decide(facts).mode == "process":
+        # Only work bound for a process is worth pickling to see if it can
+        # go (tiny work must not pay for a pickle check, or an import of cloudpickle).
         facts = _check_shipping(fn, result, facts, source, check_threads=check_threads)
     result.facts = facts
     return result

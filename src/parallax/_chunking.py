@@ -13,6 +13,10 @@ task time:
   balance, and chunks shrink towards the end (``remaining / (2 x workers)``,
   but not below ~1 ms of work) so no worker idles at the tail;
 * for inputs of unknown length a ceiling keeps memory bounded.
+
+A chunk that runs to the end of a list or tuple is a :class:`Tail` view of
+it, not a copy: a run that takes its input in one chunk (serial ``map``)
+then touches each item only to call the function on it.
 """
 
 from __future__ import annotations
@@ -20,12 +24,12 @@ from __future__ import annotations
 import itertools
 import math
 import threading
-from collections.abc import Iterable, Iterator
-from typing import Any, Final
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, Final, overload
 
 from ._worker import Chunk
 
-__all__ = ["ChunkSizer", "chunks"]
+__all__ = ["ChunkSizer", "Tail", "chunks"]
 
 #: chunks per worker kept in play when the input's length is known
 BALANCE: Final = 4
@@ -54,6 +58,8 @@ class ChunkSizer:
         self._lock = threading.Lock()
         self._item_seconds = item_seconds
         self._largest = 0
+        #: hand out everything that is left as one chunk (see Run.batches)
+        self.rest_at_once = False
 
     @property
     def item_seconds(self) -> float | None:
@@ -81,6 +87,8 @@ class ChunkSizer:
         return size
 
     def _auto_size(self, consumed: int) -> int:
+        if self.rest_at_once and self.total is not None:
+            return max(1, self.total - consumed)
         if self._item_seconds is None:
             # Nothing measured yet: one item at a time, so a slow function is
             # never batched blindly; sizes adapt as soon as a chunk returns.
@@ -99,6 +107,49 @@ class ChunkSizer:
         return max(1, min(size, max(tail, floor)))
 
 
+class Tail(Sequence[Any]):
+    """The items of a list or tuple from ``start`` to its end, without copying them.
+
+    Pickles as a plain list of those items, so a process worker receives
+    only them.
+    """
+
+    __slots__ = ("_source", "_start")
+
+    def __init__(self, source: list[Any] | tuple[Any, ...], start: int) -> None:
+        self._source = source
+        self._start = start
+
+    def __len__(self) -> int:
+        return max(0, len(self._source) - self._start)
+
+    @overload
+    def __getitem__(self, index: int) -> Any: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Any]: ...
+
+    def __getitem__(self, index: int | slice) -> Any:
+        if isinstance(index, slice):
+            return list(self)[index]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError("Tail index out of range")
+        return self._source[self._start + index]
+
+    def __iter__(self) -> Iterator[Any]:
+        iterator = iter(self._source)
+        iterator.__setstate__(self._start)  # type: ignore[attr-defined]
+        return iterator
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (list, (list(self),))
+
+    def __repr__(self) -> str:
+        return f"Tail({len(self)} items from index {self._start})"
+
+
 def chunks(
     source: Iterable[Any], sizer: ChunkSizer, *, first_index: int = 0, first_seq: int = 0
 ) -> Iterator[Chunk]:
@@ -114,9 +165,14 @@ def chunks(
     if isinstance(source, list | tuple | range):
         total = len(source)
         while consumed < total:
-            # A slice of a range is a range: it pickles in a few bytes
-            # instead of one entry per item.
-            items = source[consumed : consumed + sizer.next_size(consumed)]
+            end = consumed + sizer.next_size(consumed)
+            items: Sequence[Any]
+            if end >= total and not isinstance(source, range):
+                items = Tail(source, consumed)
+            else:
+                # A slice of a range is a range: it pickles in a few bytes
+                # instead of one entry per item.
+                items = source[consumed:end]
             yield Chunk.fresh(seq, consumed, items)
             consumed += len(items)
             seq += 1

@@ -354,8 +354,23 @@ class Executor(_StdExecutor):
 
 
 def collect(run: Run) -> list[Any]:
-    """All results of a run as a list, extended chunk by chunk."""
-    results: list[Any] = []
-    for batch in run.batches():
+    """All results of a run as one list.
+
+    The largest batch becomes the result list and the others are spliced in
+    around it, so a run delivered as one big chunk (serial ``map``) hands
+    over its values without copying them. The batches are the run's own
+    lists, no longer used once delivered.
+    """
+    batches = [batch for batch in run.batches(all_at_once=True) if batch]
+    if not batches:
+        return []
+    largest = max(range(len(batches)), key=lambda position: len(batches[position]))
+    results = batches[largest]
+    if largest:
+        before: list[Any] = []
+        for batch in batches[:largest]:
+            before.extend(batch)  # list.extend(list) copies at C speed; a chain would not
+        results[:0] = before
+    for batch in batches[largest + 1 :]:
         results.extend(batch)
     return results

@@ -108,11 +108,12 @@ class Run:
         self.backend = backend
         self._inbox: queue.SimpleQueue[ChunkResult | object] = queue.SimpleQueue()
         self.job = Job(fn, self._inbox.put, timeout=timeout)
-        backend.prepare(self.job)
         self.ordered = ordered
         self.errors = errors
         self.deadline = deadline
         self.retry = retry or RetryPolicy()
+        self.job.stop_at_failure = errors == "raise" and not self.retry.retries
+        backend.prepare(self.job)
         self.recorder = recorder
         probed = len(preloaded.chunk.items) if preloaded is not None else 0
         item_seconds = None
@@ -154,9 +155,18 @@ class Run:
                 self.recorder.begin(preloaded.started if preloaded is not None else None)
             self._fill()
 
-    def batches(self) -> Generator[list[Any], None, None]:
-        """Results chunk by chunk (for ``map``, which extends a list with them)."""
+    def batches(self, *, all_at_once: bool = False) -> Generator[list[Any], None, None]:
+        """Results chunk by chunk (for ``map``, which extends a list with them).
+
+        ``all_at_once``: the caller wants every result before using any (no
+        streaming). On a backend that runs chunks in the caller's thread, with
+        no progress to report, the rest of the input then goes as one chunk:
+        cutting it up would only cost time.
+        """
         if self._iterator is None:
+            if (all_at_once and self.backend.runs_in_caller and self._on_progress is None
+                    and not self._started):
+                self.sizer.rest_at_once = True
             self._iterator = self._drive()
         return self._iterator
 
@@ -318,9 +328,15 @@ class Run:
         if result.failures:
             for offset, failure in result.failures.items():
                 self._fail(state, chunk, offset, failure, result.worker)
+        dropped = 0
         if result.interruption is not None:
             self._interrupted(state, result)
-        finalized = before - state.remaining
+        elif done < len(chunk.items) and result.failures and self.job.stop_at_failure:
+            # The backend stopped the chunk at a failure (Job.stop_at_failure):
+            # the rest of it is not wanted, so it is settled without running.
+            dropped = len(chunk.items) - done
+            state.remaining -= dropped
+        finalized = before - state.remaining - dropped
         self.items_done += finalized
         if self._on_progress is not None and finalized:
             self._on_progress(finalized)

@@ -216,7 +216,9 @@ class Job:
     Backends call :meth:`claim` right before a chunk starts (False: drop it)
     and :meth:`deliver` with each finished chunk; they know nothing else of
     the run. ``cutoff`` lets the run drop chunks past a failure while the
-    chunks before it still finish.
+    chunks before it still finish; ``stop_at_failure`` says the run wants
+    nothing after a chunk's first failing item (``errors="raise"``, no
+    retries), so a backend may stop the chunk there.
     """
 
     __slots__ = (
@@ -227,6 +229,7 @@ class Job:
         "fn",
         "id",
         "payload",
+        "stop_at_failure",
         "timeout",
     )
 
@@ -242,6 +245,7 @@ class Job:
         self.timeout = timeout
         self.cancelled = False
         self.cutoff: int | None = None
+        self.stop_at_failure = False
         self._deliver = deliver
         #: the function serialized by a backend that needs it, cached per job
         self.payload: bytes | None = None
@@ -270,6 +274,7 @@ def run_chunk(
     track_position: bool = True,
     in_caller: bool = False,
     failures: dict[int, Failure] | None = None,
+    stop_at_failure: bool = False,
 ) -> ChunkResult:
     """Run every item of ``chunk`` through ``fn``, appending to ``values``.
 
@@ -286,14 +291,20 @@ def run_chunk(
     among them, the run re-runs them one per chunk to find the culprit. The
     loops are written out per case: for tiny items the per-item work of this
     function is the whole overhead of parallax.
+
+    ``stop_at_failure`` ends the chunk at its first failing item: the result
+    then holds fewer values than the chunk has items, and no interruption.
     """
-    items = chunk.items
+    # One iterator serves every loop below, and after a failure the next loop
+    # resumes from it: no loop re-reads or copies the items (for tiny work,
+    # touching every item once more costs as much as the work itself).
+    remaining = iter(chunk.items)
     append = values.append
     # ``failures`` may be handed in (empty) so a pool can read it mid-chunk
     started = perf_counter()
     cpu_started = thread_time()
     ends: list[float] | None = []
-    n = len(items)
+    n = len(chunk.items)
     pos = 0
     first = True
     while pos < n:
@@ -305,7 +316,7 @@ def run_chunk(
                         break
                     mark[MARK_POSITION] = pos
                     mark[MARK_STARTED] = perf_counter()
-                    append(fn(items[pos]))
+                    append(fn(next(remaining)))
                     ends.append(perf_counter())
                 pos = len(values)
                 if pos < n:  # abandoned
@@ -320,7 +331,7 @@ def run_chunk(
                 previous = started
                 for pos in range(min(2, n)):
                     mark[MARK_POSITION] = pos
-                    append(fn(items[pos]))
+                    append(fn(next(remaining)))
                     now = perf_counter()
                     ends.append(now)
                     if now - previous < PER_ITEM_TIMING_THRESHOLD:
@@ -331,7 +342,7 @@ def run_chunk(
             elif ends is not None:
                 for pos in range(pos, n):  # noqa: B020
                     mark[MARK_POSITION] = pos
-                    append(fn(items[pos]))
+                    append(fn(next(remaining)))
                     ends.append(perf_counter())
                 pos = n
             else:
@@ -339,18 +350,20 @@ def run_chunk(
                     mark[MARK_POSITION] = SOMEWHERE
                 # C-speed loop; on an exception extend() keeps what it added
                 # so far, so len(values) is the failing item's position.
-                values.extend(map(fn, items if pos == 0 else items[pos:]))
+                values.extend(map(fn, remaining))
                 pos = n
         except BaseException as exc:
             if in_caller and isinstance(exc, KeyboardInterrupt):
                 raise
-            pos = len(values)  # the item that raised
+            pos = len(values)  # the item that raised (the iterator is past it)
             append(None)
             if failures is None:
                 failures = {}
             failures[pos] = Failure.capture(exc)
             if ends is not None:
                 ends.append(perf_counter())
+            if stop_at_failure:
+                break
             first = False
             pos += 1
     finished = perf_counter()

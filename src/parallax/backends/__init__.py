@@ -91,6 +91,10 @@ class Backend(ABC):
     chunk_overhead: ClassVar[float] = 1e-5
     #: chunks queued per worker beyond the one it runs, so no worker waits
     prefetch: ClassVar[int] = 1
+    #: runs each chunk in the caller's thread as it is submitted (serial):
+    #: nothing to balance or overlap, so a run that wants every result at
+    #: once may hand over its whole input as one chunk
+    runs_in_caller: ClassVar[bool] = False
 
     workers: int
 

@@ -36,6 +36,7 @@ class SerialBackend(Backend):
     # fit in the CPU cache (measured: 20k-item chunks beat 150k-item ones).
     chunk_overhead = 1e-5
     prefetch = 0
+    runs_in_caller = True
 
     def __init__(
         self,
@@ -81,6 +82,7 @@ class SerialBackend(Backend):
                 watch_time=job.timeout is not None,
                 track_position=False,
                 in_caller=True,
+                stop_at_failure=job.stop_at_failure,
             )
         finally:
             set_inside_worker(previous)
