@@ -177,3 +177,42 @@ def _initialize() -> None:
 
 def _initialized(_: int) -> bool:
     return _state.get("ready", False)
+
+
+def test_the_caller_works_while_a_cold_process_pool_boots() -> None:
+    from parallax import _pools
+
+    _pools.shutdown_pools(wait=True)  # a cold pool: its interpreters take a while to start
+    data = list(range(60))
+    with parallax.monitor() as monitor:
+        results = parallax.map(lambda x: spin(150_000) * 0 + x, data)
+    assert results == data
+    stats = monitor.runs[-1]
+    assert stats.mode == "process"
+    in_caller = [record for record in stats.task_records if record.worker.startswith("caller")]
+    workers = [record for record in stats.task_records if not record.worker.startswith("caller")]
+    # The probe alone stops after ~2 ms of work (one item here); the caller
+    # went on while the workers booted, and the workers still did the rest.
+    assert len(in_caller) >= 2
+    assert workers and len(in_caller) + len(workers) == len(data)
+    assert sorted(record.index for record in in_caller) == list(range(len(in_caller)))
+
+
+def test_the_caller_stops_warming_up_at_a_failure() -> None:
+    from parallax import _pools
+
+    _pools.shutdown_pools(wait=True)
+    ran: list[int] = []
+
+    def fails_at_one(x: int) -> int:
+        ran.append(x)
+        spin(150_000)
+        if x == 1:
+            raise KeyError(x)
+        return x
+
+    with pytest.raises(KeyError):
+        parallax.map(fails_at_one, range(40))
+    # item 0 was the probe, item 1 failed while the workers booted: in the
+    # caller nothing ran after it (the workers' items append to their own copy)
+    assert ran == [0, 1]

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 from typing_extensions import ParamSpec
 
 from . import _pools
-from ._auto import Plan, decide, probe
+from ._auto import Plan, Probe, decide, probe, probe_more
 from ._config import (
     check_callable,
     check_chunksize,
@@ -218,6 +218,8 @@ def _launch(
     workers = options.workers
     chunksize = options.chunksize
     preloaded: ChunkResult | None = None
+    measured: Probe | None = None
+    source: Iterator[Any] = iter(())
     if mode == "auto" and options.initializer is not None:
         # The probe runs items in the caller, which is no worker and has not
         # run the initializer: decide without measuring instead.
@@ -226,21 +228,15 @@ def _launch(
         reason = chosen.reason.replace("nothing measured yet", "initializer given, no probe")
         workers = workers or chosen.workers
     if mode == "auto":
-        if isinstance(iterable, _SEQUENCES):
-            measured = probe(call, iter(iterable), total=total, coroutine=coroutine)
-        else:  # the probe takes the first items; the run goes on from there
-            iterable = iter(iterable)
-            measured = probe(call, iterable, total=total, coroutine=coroutine)
+        # The probe takes the first items; the run goes on from there (a
+        # sequence from the index after them, anything else from the iterator).
+        source = iter(iterable)
+        if not isinstance(iterable, _SEQUENCES):
+            iterable = source
+        measured = probe(call, source, total=total, coroutine=coroutine)
         chosen = decide(measured.facts, workers)
         mode, reason = chosen.mode, chosen.reason
         workers = workers or chosen.workers
-        if measured.items:
-            preloaded = _probe_result(measured.items, measured.outcomes, measured.ends,
-                                      measured.started, measured.cpu)
-            if options.timeout is not None:
-                # Probed in the caller's thread, which nothing can interrupt:
-                # an overrun is reported once the item returns, as in serial mode.
-                flag_overruns(preloaded, options.timeout, "it ran in the caller as the auto probe")
     if mode == "asyncio" and not coroutine:
         raise TypeError(
             f"mode='asyncio' runs coroutine functions, but {_name(fn)} is a plain function; "
@@ -268,6 +264,18 @@ def _launch(
         retry_on = options.retry_on if isinstance(options.retry_on, tuple) else (options.retry_on,)
         retry = RetryPolicy(options.retries, retry_on, options.backoff)
     try:
+        if measured is not None and measured.items:
+            if backend.starting and not isinstance(measured.outcomes[-1], Failure):
+                # Fresh worker interpreters take tens of milliseconds (more if
+                # they import heavy modules) to boot: the caller, which ran
+                # the probe, goes on with the next items meanwhile.
+                probe_more(call, source, measured, while_=lambda: backend.starting)
+            preloaded = _probe_result(measured.items, measured.outcomes, measured.ends,
+                                      measured.started, measured.cpu)
+            if options.timeout is not None:
+                # Probed in the caller's thread, which nothing can interrupt:
+                # an overrun is reported once the item returns, as in serial mode.
+                flag_overruns(preloaded, options.timeout, "it ran in the caller as the auto probe")
         run = executor._start_run(
             call,
             iterable,

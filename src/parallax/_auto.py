@@ -24,7 +24,7 @@ from ._serialize import dumps
 from ._worker import Failure
 from .backends import usable_cpus
 
-__all__ = ["Facts", "Plan", "Probe", "decide", "gil_enabled", "probe"]
+__all__ = ["Facts", "Plan", "Probe", "decide", "gil_enabled", "probe", "probe_more"]
 
 #: below this much total work, starting or even feeding a pool costs more
 SERIAL_BUDGET: Final = 0.005
@@ -43,6 +43,11 @@ PROBE_SECONDS: Final = 0.002
 PROBE_ITEMS: Final = 64
 #: pickled items bigger than this make auto check how threads overlap
 LARGE_ITEM_BYTES: Final = 256 * 1024
+#: longest the caller keeps working while a process pool boots (its workers
+#: import the caller's modules, which can take seconds)
+WARMUP_BUDGET: Final = 5.0
+
+_END: Final = object()
 
 
 def gil_enabled() -> bool:
@@ -254,6 +259,34 @@ def probe(
         facts = _check_shipping(fn, result, facts, source, check_threads=check_threads)
     result.facts = facts
     return result
+
+
+def probe_more(
+    fn: Callable[[Any], Any],
+    source: Iterator[Any],
+    result: Probe,
+    *,
+    while_: Callable[[], bool],
+    budget: float = WARMUP_BUDGET,
+) -> None:
+    """Keep running items in the caller while ``while_()`` holds (a pool boots).
+
+    The outcomes join the probed ones (they become the run's first results).
+    Stops at the first failure, at the end of the input, or after ``budget``
+    seconds, whichever comes first.
+    """
+    deadline = perf_counter() + budget
+    while while_() and perf_counter() < deadline:
+        item = next(source, _END)
+        if item is _END:
+            return
+        outcome, _, cpu = _timed_call(fn, item)
+        result.items.append(item)
+        result.outcomes.append(outcome)
+        result.ends.append(perf_counter())
+        result.cpu += cpu
+        if isinstance(outcome, Failure):
+            return
 
 
 def _check_shipping(

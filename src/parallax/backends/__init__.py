@@ -108,6 +108,14 @@ class Backend(ABC):
         """How many chunks run at once (a worker runs one chunk at a time)."""
         return self.workers
 
+    @property
+    def starting(self) -> bool:
+        """True while no worker can take work yet (fresh interpreters booting).
+
+        The auto-selector keeps running items in the caller meanwhile.
+        """
+        return False
+
     def auto_chunksize(self) -> int | None:
         """A fixed size for ``chunksize="auto"``, for engines where measured item
         time says nothing about cost (items of a chunk run concurrently)."""

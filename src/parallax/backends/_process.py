@@ -178,6 +178,7 @@ class ProcessBackend(Backend):
         self._closed = False
         self._broken: BaseException | None = None
         self._startup_failures = 0
+        self._first_ready = threading.Event()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         # Closed in _release_resources when the pool ends, not in a with block.
@@ -199,6 +200,10 @@ class ProcessBackend(Backend):
     @property
     def broken(self) -> BaseException | None:
         return self._broken
+
+    @property
+    def starting(self) -> bool:
+        return not self._first_ready.is_set() and self._broken is None and not self._closed
 
     def worker_pids(self) -> list[int]:
         """Process ids of the live workers (for tests and diagnostics)."""
@@ -439,6 +444,7 @@ class ProcessBackend(Backend):
             )
         elif kind == "ready":
             worker.ready = True
+            self._first_ready.set()
             self._startup_failures = 0
         elif kind == "chunk_failed":
             busy = worker.busy
