@@ -1,7 +1,8 @@
 """Dask mode on a real ``distributed`` cluster (processes, loopback, 2 workers).
 
-A module-wide ``LocalCluster`` serves most tests through ``address=``; the
-tests that kill workers get a cluster of their own, closed before the
+The session's ``LocalCluster`` (``dask_cluster`` in conftest.py, which the
+generic suite's dask runs use too) serves most tests through ``address=``;
+the tests that kill workers get a cluster of their own, closed before the
 leftover check runs (a nanny restarts a killed worker as a new process).
 Skipped as a whole when ``distributed`` is not installed.
 """
@@ -9,10 +10,8 @@ Skipped as a whole when ``distributed`` is not installed.
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import importlib
 import itertools
-import logging
 import os
 import subprocess
 import sys
@@ -28,69 +27,21 @@ distributed = pytest.importorskip("distributed")
 import dask  # noqa: E402  (after the skip: only there when distributed is)
 
 import parallax  # noqa: E402
-from conftest import wait_until  # noqa: E402
+from conftest import start_dask_cluster, wait_until  # noqa: E402
 from faults import FailOnce, Faulty, failing_initializer, record_pid  # noqa: E402
 from helpers import Boom, add, double, fail_on, nap, where  # noqa: E402
 from parallax import _pools  # noqa: E402
 from parallax._worker import Job  # noqa: E402
-from parallax.backends import backend_options  # noqa: E402
 from parallax.backends._dask import DaskBackend  # noqa: E402
 
 pytestmark = pytest.mark.dask
 
-if "dask" not in backend_options():  # until the built-in registration lands
-    parallax.register_backend("dask", DaskBackend)
-
-#: Dask settings for the test clusters. A worker killed on purpose is
-#: restarted by its nanny, but LocalCluster closes a nanny whose worker is
-#: down when it looks again 15 s after a death (lost-worker-timeout), which a
-#: burst of kills can hit; and fetching a result from a worker that just died
-#: retries the connection for the connect timeout (30 s by default).
-CLUSTER_CONFIG = {
-    "distributed.deploy.lost-worker-timeout": "1h",
-    "distributed.comm.timeouts.connect": "3s",
-}
-
-
-def start_cluster() -> Any:
-    return distributed.LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address="127.0.0.1:0",  # not 8787: several clusters at once
-        silence_logs=logging.ERROR,
-    )
-
 
 @pytest.fixture(scope="module", autouse=True)
-def cluster() -> Iterator[Any]:
-    """One cluster for the module, up before any test's leftover snapshot."""
-    with dask.config.set(CLUSTER_CONFIG):
-        local = start_cluster()
-        try:
-            yield local
-        finally:
-            _pools.shutdown_pools(wait=True)
-            local.close()
-            stop_resource_tracker()
-
-
-def stop_resource_tracker() -> None:
-    """Stop the helper process multiprocessing started for the clusters.
-
-    LocalCluster's nannies start workers with multiprocessing, which starts
-    its resource tracker: a child of this process that would otherwise live
-    until the interpreter exits and show up in other modules' process
-    checks. It is started again if anything needs it.
-    """
-    from multiprocessing import resource_tracker
-
-    tracker = getattr(resource_tracker, "_resource_tracker", None)
-    stop = getattr(tracker, "_stop", None)
-    if stop is not None:
-        with contextlib.suppress(Exception):
-            stop()
+def cluster(dask_cluster: Any) -> Any:
+    """The session's cluster (shared with the generic suite's dask runs), up
+    before any test of this module starts."""
+    return dask_cluster
 
 
 @pytest.fixture
@@ -100,8 +51,9 @@ def address(cluster: Any) -> str:
 
 @pytest.fixture
 def fresh_cluster() -> Iterator[str]:
-    """A cluster of its own, for tests that kill its workers."""
-    local = start_cluster()
+    """A cluster of its own, for tests that kill its workers (with the session
+    cluster's settings, which hold while it runs)."""
+    local = start_dask_cluster()
     try:
         yield str(local.scheduler_address)
     finally:

@@ -140,9 +140,7 @@ def test_idle_pools_are_shut_down(monkeypatch: pytest.MonkeyPatch) -> None:
     assert second and not first & second  # a fresh pool
 
 
-@pytest.mark.parametrize("mode", ["process", "thread", "asyncio"])
-def test_shutdown_after_a_cancelled_run_does_not_hang(mode: str) -> None:
-    backend = Backend(mode)
+def test_shutdown_after_a_cancelled_run_does_not_hang(backend: Backend) -> None:
     executor = backend.executor(workers=1)
     results = executor.imap(backend.fn(lambda x: time.sleep(0.2) or x), range(10), chunksize=1)
     assert next(results) == 0
