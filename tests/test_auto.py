@@ -216,3 +216,32 @@ def test_the_caller_stops_warming_up_at_a_failure() -> None:
     # item 0 was the probe, item 1 failed while the workers booted: in the
     # caller nothing ran after it (the workers' items append to their own copy)
     assert ran == [0, 1]
+
+
+def test_the_thread_overlap_probe_keeps_every_item_in_order() -> None:
+    import hashlib
+
+    from parallax._auto import OVERLAP_MIN_ITEMS, probe
+
+    def digest(data: bytes) -> str:
+        if data[:1] == b"\x07":
+            raise ValueError("item 7")
+        for _ in range(3):
+            data = hashlib.sha256(data).digest() * (len(data) // 32)
+        return data[:8].hex()
+
+    items = [bytes([index]) * 300_000 for index in range(40)]  # big: the payload rule applies
+    measured = probe(digest, iter(items), total=len(items))
+    if measured.facts.cpus < 2:
+        pytest.skip("the thread-overlap test needs 2 CPUs")
+    assert measured.facts.item_bytes is not None and measured.facts.item_bytes >= 300_000
+    assert measured.facts.thread_speedup is not None and measured.facts.thread_speedup > 0
+    count = len(measured.items)
+    assert count == measured.facts.probed and count > OVERLAP_MIN_ITEMS
+    assert measured.items == items[:count]
+    for index, outcome in enumerate(measured.outcomes):
+        if index == 7:
+            assert isinstance(outcome.exception, ValueError)
+        else:
+            assert outcome == digest(items[index])
+    assert measured.ends == sorted(measured.ends)

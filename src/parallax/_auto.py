@@ -43,6 +43,11 @@ PROBE_SECONDS: Final = 0.002
 PROBE_ITEMS: Final = 64
 #: pickled items bigger than this make auto check how threads overlap
 LARGE_ITEM_BYTES: Final = 256 * 1024
+#: the thread-overlap test runs at least this long and this many items...
+OVERLAP_SECONDS: Final = 0.03
+OVERLAP_MIN_ITEMS: Final = 4
+#: ...and at most this many
+OVERLAP_MAX_ITEMS: Final = 64
 #: longest the caller keeps working while a process pool boots (its workers
 #: import the caller's modules, which can take seconds)
 WARMUP_BUDGET: Final = 5.0
@@ -312,27 +317,38 @@ def _check_shipping(
     # More items on two threads at once: if the work releases the GIL
     # (hashing, compression, numpy), threads run it in parallel without
     # shipping a byte. Both threads are started before the clock runs and
-    # each takes two items, so thread start-up and a cold first item do not
-    # count. Their outcomes are kept like the other probed items.
-    batch = [item for _, item in zip(range(4), source, strict=False)]
-    if len(batch) < 4:
-        for item in batch:
-            outcome, _, _ = _timed_call(fn, item)
-            result.items.append(item)
-            result.outcomes.append(outcome)
-            result.ends.append(perf_counter())
-        return _replace(facts, probed=facts.probed + len(batch))
-    outcomes: list[Any] = [None] * 4
-    ends = [0.0] * 4
+    # share the next items until OVERLAP_SECONDS have passed: on a virtual
+    # machine a woken thread can wait milliseconds for the idle core, so a
+    # few items alone would measure the scheduler, not the work. Their
+    # outcomes are kept like the other probed items.
+    batch: list[Any] = []
+    outcomes: dict[int, Any] = {}
+    ends: dict[int, float] = {}
+    taking = threading.Lock()
     start_line = threading.Barrier(3)
+    deadline = perf_counter() + OVERLAP_SECONDS
 
-    def run(slot: int) -> None:
+    def take() -> int | None:
+        with taking:
+            enough = len(batch) >= OVERLAP_MIN_ITEMS and perf_counter() >= deadline
+            if enough or len(batch) >= OVERLAP_MAX_ITEMS:
+                return None
+            item = next(source, _END)
+            if item is _END:
+                return None
+            batch.append(item)
+            return len(batch) - 1
+
+    def run() -> None:
         start_line.wait()
-        for index in (slot, slot + 2):
-            outcomes[index] = _timed_call(fn, batch[index])[0]
+        while (index := take()) is not None:
+            try:
+                outcomes[index] = _timed_call(fn, batch[index])[0]
+            except BaseException as exc:  # KeyboardInterrupt raised by fn itself
+                outcomes[index] = Failure.capture(exc)
             ends[index] = perf_counter()
 
-    threads = [threading.Thread(target=run, args=(slot,)) for slot in range(2)]
+    threads = [threading.Thread(target=run, name=f"parallax-probe-{slot}") for slot in range(2)]
     for thread in threads:
         thread.start()
     start_line.wait()
@@ -341,15 +357,18 @@ def _check_shipping(
         thread.join()
     together = perf_counter() - started
     previous = result.ends[-1] if result.ends else started
-    for item, outcome, end in zip(batch, outcomes, ends, strict=True):
+    for index, item in enumerate(batch):
         # Input order is kept (they are results); the records are sequential,
         # so an end time never goes back before the previous one.
-        previous = max(previous, end)
+        previous = max(previous, ends[index])
         result.items.append(item)
-        result.outcomes.append(outcome)
+        result.outcomes.append(outcomes[index])
         result.ends.append(previous)
-    speedup = (4 * (facts.item_wall or 0.0)) / max(together, 1e-9)
-    return _replace(facts, probed=facts.probed + 4, thread_speedup=speedup)
+    facts = _replace(facts, probed=facts.probed + len(batch))
+    if len(batch) < OVERLAP_MIN_ITEMS:
+        return facts  # too few items left to tell
+    speedup = (len(batch) * (facts.item_wall or 0.0)) / max(together, 1e-9)
+    return _replace(facts, thread_speedup=speedup)
 
 
 def _runqueue_seconds() -> float:
