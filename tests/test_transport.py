@@ -91,3 +91,26 @@ def test_map_results_splice_around_the_largest_batch(backend: Backend, start: in
     data = list(range(start, start + 5_000))
     assert backend.map(double, data) == [x * 2 for x in data]
     assert parallax.map(double, data) == [x * 2 for x in data]
+
+
+def test_a_preloaded_function_is_loaded_before_its_first_chunk() -> None:
+    import queue
+    import time
+
+    from parallax._worker import Chunk, ChunkResult, Job
+    from parallax.backends._process import ProcessBackend
+
+    backend = ProcessBackend(workers=1)
+    try:
+        assert backend.starting  # a fresh interpreter takes a while to boot
+        results: queue.SimpleQueue[ChunkResult] = queue.SimpleQueue()
+        job = Job(double, results.put)
+        backend.preload(job)
+        deadline = time.monotonic() + 60
+        while backend.starting and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert not backend.starting  # the worker said it loaded the function
+        backend.submit(job, Chunk.fresh(0, 0, [1, 2, 3]))
+        assert results.get(timeout=60).values == [2, 4, 6]
+    finally:
+        backend.shutdown(wait=True)

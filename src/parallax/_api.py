@@ -217,7 +217,6 @@ def _launch(
     total = _length(iterable)
     workers = options.workers
     chunksize = options.chunksize
-    preloaded: ChunkResult | None = None
     measured: Probe | None = None
     source: Iterator[Any] = iter(())
     if mode == "auto" and options.initializer is not None:
@@ -264,30 +263,30 @@ def _launch(
         retry_on = options.retry_on if isinstance(options.retry_on, tuple) else (options.retry_on,)
         retry = RetryPolicy(options.retries, retry_on, options.backoff)
     try:
-        if measured is not None and measured.items:
-            if backend.starting and not isinstance(measured.outcomes[-1], Failure):
-                # Fresh worker interpreters take tens of milliseconds (more if
-                # they import heavy modules) to boot: the caller, which ran
-                # the probe, goes on with the next items meanwhile.
-                probe_more(call, source, measured, while_=lambda: backend.starting)
-            preloaded = _probe_result(measured.items, measured.outcomes, measured.ends,
-                                      measured.started, measured.cpu)
-            if options.timeout is not None:
-                # Probed in the caller's thread, which nothing can interrupt:
-                # an overrun is reported once the item returns, as in serial mode.
-                flag_overruns(preloaded, options.timeout, "it ran in the caller as the auto probe")
         run = executor._start_run(
             call,
             iterable,
             ordered=options.ordered,
             errors=options.errors,
             retry=retry,
-            preloaded=preloaded,
             total=total,
             reason=reason,
             on_progress=reporter.advance if reporter else None,
             record_tasks=options.record_tasks,
         )
+        try:
+            if measured is not None and measured.items:
+                if backend.starting and not isinstance(measured.outcomes[-1], Failure):
+                    # Fresh worker interpreters take tens of milliseconds (more
+                    # if they import heavy modules) to boot: they load the
+                    # function meanwhile, and the caller, which ran the probe,
+                    # goes on with the next items until one of them is ready.
+                    backend.preload(run.job)
+                    probe_more(call, source, measured, while_=lambda: backend.starting)
+                run.preload(_probed_chunk(measured, options.timeout))
+        except BaseException:
+            run.close()
+            raise
     except BaseException:
         executor.shutdown(wait=False)
         raise
@@ -300,24 +299,29 @@ def _launch(
     return _Launch(executor, run, finish)
 
 
-def _probe_result(items: list[Any], outcomes: list[Any], ends: list[float], started: float,
-                  cpu: float) -> ChunkResult:
+def _probed_chunk(measured: Probe, timeout: float | None) -> ChunkResult:
     """The auto-selector's probed items as the run's first, already finished chunk."""
+    outcomes = measured.outcomes
     failures = {position: outcome for position, outcome in enumerate(outcomes)
                 if isinstance(outcome, Failure)}
     values = [None if position in failures else value for position, value in enumerate(outcomes)]
-    chunk = Chunk.fresh(0, 0, items)
-    chunk.submitted = started
-    return ChunkResult(
+    chunk = Chunk.fresh(0, 0, measured.items)
+    chunk.submitted = measured.started
+    result = ChunkResult(
         chunk,
         values,
         failures or None,
         worker="caller (auto-selector probe)",
-        started=started,
-        finished=ends[-1],
-        cpu=cpu,
-        item_ends=ends,
+        started=measured.started,
+        finished=measured.ends[-1],
+        cpu=measured.cpu,
+        item_ends=measured.ends,
     )
+    if timeout is not None:
+        # Probed in the caller's thread, which nothing can interrupt: an
+        # overrun is reported once the item returns, as in serial mode.
+        flag_overruns(result, timeout, "it ran in the caller as the auto probe")
+    return result
 
 
 def _name(fn: object) -> str:

@@ -71,6 +71,11 @@ class ChunkSizer:
         """The largest chunk handed out so far."""
         return self._largest
 
+    def assume(self, item_seconds: float) -> None:
+        """Take ``item_seconds`` as measured (the auto probe timed the items)."""
+        with self._lock:
+            self._item_seconds = item_seconds
+
     def observe(self, items: int, seconds: float) -> None:
         if items <= 0 or self.fixed is not None:
             return

@@ -309,7 +309,6 @@ class Executor(_StdExecutor):
         errors: ErrorPolicy | str = "raise",
         deadline: float | None = None,
         retry: RetryPolicy | None = None,
-        preloaded: ChunkResult | None = None,
         total: int | None = None,
         reason: str | None = None,
         on_progress: Callable[[int], None] | None = None,
@@ -339,7 +338,6 @@ class Executor(_StdExecutor):
                 retry=retry,
                 total=total,
                 recorder=recorder,
-                preloaded=preloaded,
                 on_progress=on_progress,
                 on_finish=self._run_finished,
             )

@@ -101,7 +101,6 @@ class Run:
         retry: RetryPolicy | None = None,
         total: int | None = None,
         recorder: StatsRecorder | None = None,
-        preloaded: ChunkResult | None = None,
         on_progress: Callable[[int], None] | None = None,
         on_finish: Callable[[Run], None] | None = None,
     ) -> None:
@@ -115,10 +114,6 @@ class Run:
         self.job.stop_at_failure = errors == "raise" and not self.retry.retries
         backend.prepare(self.job)
         self.recorder = recorder
-        probed = len(preloaded.chunk.items) if preloaded is not None else 0
-        item_seconds = None
-        if preloaded is not None and preloaded.values:
-            item_seconds = (preloaded.finished - preloaded.started) / len(preloaded.values)
         if chunksize == "auto":
             chunksize = backend.auto_chunksize() or "auto"
         self.sizer = ChunkSizer(
@@ -126,13 +121,11 @@ class Run:
             workers=backend.chunk_slots,
             total=total,
             chunk_overhead=backend.chunk_overhead,
-            item_seconds=item_seconds,
         )
         self.window = max(2, backend.chunk_slots * (2 + backend.prefetch))
-        self._source = chunks(
-            iterable, self.sizer, first_index=probed, first_seq=1 if preloaded else 0
-        )
-        self._preloaded = preloaded
+        self._iterable = iterable
+        self._preloaded: ChunkResult | None = None
+        self._source = chunks(iterable, self.sizer)
         self._on_progress = on_progress
         self._on_finish = on_finish
         self._delayed: list[tuple[float, Chunk]] = []
@@ -143,6 +136,20 @@ class Run:
         self.items_done = 0
         self.finished = False
         self._iterator: Generator[list[Any], None, None] | None = None
+
+    def preload(self, result: ChunkResult) -> None:
+        """Make ``result`` the run's first chunk, already finished (the auto probe's
+        items, run in the caller); the run goes on after its items. Only before
+        the run starts: the caller may keep adding items while a pool boots.
+        """
+        if self._started:
+            raise RuntimeError("a run's first chunk can only be preloaded before it starts")
+        self._preloaded = result
+        if result.values:
+            self.sizer.assume((result.finished - result.started) / len(result.values))
+        self._source = chunks(
+            self._iterable, self.sizer, first_index=len(result.chunk.items), first_seq=1
+        )
 
     # -- iteration -------------------------------------------------------------
 

@@ -6,8 +6,11 @@ copy of the parent's threads or locks. It speaks to its pool over one socket:
     parent -> worker   hello        sys.path, name, initializer, recycling limits
                        header+items one frame (job id, function if new, flags)
                                     and one frame of pickled items per chunk
+                       preload      a header alone (flags None): load the function
+                                    now, its chunks come later
                        STOP         the pickled poison pill
     worker -> parent   ready        the initializer ran
+                       loaded       a preloaded function is loaded
                        result       values, captured exceptions, timings
                        init_failed  the initializer raised; the worker exits
                        retire       max tasks or memory reached; the worker exits
@@ -160,11 +163,14 @@ def main() -> None:
             if header is None:  # the poison pill
                 return STOP
             job_id, function_blob, watch_time = header
-            items_blob = conn.recv_bytes()
             if function_blob is not None:
                 jobs[job_id] = _load(function_blob, "function")
                 while len(jobs) > JOB_CACHE_SIZE:
                     jobs.popitem(last=False)
+            if watch_time is None:  # a preload: the function only, its chunks follow
+                conn.send_bytes(dumps_plain(("loaded",)))
+                continue
+            items_blob = conn.recv_bytes()
             fn = jobs[job_id]
             items = _load(items_blob, "arguments") if not isinstance(fn, BaseException) else fn
             if isinstance(items, BaseException):

@@ -110,7 +110,8 @@ class Backend(ABC):
 
     @property
     def starting(self) -> bool:
-        """True while no worker can take work yet (fresh interpreters booting).
+        """True while no worker can take work yet (fresh interpreters booting,
+        or loading a function handed to :meth:`preload`).
 
         The auto-selector keeps running items in the caller meanwhile.
         """
@@ -127,6 +128,11 @@ class Backend(ABC):
         Raises:
             SerializationError: the job's function cannot cross to the workers.
         """
+
+    def preload(self, job: Job) -> None:  # noqa: B027 - optional hook
+        """Start loading the job's function on the workers now, before its
+        first chunk (the auto-selector calls it while a pool boots, so the
+        workers import the function's module while the caller works)."""
 
     @abstractmethod
     def submit(self, job: Job, chunk: Chunk) -> None:

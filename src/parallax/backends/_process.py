@@ -179,6 +179,10 @@ class ProcessBackend(Backend):
         self._broken: BaseException | None = None
         self._startup_failures = 0
         self._first_ready = threading.Event()
+        self._first_loaded = threading.Event()
+        #: jobs whose function goes to every idle worker before any chunk
+        self._preloads: list[Job] = []
+        self._preloading = False
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         # Closed in _release_resources when the pool ends, not in a with block.
@@ -203,7 +207,19 @@ class ProcessBackend(Backend):
 
     @property
     def starting(self) -> bool:
-        return not self._first_ready.is_set() and self._broken is None and not self._closed
+        if self._broken is not None or self._closed:
+            return False
+        warm = self._first_loaded if self._preloading else self._first_ready
+        return not warm.is_set()
+
+    def preload(self, job: Job) -> None:
+        self.prepare(job)
+        with self._lock:
+            if self._closed:
+                return
+            self._preloading = True
+            self._preloads.append(job)
+        self._wake()
 
     def worker_pids(self) -> list[int]:
         """Process ids of the live workers (for tests and diagnostics)."""
@@ -372,6 +388,8 @@ class ProcessBackend(Backend):
         return True
 
     def _dispatch(self) -> None:
+        if self._preloads:
+            self._send_preloads()
         assignments = []
         with self._lock:
             for worker in self._workers.values():
@@ -386,6 +404,34 @@ class ProcessBackend(Backend):
         # callers submitting meanwhile must not wait for it.
         for worker in assignments:
             self._send(worker)
+
+    def _send_preloads(self) -> None:
+        """Hand preloaded functions to the workers (a respawned one too) until
+        one of them reports it loaded; then chunks carry functions as usual."""
+        with self._lock:
+            if self._first_loaded.is_set():
+                self._preloads.clear()
+                return
+            jobs = self._preloads = [job for job in self._preloads if not job.cancelled]
+            workers = list(self._workers.values())
+        if not jobs or any(worker.busy is not None for worker in workers):
+            # Nothing left to preload, or a worker computes already: warm.
+            self._first_loaded.set()
+            return
+        for job in jobs:
+            for worker in workers:
+                if worker.kill_reason is None and not worker.retiring and job.id not in worker.jobs:
+                    self._remember_job(worker, job)
+                    try:
+                        worker.conn.send_bytes(dumps_plain((job.id, job.payload, None)))
+                    except OSError:
+                        worker.kill(None)  # dead already; the EOF path replaces it
+
+    def _remember_job(self, worker: _Worker, job: Job) -> None:
+        """Note that ``worker`` holds the job's function (mirrors its cache)."""
+        worker.jobs[job.id] = None
+        while len(worker.jobs) > JOB_CACHE_SIZE:
+            worker.jobs.popitem(last=False)
 
     def _next_pending(self) -> tuple[Job, Chunk, bytes] | None:
         while self._pending:
@@ -402,9 +448,7 @@ class ProcessBackend(Backend):
             worker.jobs.move_to_end(job.id)
         else:
             function = job.payload
-            worker.jobs[job.id] = None
-            while len(worker.jobs) > JOB_CACHE_SIZE:
-                worker.jobs.popitem(last=False)
+            self._remember_job(worker, job)
         try:
             worker.conn.send_bytes(dumps_plain((job.id, function, job.timeout is not None)))
             worker.conn.send_bytes(blob)
@@ -445,6 +489,8 @@ class ProcessBackend(Backend):
         elif kind == "ready":
             worker.ready = True
             self._first_ready.set()
+        elif kind == "loaded":
+            self._first_loaded.set()
             self._startup_failures = 0
         elif kind == "chunk_failed":
             busy = worker.busy
