@@ -10,6 +10,7 @@ import pytest
 import parallax
 from helpers import spin
 from parallax._auto import Facts, decide
+from parallax.backends import usable_cpus
 
 CPU20MS = 0  # calibrated below
 
@@ -179,13 +180,36 @@ def _initialized(_: int) -> bool:
     return _state.get("ready", False)
 
 
+def busy_3ms(x: int) -> int:
+    """At least 3 ms of CPU: more than the probe's 2 ms, so it probes one item."""
+    started = time.thread_time()
+    while time.thread_time() - started < 0.003:
+        pass
+    return x
+
+
+def test_no_warm_up_when_the_workers_take_every_core() -> None:
+    from parallax import _pools
+
+    _pools.shutdown_pools(wait=True)
+    with parallax.monitor() as monitor:
+        parallax.map(busy_3ms, range(40), workers=usable_cpus())
+    stats = monitor.runs[-1]
+    assert stats.mode == "process"
+    in_caller = [record for record in stats.task_records if record.worker.startswith("caller")]
+    assert len(in_caller) == 1  # the probe's one item: booting workers need the cores
+
+
 def test_the_caller_works_while_a_cold_process_pool_boots() -> None:
     from parallax import _pools
 
+    if usable_cpus() < 2:
+        pytest.skip("needs a core to spare beside the pool's worker")
     _pools.shutdown_pools(wait=True)  # a cold pool: its interpreters take a while to start
     data = list(range(60))
     with parallax.monitor() as monitor:
-        results = parallax.map(lambda x: spin(150_000) * 0 + x, data)
+        # One worker: the caller has a core of its own to work on meanwhile.
+        results = parallax.map(busy_3ms, data, workers=1)
     assert results == data
     stats = monitor.runs[-1]
     assert stats.mode == "process"
@@ -201,18 +225,20 @@ def test_the_caller_works_while_a_cold_process_pool_boots() -> None:
 def test_the_caller_stops_warming_up_at_a_failure() -> None:
     from parallax import _pools
 
+    if usable_cpus() < 2:
+        pytest.skip("needs a core to spare beside the pool's worker")
     _pools.shutdown_pools(wait=True)
     ran: list[int] = []
 
     def fails_at_one(x: int) -> int:
         ran.append(x)
-        spin(150_000)
+        busy_3ms(x)
         if x == 1:
             raise KeyError(x)
         return x
 
     with pytest.raises(KeyError):
-        parallax.map(fails_at_one, range(40))
+        parallax.map(fails_at_one, range(40), workers=1)
     # item 0 was the probe, item 1 failed while the workers booted: in the
     # caller nothing ran after it (the workers' items append to their own copy)
     assert ran == [0, 1]

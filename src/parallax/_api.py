@@ -276,11 +276,14 @@ def _launch(
         )
         try:
             if measured is not None and measured.items:
-                if backend.starting and not isinstance(measured.outcomes[-1], Failure):
+                if (backend.starting and backend.workers < measured.facts.cpus
+                        and not isinstance(measured.outcomes[-1], Failure)):
                     # Fresh worker interpreters take tens of milliseconds (more
                     # if they import heavy modules) to boot: they load the
                     # function meanwhile, and the caller, which ran the probe,
                     # goes on with the next items until one of them is ready.
+                    # Only with a core to spare: booting is CPU work too, and
+                    # a caller competing with it for the cores gains nothing.
                     backend.preload(run.job)
                     probe_more(call, source, measured, while_=lambda: backend.starting)
                 run.preload(_probed_chunk(measured, options.timeout))
