@@ -47,3 +47,11 @@ def spin(n: int) -> int:
     for i in range(n):
         total += i * i
     return total
+
+
+def busy_3ms(x: int) -> int:
+    """At least 3 ms of CPU: more than the auto probe's 2 ms, so it probes one item."""
+    started = time.thread_time()
+    while time.thread_time() - started < 0.003:
+        pass
+    return x

@@ -8,7 +8,7 @@ import time
 import pytest
 
 import parallax
-from helpers import spin
+from helpers import busy_3ms, spin
 from parallax._auto import Facts, decide
 from parallax.backends import usable_cpus
 
@@ -180,14 +180,6 @@ def _initialized(_: int) -> bool:
     return _state.get("ready", False)
 
 
-def busy_3ms(x: int) -> int:
-    """At least 3 ms of CPU: more than the probe's 2 ms, so it probes one item."""
-    started = time.thread_time()
-    while time.thread_time() - started < 0.003:
-        pass
-    return x
-
-
 def test_no_warm_up_when_the_workers_take_every_core() -> None:
     from parallax import _pools
 
@@ -209,7 +201,9 @@ def test_the_caller_works_while_a_cold_process_pool_boots() -> None:
     if usable_cpus() < 2:
         pytest.skip("needs a core to spare beside the pool's worker")
     _pools.shutdown_pools(wait=True)  # a cold pool: its interpreters take a while to start
-    data = list(range(60))
+    # busy_3ms lives in a light module, so a worker loads it fast even where
+    # nothing is byte-compiled yet; 300 items of 3 ms outlast any boot.
+    data = list(range(300))
     with parallax.monitor() as monitor:
         # One worker: the caller has a core of its own to work on meanwhile.
         results = parallax.map(busy_3ms, data, workers=1)
