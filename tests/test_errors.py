@@ -200,3 +200,22 @@ def test_serial_retries_still_run_the_rest_of_the_chunk() -> None:
 
     assert parallax.map(flaky, range(10), mode="serial", retries=1) == [x * 2 for x in range(10)]
     assert attempts == {x: 2 if x == 3 else 1 for x in range(10)}
+
+
+def test_raise_stops_a_chunk_at_its_failing_item(backend: Backend, tmp_path: Path) -> None:
+    # One chunk, one worker: with errors="raise" nothing after the failing
+    # item runs in it, as in a for loop. Each call leaves a file, which a
+    # worker process can do too.
+    if backend.coroutines:
+        pytest.skip("asyncio runs a chunk's items concurrently: the later ones have started")
+    marks = str(tmp_path)
+
+    def marked(x: int) -> int:
+        Path(marks, str(x)).touch()
+        if x == 20:
+            raise Boom("bad item 20")
+        return x
+
+    with pytest.raises(Boom, match="bad item 20"):
+        backend.map(marked, range(200), chunksize=200, workers=1)
+    assert sorted(int(name) for name in os.listdir(marks)) == list(range(21))

@@ -159,10 +159,10 @@ def main() -> None:
 
     def next_task() -> Task | None:
         while True:
-            header: tuple[int, bytes | None, bool] | None = loads(conn.recv_bytes())
+            header: tuple[int, bytes | None, bool | None, bool] | None = loads(conn.recv_bytes())
             if header is None:  # the poison pill
                 return STOP
-            job_id, function_blob, watch_time = header
+            job_id, function_blob, watch_time, stop_at_failure = header
             if function_blob is not None:
                 jobs[job_id] = _load(function_blob, "function")
                 while len(jobs) > JOB_CACHE_SIZE:
@@ -179,7 +179,7 @@ def main() -> None:
                 conn.send_bytes(dumps_plain(("chunk_failed", failure)))
                 continue
             assert not isinstance(fn, BaseException)
-            return fn, Chunk.fresh(0, 0, items), watch_time, None
+            return fn, Chunk.fresh(0, 0, items), watch_time, stop_at_failure, None
 
     max_memory: int | None = hello["max_memory"]
 

@@ -379,9 +379,10 @@ def run_chunk(
 
 
 #: What a worker loop pulls: the function, the chunk, whether to track item
-#: start times (a timeout is set), and an opaque tag handed back with the result.
+#: start times (a timeout is set), whether to stop the chunk at its first
+#: failure (``Job.stop_at_failure``), and an opaque tag handed back with the result.
 if TYPE_CHECKING:
-    Task = tuple[Callable[[Any], Any], Chunk, bool, Any]
+    Task = tuple[Callable[[Any], Any], Chunk, bool, bool, Any]
 
 
 def worker_loop(
@@ -410,7 +411,7 @@ def worker_loop(
             task = next_task()
             if task is STOP:
                 return False
-            fn, chunk, watch_time, tag = task
+            fn, chunk, watch_time, stop_at_failure, tag = task
             token += 1.0
             mark[MARK_TOKEN] = token
             values: list[Any] = []
@@ -427,6 +428,7 @@ def worker_loop(
                 watch_time=watch_time,
                 track_position=track_position,
                 failures=failures,
+                stop_at_failure=stop_at_failure,
             )
             mark[MARK_POSITION] = -1.0
             result.worker = name

@@ -199,7 +199,8 @@ def _unpickle(blob: bytes, what: str) -> Any:
 
 
 def _run_on_worker(
-    token: str, fn_blob: bytes, items_blob: bytes, timeout: float | None
+    token: str, fn_blob: bytes, items_blob: bytes, timeout: float | None,
+    stop_at_failure: bool = False,
 ) -> _Outcome:
     """The Dask task of one chunk: run its items, capture values and exceptions.
 
@@ -223,7 +224,8 @@ def _run_on_worker(
     previous = set_inside_worker(True)  # nested parallax calls degrade to serial
     try:
         if timeout is None:
-            result = run_chunk(fn, chunk, new_mark(), [], watch_time=False, track_position=False)
+            result = run_chunk(fn, chunk, new_mark(), [], watch_time=False, track_position=False,
+                               stop_at_failure=stop_at_failure)
         else:
             result, timed_out_at = _run_watched(fn, chunk, timeout)
     finally:
@@ -657,6 +659,7 @@ class DaskBackend(Backend):
                 fn,
                 items,
                 job.timeout,
+                job.stop_at_failure,
                 key=key,
                 pure=False,
             )

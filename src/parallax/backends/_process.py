@@ -423,7 +423,7 @@ class ProcessBackend(Backend):
                 if worker.kill_reason is None and not worker.retiring and job.id not in worker.jobs:
                     self._remember_job(worker, job)
                     try:
-                        worker.conn.send_bytes(dumps_plain((job.id, job.payload, None)))
+                        worker.conn.send_bytes(dumps_plain((job.id, job.payload, None, False)))
                     except OSError:
                         worker.kill(None)  # dead already; the EOF path replaces it
 
@@ -450,7 +450,9 @@ class ProcessBackend(Backend):
             function = job.payload
             self._remember_job(worker, job)
         try:
-            worker.conn.send_bytes(dumps_plain((job.id, function, job.timeout is not None)))
+            worker.conn.send_bytes(
+                dumps_plain((job.id, function, job.timeout is not None, job.stop_at_failure))
+            )
             worker.conn.send_bytes(blob)
         except OSError:
             worker.kill(None)  # dead already; the EOF path reports the chunk

@@ -145,7 +145,7 @@ class ThreadBackend(Backend):
             if not job.claim(chunk):
                 continue
             worker.current = task
-            return job.fn, chunk, job.timeout is not None, job
+            return job.fn, chunk, job.timeout is not None, job.stop_at_failure, job
         return STOP
 
     def _report(self, worker: _ThreadWorker, result: ChunkResult, job: Job) -> None:
