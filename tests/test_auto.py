@@ -268,3 +268,13 @@ def test_the_thread_overlap_probe_keeps_every_item_in_order() -> None:
         else:
             assert outcome == digest(items[index])
     assert measured.ends == sorted(measured.ends)
+
+
+def test_io_thread_counts_are_coarse_so_similar_calls_share_a_pool() -> None:
+    # A 10 ms sleep measures anywhere from 20 to 200 µs of CPU: one pool size.
+    sizes = {decide(Facts(probed=1, item_wall=0.01, item_cpu=cpu, total=1000, cpus=2)).workers
+             for cpu in (20e-6, 50e-6, 100e-6, 150e-6, 200e-6)}
+    assert sizes == {256}
+    for cpu in (0.001, 0.002, 0.004, 0.0045):
+        workers = decide(Facts(probed=1, item_wall=0.01, item_cpu=cpu, total=1000, cpus=2)).workers
+        assert workers in (4, 16, 64, 256)
