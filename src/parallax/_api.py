@@ -274,22 +274,12 @@ def _launch(
             on_progress=reporter.advance if reporter else None,
             record_tasks=options.record_tasks,
         )
-        try:
-            if measured is not None and measured.items:
-                if (backend.starting and backend.workers < measured.facts.cpus
-                        and not isinstance(measured.outcomes[-1], Failure)):
-                    # Fresh worker interpreters take tens of milliseconds (more
-                    # if they import heavy modules) to boot: they load the
-                    # function meanwhile, and the caller, which ran the probe,
-                    # goes on with the next items until one of them is ready.
-                    # Only with a core to spare: booting is CPU work too, and
-                    # a caller competing with it for the cores gains nothing.
-                    backend.preload(run.job)
-                    probe_more(call, source, measured, while_=lambda: backend.starting)
-                run.preload(_probed_chunk(measured, options.timeout))
-        except BaseException:
-            run.close()
-            raise
+        if measured is not None and measured.items:
+            try:
+                _hand_over_probe(run, measured, call, source, options.timeout)
+            except BaseException:
+                run.close()
+                raise
     except BaseException:
         executor.shutdown(wait=False)
         raise
@@ -300,6 +290,22 @@ def _launch(
         executor.shutdown(wait=True)
 
     return _Launch(executor, run, finish)
+
+
+def _hand_over_probe(run: Run, measured: Probe, call: Callable[[Any], Any],
+                     source: Iterator[Any], timeout: float | None) -> None:
+    """Make the probed items the run's first results, once the pool can take over."""
+    backend = run.backend
+    if (backend.starting and backend.workers < measured.facts.cpus
+            and not isinstance(measured.outcomes[-1], Failure)):
+        # Fresh worker interpreters take tens of milliseconds (more if they
+        # import heavy modules) to boot: they load the function meanwhile, and
+        # the caller, which ran the probe, goes on with the next items until
+        # one of them is ready. Only with a core to spare: booting is CPU work
+        # too, and a caller competing with it for the cores gains nothing.
+        backend.preload(run.job)
+        probe_more(call, source, measured, while_=lambda: backend.starting)
+    run.preload(_probed_chunk(measured, timeout))
 
 
 def _probed_chunk(measured: Probe, timeout: float | None) -> ChunkResult:
