@@ -135,3 +135,18 @@ def test_ordered_raise_yields_everything_before_the_first_failure(policy_mode: s
     with pytest.raises(ValueError, match="item 2"):
         seen.extend(results)
     assert seen == [0, 1]
+
+
+def test_a_function_that_grows_its_own_input_runs_over_the_input_as_given(
+    backend: Backend,
+) -> None:
+    # The last chunk of a list is a view, not a copy: it must not run on into
+    # items appended while the run goes on (nor hang counting them).
+    data = list(range(300))
+
+    def grow(x: int) -> int:
+        data.append(x)
+        return x
+
+    assert backend.map(grow, data) == list(range(300))
+    assert backend.map(grow, data[:300], chunksize=7) == list(range(300))

@@ -113,20 +113,25 @@ class ChunkSizer:
 
 
 class Tail(Sequence[Any]):
-    """The items of a list or tuple from ``start`` to its end, without copying them.
+    """The items of a list or tuple from ``start`` to its end (``stop``: the
+    length it had when the run began), without copying them.
 
-    Pickles as a plain list of those items, so a process worker receives
-    only them.
+    Its length is fixed, as a slice's would be: items the function appends to
+    its own input while the run goes on are not run (nor would they be by any
+    other mode). Pickles as a plain list of its
+    items, so a process worker receives only them.
     """
 
-    __slots__ = ("_source", "_start")
+    __slots__ = ("_length", "_source", "_start")
 
-    def __init__(self, source: list[Any] | tuple[Any, ...], start: int) -> None:
+    def __init__(self, source: list[Any] | tuple[Any, ...], start: int,
+                 stop: int | None = None) -> None:
         self._source = source
         self._start = start
+        self._length = max(0, (len(source) if stop is None else stop) - start)
 
     def __len__(self) -> int:
-        return max(0, len(self._source) - self._start)
+        return self._length
 
     @overload
     def __getitem__(self, index: int) -> Any: ...
@@ -138,21 +143,23 @@ class Tail(Sequence[Any]):
         if isinstance(index, slice):
             return list(self)[index]
         if index < 0:
-            index += len(self)
-        if not 0 <= index < len(self):
+            index += self._length
+        if not 0 <= index < self._length:
             raise IndexError("Tail index out of range")
         return self._source[self._start + index]
 
     def __iter__(self) -> Iterator[Any]:
         iterator = iter(self._source)
         iterator.__setstate__(self._start)  # type: ignore[attr-defined]
-        return iterator
+        # Bounded (2% of the cost of x * 2): a live list iterator would run
+        # on into items appended meanwhile.
+        return itertools.islice(iterator, self._length)
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (list, (list(self),))
 
     def __repr__(self) -> str:
-        return f"Tail({len(self)} items from index {self._start})"
+        return f"Tail({self._length} items from index {self._start})"
 
 
 def chunks(
@@ -168,12 +175,14 @@ def chunks(
     seq = first_seq
     consumed = first_index
     if isinstance(source, list | tuple | range):
-        total = len(source)
+        # The length the run started with: what the function appends to its
+        # own input meanwhile is not part of the run.
+        total = sizer.total if sizer.total is not None else len(source)
         while consumed < total:
             end = consumed + sizer.next_size(consumed)
             items: Sequence[Any]
             if end >= total and not isinstance(source, range):
-                items = Tail(source, consumed)
+                items = Tail(source, consumed, total)
             else:
                 # A slice of a range is a range: it pickles in a few bytes
                 # instead of one entry per item.
