@@ -82,6 +82,8 @@ def test_a_tail_view_reads_the_source_without_copying() -> None:
     with pytest.raises(IndexError):
         tail[3]
     assert pickle.loads(pickle.dumps(tail)) == [7, 8, 9]  # only its own items travel
+    source[8] = 80  # a view: it reads the source, it holds no copy
+    assert tail[1] == 80 and list(tail) == [7, 80, 9]
     assert list(Tail((1, 2, 3), 1)) == [2, 3]
 
 

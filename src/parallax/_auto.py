@@ -211,6 +211,15 @@ class Probe:
     started: float = 0.0
     cpu: float = 0.0
 
+    def run_one(self, fn: Callable[[Any], Any], item: Any) -> tuple[Any, float]:
+        """Run ``fn(item)`` in this thread and keep its outcome; its (outcome, wall time)."""
+        outcome, wall, cpu = _timed_call(fn, item)
+        self.items.append(item)
+        self.outcomes.append(outcome)
+        self.ends.append(perf_counter())
+        self.cpu += cpu
+        return outcome, wall
+
 
 def _timed_call(fn: Callable[[Any], Any], item: Any) -> tuple[Any, float, float]:
     wall_started = perf_counter()
@@ -238,26 +247,20 @@ def probe(
     if coroutine:
         return Probe(Facts(coroutine=True, total=total, gil_enabled=gil, cpus=cpus))
     result = Probe(Facts(total=total, gil_enabled=gil, cpus=cpus), started=perf_counter())
-    wall_total = cpu_total = 0.0
+    wall_total = 0.0
     runqueue_before = _runqueue_seconds()
     for item in source:
-        outcome, wall, cpu = _timed_call(fn, item)
-        result.items.append(item)
-        result.outcomes.append(outcome)
-        result.ends.append(perf_counter())
-        wall_total += wall
-        cpu_total += cpu
+        wall_total += result.run_one(fn, item)[1]
         if wall_total >= PROBE_SECONDS or len(result.items) >= PROBE_ITEMS:
             break
     count = len(result.items)
-    result.cpu = cpu_total
     if count == 0:
         return result
     runqueue = max(0.0, _runqueue_seconds() - runqueue_before)
     facts = Facts(
         probed=count,
         item_wall=wall_total / count,
-        item_cpu=cpu_total / count,
+        item_cpu=result.cpu / count,
         item_runqueue=min(runqueue, wall_total) / count,
         total=total,
         gil_enabled=gil,
@@ -288,14 +291,7 @@ def probe_more(
     deadline = perf_counter() + budget
     while while_() and perf_counter() < deadline:
         item = next(source, _END)
-        if item is _END:
-            return
-        outcome, _, cpu = _timed_call(fn, item)
-        result.items.append(item)
-        result.outcomes.append(outcome)
-        result.ends.append(perf_counter())
-        result.cpu += cpu
-        if isinstance(outcome, Failure):
+        if item is _END or isinstance(result.run_one(fn, item)[0], Failure):
             return
 
 

@@ -118,8 +118,8 @@ class Tail(Sequence[Any]):
 
     Its length is fixed, as a slice's would be: items the function appends to
     its own input while the run goes on are not run (nor would they be by any
-    other mode). Pickles as a plain list of its
-    items, so a process worker receives only them.
+    other mode). Pickles as a plain list of its items, so a process worker
+    receives only them.
     """
 
     __slots__ = ("_length", "_source", "_start")
