@@ -10,7 +10,7 @@ import pytest
 import parallax
 from helpers import busy_3ms, spin
 from parallax._auto import Facts, decide
-from parallax.backends import usable_cpus
+from parallax._host import usable_cpus
 
 CPU20MS = 0  # calibrated below
 

@@ -22,8 +22,8 @@ import pytest
 
 import parallax
 from parallax import _cli
-from parallax._auto import gil_enabled
-from parallax.backends import available_modes, usable_cpus
+from parallax._host import gil_enabled, usable_cpus
+from parallax.backends import available_modes
 
 ALL_MODES = ("auto", "serial", "thread", "process", "free-threaded", "asyncio", "dask")
 

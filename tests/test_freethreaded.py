@@ -9,7 +9,7 @@ import pytest
 
 import parallax
 from helpers import spin
-from parallax import _auto
+from parallax import _host
 from parallax.backends import _freethreaded
 
 
@@ -22,7 +22,7 @@ def test_default_workers_are_the_usable_cpus() -> None:
         assert executor.workers == parallax.backends.usable_cpus()
 
 
-@pytest.mark.skipif(not _auto.gil_enabled(), reason="only a GIL build warns")
+@pytest.mark.skipif(not _host.gil_enabled(), reason="only a GIL build warns")
 def test_warns_once_on_a_gil_build(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_freethreaded, "_warned", False)
     executors = []
@@ -36,17 +36,17 @@ def test_warns_once_on_a_gil_build(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_gil_detection(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "_is_gil_enabled", lambda: False, raising=False)
-    assert _auto.gil_enabled() is False
+    assert _host.gil_enabled() is False
     monkeypatch.delattr(sys, "_is_gil_enabled", raising=False)
     monkeypatch.setattr(sysconfig, "get_config_var", lambda name: 1)
-    assert _auto.gil_enabled() is False
+    assert _host.gil_enabled() is False
     monkeypatch.setattr(sysconfig, "get_config_var", lambda name: 0)
-    assert _auto.gil_enabled() is True
+    assert _host.gil_enabled() is True
 
 
 def test_auto_picks_free_threaded_when_the_gil_is_off(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_auto, "gil_enabled", lambda: False)
-    monkeypatch.setattr(_auto, "usable_cpus", lambda: 4)
+    monkeypatch.setattr(_host, "gil_enabled", lambda: False)
+    monkeypatch.setattr(_host, "usable_cpus", lambda: 4)
     plan = parallax.plan(lambda x: spin(300_000), range(20))
     assert plan.mode == "free-threaded"
     assert "GIL disabled" in plan.reason

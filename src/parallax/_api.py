@@ -41,8 +41,8 @@ from ._config import (
     resolve_mode,
 )
 from ._executor import Executor, collect
-from ._gather import ErrorPolicy, RetryPolicy, Run
 from ._progress import make_reporter
+from ._run import ErrorPolicy, RetryPolicy, Run
 from ._worker import Chunk, ChunkResult, Failure, StarCall, flag_overruns
 from .backends import WorkerSetup
 
@@ -560,10 +560,10 @@ class ParallelFunction(Generic[P, R]):
 
 
 def _no_facts() -> Any:
-    from ._auto import Facts, gil_enabled
-    from .backends import usable_cpus
+    from . import _host
+    from ._auto import Facts
 
-    return Facts(gil_enabled=gil_enabled(), cpus=usable_cpus())
+    return Facts(gil_enabled=_host.gil_enabled(), cpus=_host.usable_cpus())
 
 
 class ParallelDecorator(Protocol):

@@ -11,20 +11,18 @@ results of the run: nothing is computed twice.
 from __future__ import annotations
 
 import math
-import sys
-import sysconfig
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from time import perf_counter, thread_time
 from typing import Any, Final
 
+from . import _host
 from ._chunking import ChunkSizer
 from ._serialize import dumps
 from ._worker import Failure
-from .backends import usable_cpus
 
-__all__ = ["Facts", "Plan", "Probe", "decide", "gil_enabled", "probe", "probe_more"]
+__all__ = ["Facts", "Plan", "Probe", "decide", "probe", "probe_more"]
 
 #: below this much total work, starting or even feeding a pool costs more
 SERIAL_BUDGET: Final = 0.005
@@ -53,14 +51,6 @@ OVERLAP_MAX_ITEMS: Final = 64
 WARMUP_BUDGET: Final = 5.0
 
 _END: Final = object()
-
-
-def gil_enabled() -> bool:
-    """Whether this interpreter runs with the GIL (True on ordinary builds)."""
-    check = getattr(sys, "_is_gil_enabled", None)
-    if check is not None:
-        return bool(check())
-    return not sysconfig.get_config_var("Py_GIL_DISABLED")
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,8 +232,8 @@ def probe(
     check_threads: bool = True,
 ) -> Probe:
     """Run the first item(s) of ``source`` in the caller and measure them."""
-    cpus = usable_cpus()
-    gil = gil_enabled()
+    cpus = _host.usable_cpus()
+    gil = _host.gil_enabled()
     if coroutine:
         return Probe(Facts(coroutine=True, total=total, gil_enabled=gil, cpus=cpus))
     result = Probe(Facts(total=total, gil_enabled=gil, cpus=cpus), started=perf_counter())

@@ -31,10 +31,10 @@ from typing import Any, Final
 from . import __version__
 from ._api import map as parallel_map
 from ._api import plan
-from ._auto import gil_enabled
 from ._config import ENVIRONMENT_VARIABLE, Mode, using
+from ._host import gil_enabled, usable_cpus
 from ._stats import Stats, monitor
-from .backends import available_modes, usable_cpus
+from .backends import available_modes
 
 __all__ = ["main"]
 

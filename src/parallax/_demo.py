@@ -18,10 +18,9 @@ from dataclasses import dataclass
 from typing import Final, TextIO
 
 from ._api import map as parallel_map
-from ._auto import gil_enabled
 from ._config import using
+from ._host import gil_enabled, usable_cpus
 from ._stats import Monitor, Stats, monitor
-from .backends import usable_cpus
 
 __all__ = ["CPU_ITEMS", "IO_ITEMS", "SLEEP_SECONDS", "run_demo", "sleepy", "spin"]
 

@@ -18,8 +18,8 @@ from typing import Any, TypeVar
 
 from typing_extensions import ParamSpec
 
-from . import _pools
-from ._auto import Facts, decide, gil_enabled
+from . import _host, _pools
+from ._auto import Facts, decide
 from ._config import (
     check_callable,
     check_chunksize,
@@ -34,10 +34,10 @@ from ._config import (
     merge_options,
     resolve,
 )
-from ._gather import ErrorPolicy, Raised, RetryPolicy, Run
+from ._run import ErrorPolicy, Raised, RetryPolicy, Run
 from ._stats import Stats, StatsRecorder
 from ._worker import BoundCall, Chunk, ChunkResult, Job, StarCall
-from .backends import Backend, WorkerSetup, usable_cpus
+from .backends import Backend, WorkerSetup
 
 __all__ = ["Executor"]
 
@@ -133,7 +133,7 @@ class Executor(_StdExecutor):
         options = merge_options(check_options(backend_options))
         resolved, reason = resolve(mode)
         if resolved == "auto":
-            plan = decide(Facts(gil_enabled=gil_enabled(), cpus=usable_cpus()), workers)
+            plan = decide(Facts(gil_enabled=_host.gil_enabled(), cpus=_host.usable_cpus()), workers)
             resolved, reason = plan.mode, plan.reason
         setup = WorkerSetup(initializer, initargs, max_tasks)
         backend = _pools.new_backend(resolved, workers=workers, setup=setup, options=options)

@@ -436,7 +436,7 @@ class StatsRecorder:
                 chunk = result.chunk
                 # The input itself is kept (described only when read): a
                 # repr per candidate would cost more than the items it times.
-                entry = (seconds, chunk.start + chunk.positions[offset], next(_ties),
+                entry = (seconds, chunk.index_of(offset), next(_ties),
                          chunk.items[offset])
                 if len(slowest) < keep:
                     heapq.heappush(slowest, entry)

@@ -117,6 +117,10 @@ class Chunk:
     def fresh(cls, seq: int, start: int, items: Sequence[Any]) -> Chunk:
         return cls(seq, start, items, range(len(items)))
 
+    def index_of(self, offset: int) -> int:
+        """The input index of this chunk's item at ``offset``."""
+        return self.start + self.positions[offset]
+
 
 class Failure:
     """An exception captured in a worker, with its traceback as text."""
@@ -491,7 +495,7 @@ def flag_overruns(result: ChunkResult, timeout: float, why: str) -> None:
     previous = result.started
     for position, end in enumerate(ends):
         if end - previous > timeout:
-            index = chunk.start + chunk.positions[position]
+            index = chunk.index_of(position)
             error = TaskTimeoutError(
                 f"item {index} ({describe_item(chunk.items[position])}) ran "
                 f"{end - previous:.3g} s, over the {timeout:g} s timeout "

@@ -4,7 +4,7 @@ A backend is an engine that runs chunks: it starts workers, accepts a chunk
 (:meth:`Backend.submit`), hands each finished chunk back through the job's
 ``deliver`` callback, drops what a cancelled job has not started, and shuts
 down. It knows nothing about ordering, error policy, retries or stats: the
-run driver (``parallax._gather``) does all of that once for every backend.
+run driver (``parallax._run``) does all of that once for every backend.
 
 Built-in backends are imported by name on first use, so ``import parallax``
 never imports dask. ``register_backend`` plugs in a new one.
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import os
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -22,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from .._errors import ParallaxError
+from .._host import usable_cpus
 from .._worker import Chunk, ChunkResult, Failure, Job, new_mark, run_chunk
 
 __all__ = [
@@ -43,17 +43,6 @@ __all__ = [
     "run_chunk",
     "usable_cpus",
 ]
-
-
-def usable_cpus() -> int:
-    """CPUs this process may run on (affinity and cgroup-aware where Python is)."""
-    counter = getattr(os, "process_cpu_count", None)  # Python 3.13+
-    if counter is not None:
-        return int(counter() or 1)
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 @dataclass(frozen=True, slots=True)

@@ -182,7 +182,7 @@ class AsyncioBackend(Backend):
                     except TimeoutError:
                         if not scope.expired():
                             raise
-                        index = chunk.start + chunk.positions[position]
+                        index = chunk.index_of(position)
                         error = TaskTimeoutError(
                             f"item {index} ({describe_item(chunk.items[position])}) ran past "
                             f"the {job.timeout:g} s timeout; its coroutine was cancelled"

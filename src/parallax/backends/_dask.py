@@ -99,6 +99,7 @@ from .._errors import (
     describe_item,
     format_worker_traceback,
 )
+from .._host import usable_cpus
 from .._procworker import JOB_CACHE_SIZE, decode_failure, encode_failure, encode_result
 from .._serialize import argument_error, dumps, dumps_function, find_unpicklable, loads
 from .._worker import (
@@ -114,7 +115,7 @@ from .._worker import (
     run_chunk,
     set_inside_worker,
 )
-from . import Backend, WorkerSetup, failed_chunk, initializer_error, usable_cpus
+from . import Backend, WorkerSetup, failed_chunk, initializer_error
 
 __all__ = ["SCATTER_THRESHOLD", "DaskBackend"]
 
@@ -945,7 +946,7 @@ def _decode(chunk: Chunk, outcome: _Outcome, timeout: float | None) -> ChunkResu
     )
     position = outcome.timed_out_at
     if position >= 0:
-        index = chunk.start + chunk.positions[position]
+        index = chunk.index_of(position)
         result.interruption = TaskTimeoutError(
             f"item {index} ({describe_item(chunk.items[position])}) ran past the "
             f"{timeout:g} s timeout on dask worker {outcome.worker}; Dask cannot stop a "
@@ -969,7 +970,7 @@ def _crashed(chunk: Chunk, error: BaseException, position: int) -> ChunkResult:
     if position == SOMEWHERE:
         what = f"a chunk of {len(chunk.items)} items"
     else:
-        index = chunk.start + chunk.positions[position]
+        index = chunk.index_of(position)
         what = f"item {index} ({describe_item(chunk.items[position])})"
     crash = WorkerCrashedError(
         f"{what} killed the dask worker running it {times}(the last: {worker or 'unknown'}), "
@@ -1003,7 +1004,7 @@ def _pickling_error(chunk: Chunk, exc: BaseException) -> ChunkResult:
         error.__cause__ = exc
         return failed_chunk(chunk, error)
     position, reason = culprit
-    index = chunk.start + chunk.positions[position]
+    index = chunk.index_of(position)
     return ChunkResult(
         chunk,
         [],

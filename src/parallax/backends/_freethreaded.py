@@ -13,8 +13,8 @@ import threading
 import warnings
 from pathlib import Path
 
-from .._auto import gil_enabled
-from . import WorkerSetup, usable_cpus
+from .._host import gil_enabled, usable_cpus
+from . import WorkerSetup
 from ._thread import ThreadBackend
 
 _warned = False

@@ -43,6 +43,7 @@ from time import perf_counter
 from typing import Any
 
 from .._errors import ParallaxError, TaskTimeoutError, WorkerCrashedError, describe_item
+from .._host import usable_cpus
 from .._procworker import JOB_CACHE_SIZE, decode_failure
 from .._serialize import (
     argument_error,
@@ -64,7 +65,7 @@ from .._worker import (
     Job,
     Mark,
 )
-from . import Backend, WorkerSetup, failed_chunk, initializer_error, usable_cpus
+from . import Backend, WorkerSetup, failed_chunk, initializer_error
 
 logger = logging.getLogger("parallax")
 
@@ -241,7 +242,7 @@ class ProcessBackend(Backend):
         except Exception:
             culprit = find_unpicklable(chunk.items)
             position, exc = culprit if culprit else (0, RuntimeError("pickling failed"))
-            index = chunk.start + chunk.positions[position]
+            index = chunk.index_of(position)
             job.deliver(
                 ChunkResult(
                     chunk,
@@ -568,7 +569,7 @@ class ProcessBackend(Backend):
                 exitcode=exitcode,
                 worker=worker.name,
             )
-        index = chunk.start + chunk.positions[position]
+        index = chunk.index_of(position)
         return WorkerCrashedError(
             f"worker {worker.name} (pid {worker.popen.pid}) {signal_description(exitcode)} "
             f"while running item {index} ({describe_item(chunk.items[position])}); "
@@ -602,7 +603,7 @@ class ProcessBackend(Backend):
             if position < 0 or now - worker.mark[MARK_STARTED] <= timeout:
                 continue
             chunk = busy[1]
-            index = chunk.start + chunk.positions[position]
+            index = chunk.index_of(position)
             worker.kill(
                 TaskTimeoutError(
                     f"item {index} ({describe_item(chunk.items[position])}) ran past the "

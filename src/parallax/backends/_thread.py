@@ -21,6 +21,7 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from .._errors import ParallaxError, TaskTimeoutError, describe_item
+from .._host import thread_pool_default
 from .._worker import (
     MARK_POSITION,
     MARK_STARTED,
@@ -33,7 +34,7 @@ from .._worker import (
     new_mark,
     worker_loop,
 )
-from . import Backend, WorkerSetup, failed_chunk, usable_cpus
+from . import Backend, WorkerSetup, failed_chunk
 
 if TYPE_CHECKING:
     from .._worker import Task
@@ -41,11 +42,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger("parallax")
 
 _pool_ids = itertools.count(1)
-
-
-def default_thread_workers() -> int:
-    """Like the standard library: enough threads to overlap waiting, capped."""
-    return min(32, usable_cpus() + 4)
 
 
 class _ThreadWorker:
@@ -85,7 +81,7 @@ class ThreadBackend(Backend):
 
     @classmethod
     def default_workers(cls) -> int:
-        return default_thread_workers()
+        return thread_pool_default()
 
     @property
     def broken(self) -> BaseException | None:
@@ -198,7 +194,7 @@ class ThreadBackend(Backend):
             done = list(values[:position])
             failed = {offset: failure for offset, failure in failures.items() if offset < position}
         job, chunk = current
-        index = chunk.start + chunk.positions[position]
+        index = chunk.index_of(position)
         error = TaskTimeoutError(
             f"item {index} ({describe_item(chunk.items[position])}) ran past the "
             f"{timeout:g} s timeout in {worker.name}; the thread was abandoned "
