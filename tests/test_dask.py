@@ -31,7 +31,7 @@ from conftest import start_dask_cluster, wait_until  # noqa: E402
 from faults import FailOnce, Faulty, failing_initializer, record_pid  # noqa: E402
 from helpers import Boom, add, double, fail_on, nap, where  # noqa: E402
 from parallax import _pools  # noqa: E402
-from parallax._worker import Job  # noqa: E402
+from parallax._units import Job  # noqa: E402
 from parallax.backends._dask import DaskBackend  # noqa: E402
 
 pytestmark = pytest.mark.dask

@@ -99,7 +99,7 @@ def test_a_preloaded_function_is_loaded_before_its_first_chunk() -> None:
     import queue
     import time
 
-    from parallax._worker import Chunk, ChunkResult, Job
+    from parallax._units import Chunk, ChunkResult, Job
     from parallax.backends._process import ProcessBackend
 
     backend = ProcessBackend(workers=1)

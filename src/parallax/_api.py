@@ -43,7 +43,8 @@ from ._config import (
 from ._executor import Executor, collect
 from ._progress import make_reporter
 from ._run import ErrorPolicy, RetryPolicy, Run
-from ._worker import Chunk, ChunkResult, Failure, StarCall, flag_overruns
+from ._units import Chunk, ChunkResult, Failure
+from ._worker import StarCall, flag_overruns
 from .backends import WorkerSetup
 
 __all__ = ["ParallelFunction", "amap", "imap", "map", "parallel", "plan", "starmap"]

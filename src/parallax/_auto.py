@@ -20,7 +20,7 @@ from typing import Any, Final
 from . import _host
 from ._chunking import ChunkSizer
 from ._serialize import dumps
-from ._worker import Failure
+from ._units import Failure
 
 __all__ = ["Facts", "Plan", "Probe", "decide", "probe", "probe_more"]
 

@@ -27,7 +27,7 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Final, overload
 
-from ._worker import Chunk
+from ._units import Chunk
 
 __all__ = ["ChunkSizer", "Tail", "chunks"]
 

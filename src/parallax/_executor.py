@@ -36,7 +36,8 @@ from ._config import (
 )
 from ._run import ErrorPolicy, Raised, RetryPolicy, Run
 from ._stats import Stats, StatsRecorder
-from ._worker import BoundCall, Chunk, ChunkResult, Job, StarCall
+from ._units import Chunk, ChunkResult, Job
+from ._worker import BoundCall, StarCall
 from .backends import Backend, WorkerSetup
 
 __all__ = ["Executor"]
@@ -58,7 +59,7 @@ class _FutureJob(Job):
         self.future = future
 
     def claim(self, chunk: Chunk) -> bool:
-        return not self.cancelled and self.future.set_running_or_notify_cancel()
+        return self.wants(chunk) and self.future.set_running_or_notify_cancel()
 
     def _settle(self, result: ChunkResult) -> None:
         future = self.future

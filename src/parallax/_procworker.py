@@ -33,17 +33,9 @@ from collections import OrderedDict
 # by pickle itself, only when a function travelled by value).
 from ._errors import SerializationError
 from ._serialize import dumps_plain, loads, result_error
+from ._units import Chunk, ChunkResult, Failure
 from ._wire import Channel
-from ._worker import (
-    MARK_SIZE,
-    STOP,
-    Chunk,
-    ChunkResult,
-    Failure,
-    Mark,
-    mark_process_as_worker,
-    worker_loop,
-)
+from ._worker import MARK_SIZE, STOP, Mark, mark_process_as_worker, worker_loop
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -25,7 +25,7 @@ from typing import Any, Final, Literal
 from ._chunking import ChunkSizer, chunks
 from ._errors import ParallaxError
 from ._stats import StatsRecorder
-from ._worker import EVERY_ITEM, SOMEWHERE, Chunk, ChunkResult, Failure, Job
+from ._units import EVERY_ITEM, SOMEWHERE, Chunk, ChunkResult, Failure, Job
 from .backends import Backend
 
 __all__ = ["ErrorPolicy", "Raised", "RetryPolicy", "Run"]

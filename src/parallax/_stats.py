@@ -22,7 +22,7 @@ from time import perf_counter, time
 from typing import Any
 
 from ._errors import describe_item
-from ._worker import ChunkResult
+from ._units import ChunkResult
 
 __all__ = ["Monitor", "Stats", "StatsRecorder", "TaskRecord", "WorkerRecord", "monitor"]
 

@@ -14,23 +14,18 @@ process workers the mark lives in shared memory, so it survives the worker.
 
 from __future__ import annotations
 
-import itertools
 import threading
 from time import perf_counter, thread_time
 
-from ._errors import (
-    TaskTimeoutError,
-    WorkerTraceback,
-    describe_item,
-    format_worker_traceback,
-)
+from ._errors import TaskTimeoutError, describe_item
+from ._units import SOMEWHERE, Chunk, ChunkResult, Failure
 
 # Not typing's TYPE_CHECKING, and no dataclasses: a process worker imports
 # this module, and ``typing`` and ``dataclasses`` (with ``inspect``) would add
 # milliseconds to every worker's start-up.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable
     from typing import Any, Final
 
     #: a worker's mark: three floats in (possibly shared) memory
@@ -40,10 +35,6 @@ else:
 
 __all__ = [
     "STOP",
-    "Chunk",
-    "ChunkResult",
-    "Failure",
-    "Job",
     "inside_worker",
     "run_chunk",
     "worker_loop",
@@ -60,13 +51,6 @@ PER_ITEM_TIMING_THRESHOLD: Final = 20e-6
 MARK_TOKEN, MARK_POSITION, MARK_STARTED = 0, 1, 2
 MARK_SIZE: Final = 3
 
-#: ``interrupted_at`` values that are not positions: every undone item of
-#: the chunk fails with the interruption (the pool cannot run anything), or
-#: the worker died somewhere in a run of fast items it did not mark one by one
-EVERY_ITEM: Final = -1
-SOMEWHERE: Final = -2
-
-_job_ids = itertools.count(1)
 _worker_state = threading.local()
 
 
@@ -89,183 +73,6 @@ def set_inside_worker(active: bool) -> bool:
     previous = inside_worker()
     _worker_state.active = active
     return previous
-
-
-class Chunk:
-    """Consecutive items of a run, sent to one worker at once.
-
-    ``seq`` orders chunks within a run; ``start`` is the input index of the
-    chunk's first item. A chunk re-run after a crash keeps its ``seq`` and
-    carries only some ``positions`` of the original chunk. ``submitted`` is
-    the ``perf_counter()`` when the run handed the chunk to its backend.
-    """
-
-    __slots__ = ("items", "positions", "seq", "start", "submitted")
-
-    def __init__(self, seq: int, start: int, items: Sequence[Any], positions: Sequence[int],
-                 submitted: float = 0.0) -> None:
-        self.seq = seq
-        self.start = start
-        self.items = items
-        self.positions = positions
-        self.submitted = submitted
-
-    def __repr__(self) -> str:
-        return f"Chunk(seq={self.seq}, start={self.start}, {len(self.items)} items)"
-
-    @classmethod
-    def fresh(cls, seq: int, start: int, items: Sequence[Any]) -> Chunk:
-        return cls(seq, start, items, range(len(items)))
-
-    def index_of(self, offset: int) -> int:
-        """The input index of this chunk's item at ``offset``."""
-        return self.start + self.positions[offset]
-
-
-class Failure:
-    """An exception captured in a worker, with its traceback as text."""
-
-    __slots__ = ("exception", "traceback")
-
-    def __init__(self, exception: BaseException, traceback: str) -> None:
-        self.exception = exception
-        self.traceback = traceback
-
-    def __repr__(self) -> str:
-        return f"Failure({self.exception!r})"
-
-    @classmethod
-    def capture(cls, exc: BaseException) -> Failure:
-        return cls(exc, format_worker_traceback(exc))
-
-    def to_exception(self, index: int | None, item: Any, worker: str) -> BaseException:
-        """The exception as the caller sees it: same type, worker traceback as cause."""
-        exc = self.exception
-        if self.traceback and not isinstance(exc.__cause__, WorkerTraceback):
-            exc.__cause__ = WorkerTraceback(self.traceback)
-        where = f" in {worker}" if worker else ""
-        if index is not None:
-            note = f"parallax: raised by item {index} ({describe_item(item)}){where}"
-        else:
-            note = f"parallax: raised{where}"
-        notes = getattr(exc, "__notes__", ())
-        if note not in notes:
-            exc.add_note(note)
-        return exc
-
-
-class ChunkResult:
-    """What a worker reports for a chunk.
-
-    ``values`` holds results for the chunk's first ``len(values)`` items, with
-    ``None`` where ``failures`` holds the exception instead. A chunk cut short
-    by a dead or stuck worker has ``interruption`` set for the item at
-    ``interrupted_at``; the items neither in ``values`` nor interrupted did not
-    produce an outcome and must be run again. ``item_starts`` holds per-item
-    start times, for engines that run a chunk's items concurrently.
-    """
-
-    __slots__ = (
-        "chunk",
-        "cpu",
-        "failures",
-        "finished",
-        "interrupted_at",
-        "interruption",
-        "item_ends",
-        "item_starts",
-        "started",
-        "values",
-        "worker",
-    )
-
-    def __init__(
-        self,
-        chunk: Chunk,
-        values: list[Any],
-        failures: dict[int, Failure] | None = None,
-        worker: str = "",
-        started: float = 0.0,
-        finished: float = 0.0,
-        cpu: float = 0.0,
-        item_ends: list[float] | None = None,
-        interruption: BaseException | None = None,
-        interrupted_at: int = EVERY_ITEM,
-        item_starts: list[float] | None = None,
-    ) -> None:
-        self.chunk = chunk
-        self.values = values
-        self.failures = failures
-        self.worker = worker
-        self.started = started
-        self.finished = finished
-        self.cpu = cpu
-        self.item_ends = item_ends
-        self.interruption = interruption
-        self.interrupted_at = interrupted_at
-        self.item_starts = item_starts
-
-    def __repr__(self) -> str:
-        return (f"ChunkResult({self.chunk!r}, {len(self.values)} values, "
-                f"failures={self.failures!r}, interruption={self.interruption!r})")
-
-    @property
-    def complete(self) -> bool:
-        return self.interruption is None and len(self.values) == len(self.chunk.items)
-
-
-class Job:
-    """One function applied over one run: what every chunk of the run shares.
-
-    Backends call :meth:`claim` right before a chunk starts (False: drop it)
-    and :meth:`deliver` with each finished chunk; they know nothing else of
-    the run. ``cutoff`` lets the run drop chunks past a failure while the
-    chunks before it still finish; ``stop_at_failure`` says the run wants
-    nothing after a chunk's first failing item (``errors="raise"``, no
-    retries), so a backend may stop the chunk there.
-    """
-
-    __slots__ = (
-        "__weakref__",
-        "_deliver",
-        "cancelled",
-        "cutoff",
-        "fn",
-        "id",
-        "payload",
-        "stop_at_failure",
-        "timeout",
-    )
-
-    def __init__(
-        self,
-        fn: Callable[[Any], Any],
-        deliver: Callable[[ChunkResult], None],
-        *,
-        timeout: float | None = None,
-    ) -> None:
-        self.id = next(_job_ids)
-        self.fn = fn
-        self.timeout = timeout
-        self.cancelled = False
-        self.cutoff: int | None = None
-        self.stop_at_failure = False
-        self._deliver = deliver
-        #: the function serialized by a backend that needs it, cached per job
-        self.payload: bytes | None = None
-
-    def claim(self, chunk: Chunk) -> bool:
-        """May ``chunk`` start? Backends ask right before running it."""
-        if self.cancelled:
-            return False
-        cutoff = self.cutoff
-        return cutoff is None or chunk.seq <= cutoff
-
-    def cancel(self) -> None:
-        self.cancelled = True
-
-    def deliver(self, result: ChunkResult) -> None:
-        self._deliver(result)
 
 
 def run_chunk(

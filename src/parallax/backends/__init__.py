@@ -22,7 +22,8 @@ from typing import Any, ClassVar
 
 from .._errors import ParallaxError
 from .._host import usable_cpus
-from .._worker import Chunk, ChunkResult, Failure, Job, new_mark, run_chunk
+from .._units import Chunk, ChunkResult, Failure, Job
+from .._worker import new_mark, run_chunk
 
 __all__ = [
     "Backend",

@@ -20,7 +20,8 @@ from time import perf_counter
 from typing import Any
 
 from .._errors import TaskTimeoutError, describe_item
-from .._worker import Chunk, ChunkResult, Failure, Job, set_inside_worker
+from .._units import Chunk, ChunkResult, Failure, Job
+from .._worker import set_inside_worker
 from . import Backend, WorkerSetup, failed_chunk
 
 #: the same as the auto-selector's choice for coroutine functions

@@ -102,15 +102,11 @@ from .._errors import (
 from .._host import usable_cpus
 from .._procworker import JOB_CACHE_SIZE, decode_failure, encode_failure, encode_result
 from .._serialize import argument_error, dumps, dumps_function, find_unpicklable, loads
+from .._units import SOMEWHERE, Chunk, ChunkResult, Failure, Job
 from .._worker import (
     MARK_POSITION,
     MARK_STARTED,
     MARK_TOKEN,
-    SOMEWHERE,
-    Chunk,
-    ChunkResult,
-    Failure,
-    Job,
     new_mark,
     run_chunk,
     set_inside_worker,
@@ -324,13 +320,6 @@ class _Task:
     fetches: int = 0
     #: the scattered function it was sent with, if any
     shipped: Any = None
-
-
-def _dropped(job: Job, chunk: Chunk) -> bool:
-    """The run no longer wants this chunk (cancelled, or past an ordered failure)."""
-    # Not job.claim(): claiming has side effects for Executor.submit's jobs.
-    cutoff = job.cutoff
-    return job.cancelled or (cutoff is not None and chunk.seq > cutoff)
 
 
 class DaskBackend(Backend):
@@ -768,7 +757,7 @@ class DaskBackend(Backend):
         job, chunk = task.job, task.chunk
         if job.cutoff is not None:
             # An ordered run hit a failure: later chunks need not run.
-            self._cancel_where(lambda other: other.job is job and _dropped(job, other.chunk))
+            self._cancel_where(lambda other: other.job is job and not job.wants(other.chunk))
         status = future.status
         error: BaseException | None = None
         if not isinstance(outcome, _Outcome) and status == "error":
@@ -782,7 +771,7 @@ class DaskBackend(Backend):
             and not isinstance(error, distributed.KilledWorker)
             and task.shipped is not None
             and task.shipped.status != "finished"
-            and not _dropped(job, chunk)
+            and job.wants(chunk)
         ):
             return self._reship(task)
         if isinstance(outcome, _Outcome):
@@ -801,7 +790,7 @@ class DaskBackend(Backend):
             else:
                 result = _crashed(chunk, error, 0)
         elif status == "cancelled":  # by the run, or lost with the scheduler
-            if _dropped(job, chunk) and not task.solo:
+            if not job.wants(chunk) and not task.solo:
                 self._forget(task)
                 return True  # the run asked for it
             if self._closed:
@@ -872,7 +861,7 @@ class DaskBackend(Backend):
 
     def _settle(self, task: _Task, result: ChunkResult) -> None:
         """Deliver a chunk's result (unless its run dropped it while it ran alone)."""
-        if not (task.solo and _dropped(task.job, task.chunk)):
+        if not (task.solo and not task.job.wants(task.chunk)):
             task.job.deliver(result)
         if task.solo:
             self._next_solo()
@@ -904,7 +893,7 @@ class DaskBackend(Backend):
                     self._solo_busy = False
                     return
                 job, chunk = self._solos.popleft()
-            if not _dropped(job, chunk):
+            if job.wants(chunk):
                 self._send(job, chunk, solo=True)
                 return
 

@@ -53,18 +53,9 @@ from .._serialize import (
     find_unpicklable,
     loads,
 )
+from .._units import SOMEWHERE, Chunk, ChunkResult, Job
 from .._wire import Channel
-from .._worker import (
-    MARK_POSITION,
-    MARK_SIZE,
-    MARK_STARTED,
-    SOMEWHERE,
-    STOP,
-    Chunk,
-    ChunkResult,
-    Job,
-    Mark,
-)
+from .._worker import MARK_POSITION, MARK_SIZE, MARK_STARTED, STOP, Mark
 from . import Backend, WorkerSetup, failed_chunk, initializer_error
 
 logger = logging.getLogger("parallax")

@@ -13,7 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 from .._serialize import round_trip
-from .._worker import Chunk, Job, flag_overruns, new_mark, run_chunk, set_inside_worker
+from .._units import Chunk, Job
+from .._worker import flag_overruns, new_mark, run_chunk, set_inside_worker
 from . import Backend, WorkerSetup, failed_chunk
 
 

@@ -22,18 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from .._errors import ParallaxError, TaskTimeoutError, describe_item
 from .._host import thread_pool_default
-from .._worker import (
-    MARK_POSITION,
-    MARK_STARTED,
-    MARK_TOKEN,
-    STOP,
-    Chunk,
-    ChunkResult,
-    Failure,
-    Job,
-    new_mark,
-    worker_loop,
-)
+from .._units import Chunk, ChunkResult, Failure, Job
+from .._worker import MARK_POSITION, MARK_STARTED, MARK_TOKEN, STOP, new_mark, worker_loop
 from . import Backend, WorkerSetup, failed_chunk
 
 if TYPE_CHECKING:
