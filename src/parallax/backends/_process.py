@@ -270,7 +270,7 @@ class ProcessBackend(Backend):
     def _encode_initializer(self) -> tuple[bytes | None, bytes | None]:
         """The pickled initializer and its arguments (None, None without one)."""
         setup = self._setup
-        if setup.initializer is None:
+        if not setup.initializer:
             return None, None
         return dumps_function(setup.initializer), dumps(setup.initargs)
 
