@@ -452,6 +452,16 @@ def test_import_parallax_does_not_import_dask() -> None:
     assert result.stdout.strip() == "[]"
 
 
+def test_the_task_imports_without_the_callers_side_of_the_backend() -> None:
+    # Dask workers import the task's module by name: it must not pull in the backend.
+    result = _python(
+        "import sys, parallax.backends._dask_task\n"
+        "print('parallax.backends._dask' in sys.modules)"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
+
+
 def test_missing_distributed_names_the_extra() -> None:
     result = _python(
         "import sys\n"

@@ -13,7 +13,7 @@ Data flow::
     ----------------                         ----                        -------
     prepare(job): pickle fn; big? ── scatter the bytes to every worker ──► kept there
     submit(job, chunk): pickle items
-      client.submit(_run_on_worker, token, fn, items) ─► scheduler ─► _run_on_worker:
+      client.submit(run_on_worker, token, fn, items) ─► scheduler ─► run_on_worker:
                                                                   unpickle (fn once per
                                                                   worker), run_chunk (the
                                                                   loop every mode runs),
@@ -26,7 +26,8 @@ Data flow::
                                        more alone, then WorkerCrashedError
 
 * One chunk is one Dask task. The scheduler costs about a millisecond per
-  task, so auto chunking makes chunks of ~0.1 s.
+  task, so auto chunking makes chunks of ~0.1 s. The task's code lives in
+  ``_dask_task`` (what a worker imports); this module is the caller's side.
 * parallax pickles the function and each chunk's items itself (cloudpickle,
   as in process mode) and Dask carries the bytes; the task unpickles them on
   the worker. Left to Dask, an argument that does not unpickle on a worker
@@ -77,41 +78,34 @@ import logging
 import threading
 import uuid
 import weakref
-from collections import OrderedDict, deque
+from collections import deque
 from concurrent.futures import CancelledError
 from dataclasses import dataclass
 from time import perf_counter, time
-from typing import Any, Final, NamedTuple
+from typing import Any, Final
 
 try:
     import distributed
-    from distributed import WorkerPlugin
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess
     raise ImportError(
         "mode='dask' needs the 'distributed' package: pip install 'parallax[dask]'"
     ) from exc
 
-from .._errors import (
-    ParallaxError,
-    SerializationError,
-    TaskTimeoutError,
-    WorkerCrashedError,
-    describe_item,
-    format_worker_traceback,
-)
+from .._errors import ParallaxError, TaskTimeoutError, WorkerCrashedError, describe_item
 from .._host import usable_cpus
-from .._procworker import JOB_CACHE_SIZE, decode_failure, encode_failure, encode_result
-from .._serialize import argument_error, dumps, dumps_function, find_unpicklable, loads
-from .._units import SOMEWHERE, Chunk, ChunkResult, Failure, Job
-from .._worker import (
-    MARK_POSITION,
-    MARK_STARTED,
-    MARK_TOKEN,
-    new_mark,
-    run_chunk,
-    set_inside_worker,
+from .._protocol import (
+    ChunkFailed,
+    DaskOutcome,
+    Message,
+    Result,
+    decode,
+    encode_items,
+    unpicklable_items,
 )
+from .._serialize import dumps_function
+from .._units import SOMEWHERE, Chunk, ChunkResult, Job
 from . import Backend, WorkerSetup, failed_chunk, initializer_error
+from ._dask_task import Initializer, run_on_worker
 
 __all__ = ["SCATTER_THRESHOLD", "DaskBackend"]
 
@@ -133,173 +127,6 @@ _FETCH_ATTEMPTS: Final = 5
 _RESHIPS: Final = 5
 
 _backend_ids = itertools.count(1)
-
-
-# -- worker side ---------------------------------------------------------------------------
-#
-# Everything in this section runs inside a Dask worker process. Dask pickles
-# ``_run_on_worker`` by reference, so parallax must be importable there (the
-# same version as the caller's).
-
-
-class _Outcome(NamedTuple):
-    """What a chunk's task returns to the caller."""
-
-    #: the chunk's ChunkResult as process mode encodes it (values pickled into
-    #: a blob on the worker, exceptions pickled one by one), or b"" when
-    #: nothing of the chunk could run (see ``failed``)
-    encoded: bytes
-    #: the worker's address, for stats and messages
-    worker: str
-    #: the worker's ``time() - perf_counter()``, to move its timings onto the
-    #: caller's clock (workers may run on other machines)
-    clock_offset: float
-    #: position of an item abandoned past its timeout, or -1
-    timed_out_at: int = -1
-    #: why nothing of the chunk could run (the function or the items did not
-    #: unpickle on the worker), encoded as process mode encodes a failure
-    failed: tuple[bytes | None, str, str] | None = None
-
-
-#: functions this worker process has unpickled, by job token, newest last
-#: (a run's chunks share one; a few runs may interleave)
-_unpickled: OrderedDict[str, Any] = OrderedDict()
-_unpickled_lock = threading.Lock()
-
-
-def _function(token: str, blob: bytes) -> Any:
-    """The job's function, unpickled once per worker (or why it cannot be)."""
-    with _unpickled_lock:
-        fn = _unpickled.get(token)
-        if fn is not None:
-            _unpickled.move_to_end(token)
-            return fn
-    fn = _unpickle(blob, "function")
-    with _unpickled_lock:
-        _unpickled[token] = fn
-        while len(_unpickled) > JOB_CACHE_SIZE:
-            _unpickled.popitem(last=False)
-    return fn
-
-
-def _unpickle(blob: bytes, what: str) -> Any:
-    """Unpickle ``blob``, or return the SerializationError saying what failed."""
-    try:
-        return loads(blob)
-    except Exception as exc:
-        error = SerializationError(
-            f"the {what} could not be unpickled on the dask worker: "
-            f"{type(exc).__name__}: {exc} (is every module it needs installed there?)"
-        )
-        error.__cause__ = exc
-        return error
-
-
-def _run_on_worker(
-    token: str, fn_blob: bytes, items_blob: bytes, timeout: float | None,
-    stop_at_failure: bool = False,
-) -> _Outcome:
-    """The Dask task of one chunk: run its items, capture values and exceptions.
-
-    The function and the items arrive pickled by parallax and are unpickled
-    here, where a failure is the chunk's SerializationError: left to Dask, an
-    argument that does not unpickle on a worker (its module is not installed
-    there, say) breaks the worker's connection to the scheduler, and with it
-    every task of the cluster.
-    """
-    try:
-        name = str(distributed.get_worker().address)
-    except ValueError:  # not on a worker (an in-process test double)
-        name = "dask worker"
-    fn = _function(token, fn_blob)
-    items = fn if isinstance(fn, BaseException) else _unpickle(items_blob, "arguments")
-    if isinstance(items, BaseException):
-        failure = encode_failure(Failure(items, format_worker_traceback(items)))
-        return _Outcome(b"", name, time() - perf_counter(), failed=failure)
-    chunk = Chunk.fresh(0, 0, items)
-    timed_out_at = -1
-    previous = set_inside_worker(True)  # nested parallax calls degrade to serial
-    try:
-        if timeout is None:
-            result = run_chunk(fn, chunk, new_mark(), [], watch_time=False, track_position=False,
-                               stop_at_failure=stop_at_failure)
-        else:
-            result, timed_out_at = _run_watched(fn, chunk, timeout)
-    finally:
-        set_inside_worker(previous)
-    return _Outcome(encode_result(result), name, time() - perf_counter(), timed_out_at)
-
-
-def _run_watched(fn: Any, chunk: Chunk, timeout: float) -> tuple[ChunkResult, int]:
-    """Run the chunk in a helper thread; abandon it at the first item past ``timeout``.
-
-    Returns the chunk's result and the position of the abandoned item (-1 when
-    every item finished in time). An abandoned result holds the items before
-    the stuck one; the helper thread stops after the stuck item returns.
-    """
-    mark = new_mark()
-    values: list[Any] = []
-    # run_chunk keeps the failures it captures to itself until it returns;
-    # an abandoned chunk never returns, so its failures are recorded here too.
-    failures: dict[int, Failure] = {}
-    done: list[ChunkResult] = []
-
-    def guarded(item: Any) -> Any:
-        try:
-            return fn(item)
-        except BaseException as exc:
-            failures[int(mark[MARK_POSITION])] = Failure.capture(exc)
-            raise
-
-    def target() -> None:
-        previous = set_inside_worker(True)
-        try:
-            done.append(run_chunk(guarded, chunk, mark, values, watch_time=True))
-        finally:
-            set_inside_worker(previous)
-
-    started = perf_counter()
-    helper = threading.Thread(target=target, name="parallax-dask-timed-chunk", daemon=True)
-    helper.start()
-    while True:
-        position = int(mark[MARK_POSITION])
-        began = mark[MARK_STARTED]
-        if position < 0:
-            helper.join(0.005)  # not started yet
-        else:
-            left = began + timeout - perf_counter()
-            if left > 0:
-                helper.join(left)
-            elif int(mark[MARK_POSITION]) == position and mark[MARK_STARTED] == began:
-                mark[MARK_TOKEN] = -1.0  # the helper stops after the stuck item
-                kept = values[:position]
-                result = ChunkResult(
-                    chunk,
-                    kept,
-                    {offset: failure for offset, failure in failures.items() if offset < position}
-                    or None,
-                    started=started,
-                    finished=perf_counter(),
-                )
-                return result, position
-        if not helper.is_alive():
-            break
-    helper.join()
-    if not done:  # the helper died of an exception run_chunk lets through
-        raise RuntimeError("the chunk's helper thread ended without a result")
-    return done[0], -1
-
-
-# (the ignores cover mypy runs with and without distributed's own hints installed)
-class _Initializer(WorkerPlugin):  # type: ignore[misc,unused-ignore]
-    """Runs the pool's ``initializer(*initargs)`` once in every worker."""
-
-    def __init__(self, initializer: Any, initargs: tuple[Any, ...]) -> None:
-        self.initializer = initializer
-        self.initargs = initargs
-
-    def setup(self, worker: Any) -> None:
-        self.initializer(*self.initargs)
 
 
 # -- caller side ---------------------------------------------------------------------------
@@ -559,7 +386,7 @@ class DaskBackend(Backend):
             name = f"parallax-initializer-{self._token}"
             try:
                 self._client.register_plugin(
-                    _Initializer(setup.initializer, setup.initargs), name=name
+                    Initializer(setup.initializer, setup.initargs), name=name
                 )
                 self._plugin = name
             except Exception as exc:
@@ -637,14 +464,14 @@ class DaskBackend(Backend):
         try:
             if fn is None:  # submitted without prepare()
                 fn = self._ship(job)
-            items = dumps(chunk.items)
+            items = encode_items(chunk.items)
         except Exception as exc:
             self._settle(_Task(None, job, chunk, solo), _pickling_error(chunk, exc))
             return
         key = f"parallax-chunk-{self._token}-{job.id}-{chunk.seq}-{next(self._keys)}"
         try:
             future = self._client.submit(
-                _run_on_worker,
+                run_on_worker,
                 f"{self._token}-{job.id}",
                 fn,
                 items,
@@ -760,21 +587,21 @@ class DaskBackend(Backend):
             self._cancel_where(lambda other: other.job is job and not job.wants(other.chunk))
         status = future.status
         error: BaseException | None = None
-        if not isinstance(outcome, _Outcome) and status == "error":
+        if not isinstance(outcome, DaskOutcome) and status == "error":
             try:
                 error = future.exception(timeout=_STATUS_TIMEOUT)
             except Exception:  # pending again meanwhile
                 return False
         if (
             status in ("error", "cancelled")
-            and not isinstance(outcome, _Outcome)
+            and not isinstance(outcome, DaskOutcome)
             and not isinstance(error, distributed.KilledWorker)
             and task.shipped is not None
             and task.shipped.status != "finished"
             and job.wants(chunk)
         ):
             return self._reship(task)
-        if isinstance(outcome, _Outcome):
+        if isinstance(outcome, DaskOutcome):
             result = _decode(chunk, outcome, job.timeout)
         elif status == "error":
             if not isinstance(error, distributed.KilledWorker):
@@ -901,38 +728,19 @@ class DaskBackend(Backend):
 # -- results and errors ------------------------------------------------------------------
 
 
-def _decode(chunk: Chunk, outcome: _Outcome, timeout: float | None) -> ChunkResult:
+def _decode(chunk: Chunk, outcome: DaskOutcome, timeout: float | None) -> ChunkResult:
     """The caller's ChunkResult from what a chunk's task returned."""
-    if outcome.failed is not None:  # the function or the items did not unpickle
-        failure = decode_failure(*outcome.failed)
+    message = decode(outcome.message, Message)
+    if isinstance(message, ChunkFailed):  # the function or the items did not unpickle
+        failure = message.failure.to_failure()
         return failed_chunk(chunk, failure.to_exception(None, None, outcome.worker))
-    _, values_blob, failures, started, finished, cpu, ends = loads(outcome.encoded)
-    try:
-        values = loads(values_blob)
-    except Exception as exc:
-        error = ParallaxError(
-            f"the results of a chunk could not be unpickled in the caller: "
-            f"{type(exc).__name__}: {exc}"
-        )
-        error.__cause__ = exc
-        return failed_chunk(chunk, error)
-    decoded = (
-        {position: decode_failure(*parts) for position, parts in failures.items()}
-        if failures
-        else None
-    )
+    if not isinstance(message, Result):
+        raise TypeError(f"a dask task cannot return a {type(message).__name__}")
     # perf_counter() readings from the worker's clock, moved onto ours.
     shift = outcome.clock_offset - (time() - perf_counter())
-    result = ChunkResult(
-        chunk,
-        values,
-        decoded,
-        outcome.worker,
-        started + shift,
-        finished + shift,
-        cpu,
-        [end + shift for end in ends] if ends else None,
-    )
+    result = message.to_chunk_result(chunk, outcome.worker, shift)
+    if result.interruption is not None:  # its values did not unpickle here
+        return result
     position = outcome.timed_out_at
     if position >= 0:
         index = chunk.index_of(position)
@@ -987,16 +795,4 @@ def _pickling_error(chunk: Chunk, exc: BaseException) -> ChunkResult:
     """The chunk could not be pickled for the workers: name the item that does not."""
     if isinstance(exc, ParallaxError):  # the function (see _ship)
         return failed_chunk(chunk, exc)
-    culprit = find_unpicklable(chunk.items)
-    if culprit is None:
-        error = ParallaxError(f"the chunk could not be pickled: {type(exc).__name__}: {exc}")
-        error.__cause__ = exc
-        return failed_chunk(chunk, error)
-    position, reason = culprit
-    index = chunk.index_of(position)
-    return ChunkResult(
-        chunk,
-        [],
-        interruption=argument_error(index, chunk.items[position], reason),
-        interrupted_at=position,
-    )
+    return unpicklable_items(chunk, exc)

@@ -36,26 +36,35 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections import OrderedDict, deque
+from collections import deque
 from multiprocessing.connection import wait
 from pathlib import Path
 from time import perf_counter
-from typing import Any
 
 from .._errors import ParallaxError, TaskTimeoutError, WorkerCrashedError, describe_item
 from .._host import usable_cpus
-from .._procworker import JOB_CACHE_SIZE, decode_failure
-from .._serialize import (
-    argument_error,
-    dumps,
-    dumps_function,
-    dumps_plain,
-    find_unpicklable,
-    loads,
+from .._protocol import (
+    ChunkFailed,
+    Hello,
+    InitFailed,
+    JobCache,
+    Loaded,
+    Message,
+    Preload,
+    Ready,
+    Result,
+    Retire,
+    Stop,
+    Task,
+    decode,
+    encode,
+    encode_items,
+    unpicklable_items,
 )
+from .._serialize import dumps, dumps_function
 from .._units import SOMEWHERE, Chunk, ChunkResult, Job
 from .._wire import Channel
-from .._worker import MARK_POSITION, MARK_SIZE, MARK_STARTED, STOP, Mark
+from .._worker import MARK_POSITION, MARK_SIZE, MARK_STARTED, Mark
 from . import Backend, WorkerSetup, failed_chunk, initializer_error
 
 logger = logging.getLogger("parallax")
@@ -126,7 +135,8 @@ class _Worker:
         self.conn = conn
         self.mark = mark
         self.busy: tuple[Job, Chunk, bytes] | None = None
-        self.jobs: OrderedDict[int, None] = OrderedDict()
+        #: mirrors the worker's cache: which jobs' functions it holds
+        self.jobs = JobCache()
         self.ready = False
         self.retiring = False
         self.kill_reason: BaseException | None = None
@@ -182,7 +192,7 @@ class ProcessBackend(Backend):
         os.ftruncate(self._marks_file.fileno(), 8 * MARK_SIZE * self.workers)
         self._marks_map = mmap.mmap(self._marks_file.fileno(), 8 * MARK_SIZE * self.workers)
         self._marks: Mark = memoryview(self._marks_map).cast("d")
-        self._hello_extras = self._encode_setup()
+        self._initializer = self._encode_initializer()
         # Workers start now, not at the first chunk: a fresh interpreter takes
         # tens of milliseconds to boot, which overlaps with the caller
         # pickling the function and cutting the first chunks.
@@ -213,11 +223,6 @@ class ProcessBackend(Backend):
             self._preloads.append(job)
         self._wake()
 
-    def worker_pids(self) -> list[int]:
-        """Process ids of the live workers (for tests and diagnostics)."""
-        with self._lock:
-            return [worker.popen.pid for worker in self._workers.values()]
-
     def prepare(self, job: Job) -> None:
         if job.payload is None:
             job.payload = dumps_function(job.fn)
@@ -229,19 +234,9 @@ class ProcessBackend(Backend):
             job.deliver(failed_chunk(chunk, self._broken))
             return
         try:
-            blob = dumps(chunk.items)
-        except Exception:
-            culprit = find_unpicklable(chunk.items)
-            position, exc = culprit if culprit else (0, RuntimeError("pickling failed"))
-            index = chunk.index_of(position)
-            job.deliver(
-                ChunkResult(
-                    chunk,
-                    [],
-                    interruption=argument_error(index, chunk.items[position], exc),
-                    interrupted_at=position,
-                )
-            )
+            blob = encode_items(chunk.items)
+        except Exception as exc:
+            job.deliver(unpicklable_items(chunk, exc))
             return
         with self._lock:
             self._pending.append((job, chunk, blob))
@@ -265,15 +260,6 @@ class ProcessBackend(Backend):
         if wait and self._manager is not threading.current_thread():
             self._manager.join()
 
-    def terminate(self) -> None:
-        """Kill every worker now (interpreter exit, Ctrl-C)."""
-        with self._lock:
-            self._closed = True
-            self._pending.clear()
-            for worker in self._workers.values():
-                worker.kill(KeyboardInterrupt())
-        self._wake()
-
     # -- manager thread -------------------------------------------------------
 
     def _wake(self) -> None:
@@ -281,14 +267,12 @@ class ProcessBackend(Backend):
             with contextlib.suppress(BlockingIOError, OSError):
                 os.write(self._wake_w, b"\0")
 
-    def _encode_setup(self) -> dict[str, Any]:
+    def _encode_initializer(self) -> tuple[bytes | None, bytes | None]:
+        """The pickled initializer and its arguments (None, None without one)."""
         setup = self._setup
-        return {
-            "initializer": dumps_function(setup.initializer) if setup.initializer else None,
-            "initargs": dumps(setup.initargs) if setup.initializer else None,
-            "max_tasks": setup.max_tasks_per_worker,
-            "max_memory": self._max_memory,
-        }
+        if not setup.initializer:
+            return None, None
+        return dumps_function(setup.initializer), dumps(setup.initargs)
 
     def _child_environment(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -327,11 +311,12 @@ class ProcessBackend(Backend):
             raise
         os.close(child_end)
         worker = _Worker(name, slot, popen, parent_end, mark)
-        hello = {"sys_path": list(sys.path), "name": name, **self._hello_extras}
+        hello = Hello(list(sys.path), name, *self._initializer,
+                      self._setup.max_tasks_per_worker, self._max_memory)
         with self._lock:
             self._workers[parent_end] = worker
         with contextlib.suppress(OSError):  # if it died already, the EOF says so next
-            parent_end.send_bytes(dumps_plain(hello))
+            parent_end.send_bytes(encode(hello))
 
     def _manage(self) -> None:
         try:
@@ -413,17 +398,12 @@ class ProcessBackend(Backend):
         for job in jobs:
             for worker in workers:
                 if worker.kill_reason is None and not worker.retiring and job.id not in worker.jobs:
-                    self._remember_job(worker, job)
+                    assert job.payload is not None  # preload() prepared it
+                    worker.jobs.put(job.id, True)
                     try:
-                        worker.conn.send_bytes(dumps_plain((job.id, job.payload, None, False)))
+                        worker.conn.send_bytes(encode(Preload(job.id, job.payload)))
                     except OSError:
                         worker.kill(None)  # dead already; the EOF path replaces it
-
-    def _remember_job(self, worker: _Worker, job: Job) -> None:
-        """Note that ``worker`` holds the job's function (mirrors its cache)."""
-        worker.jobs[job.id] = None
-        while len(worker.jobs) > JOB_CACHE_SIZE:
-            worker.jobs.popitem(last=False)
 
     def _next_pending(self) -> tuple[Job, Chunk, bytes] | None:
         while self._pending:
@@ -436,24 +416,20 @@ class ProcessBackend(Backend):
         assert worker.busy is not None
         job, _chunk, blob = worker.busy
         function = None
-        if job.id in worker.jobs:
-            worker.jobs.move_to_end(job.id)
-        else:
+        if worker.jobs.get(job.id) is None:  # (a hit makes it the newest, as in the worker)
             function = job.payload
-            self._remember_job(worker, job)
+            worker.jobs.put(job.id, True)
         try:
             worker.conn.send_bytes(
-                dumps_plain((job.id, function, job.timeout is not None, job.stop_at_failure))
+                encode(Task(job.id, function, job.timeout is not None, job.stop_at_failure))
             )
             worker.conn.send_bytes(blob)
         except OSError:
             worker.kill(None)  # dead already; the EOF path reports the chunk
 
-    def _handle(self, worker: _Worker, message: bytes | bytearray) -> None:
-        payload = loads(message)
-        kind = payload[0]
-        if kind == "result":
-            _, values_blob, failures, started, finished, cpu, ends = payload
+    def _handle(self, worker: _Worker, frame: bytes | bytearray) -> None:
+        message = decode(frame, Message)
+        if isinstance(message, Result):
             busy = worker.busy
             worker.busy = None
             if busy is None:
@@ -462,42 +438,27 @@ class ProcessBackend(Backend):
             # computes while the caller's side unpickles.
             self._dispatch()
             job, chunk, _blob = busy
-            try:
-                values = loads(values_blob)
-            except Exception as exc:
-                error = ParallaxError(
-                    f"the results of a chunk could not be unpickled in the caller: "
-                    f"{type(exc).__name__}: {exc}"
-                )
-                error.__cause__ = exc
-                job.deliver(failed_chunk(chunk, error))
-                return
-            decoded = (
-                {position: decode_failure(*parts) for position, parts in failures.items()}
-                if failures
-                else None
-            )
-            job.deliver(
-                ChunkResult(chunk, values, decoded, worker.name, started, finished, cpu, ends)
-            )
-        elif kind == "ready":
+            job.deliver(message.to_chunk_result(chunk, worker.name))
+        elif isinstance(message, Ready):
             worker.ready = True
             self._first_ready.set()
-        elif kind == "loaded":
+        elif isinstance(message, Loaded):
             self._first_loaded.set()
             self._startup_failures = 0
-        elif kind == "chunk_failed":
+        elif isinstance(message, ChunkFailed):
             busy = worker.busy
             worker.busy = None
             if busy is not None:
-                reason = decode_failure(*payload[1]).exception
+                reason = message.failure.to_failure().exception
                 busy[0].deliver(failed_chunk(busy[1], reason))
-        elif kind == "init_failed":
-            failure = decode_failure(*payload[1])
+        elif isinstance(message, InitFailed):
+            failure = message.failure.to_failure()
             failure.to_exception(None, None, worker.name)
             self._broken = self._broken or initializer_error(failure.exception)
-        elif kind == "retire":
+        elif isinstance(message, Retire):
             worker.retiring = True
+        else:
+            raise TypeError(f"a process pool cannot take a {type(message).__name__}")
 
     def _bury(self, worker: _Worker) -> None:
         """A worker's socket closed: collect it, report its chunk, replace it."""
@@ -622,7 +583,7 @@ class ProcessBackend(Backend):
             self._workers.clear()
         for worker in workers:
             with contextlib.suppress(OSError):
-                worker.conn.send_bytes(dumps_plain(STOP))
+                worker.conn.send_bytes(encode(Stop()))
         for worker in workers:
             try:
                 worker.popen.wait(timeout=10)

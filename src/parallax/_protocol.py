@@ -1,0 +1,485 @@
+"""The worker wire protocol: every message between the caller and its workers.
+
+Process mode sends these messages over a worker's socket, one frame each
+(``_wire.Channel``); dask mode returns them from a chunk's task::
+
+    caller -> process worker   Hello        first: sys.path, name, initializer, limits
+                               Task         a chunk's header (job, function if new,
+                                            flags), then one frame: its items
+                               Preload      a job's function alone, its chunks later
+                               Stop         the poison pill
+    process worker -> caller   Ready        the initializer ran
+                               Loaded       a preloaded function is loaded
+                               Result       a chunk's values, captured exceptions, timings
+                               ChunkFailed  nothing of the chunk could run
+                               InitFailed   the initializer raised; the worker exits
+                               Retire       max tasks or memory reached; the worker exits
+    dask task -> caller        DaskOutcome  an encoded Result or ChunkFailed, and where
+                                            and when it ran
+
+Each message is a small ``__slots__`` class, pickled as its class and fields
+(``__reduce__``), and framed by :func:`encode` and :func:`decode` alone.
+Exceptions travel as :class:`PickledFailure`. The payload bytes inside the
+messages, a chunk's items and values, go through :func:`encode_items` /
+:func:`decode_items` and :func:`encode_values` / :func:`decode_values`: the
+one place where out-of-band buffers may plug in.
+
+A worker holds the functions of its recent jobs in a :class:`JobCache`; the
+process pool mirrors each worker's cache in one, to know when a chunk must
+carry its function again.
+
+Worker-light: a process worker imports this module, so no ``typing`` or
+``dataclasses`` at run time.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+
+from ._errors import ParallaxError, SerializationError
+from ._serialize import argument_error, dumps, dumps_plain, find_unpicklable, loads, result_error
+from ._units import Chunk, ChunkResult, Failure
+
+TYPE_CHECKING = False  # not typing's: workers do not import typing
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any, Final, TypeVar
+
+    M = TypeVar("M", bound="Message")
+
+__all__ = [
+    "JOB_CACHE_SIZE",
+    "ChunkFailed",
+    "DaskOutcome",
+    "Hello",
+    "InitFailed",
+    "JobCache",
+    "Loaded",
+    "Message",
+    "PickledFailure",
+    "Preload",
+    "Ready",
+    "Result",
+    "Retire",
+    "Stop",
+    "Task",
+    "decode",
+    "decode_items",
+    "decode_values",
+    "encode",
+    "encode_items",
+    "encode_values",
+    "load_or_error",
+    "unpicklable_items",
+]
+
+#: jobs whose function a worker keeps; the process pool mirrors this to know
+#: when it must send a function again
+JOB_CACHE_SIZE: Final = 8
+
+
+# -- messages ------------------------------------------------------------------------------
+
+
+class Message:
+    """Base of every message; ``__reduce__`` of each pickles it as class and fields."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        names: tuple[str, ...] = self.__slots__
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in names)
+        return f"{type(self).__name__}({fields})"
+
+
+def encode(message: Message) -> bytes:
+    """A message as one frame."""
+    return dumps_plain(message)
+
+
+def decode(frame: bytes | bytearray, kind: type[M]) -> M:
+    """The message of one frame, which must be a ``kind``.
+
+    Raises:
+        TypeError: the frame holds another message (a bug on one side).
+    """
+    message = loads(frame)
+    if not isinstance(message, kind):
+        raise TypeError(f"expected a {kind.__name__} message, got {type(message).__name__}")
+    return message
+
+
+class Hello(Message):
+    """Caller -> process worker, first: how to set itself up."""
+
+    __slots__ = ("initargs", "initializer", "max_memory", "max_tasks", "name", "sys_path")
+
+    def __init__(self, sys_path: list[str], name: str, initializer: bytes | None,
+                 initargs: bytes | None, max_tasks: int | None, max_memory: int | None) -> None:
+        self.sys_path = sys_path
+        self.name = name
+        #: the pickled initializer and its arguments, or None for none
+        self.initializer = initializer
+        self.initargs = initargs
+        self.max_tasks = max_tasks
+        self.max_memory = max_memory
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Hello, (self.sys_path, self.name, self.initializer, self.initargs,
+                        self.max_tasks, self.max_memory))
+
+
+class Task(Message):
+    """Caller -> process worker: run a chunk; the next frame holds its items
+    (:func:`encode_items`).
+
+    ``function`` is the job's pickled function when the worker does not hold
+    it (the pool's mirror of its :class:`JobCache` says), else None.
+    """
+
+    __slots__ = ("function", "job_id", "stop_at_failure", "watch_time")
+
+    def __init__(self, job_id: int, function: bytes | None, watch_time: bool,
+                 stop_at_failure: bool) -> None:
+        self.job_id = job_id
+        self.function = function
+        #: a timeout is set: mark each item's start
+        self.watch_time = watch_time
+        #: end the chunk at its first failing item
+        self.stop_at_failure = stop_at_failure
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Task, (self.job_id, self.function, self.watch_time, self.stop_at_failure))
+
+
+class Preload(Message):
+    """Caller -> process worker: load a job's function now, its chunks come later."""
+
+    __slots__ = ("function", "job_id")
+
+    def __init__(self, job_id: int, function: bytes) -> None:
+        self.job_id = job_id
+        self.function = function
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Preload, (self.job_id, self.function))
+
+
+class _Signal(Message):
+    """A message without fields."""
+
+    __slots__ = ()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), ())
+
+
+class Stop(_Signal):
+    """Caller -> process worker: the poison pill; the worker exits."""
+
+    __slots__ = ()
+
+
+class Ready(_Signal):
+    """Process worker -> caller: the initializer ran, chunks may come."""
+
+    __slots__ = ()
+
+
+class Loaded(_Signal):
+    """Process worker -> caller: a preloaded function is loaded."""
+
+    __slots__ = ()
+
+
+class Retire(_Signal):
+    """Process worker -> caller: max tasks or memory reached; the worker exits."""
+
+    __slots__ = ()
+
+
+class PickledFailure(Message):
+    """A captured exception on its way to the caller.
+
+    ``exception`` is the pickled exception, or None when it does not pickle;
+    ``summary`` names it in one line for when it cannot be rebuilt.
+    """
+
+    __slots__ = ("exception", "summary", "traceback")
+
+    def __init__(self, exception: bytes | None, traceback: str, summary: str) -> None:
+        self.exception = exception
+        self.traceback = traceback
+        self.summary = summary
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (PickledFailure, (self.exception, self.traceback, self.summary))
+
+    @classmethod
+    def of(cls, failure: Failure) -> PickledFailure:
+        exc = failure.exception
+        summary = f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}"
+        try:
+            blob: bytes | None = dumps_plain(exc)
+        except Exception:
+            blob = None
+        return cls(blob, failure.traceback, summary)
+
+    def to_failure(self) -> Failure:
+        """The captured exception again; one that does not unpickle says so."""
+        if self.exception is not None:
+            try:
+                exc = loads(self.exception)
+                if isinstance(exc, BaseException):
+                    return Failure(exc, self.traceback)
+            except Exception:
+                pass
+        error = SerializationError(
+            f"the worker raised {self.summary}, but the exception could not be pickled "
+            "back to the caller (its traceback is attached as the cause)"
+        )
+        return Failure(error, self.traceback)
+
+
+class ChunkFailed(Message):
+    """Worker -> caller: nothing of the chunk could run (its function or its
+    items did not unpickle in the worker)."""
+
+    __slots__ = ("failure",)
+
+    def __init__(self, failure: PickledFailure) -> None:
+        self.failure = failure
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (ChunkFailed, (self.failure,))
+
+
+class InitFailed(Message):
+    """Process worker -> caller: the initializer raised; the worker exits."""
+
+    __slots__ = ("failure",)
+
+    def __init__(self, failure: PickledFailure) -> None:
+        self.failure = failure
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (InitFailed, (self.failure,))
+
+
+class Result(Message):
+    """Worker -> caller: what became of a chunk's items, and its timings
+    (``perf_counter()`` readings of the worker).
+
+    ``values`` is the values' payload (:func:`encode_values`); ``failures``
+    the captured exceptions by position in the chunk, or None.
+    """
+
+    __slots__ = ("cpu", "failures", "finished", "item_ends", "started", "values")
+
+    def __init__(self, values: bytes, failures: dict[int, PickledFailure] | None,
+                 started: float, finished: float, cpu: float,
+                 item_ends: list[float] | None) -> None:
+        self.values = values
+        self.failures = failures
+        self.started = started
+        self.finished = finished
+        self.cpu = cpu
+        self.item_ends = item_ends
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Result, (self.values, self.failures, self.started, self.finished, self.cpu,
+                         self.item_ends))
+
+    @classmethod
+    def of(cls, result: ChunkResult) -> Result:
+        """The message of a chunk's result (in the worker)."""
+        values, failures = encode_values(result.values, result.failures)
+        pickled = {position: PickledFailure.of(failure) for position, failure in failures.items()}
+        return cls(values, pickled or None, result.started, result.finished, result.cpu,
+                   result.item_ends)
+
+    def to_chunk_result(self, chunk: Chunk, worker: str, shift: float = 0.0) -> ChunkResult:
+        """The chunk's result again (in the caller), its timings moved by ``shift``
+        onto the caller's clock.
+
+        Values that do not unpickle here fail the whole chunk: the result then
+        holds no values and that error as its interruption (never set otherwise).
+        """
+        try:
+            values = decode_values(self.values)
+        except Exception as exc:
+            error = ParallaxError(
+                f"the results of a chunk could not be unpickled in the caller: "
+                f"{type(exc).__name__}: {exc}"
+            )
+            error.__cause__ = exc
+            return ChunkResult(chunk, [], interruption=error)
+        failures = (
+            {position: failure.to_failure() for position, failure in self.failures.items()}
+            if self.failures
+            else None
+        )
+        ends = self.item_ends
+        if shift:
+            ends = [end + shift for end in ends] if ends else None
+        return ChunkResult(chunk, values, failures, worker, self.started + shift,
+                           self.finished + shift, self.cpu, ends)
+
+
+class DaskOutcome(Message):
+    """What a chunk's dask task returns to the caller (Dask pickles it).
+
+    ``message`` is an encoded :class:`Result`, or :class:`ChunkFailed` when
+    nothing of the chunk could run; ``worker`` the worker's address;
+    ``clock_offset`` its ``time() - perf_counter()``, to move its timings onto
+    the caller's clock (workers may run on other machines); ``timed_out_at``
+    the position of an item abandoned past its timeout, or -1.
+    """
+
+    __slots__ = ("clock_offset", "message", "timed_out_at", "worker")
+
+    def __init__(self, message: bytes, worker: str, clock_offset: float,
+                 timed_out_at: int = -1) -> None:
+        self.message = message
+        self.worker = worker
+        self.clock_offset = clock_offset
+        self.timed_out_at = timed_out_at
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (DaskOutcome, (self.message, self.worker, self.clock_offset, self.timed_out_at))
+
+
+# -- payloads ------------------------------------------------------------------------------
+
+
+def encode_items(items: Sequence[Any]) -> bytes:
+    """A chunk's items for a worker (in the caller; by value where they must be).
+
+    Raises:
+        Exception: an item does not pickle; :func:`unpicklable_items` says which.
+    """
+    return dumps(items)
+
+
+def unpicklable_items(chunk: Chunk, exc: BaseException) -> ChunkResult:
+    """The result of a chunk whose items did not pickle (``exc``): the first
+    item that does not fails with SerializationError, the rest run again."""
+    culprit = find_unpicklable(chunk.items)
+    if culprit is None:  # each item pickles, the whole did not
+        error = ParallaxError(f"the chunk could not be pickled: {type(exc).__name__}: {exc}")
+        error.__cause__ = exc
+        return ChunkResult(chunk, [], interruption=error)
+    position, reason = culprit
+    index = chunk.index_of(position)
+    return ChunkResult(
+        chunk,
+        [],
+        interruption=argument_error(index, chunk.items[position], reason),
+        interrupted_at=position,
+    )
+
+
+def decode_items(blob: bytes | bytearray, where: str, hint: str = "") -> Any:
+    """A chunk's items (in the worker), or the SerializationError saying why not."""
+    return load_or_error(blob, "arguments", where, hint)
+
+
+def encode_values(
+    values: list[Any], failures: dict[int, Failure] | None
+) -> tuple[bytes, dict[int, Failure]]:
+    """A chunk's values (in the worker), and its failures.
+
+    A value that does not pickle becomes None and a failure of its own
+    item: the rest of the chunk keeps its values.
+    """
+    failures = dict(failures or {})
+    try:
+        return dumps_plain(values), failures
+    except Exception:
+        values = list(values)
+        for position, value in enumerate(values):
+            try:
+                dumps_plain(value)
+            except Exception as exc:
+                values[position] = None
+                failures[position] = Failure(result_error(value, exc), "")
+        return dumps_plain(values), failures
+
+
+def decode_values(blob: bytes) -> list[Any]:
+    """A chunk's values (in the caller). Raises what unpickling raised."""
+    values: list[Any] = loads(blob)
+    return values
+
+
+def load_or_error(blob: bytes | bytearray, what: str, where: str, hint: str = "") -> Any:
+    """Unpickle ``blob`` (in a worker), or return the SerializationError saying
+    that ``what`` could not be unpickled ``where``."""
+    try:
+        return loads(blob)
+    except Exception as exc:
+        error = SerializationError(
+            f"the {what} could not be unpickled {where}: {type(exc).__name__}: {exc}{hint}"
+        )
+        error.__cause__ = exc
+        return error
+
+
+# -- the job cache -------------------------------------------------------------------------
+
+
+class JobCache:
+    """The functions of a worker's recent jobs, by job, least recently used first.
+
+    A run's chunks share one function, and a few runs may interleave: a
+    worker unpickles each function once and keeps the last
+    :data:`JOB_CACHE_SIZE`. A function that does not unpickle is kept as
+    its SerializationError, so every chunk of its job fails alike. The
+    process pool keeps one per worker as the worker's mirror (values
+    unused): both sides touch and evict in the same order. Thread-safe.
+    """
+
+    __slots__ = ("_entries", "_lock", "_size")
+
+    def __init__(self, size: int = JOB_CACHE_SIZE) -> None:
+        self._entries: OrderedDict[object, Any] = OrderedDict()
+        self._lock = threading.Lock()
+        self._size = size
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._entries
+
+    def get(self, key: object) -> Any:
+        """The entry of ``key``, now the most recently used, or None."""
+        with self._lock:
+            value = self._entries.get(key)
+            if value is not None:
+                self._entries.move_to_end(key)
+            return value
+
+    def put(self, key: object, value: Any) -> None:
+        """Keep ``value`` as the most recently used; the oldest beyond the size go."""
+        with self._lock:
+            self._entries[key] = value
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._size:
+                self._entries.popitem(last=False)
+
+    def load(self, key: object, blob: bytes | bytearray | None, where: str,
+             hint: str = "") -> Any:
+        """The job's function: the one kept, else unpickled from ``blob`` and kept
+        (a SerializationError in its place if it does not unpickle).
+
+        Raises:
+            KeyError: the function is neither kept nor sent (a bug on one side).
+        """
+        fn = self.get(key)
+        if fn is not None:
+            return fn
+        if blob is None:
+            raise KeyError(f"the function of job {key!r} was neither kept nor sent")
+        # unpickled outside the lock: a large function takes a while
+        fn = load_or_error(blob, "function", where, hint)
+        self.put(key, fn)
+        return fn

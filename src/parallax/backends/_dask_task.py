@@ -1,0 +1,154 @@
+"""Dask mode's worker side: the task that runs a chunk on a Dask worker.
+
+Everything here runs inside a Dask worker process. Dask pickles
+:func:`run_on_worker` and :class:`Initializer` by reference, so a worker
+imports this module (not the caller-side backend, ``_dask``); parallax must be
+importable there, the same version as the caller's. What a task returns is a
+:class:`~parallax._protocol.DaskOutcome`, made and read through ``_protocol``
+as process mode's messages are.
+"""
+
+from __future__ import annotations
+
+import threading
+from time import perf_counter, time
+from typing import Any
+
+import distributed
+from distributed import WorkerPlugin
+
+from .._protocol import (
+    ChunkFailed,
+    DaskOutcome,
+    JobCache,
+    PickledFailure,
+    Result,
+    decode_items,
+    encode,
+)
+from .._units import Chunk, ChunkResult, Failure
+from .._worker import (
+    MARK_POSITION,
+    MARK_STARTED,
+    MARK_TOKEN,
+    new_mark,
+    run_chunk,
+    set_inside_worker,
+)
+
+__all__ = ["Initializer", "run_on_worker"]
+
+#: functions this worker process has unpickled, by job token (a run's chunks
+#: share one; a few runs may interleave)
+_jobs = JobCache()
+
+#: where a task unpickles what it is sent, and the likely fix, as its errors say
+_WHERE = "on the dask worker"
+_HINT = " (is every module it needs installed there?)"
+
+
+def run_on_worker(
+    token: str, fn_blob: bytes, items_blob: bytes, timeout: float | None,
+    stop_at_failure: bool = False,
+) -> DaskOutcome:
+    """The Dask task of one chunk: run its items, capture values and exceptions.
+
+    The function and the items arrive pickled by parallax and are unpickled
+    here, where a failure is the chunk's SerializationError: left to Dask, an
+    argument that does not unpickle on a worker (its module is not installed
+    there, say) breaks the worker's connection to the scheduler, and with it
+    every task of the cluster.
+    """
+    try:
+        name = str(distributed.get_worker().address)
+    except ValueError:  # not on a worker (an in-process test double)
+        name = "dask worker"
+    fn = _jobs.load(token, fn_blob, _WHERE, _HINT)
+    items = fn if isinstance(fn, BaseException) else decode_items(items_blob, _WHERE, _HINT)
+    if isinstance(items, BaseException):
+        failed = ChunkFailed(PickledFailure.of(Failure.capture(items)))
+        return DaskOutcome(encode(failed), name, time() - perf_counter())
+    chunk = Chunk.fresh(0, 0, items)
+    timed_out_at = -1
+    previous = set_inside_worker(True)  # nested parallax calls degrade to serial
+    try:
+        if timeout is None:
+            result = run_chunk(fn, chunk, new_mark(), [], watch_time=False, track_position=False,
+                               stop_at_failure=stop_at_failure)
+        else:
+            result, timed_out_at = _run_watched(fn, chunk, timeout)
+    finally:
+        set_inside_worker(previous)
+    return DaskOutcome(encode(Result.of(result)), name, time() - perf_counter(), timed_out_at)
+
+
+def _run_watched(fn: Any, chunk: Chunk, timeout: float) -> tuple[ChunkResult, int]:
+    """Run the chunk in a helper thread; abandon it at the first item past ``timeout``.
+
+    Returns the chunk's result and the position of the abandoned item (-1 when
+    every item finished in time). An abandoned result holds the items before
+    the stuck one; the helper thread stops after the stuck item returns.
+    """
+    mark = new_mark()
+    values: list[Any] = []
+    # run_chunk keeps the failures it captures to itself until it returns;
+    # an abandoned chunk never returns, so its failures are recorded here too.
+    failures: dict[int, Failure] = {}
+    done: list[ChunkResult] = []
+
+    def guarded(item: Any) -> Any:
+        try:
+            return fn(item)
+        except BaseException as exc:
+            failures[int(mark[MARK_POSITION])] = Failure.capture(exc)
+            raise
+
+    def target() -> None:
+        previous = set_inside_worker(True)
+        try:
+            done.append(run_chunk(guarded, chunk, mark, values, watch_time=True))
+        finally:
+            set_inside_worker(previous)
+
+    started = perf_counter()
+    helper = threading.Thread(target=target, name="parallax-dask-timed-chunk", daemon=True)
+    helper.start()
+    while True:
+        position = int(mark[MARK_POSITION])
+        began = mark[MARK_STARTED]
+        if position < 0:
+            helper.join(0.005)  # not started yet
+        else:
+            left = began + timeout - perf_counter()
+            if left > 0:
+                helper.join(left)
+            elif int(mark[MARK_POSITION]) == position and mark[MARK_STARTED] == began:
+                mark[MARK_TOKEN] = -1.0  # the helper stops after the stuck item
+                kept = values[:position]
+                result = ChunkResult(
+                    chunk,
+                    kept,
+                    {offset: failure for offset, failure in failures.items() if offset < position}
+                    or None,
+                    started=started,
+                    finished=perf_counter(),
+                )
+                return result, position
+        if not helper.is_alive():
+            break
+    helper.join()
+    if not done:  # the helper died of an exception run_chunk lets through
+        raise RuntimeError("the chunk's helper thread ended without a result")
+    return done[0], -1
+
+
+# (the ignores cover mypy runs with and without distributed's own hints installed)
+class Initializer(WorkerPlugin):  # type: ignore[misc,unused-ignore]
+    """Runs the pool's ``initializer(*initargs)`` once in every worker."""
+
+    def __init__(self, initializer: Any, initargs: tuple[Any, ...]) -> None:
+        self.initializer = initializer
+        self.initargs = initargs
+
+    def setup(self, worker: Any) -> None:
+        self.initializer(*self.initargs)
