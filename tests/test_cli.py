@@ -22,10 +22,11 @@ import pytest
 
 import parallax
 from parallax import _cli
+from parallax._config import BUILTIN_MODES
 from parallax._host import gil_enabled, usable_cpus
 from parallax.backends import available_modes
 
-ALL_MODES = ("auto", "serial", "thread", "process", "free-threaded", "asyncio", "dask")
+ALL_MODES = BUILTIN_MODES
 
 USER_MODULE = textwrap.dedent(
     """
