@@ -152,7 +152,7 @@ def test_an_owned_engine_shuts_its_backend_down() -> None:
 
 
 def test_submit_returns_its_lease_at_once_and_still_completes() -> None:
-    future = submit_call(lambda _: 21 * 2, CallOptions.checked(mode="thread"), None)
+    future = submit_call(double, (21,), {}, CallOptions.checked(mode="thread"), None)
     assert leases() == {"thread": 0}
     assert future.result(timeout=30) == 42
 

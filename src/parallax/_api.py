@@ -4,8 +4,8 @@ The public doors only: each checks its keywords (:class:`CallOptions`) and
 hands the call to :func:`parallax._launch.launch`, which resolves the mode
 (``using()`` > ``PARALLAX_MODE`` > ``mode=`` > decorator default > ``"auto"``),
 lets the auto-selector measure the first items if the mode is ``"auto"``,
-and runs it on a pooled backend, as an :class:`~parallax.Executor` would:
-pools are kept warm between calls.
+and starts the run on a shared pool, kept warm between calls (or on a
+backend of the call's own when its workers need an initializer).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from typing import Any, Generic, Protocol, TypeVar, cast, overload
 from typing_extensions import ParamSpec
 
 from ._auto import Plan
-from ._calls import BoundCall
 from ._config import check_callable
 from ._launch import CallOptions, callable_name, launch, plan_call, submit_call
 from ._run import ErrorPolicy
@@ -202,7 +201,7 @@ class ParallelFunction(Generic[P, R]):
     def submit(self, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
         """Run one call on the decorator's pool; returns a ``concurrent.futures.Future``."""
         checked, default_mode = self._options({})
-        return submit_call(BoundCall(self.__wrapped__, args, kwargs), checked, default_mode)
+        return submit_call(self.__wrapped__, args, kwargs, checked, default_mode)
 
     def __reduce__(self) -> str | tuple[Any, ...]:
         # By reference where the module can find it again (a worker imports

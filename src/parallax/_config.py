@@ -36,6 +36,7 @@ __all__ = [
     "check_chunksize",
     "check_errors",
     "check_flag",
+    "check_initargs",
     "check_initializer",
     "check_iterable",
     "check_max_tasks",
@@ -144,8 +145,13 @@ def check_iterable(iterable: object) -> None:
 def check_initializer(initializer: object, initargs: object) -> None:
     if initializer is not None:
         check_callable(initializer, name="initializer")
+    check_initargs(initargs)
+
+
+def check_initargs(initargs: object) -> tuple[Any, ...]:
     if not isinstance(initargs, tuple):
         raise TypeError(f"initargs must be a tuple, not {type(initargs).__name__}")
+    return initargs
 
 
 def check_max_tasks(value: object) -> int | None:

@@ -32,9 +32,15 @@ from ._config import (
     check_timeout,
     check_workers,
     merge_options,
-    resolve,
 )
-from ._launch import collect, decide_unmeasured, length_of, new_run, open_engine, start_future
+from ._launch import (
+    collect,
+    length_of,
+    new_run,
+    open_engine,
+    resolve_without_probe,
+    start_future,
+)
 from ._run import ErrorPolicy, Raised, Run
 from ._stats import Stats
 from .backends import Backend, WorkerSetup
@@ -96,9 +102,7 @@ class Executor(_StdExecutor):
         check_initializer(initializer, initargs)
         max_tasks = check_max_tasks(max_tasks_per_worker)
         options = merge_options(check_options(backend_options))
-        resolved, reason = resolve(mode)
-        if resolved == "auto":
-            resolved, reason, workers = decide_unmeasured(workers)
+        resolved, reason, workers = resolve_without_probe(mode, None, workers)
         # An executor always owns its pool: its workers are set up for it alone.
         self._engine = open_engine(resolved, reason, workers=workers, options=options,
                                    setup=WorkerSetup(initializer, initargs, max_tasks))

@@ -3,24 +3,25 @@
 Every call of the function API and every :class:`~parallax.Executor` gets its
 backend here, and every run is built here::
 
-    map / imap / starmap / amap / @parallel          Executor(mode, ...)
-      │ CallOptions.checked: each keyword, once        │ its own checks, once
-      ▼                                                ▼
-    launch()                                         Executor.__init__
-      │ resolve the mode (_config.resolve)             │ resolve the mode
-      │ "auto": probe the first items -> decide        │ "auto": decide_unmeasured()
-      ▼                                                ▼
-    open_engine(): a private backend (initializer, max_tasks_per_worker, an
-      │ event loop) or a lease on a shared pool (_pools)
+    map / imap / starmap / amap / @parallel         Executor(mode, ...)
+      │ CallOptions.checked: each keyword, once       │ its own checks, once
+      ▼                                               ▼
+    launch()                                        resolve_without_probe()
+      │ resolve the mode (_config.resolve)            │ "auto": by machine
+      │ "auto": probe the first items -> decide       │ (decide_unmeasured)
+      ▼                                               ▼
+    open_engine(): a backend of its own (initializer, max_tasks_per_worker,
+      │ an event loop; an executor always) or a lease on a shared pool
       ▼
-    new_run(): the Run with its stats recorder (calls add retries and progress)
+    new_run(): the Run and its stats recorder (a call adds retries, progress)
       ▼
     hand_over(): the probed items become the run's first, finished chunk
       ▼
     Launched: collect() or iterate() the run, then give the backend back
 
-``submit_call`` is the same path for one call (``@parallel``'s ``.submit``);
-``start_future`` runs one call on a backend and settles a ``Future``.
+One call (``@parallel``'s ``.submit``, ``Executor.submit``) takes the short
+way: ``submit_call`` -> ``resolve_without_probe`` -> ``open_engine`` ->
+``start_future``, which runs it once and settles a ``Future``.
 """
 
 from __future__ import annotations
@@ -33,14 +34,14 @@ from typing import TYPE_CHECKING, Any, Final
 
 from . import _host, _pools
 from ._auto import Facts, Plan, Probe, decide, probe, probe_more
-from ._calls import AsyncStarCall, RunCoroutine, StarCall
+from ._calls import AsyncStarCall, BoundCall, RunCoroutine, StarCall
 from ._config import (
     check_backoff,
     check_callable,
     check_chunksize,
     check_errors,
     check_flag,
-    check_initializer,
+    check_initargs,
     check_iterable,
     check_max_tasks,
     check_mode,
@@ -76,6 +77,7 @@ __all__ = [
     "new_run",
     "open_engine",
     "plan_call",
+    "resolve_without_probe",
     "start_future",
     "submit_call",
 ]
@@ -127,18 +129,9 @@ class CallOptions:
         """
         fields = {name: given.pop(name) for name in list(given) if name in _KEYWORDS}
         backend = check_options(given)  # what is left: backend options
-        if fields.get("mode") is not None:
-            check_mode(fields["mode"])
-        for name in ("workers", "chunksize", "timeout", "errors"):
+        for name, check in _CHECKS:
             if name in fields:
-                _CHECKS[name](fields[name])
-        check_initializer(fields.get("initializer"), fields.get("initargs", ()))
-        for name in ("ordered", "record_tasks"):
-            if name in fields:
-                check_flag(fields[name], name=name)
-        for name in ("progress", "retries", "retry_on", "backoff", "max_tasks_per_worker"):
-            if name in fields:
-                fields[name] = _CHECKS[name](fields[name])
+                fields[name] = check(fields[name])
         base = base or _DEFAULTS
         return replace(base, **fields, backend={**base.backend, **backend})
 
@@ -156,18 +149,24 @@ class CallOptions:
 
 _KEYWORDS: Final = frozenset(CallOptions.__dataclass_fields__) - {"backend"}
 _DEFAULTS: Final = CallOptions()
-#: each keyword's check, returning the value to keep (retry_on: always a tuple)
-_CHECKS: Final[dict[str, Callable[[Any], Any]]] = {
-    "workers": check_workers,
-    "chunksize": check_chunksize,
-    "timeout": check_timeout,
-    "errors": check_errors,
-    "progress": check_progress,
-    "retries": check_retries,
-    "retry_on": check_retry_on,
-    "backoff": check_backoff,
-    "max_tasks_per_worker": check_max_tasks,
-}
+#: each keyword's check, in the order they are reported; each returns the
+#: value to keep (retry_on: always a tuple)
+_CHECKS: Final[tuple[tuple[str, Callable[[Any], Any]], ...]] = (
+    ("mode", lambda mode: None if mode is None else check_mode(mode)),
+    ("workers", check_workers),
+    ("chunksize", check_chunksize),
+    ("timeout", check_timeout),
+    ("errors", check_errors),
+    ("initializer", lambda fn: None if fn is None else check_callable(fn, name="initializer")),
+    ("initargs", check_initargs),
+    ("ordered", lambda flag: check_flag(flag, name="ordered")),
+    ("record_tasks", lambda flag: check_flag(flag, name="record_tasks")),
+    ("progress", check_progress),
+    ("retries", check_retries),
+    ("retry_on", check_retry_on),
+    ("backoff", check_backoff),
+    ("max_tasks_per_worker", check_max_tasks),
+)
 
 
 def length_of(iterable: Iterable[Any]) -> int | None:
@@ -195,6 +194,16 @@ def decide_unmeasured(workers: int | None, why: str | None = None) -> tuple[str,
     chosen = decide(Facts(gil_enabled=_host.gil_enabled(), cpus=_host.usable_cpus()), workers)
     reason = chosen.reason if why is None else chosen.reason.replace("nothing measured yet", why)
     return chosen.mode, reason, workers or chosen.workers
+
+
+def resolve_without_probe(requested: str | None, default_mode: str | None,
+                          workers: int | None) -> tuple[str, str, int | None]:
+    """The mode, reason and worker count of work nothing can be measured for
+    in advance (an executor's pool, one submitted call): ``"auto"`` by machine."""
+    mode, reason = resolve(requested, default_mode)
+    if mode == "auto":
+        return decide_unmeasured(workers)
+    return mode, reason, workers
 
 
 class Engine:
@@ -503,20 +512,16 @@ def start_future(backend: Backend, call: Callable[[Any], Any], timeout: float | 
         raise
 
 
-def submit_call(call: Callable[[Any], Any], options: CallOptions,
-                default_mode: str | None) -> Future[Any]:
-    """One call on the shared pool ``options`` select (``@parallel``'s ``.submit``).
-
-    The lease is given back at once: the pool stays up while the call runs.
+def submit_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+                options: CallOptions, default_mode: str | None) -> Future[Any]:
+    """``fn(*args, **kwargs)`` on the shared pool ``options`` select (``@parallel``'s
+    ``.submit``). The lease is given back at once: the pool stays up while it runs.
     """
-    mode, reason = resolve(options.mode, default_mode)
-    workers = options.workers
-    if mode == "auto":
-        mode, reason, workers = decide_unmeasured(workers)
+    mode, reason, workers = resolve_without_probe(options.mode, default_mode, options.workers)
     engine = open_engine(mode, reason, workers=workers, options=merge_options(options.backend))
     future: Future[Any] = Future()
     try:
-        start_future(engine.backend, call, options.timeout, future)
+        start_future(engine.backend, BoundCall(fn, args, kwargs), options.timeout, future)
     finally:
         engine.close(wait=False)
     return future
