@@ -28,8 +28,10 @@ import pytest
 
 import parallax
 from parallax import _pools
+from parallax._config import BUILTIN_MODES
 
-MODES = ("serial", "thread", "process", "free-threaded", "asyncio", "dask")
+#: every built-in mode but "auto", which only picks one of the others
+MODES = tuple(mode for mode in BUILTIN_MODES if mode != "auto")
 
 HAVE_DISTRIBUTED = importlib.util.find_spec("distributed") is not None
 

@@ -22,10 +22,9 @@ import pytest
 
 import parallax
 from parallax import _cli
+from parallax._config import BUILTIN_MODES
 from parallax._host import gil_enabled, usable_cpus
 from parallax.backends import available_modes
-
-ALL_MODES = ("auto", "serial", "thread", "process", "free-threaded", "asyncio", "dask")
 
 USER_MODULE = textwrap.dedent(
     """
@@ -96,7 +95,7 @@ def test_info_lists_every_mode_with_a_status() -> None:
         match = re.match(r"^  (\S+)\s+(yes|limited|no)\s+(.+)$", line)
         if match:
             rows[match[1]] = (match[2], match[3])
-    for mode in (*ALL_MODES, *available_modes()):
+    for mode in (*BUILTIN_MODES, *available_modes()):
         assert mode in rows, f"{mode} missing from:\n{result.stdout}"
     for mode in ("auto", "serial", "thread"):
         assert rows[mode][0] == "yes"
@@ -137,11 +136,11 @@ def test_info_explains_dask_and_free_threaded() -> None:
 
 def test_mode_statuses_covers_known_and_registered_modes() -> None:
     statuses = {status.mode: status for status in _cli.mode_statuses()}
-    assert set(ALL_MODES) | set(available_modes()) <= set(statuses)
+    assert set(BUILTIN_MODES) | set(available_modes()) <= set(statuses)
     for status in statuses.values():
         assert status.status in ("yes", "limited", "no")
         assert status.note
-    for mode in ALL_MODES:
+    for mode in BUILTIN_MODES:
         if mode not in available_modes():
             assert statuses[mode].status == "no"
 

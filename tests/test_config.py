@@ -13,6 +13,8 @@ import pytest
 
 import parallax
 from helpers import where
+from parallax._config import BUILTIN_MODES
+from parallax.backends import available_modes
 
 
 def mode_of_run(call: object) -> str:
@@ -69,6 +71,15 @@ def test_using_is_task_local() -> None:
         return list(await asyncio.gather(in_task("serial"), in_task(None)))
 
     assert asyncio.run(main()) == ["serial", "thread"]
+
+
+def test_every_builtin_mode_is_registered_and_accepted() -> None:
+    # The one list of modes (the Mode Literal) and the backend registry agree.
+    assert set(BUILTIN_MODES) <= set(available_modes())
+    assert len(BUILTIN_MODES) == len(set(BUILTIN_MODES)) and "auto" in BUILTIN_MODES
+    for mode in BUILTIN_MODES:
+        with parallax.using(mode):
+            pass
 
 
 def test_using_rejects_unknown_modes_and_options() -> None:

@@ -20,7 +20,6 @@ import platform
 import statistics
 import sys
 import sysconfig
-import typing
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ from typing import Any, Final
 from . import __version__
 from ._api import map as parallel_map
 from ._api import plan
-from ._config import ENVIRONMENT_VARIABLE, Mode, using
+from ._config import BUILTIN_MODES, ENVIRONMENT_VARIABLE, using
 from ._host import gil_enabled, usable_cpus
 from ._stats import Stats, monitor
 from .backends import available_modes
@@ -52,9 +51,6 @@ class UsageError(Exception):
 
 
 # -- info -----------------------------------------------------------------------------
-
-#: every mode the design knows, whether or not this build has registered it yet
-KNOWN_MODES: Final[tuple[str, ...]] = typing.get_args(Mode)
 
 _DASK_HINT: Final = "needs pip install 'parallax[dask]' (the 'distributed' package)"
 
@@ -92,7 +88,7 @@ def mode_statuses() -> list[ModeStatus]:
     cpus = usable_cpus()
     gil = gil_enabled()
     statuses: list[ModeStatus] = []
-    for mode in dict.fromkeys((*KNOWN_MODES, *registered)):
+    for mode in dict.fromkeys((*BUILTIN_MODES, *registered)):
         if mode == "dask" and importlib.util.find_spec("distributed") is None:
             statuses.append(ModeStatus(mode, "no", _DASK_HINT))
             continue
@@ -291,7 +287,7 @@ def parse_modes(text: str) -> list[str]:
     for name in requested:
         if name in registered:
             continue
-        if name in KNOWN_MODES:
+        if name in BUILTIN_MODES:
             hint = f": {_DASK_HINT}" if name == "dask" else ""
             raise UsageError(f"mode {name!r} is not available in this version of parallax{hint}")
         raise UsageError(f"unknown mode {name!r}; valid modes are: {', '.join(registered)}")

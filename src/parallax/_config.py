@@ -22,26 +22,41 @@ import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, get_args
 
 from ._worker import inside_worker
 from .backends import available_modes, backend_options
 
 __all__ = [
+    "BUILTIN_MODES",
     "Mode",
     "Settings",
+    "check_backoff",
     "check_callable",
     "check_chunksize",
     "check_errors",
+    "check_flag",
+    "check_initargs",
+    "check_initializer",
+    "check_iterable",
+    "check_max_tasks",
     "check_mode",
     "check_options",
+    "check_progress",
+    "check_retries",
+    "check_retry_on",
     "check_timeout",
     "check_workers",
-    "resolve_mode",
+    "is_coroutine_function",
+    "merge_options",
+    "resolve",
     "using",
 ]
 
 Mode = Literal["auto", "serial", "thread", "process", "free-threaded", "asyncio", "dask"]
+#: every mode parallax itself defines, in the order it lists them (the CLI,
+#: the pytest plugin and the tests read this; registered backends add to it)
+BUILTIN_MODES: Final[tuple[str, ...]] = get_args(Mode)
 
 ENVIRONMENT_VARIABLE: Final = "PARALLAX_MODE"
 ERROR_POLICIES: Final = ("raise", "return", "skip")
@@ -130,8 +145,13 @@ def check_iterable(iterable: object) -> None:
 def check_initializer(initializer: object, initargs: object) -> None:
     if initializer is not None:
         check_callable(initializer, name="initializer")
+    check_initargs(initargs)
+
+
+def check_initargs(initargs: object) -> tuple[Any, ...]:
     if not isinstance(initargs, tuple):
         raise TypeError(f"initargs must be a tuple, not {type(initargs).__name__}")
+    return initargs
 
 
 def check_max_tasks(value: object) -> int | None:
@@ -140,6 +160,43 @@ def check_max_tasks(value: object) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"max_tasks_per_worker must be a positive integer or None, not {value!r}")
     return value
+
+
+def check_flag(value: object, *, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, not {value!r}")
+    return value
+
+
+def check_progress(progress: object) -> object:
+    if not (progress in (True, False, None) or callable(progress)):
+        raise TypeError(f"progress must be True, False or a callable, not {progress!r}")
+    return progress
+
+
+def check_retries(retries: object) -> int:
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise ValueError(f"retries must be a non-negative integer, not {retries!r}")
+    return retries
+
+
+def check_retry_on(retry_on: object) -> tuple[type[BaseException], ...]:
+    """The exception types to retry on, as a tuple (a single type is allowed)."""
+    if isinstance(retry_on, type):
+        retry_on = (retry_on,)
+    if not (
+        isinstance(retry_on, tuple)
+        and retry_on
+        and all(isinstance(kind, type) and issubclass(kind, BaseException) for kind in retry_on)
+    ):
+        raise TypeError(f"retry_on must be an exception type or a tuple of them, not {retry_on!r}")
+    return retry_on
+
+
+def check_backoff(backoff: object) -> float:
+    if isinstance(backoff, bool) or not isinstance(backoff, int | float) or backoff < 0:
+        raise ValueError(f"backoff must be a non-negative number of seconds, not {backoff!r}")
+    return backoff
 
 
 def check_options(options: Mapping[str, Any]) -> dict[str, Any]:
@@ -189,16 +246,6 @@ def using(mode: Mode | str, **options: Any) -> Iterator[None]:
         yield
     finally:
         _forced.reset(token)
-
-
-def forced() -> Settings | None:
-    """The innermost active ``using()`` settings, if any."""
-    return _forced.get()
-
-
-def resolve_mode(explicit: str | None, default: str | None = None) -> str:
-    """The mode a call runs in, following the documented precedence."""
-    return resolve(explicit, default)[0]
 
 
 def resolve(explicit: str | None, default: str | None = None) -> tuple[str, str]:

@@ -2,9 +2,10 @@
 
 Lifecycle: an executor is *running* from construction (its workers start
 with the first task) until ``shutdown()``, after which it is *closed*: new
-work raises ``RuntimeError``; ``shutdown`` again is harmless. ``parallax.map``
-and friends are an executor used in a ``with`` block over a pooled backend,
-so they share every behaviour documented here.
+work raises ``RuntimeError``; ``shutdown`` again is harmless. An executor
+owns its backend. Its backend and its runs come from ``_launch``, the path
+``parallax.map`` and friends take too (over a pooled backend), so they share
+every behaviour documented here.
 """
 
 from __future__ import annotations
@@ -12,14 +13,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Executor as _StdExecutor
-from concurrent.futures import Future, InvalidStateError
+from concurrent.futures import Future
 from time import monotonic
 from typing import Any, TypeVar
 
 from typing_extensions import ParamSpec
 
-from . import _host, _pools
-from ._auto import Facts, decide
+from ._calls import BoundCall, StarCall
 from ._config import (
     check_callable,
     check_chunksize,
@@ -32,12 +32,17 @@ from ._config import (
     check_timeout,
     check_workers,
     merge_options,
-    resolve,
 )
-from ._run import ErrorPolicy, Raised, RetryPolicy, Run
-from ._stats import Stats, StatsRecorder
-from ._units import Chunk, ChunkResult, Job
-from ._worker import BoundCall, StarCall
+from ._launch import (
+    collect,
+    length_of,
+    new_run,
+    open_engine,
+    resolve_without_probe,
+    start_future,
+)
+from ._run import ErrorPolicy, Raised, Run
+from ._stats import Stats
 from .backends import Backend, WorkerSetup
 
 __all__ = ["Executor"]
@@ -45,41 +50,6 @@ __all__ = ["Executor"]
 P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
-
-
-class _FutureJob(Job):
-    """A one-item job whose outcome settles a ``concurrent.futures.Future``."""
-
-    __slots__ = ("future",)
-
-    def __init__(
-        self, fn: Callable[[Any], Any], future: Future[Any], timeout: float | None
-    ) -> None:
-        super().__init__(fn, self._settle, timeout=timeout)
-        self.future = future
-
-    def claim(self, chunk: Chunk) -> bool:
-        return self.wants(chunk) and self.future.set_running_or_notify_cancel()
-
-    def _settle(self, result: ChunkResult) -> None:
-        future = self.future
-        try:
-            if result.failures:
-                failure = result.failures[0]
-                future.set_exception(failure.to_exception(None, None, result.worker))
-            elif result.interruption is not None:
-                future.set_exception(result.interruption)
-            else:
-                future.set_result(result.values[0])
-        except InvalidStateError:
-            pass  # cancelled meanwhile: nobody waits for the outcome
-
-
-def _length(iterable: Iterable[Any]) -> int | None:
-    try:
-        return len(iterable)  # type: ignore[arg-type]
-    except TypeError:
-        return None
 
 
 def _unwrap(results: Generator[Any, None, None]) -> Iterator[Any]:
@@ -132,36 +102,21 @@ class Executor(_StdExecutor):
         check_initializer(initializer, initargs)
         max_tasks = check_max_tasks(max_tasks_per_worker)
         options = merge_options(check_options(backend_options))
-        resolved, reason = resolve(mode)
-        if resolved == "auto":
-            plan = decide(Facts(gil_enabled=_host.gil_enabled(), cpus=_host.usable_cpus()), workers)
-            resolved, reason = plan.mode, plan.reason
-        setup = WorkerSetup(initializer, initargs, max_tasks)
-        backend = _pools.new_backend(resolved, workers=workers, setup=setup, options=options)
-        self._attach(backend, reason, owned=True)
-
-    @classmethod
-    def _over(cls, backend: Backend, reason: str, *, chunksize: int | str,
-              timeout: float | None, owned: bool) -> Executor:
-        """An executor over an existing backend (the function API's pooled ones)."""
-        executor = cls.__new__(cls)
-        executor._chunksize = chunksize
-        executor._timeout = timeout
-        executor._attach(backend, reason, owned=owned)
-        return executor
-
-    def _attach(self, backend: Backend, reason: str, *, owned: bool) -> None:
-        self._backend = backend
-        self._reason = reason
-        self._owned = owned
+        resolved, reason, workers = resolve_without_probe(mode, None, workers)
+        # An executor always owns its pool: its workers are set up for it alone.
+        self._engine = open_engine(resolved, reason, workers=workers, options=options,
+                                   setup=WorkerSetup(initializer, initargs, max_tasks))
         self._lock = threading.Lock()
         self._closed = False
         self._runs: set[Run] = set()
         self._futures: set[Future[Any]] = set()
         self._finished_runs: list[Stats] = []
-        self._lease_held = not owned
 
     # -- properties --------------------------------------------------------------
+
+    @property
+    def _backend(self) -> Backend:
+        return self._engine.backend
 
     @property
     def mode(self) -> str:
@@ -193,17 +148,14 @@ class Executor(_StdExecutor):
         """Run ``fn(*args, **kwargs)`` on a worker; returns its ``Future``."""
         check_callable(fn)
         future: Future[R] = Future()
-        job = _FutureJob(BoundCall(fn, args, kwargs), future, self._timeout)
         with self._lock:
             self._check_open()
             self._futures.add(future)
         future.add_done_callback(self._forget_future)
         try:
-            self._backend.prepare(job)
-            self._backend.submit(job, Chunk.fresh(0, 0, [None]))
+            start_future(self._backend, BoundCall(fn, args, kwargs), self._timeout, future)
         except BaseException:
             self._forget_future(future)
-            future.cancel()
             raise
         return future
 
@@ -227,14 +179,15 @@ class Executor(_StdExecutor):
         if not iterables:
             raise TypeError("map() needs at least one iterable")
         deadline = None if timeout is None else monotonic() + timeout
-        if len(iterables) == 1:
-            run = self._start_run(fn, iterables[0], chunksize=chunksize, errors="wrap",
-                                  deadline=deadline)
-        else:
-            for iterable in iterables:
-                check_iterable(iterable)
-            run = self._start_run(StarCall(fn), zip(*iterables, strict=False),
-                                  chunksize=chunksize, errors="wrap", deadline=deadline)
+        call: Callable[[Any], Any] = check_callable(fn)
+        for iterable in iterables:
+            check_iterable(iterable)
+        source: Iterable[Any] = iterables[0]
+        if len(iterables) > 1:
+            call, source = StarCall(fn), zip(*iterables, strict=False)
+        size = self._chunksize if chunksize is None else check_chunksize(chunksize)
+        run = self._new_run(call, source, chunksize=size, timeout=self._timeout, errors="wrap",
+                            deadline=deadline)
         run.start()
         return _unwrap(iter(run))
 
@@ -249,10 +202,7 @@ class Executor(_StdExecutor):
         errors: ErrorPolicy = "raise",
     ) -> Iterator[R]:
         """Lazy results of ``fn`` over ``iterable``, in order unless ``ordered=False``."""
-        return iter(
-            self._start_run(fn, iterable, chunksize=chunksize, ordered=ordered,
-                            timeout=timeout, errors=errors)
-        )
+        return iter(self._checked_run(fn, iterable, ordered, chunksize, timeout, errors))
 
     def starmap(
         self,
@@ -265,10 +215,8 @@ class Executor(_StdExecutor):
         errors: ErrorPolicy = "raise",
     ) -> list[R]:
         """``[fn(*args) for args in iterable]``, computed on the pool."""
-        check_callable(fn)
-        run = self._start_run(StarCall(fn), iterable, chunksize=chunksize, ordered=ordered,
-                              timeout=timeout, errors=errors)
-        return collect(run)
+        return collect(self._checked_run(fn, iterable, ordered, chunksize, timeout, errors,
+                                         star=True))
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop accepting work; finish (or with ``cancel_futures``, drop) what is queued.
@@ -285,61 +233,54 @@ class Executor(_StdExecutor):
                 future.cancel()
             for run in runs:
                 run.cancel()
-        if self._owned:
-            self._backend.shutdown(wait=wait, cancel_pending=cancel_futures)
-        else:
-            if wait:
-                for future in futures:
-                    if not future.cancelled():
-                        future.exception()  # waits; the outcome stays on the future
-            with self._lock:
-                release, self._lease_held = self._lease_held, False
-            if release:
-                _pools.release(self._backend)
+        self._engine.close(wait=wait, cancel_pending=cancel_futures)
 
     # -- runs --------------------------------------------------------------------------
 
-    def _start_run(
+    def _checked_run(
         self,
-        fn: Callable[[Any], Any],
+        fn: Callable[..., Any],
         iterable: Iterable[Any],
+        ordered: bool,
+        chunksize: int | str | None,
+        timeout: float | None,
+        errors: ErrorPolicy,
         *,
-        chunksize: int | str | None = None,
-        ordered: bool = True,
-        timeout: float | None = None,
-        errors: ErrorPolicy | str = "raise",
-        deadline: float | None = None,
-        retry: RetryPolicy | None = None,
-        total: int | None = None,
-        reason: str | None = None,
-        on_progress: Callable[[int], None] | None = None,
-        record_tasks: bool = True,
+        star: bool = False,
     ) -> Run:
+        """``imap``'s and ``starmap``'s run, their arguments checked."""
         check_callable(fn)
         check_iterable(iterable)
         size = self._chunksize if chunksize is None else check_chunksize(chunksize)
         per_task = self._timeout if timeout is None else check_timeout(timeout)
-        policy = errors if errors == "wrap" else check_errors(errors)
-        if total is None:
-            total = _length(iterable)
-        recorder = StatsRecorder(
-            self.mode, reason or self._reason, self.workers, size, tasks=record_tasks
-        )
+        policy = check_errors(errors)
+        return self._new_run(StarCall(fn) if star else fn, iterable, chunksize=size,
+                             ordered=ordered, timeout=per_task, errors=policy)
+
+    def _new_run(
+        self,
+        call: Callable[[Any], Any],
+        iterable: Iterable[Any],
+        *,
+        chunksize: int | str,
+        ordered: bool = True,
+        timeout: float | None,
+        errors: ErrorPolicy | str,
+        deadline: float | None = None,
+    ) -> Run:
+        total = length_of(iterable)
         with self._lock:
             self._check_open()
-            run = Run(
-                self._backend,
-                fn,
+            run = new_run(
+                self._engine,
+                call,
                 iterable,
-                chunksize=size,
+                chunksize=chunksize,
                 ordered=ordered,
-                errors=policy,
-                timeout=per_task,
+                errors=errors,
+                timeout=timeout,
                 deadline=deadline,
-                retry=retry,
                 total=total,
-                recorder=recorder,
-                on_progress=on_progress,
                 on_finish=self._run_finished,
             )
             self._runs.add(run)
@@ -351,25 +292,3 @@ class Executor(_StdExecutor):
             if run.recorder is not None:
                 self._finished_runs.append(run.recorder.stats)
 
-
-def collect(run: Run) -> list[Any]:
-    """All results of a run as one list.
-
-    The largest batch becomes the result list and the others are spliced in
-    around it, so a run delivered as one big chunk (serial ``map``) hands
-    over its values without copying them. The batches are the run's own
-    lists, no longer used once delivered.
-    """
-    batches = [batch for batch in run.batches(all_at_once=True) if batch]
-    if not batches:
-        return []
-    largest = max(range(len(batches)), key=lambda position: len(batches[position]))
-    results = batches[largest]
-    if largest:
-        before: list[Any] = []
-        for batch in batches[:largest]:
-            before.extend(batch)  # list.extend(list) copies at C speed; a chain would not
-        results[:0] = before
-    for batch in batches[largest + 1 :]:
-        results.extend(batch)
-    return results

@@ -260,39 +260,6 @@ def new_mark() -> Mark:
     return mark
 
 
-class StarCall:
-    """``fn(*args)`` as a one-argument callable, for ``starmap``; pickles by value."""
-
-    __slots__ = ("fn",)
-
-    def __init__(self, fn: Callable[..., Any]) -> None:
-        self.fn = fn
-
-    def __call__(self, args: Any) -> Any:
-        return self.fn(*args)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (StarCall, (self.fn,))
-
-
-class BoundCall:
-    """``fn(*args, **kwargs)`` ignoring its item, for ``Executor.submit``."""
-
-    __slots__ = ("args", "fn", "kwargs")
-
-    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...] = (),
-                 kwargs: dict[str, Any] | None = None) -> None:
-        self.fn = fn
-        self.args = args
-        self.kwargs = kwargs or {}
-
-    def __call__(self, _item: Any) -> Any:
-        return self.fn(*self.args, **self.kwargs)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (BoundCall, (self.fn, self.args, self.kwargs))
-
-
 def flag_overruns(result: ChunkResult, timeout: float, why: str) -> None:
     """Turn items that ran past ``timeout`` into TaskTimeoutError, after the fact."""
     ends = result.item_ends

@@ -23,12 +23,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from ._config import check_mode, using
+from ._config import BUILTIN_MODES, check_mode, using
 
 __all__ = ["PLUGIN_MODES", "parallax_mode"]
 
-#: the modes the ``parallax_mode`` fixture runs a test in
-PLUGIN_MODES = ("serial", "thread", "process", "free-threaded")
+#: the modes the ``parallax_mode`` fixture runs a test in: the built-in ones
+#: but "auto" (it picks one of the others), asyncio and dask (see above)
+PLUGIN_MODES = tuple(mode for mode in BUILTIN_MODES if mode not in ("auto", "asyncio", "dask"))
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -10,24 +10,11 @@ cannot interrupt the caller's own thread: an item that ran longer than
 
 from __future__ import annotations
 
-from typing import Any
-
+from .._calls import CheckedCall
 from .._serialize import round_trip
 from .._units import Chunk, Job
 from .._worker import flag_overruns, new_mark, run_chunk, set_inside_worker
 from . import Backend, WorkerSetup, failed_chunk
-
-
-class _CheckedCall:
-    """Round-trips each argument and result through pickling around ``fn``."""
-
-    __slots__ = ("fn",)
-
-    def __init__(self, fn: Any) -> None:
-        self.fn = fn
-
-    def __call__(self, item: Any) -> Any:
-        return round_trip(self.fn(round_trip(item, "argument")), "result")
 
 
 class SerialBackend(Backend):
@@ -60,7 +47,7 @@ class SerialBackend(Backend):
 
     def prepare(self, job: Job) -> None:
         if self._check_pickle:
-            job.fn = _CheckedCall(round_trip(job.fn, "function"))
+            job.fn = CheckedCall(round_trip(job.fn, "function"))
 
     def submit(self, job: Job, chunk: Chunk) -> None:
         if self._closed:

@@ -1,0 +1,528 @@
+"""The one path from a checked call to started work.
+
+Every call of the function API and every :class:`~parallax.Executor` gets its
+backend here, and every run is built here::
+
+    map / imap / starmap / amap / @parallel         Executor(mode, ...)
+      │ CallOptions.checked: each keyword, once       │ its own checks, once
+      ▼                                               ▼
+    launch()                                        resolve_without_probe()
+      │ resolve the mode (_config.resolve)            │ "auto": by machine
+      │ "auto": probe the first items -> decide       │ (decide_unmeasured)
+      ▼                                               ▼
+    open_engine(): a backend of its own (initializer, max_tasks_per_worker,
+      │ an event loop; an executor always) or a lease on a shared pool
+      ▼
+    new_run(): the Run and its stats recorder (a call adds retries, progress)
+      ▼
+    hand_over(): the probed items become the run's first, finished chunk
+      ▼
+    Launched: collect() or iterate() the run, then give the backend back
+
+One call (``@parallel``'s ``.submit``, ``Executor.submit``) takes the short
+way: ``submit_call`` -> ``resolve_without_probe`` -> ``open_engine`` ->
+``start_future``, which runs it once and settles a ``Future``.
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future, InvalidStateError
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Final
+
+from . import _host, _pools
+from ._auto import Facts, Plan, Probe, decide, probe, probe_more
+from ._calls import AsyncStarCall, BoundCall, RunCoroutine, StarCall
+from ._config import (
+    check_backoff,
+    check_callable,
+    check_chunksize,
+    check_errors,
+    check_flag,
+    check_initargs,
+    check_iterable,
+    check_max_tasks,
+    check_mode,
+    check_options,
+    check_progress,
+    check_retries,
+    check_retry_on,
+    check_timeout,
+    check_workers,
+    is_coroutine_function,
+    merge_options,
+    resolve,
+)
+from ._progress import Reporter, make_reporter
+from ._run import ErrorPolicy, RetryPolicy, Run
+from ._stats import StatsRecorder
+from ._units import Chunk, ChunkResult, Failure, Job
+from ._worker import flag_overruns
+from .backends import Backend, WorkerSetup
+
+if TYPE_CHECKING:
+    import asyncio
+
+__all__ = [
+    "CallOptions",
+    "Engine",
+    "Launched",
+    "callable_name",
+    "collect",
+    "decide_unmeasured",
+    "launch",
+    "length_of",
+    "new_run",
+    "open_engine",
+    "plan_call",
+    "resolve_without_probe",
+    "start_future",
+    "submit_call",
+]
+
+#: inputs whose length is known for free, and which the run can slice from
+#: any index (so the auto probe's items need not be copied out of them)
+_SEQUENCES: Final = (list, tuple, range)
+
+
+# -- the checked call ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CallOptions:
+    """The keywords shared by ``map``, ``imap``, ``starmap``, ``amap`` and ``@parallel``,
+    checked. ``backend`` holds the rest: options for the backend that runs."""
+
+    mode: str | None = None
+    workers: int | None = None
+    chunksize: int | str = "auto"
+    ordered: bool = True
+    timeout: float | None = None
+    errors: ErrorPolicy = "raise"
+    progress: Any = False
+    initializer: Callable[..., object] | None = None
+    initargs: tuple[Any, ...] = ()
+    retries: int = 0
+    retry_on: tuple[type[BaseException], ...] = (Exception,)
+    backoff: float = 0.0
+    max_tasks_per_worker: int | None = None
+    record_tasks: bool = True
+    backend: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_call(cls, arguments: dict[str, Any]) -> CallOptions:
+        """The checked options of a ``map``-like call, from its ``locals()``."""
+        given = {name: value for name, value in arguments.items()
+                 if name not in ("fn", "iterable", "options")}
+        return cls.checked(**given, **arguments["options"])
+
+    @classmethod
+    def checked(cls, base: CallOptions | None = None, /, **given: Any) -> CallOptions:
+        """``base`` (already checked; default: the defaults) with ``given`` applied.
+
+        Checks each given keyword, and only those; raises before any work starts.
+
+        Raises:
+            ValueError, TypeError: naming the bad keyword and what is valid.
+        """
+        fields = {name: given.pop(name) for name in list(given) if name in _KEYWORDS}
+        backend = check_options(given)  # what is left: backend options
+        for name, check in _CHECKS:
+            if name in fields:
+                fields[name] = check(fields[name])
+        base = base or _DEFAULTS
+        return replace(base, **fields, backend={**base.backend, **backend})
+
+    @property
+    def setup(self) -> WorkerSetup | None:
+        """How this call's workers start, when they need a pool of their own."""
+        if self.initializer is None and self.max_tasks_per_worker is None:
+            return None
+        return WorkerSetup(self.initializer, self.initargs, self.max_tasks_per_worker)
+
+    @property
+    def retry(self) -> RetryPolicy | None:
+        return RetryPolicy(self.retries, self.retry_on, self.backoff) if self.retries else None
+
+
+_KEYWORDS: Final = frozenset(CallOptions.__dataclass_fields__) - {"backend"}
+_DEFAULTS: Final = CallOptions()
+#: each keyword's check, in the order they are reported; each returns the
+#: value to keep (retry_on: always a tuple)
+_CHECKS: Final[tuple[tuple[str, Callable[[Any], Any]], ...]] = (
+    ("mode", lambda mode: None if mode is None else check_mode(mode)),
+    ("workers", check_workers),
+    ("chunksize", check_chunksize),
+    ("timeout", check_timeout),
+    ("errors", check_errors),
+    ("initializer", lambda fn: None if fn is None else check_callable(fn, name="initializer")),
+    ("initargs", check_initargs),
+    ("ordered", lambda flag: check_flag(flag, name="ordered")),
+    ("record_tasks", lambda flag: check_flag(flag, name="record_tasks")),
+    ("progress", check_progress),
+    ("retries", check_retries),
+    ("retry_on", check_retry_on),
+    ("backoff", check_backoff),
+    ("max_tasks_per_worker", check_max_tasks),
+)
+
+
+def length_of(iterable: Iterable[Any]) -> int | None:
+    """The input's length if it has one (progress totals, the auto probe's facts)."""
+    if isinstance(iterable, _SEQUENCES):
+        return len(iterable)
+    try:
+        return builtins.len(iterable)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
+def callable_name(fn: object) -> str:
+    return str(getattr(fn, "__qualname__", None) or type(fn).__name__)
+
+
+# -- choosing and opening a backend ------------------------------------------------------
+
+
+def decide_unmeasured(workers: int | None, why: str | None = None) -> tuple[str, str, int]:
+    """``"auto"`` without a probe: the mode, reason and worker count by machine alone.
+
+    ``why`` replaces "nothing measured yet" in the reason.
+    """
+    chosen = decide(Facts(gil_enabled=_host.gil_enabled(), cpus=_host.usable_cpus()), workers)
+    reason = chosen.reason if why is None else chosen.reason.replace("nothing measured yet", why)
+    return chosen.mode, reason, workers or chosen.workers
+
+
+def resolve_without_probe(requested: str | None, default_mode: str | None,
+                          workers: int | None) -> tuple[str, str, int | None]:
+    """The mode, reason and worker count of work nothing can be measured for
+    in advance (an executor's pool, one submitted call): ``"auto"`` by machine."""
+    mode, reason = resolve(requested, default_mode)
+    if mode == "auto":
+        return decide_unmeasured(workers)
+    return mode, reason, workers
+
+
+class Engine:
+    """The backend a call or an executor runs on, and how to give it back.
+
+    Owned (a private backend: shut down on close) or leased (a shared pool:
+    the lease is returned on close, once, and the pool stays warm).
+    """
+
+    __slots__ = ("_leased", "backend", "owned", "reason")
+
+    def __init__(self, backend: Backend, reason: str, *, owned: bool) -> None:
+        self.backend = backend
+        self.reason = reason
+        self.owned = owned
+        self._leased = not owned
+
+    def close(self, *, wait: bool = True, cancel_pending: bool = False) -> None:
+        if self.owned:
+            self.backend.shutdown(wait=wait, cancel_pending=cancel_pending)
+        elif self._leased:
+            self._leased = False
+            _pools.release(self.backend)
+
+
+def open_engine(mode: str, reason: str, *, workers: int | None, options: dict[str, Any],
+                setup: WorkerSetup | None = None) -> Engine:
+    """A private backend when ``setup`` is given (its workers are set up for
+    this caller alone), else a lease on the shared pool for these settings."""
+    if setup is not None:
+        backend = _pools.new_backend(mode, workers=workers, setup=setup, options=options)
+        return Engine(backend, reason, owned=True)
+    return Engine(_pools.acquire(mode, workers, options), reason, owned=False)
+
+
+# -- runs ------------------------------------------------------------------------------------
+
+
+def new_run(
+    engine: Engine,
+    call: Callable[[Any], Any],
+    iterable: Iterable[Any],
+    *,
+    chunksize: int | str,
+    ordered: bool = True,
+    errors: ErrorPolicy | str = "raise",
+    timeout: float | None = None,
+    deadline: float | None = None,
+    retry: RetryPolicy | None = None,
+    total: int | None = None,
+    on_progress: Callable[[int], None] | None = None,
+    record_tasks: bool = True,
+    on_finish: Callable[[Run], None] | None = None,
+) -> Run:
+    """A run of ``call`` over ``iterable`` on the engine's backend, recording its stats.
+
+    Takes checked arguments: it checks nothing itself.
+    """
+    backend = engine.backend
+    recorder = StatsRecorder(backend.name, engine.reason, backend.workers, chunksize,
+                             tasks=record_tasks)
+    return Run(
+        backend,
+        call,
+        iterable,
+        chunksize=chunksize,
+        ordered=ordered,
+        errors=errors,  # type: ignore[arg-type]  # checked by the caller
+        timeout=timeout,
+        deadline=deadline,
+        retry=retry,
+        total=total,
+        recorder=recorder,
+        on_progress=on_progress,
+        on_finish=on_finish,
+    )
+
+
+def collect(run: Run) -> list[Any]:
+    """All results of a run as one list.
+
+    The largest batch becomes the result list and the others are spliced in
+    around it, so a run delivered as one big chunk (serial ``map``) hands
+    over its values without copying them. The batches are the run's own
+    lists, no longer used once delivered.
+    """
+    batches = [batch for batch in run.batches(all_at_once=True) if batch]
+    if not batches:
+        return []
+    largest = max(range(len(batches)), key=lambda position: len(batches[position]))
+    results = batches[largest]
+    if largest:
+        before: list[Any] = []
+        for batch in batches[:largest]:
+            before.extend(batch)  # list.extend(list) copies at C speed; a chain would not
+        results[:0] = before
+    for batch in batches[largest + 1 :]:
+        results.extend(batch)
+    return results
+
+
+@dataclass(slots=True)
+class Launched:
+    """A started call: its run, and what to give back once it is consumed."""
+
+    run: Run
+    engine: Engine
+    reporter: Reporter | None
+
+    def finish(self) -> None:
+        if self.reporter is not None:
+            self.reporter.close()
+        self.engine.close(wait=True)
+
+    def collect(self) -> list[Any]:
+        try:
+            return collect(self.run)
+        finally:
+            self.finish()
+
+    def iterate(self) -> Iterator[Any]:
+        try:
+            yield from self.run
+        finally:
+            self.finish()
+
+
+def launch(
+    fn: Callable[..., Any],
+    iterable: Iterable[Any],
+    options: CallOptions,
+    *,
+    star: bool = False,
+    default_mode: str | None = None,
+    loop: asyncio.AbstractEventLoop | None = None,
+) -> Launched:
+    """Resolve the mode, plan, open a backend and build the run of one call.
+
+    No item runs before this returns but the auto probe's. If anything fails,
+    the backend is given back before the exception propagates.
+
+    Raises:
+        TypeError: ``fn`` is not callable, ``iterable`` is not iterable, or a
+            plain function was asked to run in asyncio mode.
+    """
+    check_callable(fn)
+    check_iterable(iterable)
+    mode, reason = resolve(options.mode, default_mode)
+    backend_options = merge_options(options.backend)
+    coroutine = is_coroutine_function(fn)
+    call: Callable[[Any], Any] = fn
+    if star:
+        call = AsyncStarCall(fn) if coroutine else StarCall(fn)
+    total = length_of(iterable)
+    workers = options.workers
+    measured: Probe | None = None
+    source: Iterator[Any] = iter(())
+    if mode == "auto" and options.initializer is not None:
+        # The probe runs items in the caller, which is no worker and has not
+        # run the initializer: decide without measuring instead.
+        mode, reason, workers = decide_unmeasured(workers, "initializer given, no probe")
+    if mode == "auto":
+        # The probe takes the first items; the run goes on from there (a
+        # sequence from the index after them, anything else from the iterator).
+        source = iter(iterable)
+        if not isinstance(iterable, _SEQUENCES):
+            iterable = source
+        measured = probe(call, source, total=total, coroutine=coroutine)
+        chosen = decide(measured.facts, workers)
+        mode, reason = chosen.mode, chosen.reason
+        workers = workers or chosen.workers
+    if mode == "asyncio" and not coroutine:
+        raise TypeError(
+            f"mode='asyncio' runs coroutine functions, but {callable_name(fn)} is a plain "
+            "function; define it with 'async def', or use mode='thread' for blocking I/O"
+        )
+    if coroutine and mode != "asyncio":
+        call = RunCoroutine(call)
+    if loop is not None and mode == "asyncio":
+        backend_options["loop"] = loop
+    setup = options.setup
+    if setup is None and "loop" in backend_options:
+        setup = WorkerSetup()  # a pool bound to one event loop is no pool to share
+    engine = open_engine(mode, reason, workers=workers, options=backend_options, setup=setup)
+    try:
+        reporter = make_reporter(options.progress, total)
+        run = new_run(
+            engine,
+            call,
+            iterable,
+            chunksize=options.chunksize,
+            ordered=options.ordered,
+            errors=options.errors,
+            timeout=options.timeout,
+            retry=options.retry,
+            total=total,
+            on_progress=reporter.advance if reporter else None,
+            record_tasks=options.record_tasks,
+        )
+        if measured is not None and measured.items:
+            try:
+                hand_over(run, measured, call, source, options.timeout)
+            except BaseException:
+                run.close()
+                raise
+    except BaseException:
+        engine.close(wait=False)
+        raise
+    return Launched(run, engine, reporter)
+
+
+def hand_over(run: Run, measured: Probe, call: Callable[[Any], Any],
+              source: Iterator[Any], timeout: float | None) -> None:
+    """Make the probed items the run's first results, once the pool can take over."""
+    backend = run.backend
+    if (backend.starting and backend.workers < measured.facts.cpus
+            and not isinstance(measured.outcomes[-1], Failure)):
+        # Fresh worker interpreters take tens of milliseconds (more if they
+        # import heavy modules) to boot: they load the function meanwhile, and
+        # the caller, which ran the probe, goes on with the next items until
+        # one of them is ready. Only with a core to spare: booting is CPU work
+        # too, and a caller competing with it for the cores gains nothing.
+        backend.preload(run.job)
+        probe_more(call, source, measured, while_=lambda: backend.starting)
+    run.preload(probed_chunk(measured, timeout))
+
+
+def probed_chunk(measured: Probe, timeout: float | None) -> ChunkResult:
+    """The auto-selector's probed items as the run's first, already finished chunk."""
+    outcomes = measured.outcomes
+    failures = {position: outcome for position, outcome in enumerate(outcomes)
+                if isinstance(outcome, Failure)}
+    values = [None if position in failures else value for position, value in enumerate(outcomes)]
+    chunk = Chunk.fresh(0, 0, measured.items)
+    chunk.submitted = measured.started
+    result = ChunkResult(
+        chunk,
+        values,
+        failures or None,
+        worker="caller (auto-selector probe)",
+        started=measured.started,
+        finished=measured.ends[-1],
+        cpu=measured.cpu,
+        item_ends=measured.ends,
+    )
+    if timeout is not None:
+        # Probed in the caller's thread, which nothing can interrupt: an
+        # overrun is reported once the item returns, as in serial mode.
+        flag_overruns(result, timeout, "it ran in the caller as the auto probe")
+    return result
+
+
+def plan_call(fn: Callable[..., Any], sample: Iterable[Any], workers: int | None) -> Plan:
+    """What ``launch`` would choose in ``"auto"`` mode, from the sample's first items."""
+    check_callable(fn)
+    check_iterable(sample)
+    check_workers(workers)
+    measured = probe(fn, iter(sample), total=length_of(sample),
+                     coroutine=is_coroutine_function(fn))
+    return decide(measured.facts, workers)
+
+
+# -- one call ------------------------------------------------------------------------------
+
+
+class FutureJob(Job):
+    """A one-item job whose outcome settles a ``concurrent.futures.Future``."""
+
+    __slots__ = ("future",)
+
+    def __init__(
+        self, fn: Callable[[Any], Any], future: Future[Any], timeout: float | None
+    ) -> None:
+        super().__init__(fn, self._settle, timeout=timeout)
+        self.future = future
+
+    def claim(self, chunk: Chunk) -> bool:
+        return self.wants(chunk) and self.future.set_running_or_notify_cancel()
+
+    def _settle(self, result: ChunkResult) -> None:
+        future = self.future
+        try:
+            if result.failures:
+                failure = result.failures[0]
+                future.set_exception(failure.to_exception(None, None, result.worker))
+            elif result.interruption is not None:
+                future.set_exception(result.interruption)
+            else:
+                future.set_result(result.values[0])
+        except InvalidStateError:
+            pass  # cancelled meanwhile: nobody waits for the outcome
+
+
+def start_future(backend: Backend, call: Callable[[Any], Any], timeout: float | None,
+                 future: Future[Any]) -> None:
+    """Run ``call`` once on ``backend``; its outcome settles ``future``.
+
+    If the backend refuses the call, ``future`` is cancelled and the error raised.
+    """
+    job = FutureJob(call, future, timeout)
+    try:
+        backend.prepare(job)
+        backend.submit(job, Chunk.fresh(0, 0, [None]))
+    except BaseException:
+        future.cancel()
+        raise
+
+
+def submit_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+                options: CallOptions, default_mode: str | None) -> Future[Any]:
+    """``fn(*args, **kwargs)`` on the shared pool ``options`` select (``@parallel``'s
+    ``.submit``). The lease is given back at once: the pool stays up while it runs.
+    """
+    mode, reason, workers = resolve_without_probe(options.mode, default_mode, options.workers)
+    engine = open_engine(mode, reason, workers=workers, options=merge_options(options.backend))
+    future: Future[Any] = Future()
+    try:
+        start_future(engine.backend, BoundCall(fn, args, kwargs), options.timeout, future)
+    finally:
+        engine.close(wait=False)
+    return future
+

@@ -1,0 +1,245 @@
+"""The launch path's own decisions (``parallax._launch``).
+
+Which backend a call gets (a private one or a lease on a shared pool), that
+the auto probe's items become the run's first results and run once, that
+checks raise before any work and each keyword is checked once, and that a
+backend is given back whatever happens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import parallax
+from helpers import double
+from parallax import _pools
+from parallax._config import check_progress
+from parallax._launch import CallOptions, launch, open_engine, submit_call
+from parallax._units import Chunk, Job
+from parallax.backends import Backend, WorkerSetup
+
+calls: list[Any] = []
+_calls_lock = threading.Lock()
+
+
+def record(x: int) -> int:
+    with _calls_lock:
+        calls.append(x)
+    return x * 2
+
+
+def fails_on_two(x: int) -> int:
+    if x == 2:
+        raise ValueError("two")
+    return x
+
+
+def setup_nothing() -> None:
+    pass
+
+
+@pytest.fixture(autouse=True)
+def _reset() -> None:
+    calls.clear()
+
+
+def leases() -> dict[str, int]:
+    """Leases held on each shared pool, by mode."""
+    return {pooled.backend.name: pooled.leases for pooled in _pools._pools.values()}
+
+
+class CountingSink:
+    """A progress callable that counts how often it is compared (each check compares it)."""
+
+    def __init__(self) -> None:
+        self.comparisons = 0
+
+    def __call__(self, update: parallax.ProgressUpdate) -> None:
+        pass
+
+    def __eq__(self, other: object) -> bool:
+        self.comparisons += 1
+        return self is other
+
+    __hash__ = object.__hash__
+
+
+def assert_shut_down(backend: Backend) -> None:
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        backend.submit(Job(double, lambda result: None), Chunk.fresh(0, 0, [1]))
+
+
+def comparisons_per_check() -> int:
+    sink = CountingSink()
+    check_progress(sink)
+    assert sink.comparisons > 0  # else the tests below prove nothing
+    return sink.comparisons
+
+
+# -- which backend ---------------------------------------------------------------------------
+
+
+def test_a_plain_call_leases_a_shared_pool_and_gives_it_back() -> None:
+    launched = launch(record, [1, 2, 3], CallOptions.checked(mode="thread"))
+    assert not launched.engine.owned
+    assert leases() == {"thread": 1}  # held while the run is consumed
+    assert launched.collect() == [2, 4, 6]
+    assert leases() == {"thread": 0}  # given back, and the pool kept warm
+    assert not launched.engine.backend.broken
+
+
+@pytest.mark.parametrize(
+    "keywords",
+    [{"initializer": setup_nothing}, {"max_tasks_per_worker": 5}],
+    ids=["initializer", "max_tasks_per_worker"],
+)
+def test_worker_setup_gets_a_private_backend(keywords: dict[str, Any]) -> None:
+    launched = launch(record, [1, 2, 3], CallOptions.checked(mode="serial", **keywords))
+    assert launched.engine.owned
+    assert leases() == {}  # no shared pool was touched
+    assert launched.collect() == [2, 4, 6]
+    assert_shut_down(launched.engine.backend)  # it ended with the call
+
+
+def test_amap_on_the_callers_loop_gets_a_private_backend() -> None:
+    async def twice(x: int) -> int:
+        return 2 * x
+
+    async def main() -> list[int]:
+        return await parallax.amap(twice, [1, 2, 3], mode="asyncio")
+
+    assert asyncio.run(main()) == [2, 4, 6]
+    assert leases() == {}  # a pool bound to one loop is never shared
+
+
+def test_an_executor_owns_its_backend() -> None:
+    with parallax.Executor("thread", workers=2) as executor:
+        assert list(executor.map(double, [1, 2])) == [2, 4]
+        assert leases() == {}
+    assert executor.stats.reason == "mode='thread' requested"
+    assert_shut_down(executor._backend)
+
+
+def test_an_auto_executor_decides_by_machine_without_probing() -> None:
+    with parallax.Executor("auto", workers=1) as executor:
+        assert executor.mode in ("process", "free-threaded")
+        assert list(executor.map(double, [1, 2])) == [2, 4]
+    assert "nothing measured yet" in executor.stats.reason
+    assert leases() == {}
+
+
+def test_an_engine_gives_its_lease_back_once() -> None:
+    engine = open_engine("thread", "test", workers=2, options={})
+    other = open_engine("thread", "test", workers=2, options={})
+    assert other.backend is engine.backend and leases() == {"thread": 2}
+    engine.close()
+    engine.close()
+    assert leases() == {"thread": 1}
+    other.close()
+    assert leases() == {"thread": 0}
+
+
+def test_an_owned_engine_shuts_its_backend_down() -> None:
+    engine = open_engine("thread", "test", workers=1, options={}, setup=WorkerSetup())
+    assert engine.owned and leases() == {}
+    engine.close()
+    assert_shut_down(engine.backend)
+
+
+def test_submit_returns_its_lease_at_once_and_still_completes() -> None:
+    future = submit_call(double, (21,), {}, CallOptions.checked(mode="thread"), None)
+    assert leases() == {"thread": 0}
+    assert future.result(timeout=30) == 42
+
+
+# -- the auto probe ------------------------------------------------------------------------
+
+
+def test_only_the_probed_items_run_before_the_launch_returns() -> None:
+    data = list(range(100))
+    launched = launch(record, data, CallOptions.checked(mode="auto"))
+    probed = list(calls)
+    assert probed and probed == data[: len(probed)]  # the probe ran the first items
+    if launched.engine.backend.name == "serial":  # serial runs the rest as it is consumed
+        assert len(probed) < len(data)
+    assert launched.collect() == [2 * x for x in data]
+    assert sorted(calls) == data  # the probed items were not run again
+
+
+def test_a_generator_input_goes_on_after_the_probed_items() -> None:
+    read: list[int] = []
+
+    def numbers() -> Iterator[int]:
+        for number in range(50):
+            read.append(number)
+            yield number
+
+    # The probe's items come first, then the rest from the same iterator:
+    # none lost, none repeated, the input read once.
+    assert parallax.map(double, numbers()) == [2 * x for x in range(50)]
+    assert read == list(range(50))
+
+
+def test_a_probed_failure_keeps_its_place() -> None:
+    results = parallax.map(fails_on_two, range(6), errors="return")
+    assert results[:2] == [0, 1] and results[3:] == [3, 4, 5]
+    assert isinstance(results[2], ValueError) and str(results[2]) == "two"
+
+
+# -- checks --------------------------------------------------------------------------------
+
+
+def test_bad_input_raises_before_a_backend_is_opened() -> None:
+    with pytest.raises(TypeError, match="iterable"):
+        launch(record, 42, CallOptions.checked(mode="thread"))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="callable"):
+        launch(42, [1], CallOptions.checked(mode="thread"))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="async def"):
+        launch(record, [1], CallOptions.checked(mode="asyncio"))
+    assert leases() == {} and calls == []
+
+
+def test_a_failure_while_building_the_run_gives_the_backend_back() -> None:
+    lock = threading.Lock()
+
+    def holds_a_lock(x: int) -> int:  # a lock cannot be pickled for a process
+        with lock:
+            return x
+
+    with pytest.raises(parallax.SerializationError):
+        parallax.map(holds_a_lock, [1, 2], mode="process")
+    assert leases() == {"process": 0}
+
+
+def test_call_keywords_are_checked_once() -> None:
+    once = comparisons_per_check()
+    sink = CountingSink()
+    assert parallax.map(double, [1, 2], mode="serial", progress=sink) == [2, 4]
+    assert sink.comparisons == once
+
+
+def test_decorator_defaults_are_checked_once_at_decoration() -> None:
+    once = comparisons_per_check()
+    sink = CountingSink()
+    decorated = parallax.parallel(mode="serial", progress=sink)(double)
+    assert sink.comparisons == once
+    assert decorated.map([1, 2]) == [2, 4]
+    assert decorated.map([3]) == [6]
+    assert sink.comparisons == once  # the calls did not check the defaults again
+
+
+def test_options_on_top_of_checked_ones_keep_the_rest() -> None:
+    base = CallOptions.checked(chunksize=4, check_pickle=True, retry_on=KeyError)
+    assert base.retry_on == (KeyError,)  # one type becomes a tuple
+    options = CallOptions.checked(base, workers=2, timeout=5)
+    assert (options.chunksize, options.workers, options.timeout) == (4, 2, 5)
+    assert options.backend == {"check_pickle": True}
+    with pytest.raises(ValueError, match="workers"):
+        CallOptions.checked(base, workers=0)
+    with pytest.raises(TypeError, match="'nonsense'"):
+        CallOptions.checked(base, nonsense=1)
