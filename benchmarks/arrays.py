@@ -14,33 +14,43 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from .workloads import spin, spin_expected
+from .workloads import MEDIUM_ITERATIONS, spin, spin_expected
 
 MB = 2**20
 FLOAT = 8  # bytes of a float64
-#: float64 values of one ``fft_inputs`` array (4 MB): its rfft takes about 6 ms
+#: float64 values of one ``fft_inputs`` array (4 MB): its rfft takes about 6 ms on an
+#: idle core (more when the array is not in cache)
 FFT_VALUES = 4 * MB // FLOAT
 #: float64 values of the ``bound_array`` array (256 MB)
 BOUND_VALUES = 256 * MB // FLOAT
-#: loop iterations of pure Python per ``bound_array`` item (about 2 ms)
-BOUND_SPIN = 21_600
+#: loop iterations of pure Python per ``bound_array`` item: a fifth of
+#: ``cpu_medium``'s, about 2 ms on the reference machine
+BOUND_SPIN = MEDIUM_ITERATIONS // 5
 #: float64 values of one ``fresh_results`` result (32 MB)
 RESULT_VALUES = 32 * MB // FLOAT
 #: relative tolerance of the FFT check: the same arithmetic may take other
 #: SIMD paths on a differently aligned buffer (shared memory, memmap, pickle)
 FFT_TOLERANCE = 1e-9
 
+#: what is wrong with a result list (None: nothing)
+Check = Callable[[list[Any]], str | None]
+
 
 # -- fft_inputs ------------------------------------------------------------------------
 
 
 def fft_task(values: np.ndarray) -> float:
-    """The norm of the array's real FFT."""
-    return float(np.linalg.norm(np.fft.rfft(values)))
+    """The largest magnitude in the array's real FFT.
+
+    Not the norm: ``np.linalg.norm`` calls BLAS, which may start threads of
+    its own in every worker and blur what is measured.
+    """
+    return float(np.abs(np.fft.rfft(values)).max())
 
 
 def fft_arrays(count: int, values: int = FFT_VALUES) -> list[np.ndarray]:
@@ -49,7 +59,7 @@ def fft_arrays(count: int, values: int = FFT_VALUES) -> list[np.ndarray]:
     return [rng.standard_normal(values) for _ in range(count)]
 
 
-def fft_check(arrays: list[np.ndarray]) -> Any:
+def fft_check(arrays: list[np.ndarray]) -> Check:
     expected = [fft_task(array) for array in arrays]
 
     def check(results: list[Any]) -> str | None:
@@ -83,7 +93,7 @@ def bound_fn(count: int, values: int = BOUND_VALUES) -> functools.partial[float]
     return functools.partial(slice_task, bound_values(values), slices=count)
 
 
-def slice_check(count: int, values: int = BOUND_VALUES) -> Any:
+def slice_check(count: int, values: int = BOUND_VALUES) -> Check:
     spun = [spin_expected(index, BOUND_SPIN) for index in range(count)]
     width = values // count
     expected = [float((2 * index * width + width - 1) * width // 2) + spun[index]
@@ -108,7 +118,7 @@ def fresh_task(index: int, values: int = RESULT_VALUES) -> np.ndarray:
     return np.arange(values, dtype=np.float64) + index
 
 
-def fresh_check(count: int, values: int = RESULT_VALUES) -> Any:
+def fresh_check(count: int, values: int = RESULT_VALUES) -> Check:
     def check(results: list[Any]) -> str | None:
         if len(results) != count:
             return f"{len(results)} results instead of {count}"
