@@ -152,12 +152,12 @@ def main(argv: list[str]) -> int:
     states = sorted({run["gil"] for table in tables for row in table.rows for run in row.runs
                      if "gil" in run})
     lines = header_lines(
-        f"Free-threading: pure-Python CPU work ({gil_state()})",
+        f"Free-threading: pure-Python CPU work, {gil_state()}",
         ("python -m benchmarks.bench_freethreaded " + " ".join(argv)).strip(),
         quick=args.quick, repeats=repeats, elapsed=elapsed, libraries=("parallax",),
         extra=[f"- loop iterations per item: {counts} "
                f"({'as given' if args.iterations else 'calibrated to ~10 ms on this interpreter'}"
-               f"); GIL in the measuring interpreters: {', '.join(states) or '—'}",
+               f"); in the measuring interpreters: {'; '.join(states) or '—'}",
                f"- {WORKERS} workers everywhere; ProcessPoolExecutor forks its workers, "
                "parallax process starts fresh interpreters"],
     )

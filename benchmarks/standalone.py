@@ -103,12 +103,18 @@ class Peer:
 # -- the measuring interpreter ---------------------------------------------------------
 
 
+def gil_enabled() -> bool:
+    is_enabled = getattr(sys, "_is_gil_enabled", None)
+    return True if is_enabled is None else bool(is_enabled())
+
+
 def gil_state() -> str:
     """Whether this interpreter's GIL is on, and whether the build can turn it off."""
-    is_enabled = getattr(sys, "_is_gil_enabled", None)
-    if is_enabled is None:
-        return "GIL on (not a free-threaded build)"
-    return "GIL on (free-threaded build, GIL re-enabled)" if is_enabled() else "GIL off"
+    if not hasattr(sys, "_is_gil_enabled"):
+        return "GIL on, not a free-threaded build"
+    if gil_enabled():
+        return "GIL on, a free-threaded build with the GIL re-enabled"
+    return "GIL off, free-threaded build"
 
 
 def _warm_partners(runner: Runner) -> list[Runner]:
@@ -121,7 +127,7 @@ def _warm_partners(runner: Runner) -> list[Runner]:
         return []
     workers = runner.options.get("workers")
     modes = ["process", "thread"]
-    if gil_state() == "GIL off":
+    if not gil_enabled():
         modes.append("free-threaded")
     return [ParallaxRunner(mode, workers=workers) for mode in modes]
 
@@ -350,7 +356,7 @@ def header_lines(title: str, command: str, *, quick: bool, repeats: int, elapsed
         f"{'quick' if quick else 'full'} sizes; whole run {elapsed / 60:.1f} min",
         f"- machine: {cpus} CPUs ({_cpu_model()}), {platform.platform()}; 1-minute load "
         f"average at the end {os.getloadavg()[0]:.2f}",
-        f"- Python {platform.python_version()} ({platform.python_implementation()}, "
+        f"- Python {platform.python_version()} ({platform.python_implementation()}; "
         f"{gil_state()}); {versions}; parallax source: {parallax_source()}",
         *extra,
         "",
