@@ -2,7 +2,7 @@
 
 Runs under any interpreter; it is meant for the free-threaded CPython 3.13t::
 
-    PY=$(bash /work/shared/python/ft-venv.sh /work/venv-ftbench -e .)   # prints its python last
+    PY=$(bash /work/shared/python/ft-venv.sh /tmp/venv-ft -e .)   # prints its python last
     $PY -m benchmarks.bench_freethreaded            # 200 items, 3 repeats
     $PY -m benchmarks.bench_freethreaded --quick    # 80 items, 1 repeat
 
