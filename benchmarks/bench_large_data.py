@@ -19,7 +19,7 @@ Peers: the serial loop, parallax process and auto, joblib's loky backend
 (with its default auto-memmapping of arrays over 1 MB) and
 ``concurrent.futures.ProcessPoolExecutor``. It prints a markdown section for
 ``benchmarks/RESULTS.md`` and writes it to ``benchmarks/.results/large_data.md``
-(``--output`` to change), with the raw runs in ``large_data.json`` beside it.
+(``--output`` to change), the raw runs to ``benchmarks/.results/<output name>.json``.
 Exit status 1 if a peer returned a wrong result or failed.
 """
 

@@ -381,7 +381,7 @@ def write_report(name: str, lines: list[str], tables: list[Table], output: Path 
     raw = {table.case.id: {"size": table.size,
                            "peers": {row.peer.id: row.runs for row in table.rows}}
            for table in tables}
-    raw_file = RAW_DIRECTORY / f"{name}.json"
+    raw_file = RAW_DIRECTORY / f"{output.stem}.json"  # named after the section, as run.py does
     raw_file.parent.mkdir(parents=True, exist_ok=True)
     raw_file.write_text(json.dumps(raw, indent=1))
     _progress(f"wrote {output} (the section to paste) and {raw_file} (the raw runs)")
