@@ -143,10 +143,11 @@ class PoolRunner(Runner):
 
 
 class ProcessPoolExecutorRunner(Runner):
-    """``concurrent.futures.ProcessPoolExecutor(CPUS).map``."""
+    """``concurrent.futures.ProcessPoolExecutor(workers).map`` (CPUS workers by default)."""
 
-    def __init__(self, chunksize: int = 1) -> None:
+    def __init__(self, chunksize: int = 1, workers: int = CPUS) -> None:
         self.chunksize = chunksize
+        self.workers = workers
 
     def load(self) -> None:
         from concurrent.futures import ProcessPoolExecutor
@@ -154,7 +155,7 @@ class ProcessPoolExecutorRunner(Runner):
         self.factory = ProcessPoolExecutor
 
     def start(self) -> None:
-        self.executor = self.factory(CPUS)
+        self.executor = self.factory(self.workers)
 
     def map(self, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
         return list(self.executor.map(fn, items, chunksize=self.chunksize))

@@ -44,6 +44,33 @@ def spin_expected(x: int, iterations: int) -> int:
     return (n - 1) * n * (2 * n - 1) // 6 + n * x
 
 
+#: the module-level constants of :func:`shared_constants_task`. Made at import
+#: time, not written as literals: on a free-threaded build the literals of a
+#: code object are immortal (no reference counting at all), while these are
+#: ordinary objects owned by the importing thread, so every thread that reads
+#: them updates their shared reference count (the contention being measured)
+SHARED_MULTIPLIER = int("1000003")
+SHARED_MODULUS = int("2147483647")
+
+
+def shared_constants_task(x: int, iterations: int) -> int:
+    """Pure-Python CPU work reading two module-level ints in every iteration."""
+    total = x
+    for i in range(iterations):
+        total = (total * SHARED_MULTIPLIER + i) % SHARED_MODULUS
+    return total
+
+
+def private_constants_task(x: int, iterations: int) -> int:
+    """:func:`shared_constants_task` with the constants made in the call: the thread's own."""
+    multiplier = int(str(SHARED_MULTIPLIER))
+    modulus = int(str(SHARED_MODULUS))
+    total = x
+    for i in range(iterations):
+        total = (total * multiplier + i) % modulus
+    return total
+
+
 def cpu_medium_task(x: int) -> int:
     """About 10 ms of pure-Python CPU work."""
     return spin(x, MEDIUM_ITERATIONS)
