@@ -94,7 +94,6 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess
 from .._errors import (
     ParallaxError,
     SerializationError,
-    TaskTimeoutError,
     WorkerCrashedError,
     describe_item,
     format_worker_traceback,
@@ -102,15 +101,9 @@ from .._errors import (
 from .._host import usable_cpus
 from .._procworker import JOB_CACHE_SIZE, decode_failure, encode_failure, encode_result
 from .._serialize import argument_error, dumps, dumps_function, find_unpicklable, loads
+from .._timeouts import abandon, time_left, timeout_error
 from .._units import SOMEWHERE, Chunk, ChunkResult, Failure, Job
-from .._worker import (
-    MARK_POSITION,
-    MARK_STARTED,
-    MARK_TOKEN,
-    new_mark,
-    run_chunk,
-    set_inside_worker,
-)
+from .._worker import new_mark, run_chunk, set_inside_worker
 from . import Backend, WorkerSetup, failed_chunk, initializer_error
 
 __all__ = ["SCATTER_THRESHOLD", "DaskBackend"]
@@ -239,22 +232,15 @@ def _run_watched(fn: Any, chunk: Chunk, timeout: float) -> tuple[ChunkResult, in
     """
     mark = new_mark()
     values: list[Any] = []
-    # run_chunk keeps the failures it captures to itself until it returns;
-    # an abandoned chunk never returns, so its failures are recorded here too.
+    # Handed to run_chunk, which records each failure here as it happens: an
+    # abandoned chunk never returns its result.
     failures: dict[int, Failure] = {}
     done: list[ChunkResult] = []
-
-    def guarded(item: Any) -> Any:
-        try:
-            return fn(item)
-        except BaseException as exc:
-            failures[int(mark[MARK_POSITION])] = Failure.capture(exc)
-            raise
 
     def target() -> None:
         previous = set_inside_worker(True)
         try:
-            done.append(run_chunk(guarded, chunk, mark, values, watch_time=True))
+            done.append(run_chunk(fn, chunk, mark, values, watch_time=True, failures=failures))
         finally:
             set_inside_worker(previous)
 
@@ -262,26 +248,15 @@ def _run_watched(fn: Any, chunk: Chunk, timeout: float) -> tuple[ChunkResult, in
     helper = threading.Thread(target=target, name="parallax-dask-timed-chunk", daemon=True)
     helper.start()
     while True:
-        position = int(mark[MARK_POSITION])
-        began = mark[MARK_STARTED]
+        position, left = time_left(mark, timeout, perf_counter())
         if position < 0:
             helper.join(0.005)  # not started yet
+        elif left > 0:
+            helper.join(left)
         else:
-            left = began + timeout - perf_counter()
-            if left > 0:
-                helper.join(left)
-            elif int(mark[MARK_POSITION]) == position and mark[MARK_STARTED] == began:
-                mark[MARK_TOKEN] = -1.0  # the helper stops after the stuck item
-                kept = values[:position]
-                result = ChunkResult(
-                    chunk,
-                    kept,
-                    {offset: failure for offset, failure in failures.items() if offset < position}
-                    or None,
-                    started=started,
-                    finished=perf_counter(),
-                )
-                return result, position
+            kept, failed = abandon(mark, values, failures, position)
+            result = ChunkResult(chunk, kept, failed, started=started, finished=perf_counter())
+            return result, position
         if not helper.is_alive():
             break
     helper.join()
@@ -935,12 +910,12 @@ def _decode(chunk: Chunk, outcome: _Outcome, timeout: float | None) -> ChunkResu
     )
     position = outcome.timed_out_at
     if position >= 0:
-        index = chunk.index_of(position)
-        result.interruption = TaskTimeoutError(
-            f"item {index} ({describe_item(chunk.items[position])}) ran past the "
-            f"{timeout:g} s timeout on dask worker {outcome.worker}; Dask cannot stop a "
-            "running task, so the item was abandoned (it runs on in the worker until it "
-            "returns, its result discarded)"
+        assert timeout is not None  # only a watched chunk times out
+        result.interruption = timeout_error(
+            chunk, position, timeout,
+            "; Dask cannot stop a running task, so the item was abandoned (it runs on in "
+            "the worker until it returns, its result discarded)",
+            where=f" on dask worker {outcome.worker}",
         )
         result.interrupted_at = position
     return result

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from .._mark import new_mark
 from .._serialize import round_trip
+from .._timeouts import flag_overruns
 from .._units import Chunk, Job
-from .._worker import flag_overruns, new_mark, run_chunk, set_inside_worker
+from .._worker import run_chunk, set_inside_worker
 from . import Backend, WorkerSetup, failed_chunk
 
 
