@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 from .._errors import ParallaxError
 from .._host import usable_cpus
-from .._units import Chunk, ChunkResult, Failure, Job
+from .._units import EVERY_ITEM, Chunk, ChunkResult, Failure, Job
 from .._worker import new_mark, run_chunk
 
 __all__ = [
@@ -152,7 +152,7 @@ class Backend(ABC):
 
 def failed_chunk(chunk: Chunk, error: BaseException) -> ChunkResult:
     """A result that fails every item of ``chunk`` with ``error``."""
-    return ChunkResult(chunk, [], interruption=error, interrupted_at=-1)
+    return ChunkResult(chunk, [], interruption=error, interrupted_at=EVERY_ITEM)
 
 
 def initializer_error(exc: BaseException) -> ParallaxError:
