@@ -22,7 +22,7 @@ from typing import Any
 from .._timeouts import timeout_error
 from .._units import Chunk, ChunkResult, Failure, Job
 from .._worker import set_inside_worker
-from . import Backend, WorkerSetup, failed_chunk
+from ._base import Backend, WorkerSetup, failed_chunk
 
 #: the same as the auto-selector's choice for coroutine functions
 DEFAULT_CONCURRENCY = 1000

@@ -17,7 +17,7 @@ from .._serialize import round_trip
 from .._timeouts import flag_overruns
 from .._units import Chunk, Job
 from .._worker import run_chunk, set_inside_worker
-from . import Backend, WorkerSetup, failed_chunk
+from ._base import Backend, WorkerSetup, failed_chunk
 
 
 class _CheckedCall:

@@ -26,7 +26,7 @@ from .._mark import new_mark
 from .._timeouts import abandon, time_left, timeout_error
 from .._units import Chunk, ChunkResult, Failure, Job
 from .._worker import STOP, worker_loop
-from . import Backend, WorkerSetup, failed_chunk
+from ._base import Backend, WorkerSetup, failed_chunk
 
 if TYPE_CHECKING:
     from .._worker import Task
