@@ -75,6 +75,18 @@ def test_reason_names_the_measurements() -> None:
     assert "process, chunks of" in plan.reason
 
 
+def test_the_planned_chunk_size_follows_the_process_backends_overhead(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from parallax.backends._process import ProcessBackend
+
+    facts = Facts(probed=1, item_wall=1e-4, item_cpu=1e-4, total=1_000_000, cpus=2)
+    monkeypatch.setattr(ProcessBackend, "chunk_overhead", 3e-4)  # chunks of 30 ms
+    assert decide(facts).reason.endswith("process, chunks of 300")
+    monkeypatch.setattr(ProcessBackend, "chunk_overhead", 1e-3)  # chunks of 100 ms
+    assert decide(facts).reason.endswith("process, chunks of 1000")
+
+
 def test_plan_picks_process_for_cpu_work() -> None:
     plan = parallax.plan(cpu_bound, range(8))
     assert plan.mode == "process", plan.reason

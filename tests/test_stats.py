@@ -119,3 +119,30 @@ def test_summary_without_task_records_still_adds_up() -> None:
     assert stats.busy_time >= 20 * 0.005
     assert stats.efficiency > 0
     assert stats.overhead < stats.wall_time
+
+
+def test_a_recorder_publishes_its_records_once_when_the_run_ends() -> None:
+    from time import perf_counter
+
+    from parallax._stats import StatsRecorder
+    from parallax._units import Chunk, ChunkResult
+
+    recorder = StatsRecorder("serial", "because", 1, "auto")
+    with pytest.raises(RuntimeError):
+        recorder.stats  # noqa: B018 - no stats before the run ends
+    recorder.begin()
+    chunk = Chunk.fresh(0, 0, ["a", "b"])
+    started = perf_counter()
+    recorder.add(ChunkResult(chunk, [1, 2], worker="w", started=started,
+                             finished=started + 0.5))
+    recorder.retried(1)
+    recorder.failed(1, ValueError())
+    with parallax.monitor() as monitor:
+        stats = recorder.end(2, chunksize=2)
+        assert recorder.end(2) is stats  # a second end publishes nothing new
+    assert monitor.runs == [stats]
+    assert (stats.tasks, stats.failed, stats.retried, stats.chunksize) == (2, 1, 1, 2)
+    assert stats.busy_time == pytest.approx(0.5)
+    assert [record.index for record in stats.task_records] == [0, 1]
+    assert [record.attempt for record in stats.task_records] == [1, 2]
+

@@ -21,6 +21,7 @@ from . import _host
 from ._chunking import ChunkSizer
 from ._serialize import dumps
 from ._units import Failure
+from .backends._registry import chunk_overhead
 
 __all__ = ["Facts", "Plan", "Probe", "decide", "probe", "probe_more"]
 
@@ -179,8 +180,11 @@ def decide(facts: Facts, workers: int | None = None) -> Plan:
             f"CPU-bound but {facts.unpicklable} cannot be pickled for a process -> serial",
         )
     count = workers or cpus
+    # Read where it is set, the process backend's class (its module is
+    # imported here, when the plan is a process pool, and not before).
+    overhead = chunk_overhead("process")
     sizer = ChunkSizer(
-        "auto", workers=count, total=facts.total, chunk_overhead=3e-4, item_seconds=wall
+        "auto", workers=count, total=facts.total, chunk_overhead=overhead, item_seconds=wall
     )
     chunk = sizer.next_size(facts.probed)
     return Plan(

@@ -70,7 +70,7 @@ def _loads(mode: str) -> str | None:
     # changes, info still lists the mode (as registered) instead of failing.
     from . import backends
 
-    registry: Any = getattr(backends, "_registry", None)
+    registry: Any = getattr(backends._registry, "_entries", None)
     entry = registry.get(mode) if isinstance(registry, dict) else None
     load = getattr(entry, "load", None)
     if load is None:

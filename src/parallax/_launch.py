@@ -58,8 +58,8 @@ from ._config import (
 from ._progress import Reporter, make_reporter
 from ._run import ErrorPolicy, RetryPolicy, Run
 from ._stats import StatsRecorder
+from ._timeouts import flag_overruns
 from ._units import Chunk, ChunkResult, Failure, Job
-from ._worker import flag_overruns
 from .backends import Backend, WorkerSetup
 
 if TYPE_CHECKING:

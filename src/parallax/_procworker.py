@@ -19,6 +19,8 @@ import os
 import signal
 import sys
 
+from ._mark import MARK_SIZE, Mark
+
 # Everything a worker imports adds to its start-up, paid on every cold pool:
 # no typing, dataclasses, socket or cloudpickle here (cloudpickle is imported
 # by pickle itself, only when a function travelled by value).
@@ -43,7 +45,7 @@ from ._protocol import (
 from ._serialize import loads
 from ._units import Chunk, ChunkResult, Failure
 from ._wire import Channel
-from ._worker import MARK_SIZE, STOP, Mark, mark_process_as_worker, worker_loop
+from ._worker import STOP, mark_process_as_worker, worker_loop
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

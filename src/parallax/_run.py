@@ -60,15 +60,34 @@ class RetryPolicy:
 
 @dataclass(slots=True)
 class _ChunkState:
+    """A chunk in play: its items' outcomes so far, and how many are final.
+
+    Each item of the chunk is *settled* exactly once, when its outcome is
+    final: a value, or an error no retry will replace (:meth:`settle`); or
+    *dropped* once, when the run no longer wants it (:meth:`drop`). Items
+    that fail and are retried, or that an interrupted worker left undone,
+    settle later, from the result of their re-run. The chunk is done when
+    every item is settled or dropped.
+    """
+
     chunk: Chunk
     values: list[Any] | None = None
     errors: dict[int, BaseException] = field(default_factory=dict)
-    remaining: int = -1
     attempts: dict[int, int] | None = None
+    #: items with a final outcome (they count as done in the run's progress)
+    settled: int = 0
+    #: items the run stopped wanting (after a failure under errors="raise")
+    dropped: int = 0
+
+    def settle(self, count: int = 1) -> None:
+        self.settled += count
+
+    def drop(self, count: int) -> None:
+        self.dropped += count
 
     @property
     def done(self) -> bool:
-        return self.remaining == 0
+        return self.settled + self.dropped == len(self.chunk.items)
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,7 +228,7 @@ class Run:
             if chunk is None:
                 self._exhausted = True
                 return
-            states[chunk.seq] = _ChunkState(chunk, remaining=len(chunk.items))
+            states[chunk.seq] = _ChunkState(chunk)
             self._submit(chunk)
 
     def _drive(self) -> Generator[list[Any], None, None]:
@@ -220,7 +239,7 @@ class Run:
             self.start()
             if self._preloaded is not None:
                 preloaded, self._preloaded = self._preloaded, None
-                states[0] = _ChunkState(preloaded.chunk, remaining=len(preloaded.chunk.items))
+                states[0] = _ChunkState(preloaded.chunk)
                 self._absorb(states[0], preloaded)
             while True:
                 yield from self._ready(states)
@@ -315,8 +334,9 @@ class Run:
     # -- merging results -------------------------------------------------------
 
     def _absorb(self, state: _ChunkState, result: ChunkResult) -> None:
+        """Merge a result of ``state``'s chunk (or of a re-run of some of its items)."""
         chunk = result.chunk
-        before = state.remaining
+        settled_before = state.settled
         if self.recorder is not None:
             self.recorder.add(result)
         done = len(result.values)
@@ -331,19 +351,19 @@ class Run:
             positions = chunk.positions
             for offset, value in enumerate(result.values):
                 state.values[positions[offset]] = value
-        state.remaining -= done
-        if result.failures:
-            for offset, failure in result.failures.items():
+        failures = result.failures
+        # A value is final; a failure is settled (or retried) by _fail.
+        state.settle(done - len(failures) if failures else done)
+        if failures:
+            for offset, failure in failures.items():
                 self._fail(state, chunk, offset, failure, result.worker)
-        dropped = 0
         if result.interruption is not None:
             self._interrupted(state, result)
-        elif done < len(chunk.items) and result.failures and self.job.stop_at_failure:
+        elif done < len(chunk.items) and failures and self.job.stop_at_failure:
             # The backend stopped the chunk at a failure (Job.stop_at_failure):
-            # the rest of it is not wanted, so it is settled without running.
-            dropped = len(chunk.items) - done
-            state.remaining -= dropped
-        finalized = before - state.remaining - dropped
+            # the rest of it is not wanted, so it is dropped without running.
+            state.drop(len(chunk.items) - done)
+        finalized = state.settled - settled_before
         self.items_done += finalized
         if self._on_progress is not None and finalized:
             self._on_progress(finalized)
@@ -352,31 +372,29 @@ class Run:
         chunk = result.chunk
         error = result.interruption
         assert error is not None
-        done = len(result.values)
-        if result.interrupted_at == SOMEWHERE:
+        undone = range(len(result.values), len(chunk.items))
+        at = result.interrupted_at
+        if at == SOMEWHERE:
             # The worker died among fast items it did not mark one by one:
             # run each again alone, so the culprit shows itself and only it fails.
-            for offset in range(done, len(chunk.items)):
+            for offset in undone:
                 self._rerun(chunk, [offset])
-            return
-        if result.interrupted_at == EVERY_ITEM:  # nothing of the chunk can run
-            state.remaining -= len(chunk.items) - done
-            for offset in range(done, len(chunk.items)):
+        elif at == EVERY_ITEM:  # nothing of the chunk can run
+            for offset in undone:
                 # One error object for every item (it is about the pool, not
                 # the item): no per-item note, or they would pile up on it.
                 self._record_error(state, chunk, offset, Failure(error, ""), result.worker,
                                    note=False)
-            return
-        culprit = result.interrupted_at
-        self._fail(state, chunk, culprit, Failure(error, ""), result.worker, interrupted=True)
-        undone = [offset for offset in range(done, len(chunk.items)) if offset != culprit]
-        if undone:
-            # The dead worker's other items never produced an outcome: run
-            # them again, so one poison item does not fail its neighbours.
-            self._rerun(chunk, undone)
+        else:
+            self._fail(state, chunk, at, Failure(error, ""), result.worker)
+            others = [offset for offset in undone if offset != at]
+            if others:
+                # The dead worker's other items never produced an outcome: run
+                # them again, so one poison item does not fail its neighbours.
+                self._rerun(chunk, others)
 
     def _rerun(self, chunk: Chunk, offsets: list[int], delay: float = 0) -> None:
-        """Submit some items of ``chunk`` again; they stay counted as outstanding."""
+        """Submit some items of ``chunk`` again; they stay unsettled meanwhile."""
         rerun = Chunk(
             chunk.seq,
             chunk.start,
@@ -389,20 +407,9 @@ class Run:
             self._submit(rerun)
 
     def _fail(
-        self,
-        state: _ChunkState,
-        chunk: Chunk,
-        offset: int,
-        failure: Failure,
-        worker: str,
-        *,
-        interrupted: bool = False,
+        self, state: _ChunkState, chunk: Chunk, offset: int, failure: Failure, worker: str
     ) -> None:
-        """An item failed: retry it if the policy says so, else record the error.
-
-        ``state.remaining`` counts items whose outcome is not final. A value
-        slot already counted it as final; an interrupted item was not counted.
-        """
+        """An item failed: retry it if the policy says so, else record the error."""
         position = chunk.positions[offset]
         if self.retry.retries:
             if state.attempts is None:
@@ -412,12 +419,8 @@ class Run:
                 state.attempts[position] = attempt + 1
                 if self.recorder is not None:
                     self.recorder.retried(chunk.start + position)
-                if not interrupted:
-                    state.remaining += 1
                 self._rerun(chunk, [offset], self.retry.delay(attempt))
                 return
-        if interrupted:
-            state.remaining -= 1
         self._record_error(state, chunk, offset, failure, worker)
 
     def _record_error(
@@ -430,12 +433,14 @@ class Run:
         *,
         note: bool = True,
     ) -> None:
+        """The item's final outcome is ``failure``: settle it with the error."""
         position = chunk.positions[offset]
         index = chunk.start + position
         error = (
             failure.to_exception(index, chunk.items[offset], worker) if note else failure.exception
         )
         state.errors[position] = error
+        state.settle()
         if self.recorder is not None:
             self.recorder.failed(index, error)
         if self.errors == "raise":

@@ -376,33 +376,62 @@ MAX_CHUNK_RECORDS = 100_000
 
 
 class StatsRecorder:
-    """Collects one run's records while it goes; publishes a Stats at the end."""
+    """Collects one run's records while it goes; publishes a Stats at the end.
+
+    The recorder owns what it accumulates (chunk records, attempts, the
+    slowest items, counts); :meth:`end` hands them to the run's
+    :class:`Stats`, which only reads them.
+    """
 
     def __init__(
         self, mode: str, reason: str, workers: int, chunksize: int | str, *, tasks: bool = True
     ) -> None:
-        self.stats = Stats(mode=mode, reason=reason, workers=workers, chunksize=chunksize,
-                           records_kept=tasks)
+        self._mode = mode
+        self._reason = reason
+        self._workers = workers
+        self._chunksize = chunksize
+        self._keep_records = tasks
+        self._origin = 0.0  # perf_counter() when the run began
+        self._started_at = 0.0  # time.time() when the run began
+        self._busy = 0.0
+        self._chunks: list[_ChunkRecord] = []
+        self._truncated = False
+        self._attempts: dict[int, int] = {}
+        #: heap of (seconds, index, tie-breaker, input) of the slowest timed items
+        self._slowest: list[tuple[float, int, int, Any]] = []
+        self._failed = 0
+        self._retried = 0
         self._lock = threading.Lock()
-        self._published = False
+        self._stats: Stats | None = None
+
+    @property
+    def stats(self) -> Stats:
+        """The run's Stats, once it ended.
+
+        Raises:
+            RuntimeError: the run has not ended yet.
+        """
+        if self._stats is None:
+            raise RuntimeError("a run's stats exist once it has ended")
+        return self._stats
 
     def begin(self, origin: float | None = None) -> None:
         """The run starts (or started at ``origin``, a perf_counter() reading:
         the auto-selector's probe is part of the run)."""
         now = perf_counter()
         origin = now if origin is None else min(origin, now)
-        self.stats._origin = origin
-        self.stats.started_at = time() - (now - origin)
+        self._origin = origin
+        self._started_at = time() - (now - origin)
 
     def add(self, result: ChunkResult) -> None:
         done = len(result.values)
         if not done:
             return
-        self.stats._busy += result.finished - result.started
-        if not self.stats.records_kept:
+        self._busy += result.finished - result.started
+        if not self._keep_records:
             return
-        if len(self.stats._chunks) >= MAX_CHUNK_RECORDS:
-            self.stats.records_truncated = True
+        if len(self._chunks) >= MAX_CHUNK_RECORDS:
+            self._truncated = True
             return
         if result.item_ends is not None:
             self._note_slowest(result)
@@ -419,7 +448,7 @@ class StatsRecorder:
             done=done,
             failed=frozenset(result.failures or ()),
         )
-        self.stats._chunks.append(record)
+        self._chunks.append(record)
 
     def _note_slowest(self, result: ChunkResult, keep: int = 5) -> None:
         """Keep the few slowest items with a short repr of their input."""
@@ -427,7 +456,7 @@ class StatsRecorder:
         assert ends is not None
         starts = result.item_starts
         previous = result.started
-        slowest = self.stats._slowest
+        slowest = self._slowest
         for offset, end in enumerate(ends):
             begin = starts[offset] if starts is not None else previous
             seconds = end - begin
@@ -444,22 +473,44 @@ class StatsRecorder:
                     heapq.heapreplace(slowest, entry)
 
     def failed(self, index: int, error: BaseException) -> None:
-        self.stats.failed += 1
+        self._failed += 1
 
     def retried(self, index: int) -> None:
-        self.stats.retried += 1
-        self.stats._attempts[index] = self.stats._attempts.get(index, 1) + 1
+        self._retried += 1
+        self._attempts[index] = self._attempts.get(index, 1) + 1
 
     def end(self, items_done: int, *, chunksize: int | str | None = None) -> Stats:
+        """The run ended: its Stats, published to every active :func:`monitor`
+        the first time (a later call updates the same Stats)."""
         with self._lock:
-            stats = self.stats
-            stats.wall_time = perf_counter() - stats._origin
-            stats.tasks = items_done
             if chunksize is not None:
-                stats.chunksize = chunksize
-            if not self._published:
-                self._published = True
+                self._chunksize = chunksize
+            wall_time = perf_counter() - self._origin
+            stats = self._stats
+            if stats is None:
+                stats = self._stats = Stats(
+                    mode=self._mode,
+                    reason=self._reason,
+                    workers=self._workers,
+                    chunksize=self._chunksize,
+                    tasks=items_done,
+                    failed=self._failed,
+                    retried=self._retried,
+                    wall_time=wall_time,
+                    started_at=self._started_at,
+                    _origin=self._origin,
+                    _chunks=self._chunks,
+                    _attempts=self._attempts,
+                    _slowest=self._slowest,
+                    _busy=self._busy,
+                    records_kept=self._keep_records,
+                    records_truncated=self._truncated,
+                )
                 _publish(stats)
+            else:
+                stats.wall_time = wall_time
+                stats.tasks = items_done
+                stats.chunksize = self._chunksize
         return stats
 
 

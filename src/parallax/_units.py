@@ -17,13 +17,61 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from typing import Any, Final
 
-__all__ = ["EVERY_ITEM", "SOMEWHERE", "Chunk", "ChunkResult", "Failure", "Job"]
+__all__ = [
+    "EVERY_ITEM",
+    "SOMEWHERE",
+    "Chunk",
+    "ChunkResult",
+    "Failure",
+    "Job",
+    "Unplaced",
+]
 
-#: ``interrupted_at`` values that are not positions: every undone item of
-#: the chunk fails with the interruption (the pool cannot run anything), or
-#: the worker died somewhere in a run of fast items it did not mark one by one
-EVERY_ITEM: Final = -1
-SOMEWHERE: Final = -2
+
+class Unplaced(int):
+    """Where an interruption struck when it is not one item: see the two below.
+
+    An ``int`` below zero, so it never reads as a position: a position read
+    back from a worker's mark (``_mark.py``, where ``SOMEWHERE`` is stored as
+    a number) compares equal to it, and :class:`ChunkResult` turns such a
+    number back into the named constant.
+    """
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return _UNPLACED_NAMES[self]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_unplaced, (int(self),))
+
+    @classmethod
+    def named(cls, value: int) -> Unplaced:
+        """The constant for ``value``.
+
+        Raises:
+            ValueError: ``value`` is neither EVERY_ITEM nor SOMEWHERE.
+        """
+        try:
+            return _UNPLACED[value]
+        except KeyError:
+            raise ValueError(f"{value} is no item position, nor EVERY_ITEM or SOMEWHERE") from None
+
+
+#: every undone item of the chunk fails with the interruption (the pool
+#: cannot run anything)
+EVERY_ITEM: Final = Unplaced(-1)
+#: the worker died somewhere in a run of fast items it did not mark one by
+#: one: the run re-runs each of them alone to find the culprit
+SOMEWHERE: Final = Unplaced(-2)
+
+_UNPLACED: Final = {-1: EVERY_ITEM, -2: SOMEWHERE}
+_UNPLACED_NAMES: Final = {EVERY_ITEM: "EVERY_ITEM", SOMEWHERE: "SOMEWHERE"}
+
+
+def _unplaced(value: int) -> Unplaced:
+    return Unplaced.named(value)
+
 
 _job_ids = itertools.count(1)
 
@@ -94,11 +142,19 @@ class ChunkResult:
     """What a worker reports for a chunk.
 
     ``values`` holds results for the chunk's first ``len(values)`` items, with
-    ``None`` where ``failures`` holds the exception instead. A chunk cut short
-    by a dead or stuck worker has ``interruption`` set for the item at
-    ``interrupted_at``; the items neither in ``values`` nor interrupted did not
-    produce an outcome and must be run again. ``item_starts`` holds per-item
-    start times, for engines that run a chunk's items concurrently.
+    ``None`` where ``failures`` holds the exception instead (``failures`` has
+    no key past them). A chunk cut short by a dead or stuck worker has
+    ``interruption`` set; ``interrupted_at`` says which items it strikes:
+
+    * a position (``>= 0``): that item fails with it; the items neither in
+      ``values`` nor interrupted produced no outcome and must run again;
+    * :data:`EVERY_ITEM`: every item not in ``values`` fails with it (nothing
+      of the chunk can run);
+    * :data:`SOMEWHERE`: one unknown item not in ``values`` caused it; each
+      of them must run again alone.
+
+    ``item_starts`` holds per-item start times, for engines that run a
+    chunk's items concurrently.
     """
 
     __slots__ = (
@@ -126,7 +182,7 @@ class ChunkResult:
         cpu: float = 0.0,
         item_ends: list[float] | None = None,
         interruption: BaseException | None = None,
-        interrupted_at: int = EVERY_ITEM,
+        interrupted_at: int | Unplaced = EVERY_ITEM,
         item_starts: list[float] | None = None,
     ) -> None:
         self.chunk = chunk
@@ -138,7 +194,12 @@ class ChunkResult:
         self.cpu = cpu
         self.item_ends = item_ends
         self.interruption = interruption
-        self.interrupted_at = interrupted_at
+        #: a position, or an Unplaced constant (a number read off a mark is named)
+        self.interrupted_at: int | Unplaced = (
+            interrupted_at
+            if type(interrupted_at) is not int or interrupted_at >= 0
+            else Unplaced.named(interrupted_at)
+        )
         self.item_starts = item_starts
 
     def __repr__(self) -> str:

@@ -1,4 +1,4 @@
-"""The unit of work and the worker loop every pool backend runs.
+"""The worker loop every pool backend runs, and the run of one chunk.
 
 A run is split into :class:`Chunk` objects. A worker takes a chunk, runs every
 item through the function, captures each value or exception, and hands back a
@@ -6,10 +6,9 @@ item through the function, captures each value or exception, and hands back a
 very same :func:`worker_loop`; they differ only in how a task arrives (a shared
 queue, a pipe) and how a result leaves (a callback, a pipe).
 
-Each worker also owns a *mark*: three floats ``[chunk token, item position,
-item start time]`` it updates as it goes. The pool reads it to name the item a
-dead worker was running and to spot an item that has run past its timeout. For
-process workers the mark lives in shared memory, so it survives the worker.
+Each worker also owns a *mark* (``_mark.py``) it updates as it goes: the pool
+reads it to name the item a dead worker was running and to spot an item that
+has run past its timeout.
 """
 
 from __future__ import annotations
@@ -17,28 +16,18 @@ from __future__ import annotations
 import threading
 from time import perf_counter, thread_time
 
-from ._errors import TaskTimeoutError, describe_item
-from ._units import SOMEWHERE, Chunk, ChunkResult, Failure
+from ._mark import IDLE, MARK_POSITION, MARK_SOMEWHERE, MARK_STARTED, MARK_TOKEN, Mark
+from ._units import Chunk, ChunkResult, Failure
 
 # Not typing's TYPE_CHECKING, and no dataclasses: a process worker imports
 # this module, and ``typing`` and ``dataclasses`` (with ``inspect``) would add
 # milliseconds to every worker's start-up.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
     from typing import Any, Final
 
-    #: a worker's mark: three floats in (possibly shared) memory
-    Mark = memoryview[float]
-else:
-    Mark = memoryview
-
-__all__ = [
-    "STOP",
-    "inside_worker",
-    "run_chunk",
-    "worker_loop",
-]
+__all__ = ["STOP", "inside_worker", "run_chunk", "worker_loop"]
 
 #: The poison pill. ``None`` survives pickling unchanged, so the same sentinel
 #: stops a thread reading a queue and a process reading a pipe.
@@ -47,9 +36,6 @@ STOP: Final = None
 #: Items faster than this are not timed one by one: two clock reads would cost
 #: more than the work. Their records use the chunk's average instead.
 PER_ITEM_TIMING_THRESHOLD: Final = 20e-6
-
-MARK_TOKEN, MARK_POSITION, MARK_STARTED = 0, 1, 2
-MARK_SIZE: Final = 3
 
 _worker_state = threading.local()
 
@@ -105,69 +91,41 @@ def run_chunk(
 
     ``stop_at_failure`` ends the chunk at its first failing item: the result
     then holds fewer values than the chunk has items, and no interruption.
+    ``values`` starts empty; ``failures``, when handed in, too.
     """
+    n = len(chunk.items)
     # One iterator serves every loop below, and after a failure the next loop
     # resumes from it: no loop re-reads or copies the items (for tiny work,
     # touching every item once more costs as much as the work itself).
     remaining = iter(chunk.items)
-    append = values.append
-    # ``failures`` may be handed in (empty) so a pool can read it mid-chunk
+    # Per-item end times; None once the first items proved too fast to time.
+    ends: list[float] | None = []
+    # Without a timeout, the first items decide whether the rest are timed.
+    deciding = not watch_time
     started = perf_counter()
     cpu_started = thread_time()
-    ends: list[float] | None = []
-    n = len(chunk.items)
-    pos = 0
-    first = True
-    while pos < n:
+    while (pos := len(values)) < n:
         try:
             if watch_time:
                 assert ends is not None
-                for pos in range(pos, n):  # noqa: B020 - resumes after a failure
-                    if mark[MARK_TOKEN] < 0:  # the pool gave up on this chunk
-                        break
-                    mark[MARK_POSITION] = pos
-                    mark[MARK_STARTED] = perf_counter()
-                    append(fn(next(remaining)))
-                    ends.append(perf_counter())
-                pos = len(values)
-                if pos < n:  # abandoned
-                    break
-            elif first:
-                # The first two items are always timed; they decide whether
-                # the rest are worth a clock read each. Two, because one
-                # hiccup (a page fault, a preemption) must not make a worker
-                # time and ship back a timestamp per item of a huge chunk.
-                first = False
+                if not _run_watched(fn, remaining, values, ends, mark, pos, n):
+                    break  # the pool gave up on the chunk
+            elif deciding:
+                deciding = False
                 assert ends is not None
-                previous = started
-                for pos in range(min(2, n)):
-                    mark[MARK_POSITION] = pos
-                    append(fn(next(remaining)))
-                    now = perf_counter()
-                    ends.append(now)
-                    if now - previous < PER_ITEM_TIMING_THRESHOLD:
-                        ends = None
-                        break
-                    previous = now
-                pos = len(values)
+                ends = _run_first(fn, remaining, values, ends, mark, started, n)
             elif ends is not None:
-                for pos in range(pos, n):  # noqa: B020
-                    mark[MARK_POSITION] = pos
-                    append(fn(next(remaining)))
-                    ends.append(perf_counter())
-                pos = n
+                _run_timed(fn, remaining, values, ends, mark, pos, n)
             else:
-                if track_position:
-                    mark[MARK_POSITION] = SOMEWHERE
-                # C-speed loop; on an exception extend() keeps what it added
-                # so far, so len(values) is the failing item's position.
-                values.extend(map(fn, remaining))
-                pos = n
+                _run_untimed(fn, remaining, values, mark, track_position)
         except BaseException as exc:
             if in_caller and isinstance(exc, KeyboardInterrupt):
                 raise
-            pos = len(values)  # the item that raised (the iterator is past it)
-            append(None)
+            # The failing item's position: every loop appends in order, and
+            # the iterator is already past the item.
+            pos = len(values)
+            values.append(None)
+            # ``failures`` may be handed in (empty) so a pool can read it mid-chunk
             if failures is None:
                 failures = {}
             failures[pos] = Failure.capture(exc)
@@ -175,8 +133,7 @@ def run_chunk(
                 ends.append(perf_counter())
             if stop_at_failure:
                 break
-            first = False
-            pos += 1
+            deciding = False
     finished = perf_counter()
     return ChunkResult(
         chunk,
@@ -187,6 +144,80 @@ def run_chunk(
         cpu=thread_time() - cpu_started,
         item_ends=ends,
     )
+
+
+# The loops of run_chunk, one per case. Each runs items from the shared
+# iterator until the chunk ends or an item raises (run_chunk captures it and
+# calls a loop again for the rest). Their bodies are the per-item cost of
+# parallax: keep them to the reads and writes each case needs.
+
+
+def _run_watched(
+    fn: Callable[[Any], Any], remaining: Iterator[Any], values: list[Any], ends: list[float],
+    mark: Mark, start: int, n: int,
+) -> bool:
+    """A timeout is set: mark each item's start for the pool's watch, time it,
+    and stop when the pool gives up on the chunk (then return False)."""
+    append = values.append
+    ended = ends.append
+    for pos in range(start, n):
+        if mark[MARK_TOKEN] < 0:
+            return False
+        # The start before the position: a pool that reads the new position
+        # then reads this item's start, never the one of the item before.
+        mark[MARK_STARTED] = perf_counter()
+        mark[MARK_POSITION] = pos
+        append(fn(next(remaining)))
+        ended(perf_counter())
+    return True
+
+
+def _run_first(
+    fn: Callable[[Any], Any], remaining: Iterator[Any], values: list[Any], ends: list[float],
+    mark: Mark, started: float, n: int,
+) -> list[float] | None:
+    """The first two items, always timed: ``ends``, or None if they were too
+    fast to time the rest one by one.
+
+    Two, because one hiccup (a page fault, a preemption) must not make a
+    worker time and ship back a timestamp per item of a huge chunk.
+    """
+    append = values.append
+    previous = started
+    for pos in range(min(2, n)):
+        mark[MARK_POSITION] = pos
+        append(fn(next(remaining)))
+        now = perf_counter()
+        ends.append(now)
+        if now - previous < PER_ITEM_TIMING_THRESHOLD:
+            return None
+        previous = now
+    return ends
+
+
+def _run_timed(
+    fn: Callable[[Any], Any], remaining: Iterator[Any], values: list[Any], ends: list[float],
+    mark: Mark, start: int, n: int,
+) -> None:
+    """Items slow enough to time: mark and time each."""
+    append = values.append
+    ended = ends.append
+    for pos in range(start, n):
+        mark[MARK_POSITION] = pos
+        append(fn(next(remaining)))
+        ended(perf_counter())
+
+
+def _run_untimed(
+    fn: Callable[[Any], Any], remaining: Iterator[Any], values: list[Any], mark: Mark,
+    track_position: bool,
+) -> None:
+    """Tiny items: no clock read and no mark per item."""
+    if track_position:
+        mark[MARK_POSITION] = MARK_SOMEWHERE
+    # C-speed loop; on an exception extend() keeps what it added so far, so
+    # len(values) is the failing item's position.
+    values.extend(map(fn, remaining))
 
 
 #: What a worker loop pulls: the function, the chunk, whether to track item
@@ -241,7 +272,7 @@ def worker_loop(
                 failures=failures,
                 stop_at_failure=stop_at_failure,
             )
-            mark[MARK_POSITION] = -1.0
+            mark[MARK_POSITION] = IDLE
             result.worker = name
             report(result, tag)
             done += len(chunk.items)
@@ -253,30 +284,3 @@ def worker_loop(
         set_inside_worker(previous)
 
 
-def new_mark() -> Mark:
-    """A mark for a worker that lives in this process."""
-    mark = memoryview(bytearray(8 * MARK_SIZE)).cast("d")
-    mark[MARK_POSITION] = -1.0
-    return mark
-
-
-def flag_overruns(result: ChunkResult, timeout: float, why: str) -> None:
-    """Turn items that ran past ``timeout`` into TaskTimeoutError, after the fact."""
-    ends = result.item_ends
-    if not ends:
-        return
-    chunk = result.chunk
-    previous = result.started
-    for position, end in enumerate(ends):
-        if end - previous > timeout:
-            index = chunk.index_of(position)
-            error = TaskTimeoutError(
-                f"item {index} ({describe_item(chunk.items[position])}) ran "
-                f"{end - previous:.3g} s, over the {timeout:g} s timeout "
-                f"({why}, so it ran to the end)"
-            )
-            result.values[position] = None
-            if result.failures is None:
-                result.failures = {}
-            result.failures[position] = Failure(error, "")
-        previous = end

@@ -1,29 +1,24 @@
-"""The backend interface and the registry of modes.
+"""Backends: the engines that run chunks, and the registry of modes.
 
-A backend is an engine that runs chunks: it starts workers, accepts a chunk
-(:meth:`Backend.submit`), hands each finished chunk back through the job's
-``deliver`` callback, drops what a cancelled job has not started, and shuts
-down. It knows nothing about ordering, error policy, retries or stats: the
-run driver (``parallax._run``) does all of that once for every backend.
-
-Built-in backends are imported by name on first use, so ``import parallax``
-never imports dask. ``register_backend`` plugs in a new one.
+Re-exports only. The interface every engine implements lives in
+``_base.py`` (:class:`Backend`, :class:`WorkerSetup`), the mode registry in
+``_registry.py``, the engines in one module each. A third-party backend
+needs only the names below.
 """
 
-from __future__ import annotations
-
-import importlib
-import inspect
-import threading
-from abc import ABC, abstractmethod
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
-
-from .._errors import ParallaxError
 from .._host import usable_cpus
+from .._mark import new_mark
 from .._units import Chunk, ChunkResult, Failure, Job
-from .._worker import new_mark, run_chunk
+from .._worker import run_chunk
+from ._base import Backend, WorkerSetup, failed_chunk, initializer_error
+from ._registry import (
+    BackendFactory,
+    available_modes,
+    backend_options,
+    create_backend,
+    default_workers,
+    register_backend,
+)
 
 __all__ = [
     "Backend",
@@ -44,231 +39,3 @@ __all__ = [
     "run_chunk",
     "usable_cpus",
 ]
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerSetup:
-    """How every worker of a pool starts and when it is recycled."""
-
-    initializer: Callable[..., object] | None = None
-    initargs: tuple[Any, ...] = ()
-    max_tasks_per_worker: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def initialize(self, *, in_caller: bool = False) -> ParallaxError | None:
-        """Run the initializer where a worker starts; the error if it failed.
-
-        ``KeyboardInterrupt`` propagates only ``in_caller`` (serial mode).
-        """
-        if self.initializer is None:
-            return None
-        try:
-            self.initializer(*self.initargs)
-        except BaseException as exc:
-            if in_caller and isinstance(exc, KeyboardInterrupt):
-                raise
-            return initializer_error(exc)
-        return None
-
-
-class Backend(ABC):
-    """An engine that runs chunks of a job on its workers."""
-
-    #: the mode name this backend is registered under
-    name: ClassVar[str] = ""
-    #: rough cost in seconds of sending one chunk to a worker and back; auto
-    #: chunking makes chunks long enough that this stays around 1% of the work
-    chunk_overhead: ClassVar[float] = 1e-5
-    #: chunks queued per worker beyond the one it runs, so no worker waits
-    prefetch: ClassVar[int] = 1
-    #: runs each chunk in the caller's thread as it is submitted (serial):
-    #: nothing to balance or overlap, so a run that wants every result at
-    #: once may hand over its whole input as one chunk
-    runs_in_caller: ClassVar[bool] = False
-
-    workers: int
-
-    @classmethod
-    def default_workers(cls) -> int:
-        """The pool size when ``workers=None``: by default the usable CPUs."""
-        return usable_cpus()
-
-    @property
-    def chunk_slots(self) -> int:
-        """How many chunks run at once (a worker runs one chunk at a time)."""
-        return self.workers
-
-    @property
-    def starting(self) -> bool:
-        """True while no worker can take work yet (fresh interpreters booting,
-        or loading a function handed to :meth:`preload`).
-
-        The auto-selector keeps running items in the caller meanwhile.
-        """
-        return False
-
-    def auto_chunksize(self) -> int | None:
-        """A fixed size for ``chunksize="auto"``, for engines where measured item
-        time says nothing about cost (items of a chunk run concurrently)."""
-        return None
-
-    def prepare(self, job: Job) -> None:  # noqa: B027 - optional hook
-        """Check what a job needs before any of its chunks is sent.
-
-        Raises:
-            SerializationError: the job's function cannot cross to the workers.
-        """
-
-    def preload(self, job: Job) -> None:  # noqa: B027 - optional hook
-        """Start loading the job's function on the workers now, before its
-        first chunk (the auto-selector calls it while a pool boots, so the
-        workers import the function's module while the caller works)."""
-
-    @abstractmethod
-    def submit(self, job: Job, chunk: Chunk) -> None:
-        """Queue ``chunk`` of ``job``; its result arrives through ``job.deliver``.
-
-        Every submitted chunk is delivered exactly once (possibly as an
-        interrupted result), unless its job is cancelled before it starts.
-        """
-
-    def cancel(self, job: Job, *, interrupt: bool = False) -> None:
-        """Drop the job's chunks that have not started.
-
-        With ``interrupt=True`` (Ctrl-C) also stop the ones that are running,
-        where the engine can.
-        """
-        job.cancel()
-
-    @abstractmethod
-    def shutdown(self, wait: bool = True, *, cancel_pending: bool = False) -> None:
-        """Stop the workers once queued chunks are done (or dropped). Idempotent."""
-
-    @property
-    def broken(self) -> BaseException | None:
-        """Why this backend can run nothing more, or None while it can."""
-        return None
-
-
-def failed_chunk(chunk: Chunk, error: BaseException) -> ChunkResult:
-    """A result that fails every item of ``chunk`` with ``error``."""
-    return ChunkResult(chunk, [], interruption=error, interrupted_at=-1)
-
-
-def initializer_error(exc: BaseException) -> ParallaxError:
-    error = ParallaxError(
-        f"the worker initializer failed with {type(exc).__name__}: {exc}; "
-        "no item can run in this pool"
-    )
-    error.__cause__ = exc
-    return error
-
-
-BackendFactory = Callable[..., Backend]
-
-
-@dataclass(slots=True)
-class _Entry:
-    loader: Callable[[], BackendFactory]
-    options: frozenset[str] | None  # None: accepts any keyword
-    factory: BackendFactory | None = None
-
-    def load(self) -> BackendFactory:
-        if self.factory is None:
-            self.factory = self.loader()
-        return self.factory
-
-
-_registry: dict[str, _Entry] = {}
-_registry_lock = threading.Lock()
-
-#: keywords every factory receives, so not "backend options"
-_COMMON = frozenset({"workers", "setup"})
-
-
-def _options_of(factory: BackendFactory) -> frozenset[str] | None:
-    try:
-        signature = inspect.signature(factory)
-    except (TypeError, ValueError):
-        return None
-    names = set()
-    for parameter in signature.parameters.values():
-        if parameter.kind is inspect.Parameter.VAR_KEYWORD:
-            return None
-        if parameter.kind is inspect.Parameter.KEYWORD_ONLY:
-            names.add(parameter.name)
-    return frozenset(names - _COMMON)
-
-
-def register_backend(name: str, factory: BackendFactory) -> None:
-    """Plug in a backend under the mode ``name``.
-
-    ``factory(workers=..., setup=..., **options)`` must return a
-    :class:`Backend`; its keyword-only parameters are the backend options the
-    mode accepts (``**kwargs`` accepts any). Registering an existing name
-    replaces it.
-
-    Raises:
-        ValueError: ``name`` is empty or ``"auto"``.
-        TypeError: ``factory`` is not callable.
-    """
-    if not isinstance(name, str) or not name or name == "auto":
-        raise ValueError(f"backend name must be a non-empty string other than 'auto', not {name!r}")
-    if not callable(factory):
-        raise TypeError(f"factory must be callable, not {type(factory).__name__}")
-    with _registry_lock:
-        _registry[name] = _Entry(lambda: factory, _options_of(factory), factory)
-
-
-def _register_builtin(name: str, target: str, options: frozenset[str]) -> None:
-    module_name, _, attribute = target.partition(":")
-
-    def load() -> BackendFactory:
-        module = importlib.import_module(module_name, __name__)
-        factory: BackendFactory = getattr(module, attribute)
-        return factory
-
-    _registry[name] = _Entry(load, options)
-
-
-_register_builtin("serial", "._serial:SerialBackend", frozenset({"check_pickle"}))
-_register_builtin("thread", "._thread:ThreadBackend", frozenset())
-_register_builtin("process", "._process:ProcessBackend", frozenset({"max_worker_memory"}))
-_register_builtin("free-threaded", "._freethreaded:FreeThreadedBackend", frozenset())
-_register_builtin("asyncio", "._asyncio:AsyncioBackend", frozenset({"loop"}))
-_register_builtin("dask", "._dask:DaskBackend", frozenset({"address", "client"}))
-
-
-def available_modes() -> tuple[str, ...]:
-    """Every registered mode name, plus ``"auto"``."""
-    with _registry_lock:
-        return ("auto", *_registry)
-
-
-def backend_options() -> dict[str, frozenset[str] | None]:
-    """Mode name -> the backend options it accepts (None: any)."""
-    with _registry_lock:
-        return {name: entry.options for name, entry in _registry.items()}
-
-
-def default_workers(name: str) -> int | None:
-    """Mode ``name``'s pool size for ``workers=None`` (None if it cannot say)."""
-    with _registry_lock:
-        entry = _registry[name]
-    factory = entry.load()
-    if isinstance(factory, type) and issubclass(factory, Backend):
-        return factory.default_workers()
-    return None
-
-
-def create_backend(
-    name: str, *, workers: int | None, setup: WorkerSetup, options: dict[str, Any]
-) -> Backend:
-    """A new backend of mode ``name``, given only the options it accepts."""
-    with _registry_lock:
-        entry = _registry[name]
-    factory = entry.load()
-    accepted = entry.options
-    if accepted is not None:
-        options = {key: value for key, value in options.items() if key in accepted}
-    return factory(workers=workers, setup=setup, **options)

@@ -19,10 +19,10 @@ from concurrent.futures import Future as ThreadFuture
 from time import perf_counter
 from typing import Any
 
-from .._errors import TaskTimeoutError, describe_item
+from .._timeouts import timeout_error
 from .._units import Chunk, ChunkResult, Failure, Job
 from .._worker import set_inside_worker
-from . import Backend, WorkerSetup, failed_chunk
+from ._base import Backend, WorkerSetup, failed_chunk
 
 #: the same as the auto-selector's choice for coroutine functions
 DEFAULT_CONCURRENCY = 1000
@@ -183,10 +183,8 @@ class AsyncioBackend(Backend):
                     except TimeoutError:
                         if not scope.expired():
                             raise
-                        index = chunk.index_of(position)
-                        error = TaskTimeoutError(
-                            f"item {index} ({describe_item(chunk.items[position])}) ran past "
-                            f"the {job.timeout:g} s timeout; its coroutine was cancelled"
+                        error = timeout_error(
+                            chunk, position, job.timeout, "; its coroutine was cancelled"
                         )
                         failures[position] = Failure(error, "")
             except asyncio.CancelledError:

@@ -91,7 +91,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess
         "mode='dask' needs the 'distributed' package: pip install 'parallax[dask]'"
     ) from exc
 
-from .._errors import ParallaxError, TaskTimeoutError, WorkerCrashedError, describe_item
+from .._errors import ParallaxError, WorkerCrashedError, describe_item
 from .._host import usable_cpus
 from .._protocol import (
     ChunkFailed,
@@ -103,6 +103,7 @@ from .._protocol import (
     unpicklable_items,
 )
 from .._serialize import dumps_function
+from .._timeouts import timeout_error
 from .._units import SOMEWHERE, Chunk, ChunkResult, Job
 from . import Backend, WorkerSetup, failed_chunk, initializer_error
 from ._dask_task import Initializer, run_on_worker
@@ -743,12 +744,12 @@ def _decode(chunk: Chunk, outcome: DaskOutcome, timeout: float | None) -> ChunkR
         return result
     position = outcome.timed_out_at
     if position >= 0:
-        index = chunk.index_of(position)
-        result.interruption = TaskTimeoutError(
-            f"item {index} ({describe_item(chunk.items[position])}) ran past the "
-            f"{timeout:g} s timeout on dask worker {outcome.worker}; Dask cannot stop a "
-            "running task, so the item was abandoned (it runs on in the worker until it "
-            "returns, its result discarded)"
+        assert timeout is not None  # only a watched chunk times out
+        result.interruption = timeout_error(
+            chunk, position, timeout,
+            "; Dask cannot stop a running task, so the item was abandoned (it runs on in "
+            "the worker until it returns, its result discarded)",
+            where=f" on dask worker {outcome.worker}",
         )
         result.interrupted_at = position
     return result

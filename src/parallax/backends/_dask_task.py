@@ -17,6 +17,7 @@ from typing import Any
 import distributed
 from distributed import WorkerPlugin
 
+from .._mark import new_mark
 from .._protocol import (
     ChunkFailed,
     DaskOutcome,
@@ -26,15 +27,9 @@ from .._protocol import (
     decode_items,
     encode,
 )
+from .._timeouts import abandon, time_left
 from .._units import Chunk, ChunkResult, Failure
-from .._worker import (
-    MARK_POSITION,
-    MARK_STARTED,
-    MARK_TOKEN,
-    new_mark,
-    run_chunk,
-    set_inside_worker,
-)
+from .._worker import run_chunk, set_inside_worker
 
 __all__ = ["Initializer", "run_on_worker"]
 
@@ -91,22 +86,15 @@ def _run_watched(fn: Any, chunk: Chunk, timeout: float) -> tuple[ChunkResult, in
     """
     mark = new_mark()
     values: list[Any] = []
-    # run_chunk keeps the failures it captures to itself until it returns;
-    # an abandoned chunk never returns, so its failures are recorded here too.
+    # Handed to run_chunk, which records each failure here as it happens: an
+    # abandoned chunk never returns its result.
     failures: dict[int, Failure] = {}
     done: list[ChunkResult] = []
-
-    def guarded(item: Any) -> Any:
-        try:
-            return fn(item)
-        except BaseException as exc:
-            failures[int(mark[MARK_POSITION])] = Failure.capture(exc)
-            raise
 
     def target() -> None:
         previous = set_inside_worker(True)
         try:
-            done.append(run_chunk(guarded, chunk, mark, values, watch_time=True))
+            done.append(run_chunk(fn, chunk, mark, values, watch_time=True, failures=failures))
         finally:
             set_inside_worker(previous)
 
@@ -114,26 +102,15 @@ def _run_watched(fn: Any, chunk: Chunk, timeout: float) -> tuple[ChunkResult, in
     helper = threading.Thread(target=target, name="parallax-dask-timed-chunk", daemon=True)
     helper.start()
     while True:
-        position = int(mark[MARK_POSITION])
-        began = mark[MARK_STARTED]
+        position, left = time_left(mark, timeout, perf_counter())
         if position < 0:
             helper.join(0.005)  # not started yet
+        elif left > 0:
+            helper.join(left)
         else:
-            left = began + timeout - perf_counter()
-            if left > 0:
-                helper.join(left)
-            elif int(mark[MARK_POSITION]) == position and mark[MARK_STARTED] == began:
-                mark[MARK_TOKEN] = -1.0  # the helper stops after the stuck item
-                kept = values[:position]
-                result = ChunkResult(
-                    chunk,
-                    kept,
-                    {offset: failure for offset, failure in failures.items() if offset < position}
-                    or None,
-                    started=started,
-                    finished=perf_counter(),
-                )
-                return result, position
+            kept, failed = abandon(mark, values, failures, position)
+            result = ChunkResult(chunk, kept, failed, started=started, finished=perf_counter())
+            return result, position
         if not helper.is_alive():
             break
     helper.join()

@@ -14,7 +14,7 @@ import warnings
 from pathlib import Path
 
 from .._host import gil_enabled, usable_cpus
-from . import WorkerSetup
+from ._base import WorkerSetup
 from ._thread import ThreadBackend
 
 _warned = False

@@ -41,8 +41,9 @@ from multiprocessing.connection import wait
 from pathlib import Path
 from time import perf_counter
 
-from .._errors import ParallaxError, TaskTimeoutError, WorkerCrashedError, describe_item
+from .._errors import ParallaxError, WorkerCrashedError, describe_item
 from .._host import usable_cpus
+from .._mark import MARK_POSITION, MARK_SIZE, Mark
 from .._protocol import (
     ChunkFailed,
     Hello,
@@ -62,9 +63,9 @@ from .._protocol import (
     unpicklable_items,
 )
 from .._serialize import dumps, dumps_function
+from .._timeouts import time_left, timeout_error
 from .._units import SOMEWHERE, Chunk, ChunkResult, Job
 from .._wire import Channel
-from .._worker import MARK_POSITION, MARK_SIZE, MARK_STARTED, Mark
 from . import Backend, WorkerSetup, failed_chunk, initializer_error
 
 logger = logging.getLogger("parallax")
@@ -536,11 +537,9 @@ class ProcessBackend(Backend):
         for worker in list(self._workers.values()):
             if worker.busy is None or worker.busy[0].timeout is None:
                 continue
-            timeout = worker.busy[0].timeout
-            if worker.mark[MARK_POSITION] < 0:
-                left = 0.01  # about to start: look again soon
-            else:
-                left = max(0.001, worker.mark[MARK_STARTED] + timeout - now)
+            position, left = time_left(worker.mark, worker.busy[0].timeout, now)
+            # about to start its first item: look again soon
+            left = 0.01 if position < 0 else max(0.001, left)
             soonest = left if soonest is None else min(soonest, left)
         return soonest
 
@@ -550,16 +549,13 @@ class ProcessBackend(Backend):
             busy = worker.busy
             if busy is None or busy[0].timeout is None or worker.kill_reason is not None:
                 continue
-            position = int(worker.mark[MARK_POSITION])
             timeout = busy[0].timeout
-            if position < 0 or now - worker.mark[MARK_STARTED] <= timeout:
+            position, left = time_left(worker.mark, timeout, now)
+            if left >= 0:
                 continue
-            chunk = busy[1]
-            index = chunk.index_of(position)
             worker.kill(
-                TaskTimeoutError(
-                    f"item {index} ({describe_item(chunk.items[position])}) ran past the "
-                    f"{timeout:g} s timeout; worker {worker.name} was killed and replaced"
+                timeout_error(
+                    busy[1], position, timeout, f"; worker {worker.name} was killed and replaced"
                 )
             )
 

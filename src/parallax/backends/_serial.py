@@ -11,10 +11,12 @@ cannot interrupt the caller's own thread: an item that ran longer than
 from __future__ import annotations
 
 from .._calls import CheckedCall
+from .._mark import new_mark
 from .._serialize import round_trip
+from .._timeouts import flag_overruns
 from .._units import Chunk, Job
-from .._worker import flag_overruns, new_mark, run_chunk, set_inside_worker
-from . import Backend, WorkerSetup, failed_chunk
+from .._worker import run_chunk, set_inside_worker
+from ._base import Backend, WorkerSetup, failed_chunk
 
 
 class SerialBackend(Backend):

@@ -20,11 +20,13 @@ import threading
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
-from .._errors import ParallaxError, TaskTimeoutError, describe_item
+from .._errors import ParallaxError
 from .._host import thread_pool_default
+from .._mark import new_mark
+from .._timeouts import abandon, time_left, timeout_error
 from .._units import Chunk, ChunkResult, Failure, Job
-from .._worker import MARK_POSITION, MARK_STARTED, MARK_TOKEN, STOP, new_mark, worker_loop
-from . import Backend, WorkerSetup, failed_chunk
+from .._worker import STOP, worker_loop
+from ._base import Backend, WorkerSetup, failed_chunk
 
 if TYPE_CHECKING:
     from .._worker import Task
@@ -163,10 +165,7 @@ class ThreadBackend(Backend):
                 if current is None or current[0].timeout is None:
                     continue
                 timeout = current[0].timeout
-                position = int(worker.mark[MARK_POSITION])
-                if position < 0:
-                    continue
-                left = worker.mark[MARK_STARTED] + timeout - now
+                position, left = time_left(worker.mark, timeout, now)
                 if left > 0:
                     pause = min(pause, max(left, 0.001))
                     continue
@@ -179,22 +178,19 @@ class ThreadBackend(Backend):
             if worker.current is not current or worker.abandoned:
                 return
             worker.abandoned = True
-            worker.mark[MARK_TOKEN] = -1.0
             values, failures = worker.partial[0] if worker.partial else ([], {})
-            done = list(values[:position])
-            failed = {offset: failure for offset, failure in failures.items() if offset < position}
+            done, failed = abandon(worker.mark, values, failures, position)
         job, chunk = current
-        index = chunk.index_of(position)
-        error = TaskTimeoutError(
-            f"item {index} ({describe_item(chunk.items[position])}) ran past the "
-            f"{timeout:g} s timeout in {worker.name}; the thread was abandoned "
-            "(threads cannot be killed) and replaced"
+        error = timeout_error(
+            chunk, position, timeout,
+            "; the thread was abandoned (threads cannot be killed) and replaced",
+            where=f" in {worker.name}",
         )
         job.deliver(
             ChunkResult(
                 chunk,
                 done,
-                failed or None,
+                failed,
                 worker=worker.name,
                 interruption=error,
                 interrupted_at=position,

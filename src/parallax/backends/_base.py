@@ -1,0 +1,138 @@
+"""The backend interface: what every engine implements, and its building blocks.
+
+A backend is an engine that runs chunks: it starts workers, accepts a chunk
+(:meth:`Backend.submit`), hands each finished chunk back through the job's
+``deliver`` callback, drops what a cancelled job has not started, and shuts
+down. It knows nothing about ordering, error policy, retries or stats: the
+run driver (``parallax._run``) does all of that once for every backend.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from .._errors import ParallaxError
+from .._host import usable_cpus
+from .._units import EVERY_ITEM, Chunk, ChunkResult, Job
+
+__all__ = ["Backend", "WorkerSetup", "failed_chunk", "initializer_error"]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSetup:
+    """How every worker of a pool starts and when it is recycled."""
+
+    initializer: Callable[..., object] | None = None
+    initargs: tuple[Any, ...] = ()
+    max_tasks_per_worker: int | None = None
+
+    def initialize(self, *, in_caller: bool = False) -> ParallaxError | None:
+        """Run the initializer where a worker starts; the error if it failed.
+
+        ``KeyboardInterrupt`` propagates only ``in_caller`` (serial mode).
+        """
+        if self.initializer is None:
+            return None
+        try:
+            self.initializer(*self.initargs)
+        except BaseException as exc:
+            if in_caller and isinstance(exc, KeyboardInterrupt):
+                raise
+            return initializer_error(exc)
+        return None
+
+
+class Backend(ABC):
+    """An engine that runs chunks of a job on its workers."""
+
+    #: the mode name this backend is registered under
+    name: ClassVar[str] = ""
+    #: rough cost in seconds of sending one chunk to a worker and back; auto
+    #: chunking makes chunks long enough that this stays around 1% of the work
+    chunk_overhead: ClassVar[float] = 1e-5
+    #: chunks queued per worker beyond the one it runs, so no worker waits
+    prefetch: ClassVar[int] = 1
+    #: runs each chunk in the caller's thread as it is submitted (serial):
+    #: nothing to balance or overlap, so a run that wants every result at
+    #: once may hand over its whole input as one chunk
+    runs_in_caller: ClassVar[bool] = False
+
+    workers: int
+
+    @classmethod
+    def default_workers(cls) -> int:
+        """The pool size when ``workers=None``: by default the usable CPUs."""
+        return usable_cpus()
+
+    @property
+    def chunk_slots(self) -> int:
+        """How many chunks run at once (a worker runs one chunk at a time)."""
+        return self.workers
+
+    @property
+    def starting(self) -> bool:
+        """True while no worker can take work yet (fresh interpreters booting,
+        or loading a function handed to :meth:`preload`).
+
+        The auto-selector keeps running items in the caller meanwhile.
+        """
+        return False
+
+    def auto_chunksize(self) -> int | None:
+        """A fixed size for ``chunksize="auto"``, for engines where measured item
+        time says nothing about cost (items of a chunk run concurrently)."""
+        return None
+
+    def prepare(self, job: Job) -> None:  # noqa: B027 - optional hook
+        """Check what a job needs before any of its chunks is sent.
+
+        Raises:
+            SerializationError: the job's function cannot cross to the workers.
+        """
+
+    def preload(self, job: Job) -> None:  # noqa: B027 - optional hook
+        """Start loading the job's function on the workers now, before its
+        first chunk (the auto-selector calls it while a pool boots, so the
+        workers import the function's module while the caller works)."""
+
+    @abstractmethod
+    def submit(self, job: Job, chunk: Chunk) -> None:
+        """Queue ``chunk`` of ``job``; its result arrives through ``job.deliver``.
+
+        Every submitted chunk is delivered exactly once (possibly as an
+        interrupted result), unless its job is cancelled before it starts.
+        """
+
+    def cancel(self, job: Job, *, interrupt: bool = False) -> None:
+        """Drop the job's chunks that have not started.
+
+        With ``interrupt=True`` (Ctrl-C) also stop the ones that are running,
+        where the engine can.
+        """
+        job.cancel()
+
+    @abstractmethod
+    def shutdown(self, wait: bool = True, *, cancel_pending: bool = False) -> None:
+        """Stop the workers once queued chunks are done (or dropped). Idempotent."""
+
+    @property
+    def broken(self) -> BaseException | None:
+        """Why this backend can run nothing more, or None while it can."""
+        return None
+
+
+def failed_chunk(chunk: Chunk, error: BaseException) -> ChunkResult:
+    """A result that fails every item of ``chunk`` with ``error``."""
+    return ChunkResult(chunk, [], interruption=error, interrupted_at=EVERY_ITEM)
+
+
+def initializer_error(exc: BaseException) -> ParallaxError:
+    error = ParallaxError(
+        f"the worker initializer failed with {type(exc).__name__}: {exc}; "
+        "no item can run in this pool"
+    )
+    error.__cause__ = exc
+    return error
