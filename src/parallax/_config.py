@@ -46,6 +46,7 @@ __all__ = [
     "check_retries",
     "check_retry_on",
     "check_timeout",
+    "check_wait",
     "check_workers",
     "is_coroutine_function",
     "merge_options",
@@ -118,6 +119,16 @@ def check_timeout(timeout: object, *, name: str = "timeout") -> float | None:
     return float(timeout)
 
 
+def check_wait(timeout: object) -> float | None:
+    """``Executor.map``'s ``timeout``: seconds for the whole iteration, as in the
+    standard library (zero or less: only results already there), or None."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or math.isnan(timeout):
+        raise ValueError(f"timeout must be a number of seconds or None, not {timeout!r}")
+    return float(timeout)
+
+
 def check_errors(errors: object) -> Literal["raise", "return", "skip"]:
     if errors not in ERROR_POLICIES:
         raise ValueError(
@@ -169,7 +180,10 @@ def check_flag(value: object, *, name: str) -> bool:
 
 
 def check_progress(progress: object) -> object:
-    if not (progress in (True, False, None) or callable(progress)):
+    flag = progress is True or progress is False or progress is None
+    # ``1 in (True, False)`` is true, but 1 is no progress setting: a value
+    # equal to a flag must be that flag.
+    if (progress in (True, False, None) and not flag) or not (flag or callable(progress)):
         raise TypeError(f"progress must be True, False or a callable, not {progress!r}")
     return progress
 
@@ -194,9 +208,17 @@ def check_retry_on(retry_on: object) -> tuple[type[BaseException], ...]:
 
 
 def check_backoff(backoff: object) -> float:
-    if isinstance(backoff, bool) or not isinstance(backoff, int | float) or backoff < 0:
-        raise ValueError(f"backoff must be a non-negative number of seconds, not {backoff!r}")
-    return backoff
+    # nan slips through "< 0" and then makes every retry wait the longest backoff
+    if (
+        isinstance(backoff, bool)
+        or not isinstance(backoff, int | float)
+        or not math.isfinite(backoff)
+        or backoff < 0
+    ):
+        raise ValueError(
+            f"backoff must be a finite, non-negative number of seconds, not {backoff!r}"
+        )
+    return float(backoff)
 
 
 def check_options(options: Mapping[str, Any]) -> dict[str, Any]:

@@ -24,12 +24,14 @@ from ._config import (
     check_callable,
     check_chunksize,
     check_errors,
+    check_flag,
     check_initializer,
     check_iterable,
     check_max_tasks,
     check_mode,
     check_options,
     check_timeout,
+    check_wait,
     check_workers,
     merge_options,
 )
@@ -178,7 +180,8 @@ class Executor(_StdExecutor):
         """
         if not iterables:
             raise TypeError("map() needs at least one iterable")
-        deadline = None if timeout is None else monotonic() + timeout
+        wait = check_wait(timeout)
+        deadline = None if wait is None else monotonic() + wait
         call: Callable[[Any], Any] = check_callable(fn)
         for iterable in iterables:
             check_iterable(iterable)
@@ -254,6 +257,7 @@ class Executor(_StdExecutor):
         size = self._chunksize if chunksize is None else check_chunksize(chunksize)
         per_task = self._timeout if timeout is None else check_timeout(timeout)
         policy = check_errors(errors)
+        ordered = check_flag(ordered, name="ordered")
         return self._new_run(StarCall(fn) if star else fn, iterable, chunksize=size,
                              ordered=ordered, timeout=per_task, errors=policy)
 

@@ -152,7 +152,7 @@ _DEFAULTS: Final = CallOptions()
 #: each keyword's check, in the order they are reported; each returns the
 #: value to keep (retry_on: always a tuple)
 _CHECKS: Final[tuple[tuple[str, Callable[[Any], Any]], ...]] = (
-    ("mode", lambda mode: None if mode is None else check_mode(mode)),
+    ("mode", check_mode),
     ("workers", check_workers),
     ("chunksize", check_chunksize),
     ("timeout", check_timeout),

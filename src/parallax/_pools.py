@@ -13,6 +13,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import logging
+import math
 import os
 import threading
 import weakref
@@ -26,6 +27,7 @@ from .backends import Backend, WorkerSetup, create_backend, default_workers
 logger = logging.getLogger("parallax")
 
 DEFAULT_IDLE_TIMEOUT = 300.0
+IDLE_TIMEOUT_VARIABLE = "PARALLAX_IDLE_TIMEOUT"
 
 __all__ = ["acquire", "idle_timeout", "new_backend", "reap_idle", "release", "shutdown_pools"]
 
@@ -46,16 +48,26 @@ _reaper_stop = threading.Event()
 
 
 def idle_timeout() -> float:
-    raw = os.environ.get("PARALLAX_IDLE_TIMEOUT")
-    if raw:
-        try:
-            value = float(raw)
-        except ValueError:
-            logger.warning("parallax: ignoring PARALLAX_IDLE_TIMEOUT=%r (not a number)", raw)
-        else:
-            if value > 0:
-                return value
-    return DEFAULT_IDLE_TIMEOUT
+    """Seconds a pool may sit unused before it is shut down (``PARALLAX_IDLE_TIMEOUT``).
+
+    Raises:
+        ValueError: the variable is set but is no positive, finite number
+            (a negative or ``nan`` value would otherwise keep idle workers
+            forever without a word).
+    """
+    raw = os.environ.get(IDLE_TIMEOUT_VARIABLE, "").strip()
+    if not raw:
+        return DEFAULT_IDLE_TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(
+            f"{IDLE_TIMEOUT_VARIABLE} must be a positive number of seconds (default "
+            f"{DEFAULT_IDLE_TIMEOUT:g}), not {raw!r}"
+        )
+    return value
 
 
 def _install_hooks() -> None:
@@ -68,7 +80,12 @@ def _install_hooks() -> None:
 def new_backend(
     mode: str, *, workers: int | None, setup: WorkerSetup, options: dict[str, Any]
 ) -> Backend:
-    """A backend owned by its caller, still shut down at interpreter exit."""
+    """A backend owned by its caller, still shut down at interpreter exit.
+
+    Raises:
+        ValueError: ``PARALLAX_IDLE_TIMEOUT`` is set to no valid value.
+    """
+    idle_timeout()  # a bad setting fails the call that starts workers, not the reaper
     backend = create_backend(mode, workers=workers, setup=setup, options=options)
     with _lock:
         _every_backend.add(backend)
@@ -86,8 +103,13 @@ def _key(mode: str, workers: int | None, options: dict[str, Any]) -> Hashable:
 
 
 def acquire(mode: str, workers: int | None, options: dict[str, Any]) -> Backend:
-    """Lease the shared pool for this mode and options, creating it if needed."""
+    """Lease the shared pool for this mode and options, creating it if needed.
+
+    Raises:
+        ValueError: ``PARALLAX_IDLE_TIMEOUT`` is set to no valid value.
+    """
     global _reaper
+    idle_timeout()  # a bad setting fails the call, not the reaper thread later
     # workers=None and the mode's default count are the same pool
     key = _key(mode, workers or default_workers(mode), options)
     with _lock:
@@ -119,13 +141,23 @@ def release(backend: Backend) -> None:
 
 
 def _reap() -> None:
-    while not _reaper_stop.wait(min(5.0, idle_timeout() / 2)):
-        reap_idle()
+    while not _reaper_stop.wait(min(5.0, _reaper_timeout() / 2)):
+        reap_idle(_reaper_timeout())
 
 
-def reap_idle() -> int:
-    """Shut down pools unused for longer than the idle timeout; how many were."""
-    limit = idle_timeout()
+def _reaper_timeout() -> float:
+    """The idle timeout, or the default if the variable went bad since the
+    pools started (the next call that starts workers says so)."""
+    try:
+        return idle_timeout()
+    except ValueError:
+        return DEFAULT_IDLE_TIMEOUT
+
+
+def reap_idle(limit: float | None = None) -> int:
+    """Shut down pools unused for longer than ``limit`` seconds (default: the
+    idle timeout); how many were."""
+    limit = idle_timeout() if limit is None else limit
     now = monotonic()
     with _lock:
         idle = [
