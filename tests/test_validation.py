@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 import parallax
+from conftest import Backend, as_coroutine, child_pids
 from helpers import double
 
 calls: list[int] = []
@@ -170,3 +171,44 @@ def test_executor_checks_its_per_call_arguments() -> None:
         with pytest.raises(ValueError, match="timeout"):
             executor.map(record, [1], timeout="1")  # type: ignore[arg-type]
     assert calls == []
+
+
+# -- absurd worker counts (issue #13.2) ----------------------------------------------------
+
+
+def test_an_absurd_worker_count_is_refused_before_any_work(backend: Backend) -> None:
+    before = child_pids()
+    if backend.mode == "serial":  # one worker, the caller: the count means nothing
+        assert backend.map(record, [1, 2], workers=10**7) == [1, 2]
+        return
+    with pytest.raises(ValueError, match=rf"workers=10000000 is more than {backend.mode} mode "
+                                         r"allows: at most \d+ \("):
+        backend.map(record, [1, 2], workers=10**7)
+    with pytest.raises(ValueError, match="at most"):
+        backend.executor(workers=10**7)
+    with pytest.raises(ValueError, match="at most"):
+        decorated = parallax.parallel(mode=backend.mode, workers=10**7, **backend.options)
+        decorated(backend.fn(record)).submit(1)
+    assert calls == []
+    assert child_pids() == before
+
+
+def test_the_bound_is_per_kind_of_worker() -> None:
+    cpus = parallax.backends.usable_cpus()
+    with pytest.raises(ValueError, match=f"32 worker processes per usable CPU, {cpus} here"):
+        parallax.map(record, [1], mode="process", workers=32 * cpus + 1)
+    with pytest.raises(ValueError, match="at most 4096 .threads in one pool"):
+        parallax.map(record, [1], mode="thread", workers=4097)
+    with pytest.raises(ValueError, match="at most 100000"):
+        parallax.map(as_coroutine(record), [1], mode="asyncio", workers=100_001)
+    assert calls == []
+    # At the bound is fine: a thread pool starts its threads as work arrives.
+    assert parallax.map(record, [1, 2], mode="thread", workers=4096) == [1, 2]
+
+
+def test_auto_refuses_a_count_its_costliest_pick_cannot_start() -> None:
+    with pytest.raises(ValueError, match="more than mode='auto' may start.*mode='thread'"):
+        parallax.map(record, [1, 2], workers=10**7)
+    with pytest.raises(ValueError, match="at most"):
+        parallax.Executor(workers=10**7)
+    assert calls == []  # not even the probe ran

@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, get_args
 
+from . import _host
 from ._worker import inside_worker
 from .backends import available_modes, backend_options
 
@@ -47,11 +48,13 @@ __all__ = [
     "check_retry_on",
     "check_timeout",
     "check_wait",
+    "check_worker_bound",
     "check_workers",
     "is_coroutine_function",
     "merge_options",
     "resolve",
     "using",
+    "worker_limit",
 ]
 
 Mode = Literal["auto", "serial", "thread", "process", "free-threaded", "asyncio", "dask"]
@@ -96,6 +99,53 @@ def check_workers(workers: object) -> int | None:
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be a positive integer or None (automatic), not {workers!r}")
     return workers
+
+
+#: most worker processes per usable CPU: each is a whole interpreter (tens
+#: of MB), and past a few per core they only queue for the CPUs
+PROCESS_WORKERS_PER_CPU: Final = 32
+#: most threads in a pool: each holds a stack, and I/O concurrency beyond a
+#: few thousand is asyncio's job
+THREAD_WORKERS_CEILING: Final = 4096
+#: most coroutines awaited at once in asyncio mode (the input is read ahead
+#: about twice that far)
+ASYNCIO_WORKERS_CEILING: Final = 100_000
+
+
+def worker_limit(mode: str) -> tuple[int, str] | None:
+    """The most workers ``mode`` may start, and why; None: no bound (serial runs
+    in the caller; a registered backend knows its own limits)."""
+    if mode in ("process", "dask"):
+        cpus = _host.usable_cpus()
+        return (PROCESS_WORKERS_PER_CPU * cpus,
+                f"{PROCESS_WORKERS_PER_CPU} worker processes per usable CPU, {cpus} here")
+    if mode in ("thread", "free-threaded"):
+        return THREAD_WORKERS_CEILING, "threads in one pool; for more waits at once use asyncio"
+    if mode == "asyncio":
+        return ASYNCIO_WORKERS_CEILING, "coroutines awaited at once"
+    return None
+
+
+def check_worker_bound(mode: str, workers: int | None, *, asked: str | None = None) -> None:
+    """Refuse a worker count ``mode`` cannot sensibly start, before any work.
+
+    ``asked``: the mode the user named, when ``mode`` is only what it may become
+    (``"auto"``).
+
+    Raises:
+        ValueError: ``workers`` is above the mode's bound, naming the bound and why.
+    """
+    limit = worker_limit(mode)
+    if workers is None or limit is None or workers <= limit[0]:
+        return
+    bound, why = limit
+    if asked is not None:
+        raise ValueError(
+            f"workers={workers} is more than mode={asked!r} may start: it can pick "
+            f"{mode} mode, which allows at most {bound} ({why}); name the mode "
+            "(e.g. mode='thread') to use more workers"
+        )
+    raise ValueError(f"workers={workers} is more than {mode} mode allows: at most {bound} ({why})")
 
 
 def check_chunksize(chunksize: object) -> int | str:

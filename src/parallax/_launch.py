@@ -50,6 +50,7 @@ from ._config import (
     check_retries,
     check_retry_on,
     check_timeout,
+    check_worker_bound,
     check_workers,
     is_coroutine_function,
     merge_options,
@@ -232,7 +233,12 @@ class Engine:
 def open_engine(mode: str, reason: str, *, workers: int | None, options: dict[str, Any],
                 setup: WorkerSetup | None = None) -> Engine:
     """A private backend when ``setup`` is given (its workers are set up for
-    this caller alone), else a lease on the shared pool for these settings."""
+    this caller alone), else a lease on the shared pool for these settings.
+
+    Raises:
+        ValueError: more ``workers`` than ``mode`` may start.
+    """
+    check_worker_bound(mode, workers)
     if setup is not None:
         backend = _pools.new_backend(mode, workers=workers, setup=setup, options=options)
         return Engine(backend, reason, owned=True)
@@ -366,6 +372,10 @@ def launch(
         # run the initializer: decide without measuring instead.
         mode, reason, workers = decide_unmeasured(workers, "initializer given, no probe")
     if mode == "auto":
+        # Refused before the probe runs anything, by the costliest kind of
+        # worker auto may pick for this function.
+        kind = "asyncio" if coroutine else "process" if _host.gil_enabled() else "free-threaded"
+        check_worker_bound(kind, workers, asked="auto")
         # The probe takes the first items; the run goes on from there (a
         # sequence from the index after them, anything else from the iterator).
         source = iter(iterable)
