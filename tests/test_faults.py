@@ -251,3 +251,58 @@ def test_thread_timeout_keeps_the_failures_of_earlier_items() -> None:
     assert isinstance(results[0], InjectedError)
     assert isinstance(results[1], parallax.TaskTimeoutError)
     assert results[2] == 2
+
+
+# -- os.fork() after a pool exists (issue #13.1) --------------------------------------------
+
+FORK_SCRIPT = r"""
+import os, sys, threading, time
+import parallax
+from parallax import _pools, _stats
+
+def pid(_):
+    return os.getpid()
+
+parent = set(parallax.map(pid, range(8), mode="process", workers=2, chunksize=1))
+# Another thread holds the pools' and the monitors' locks at the fork.
+held, release = threading.Event(), threading.Event()
+def hold():
+    with _pools._lock, _stats._monitors_lock:
+        held.set()
+        release.wait()
+holder = threading.Thread(target=hold)
+holder.start()
+held.wait()
+child = os.fork()
+if child == 0:
+    ok = False
+    try:
+        pids = set(parallax.map(pid, range(8), mode="process", workers=2, chunksize=1))
+        with parallax.using("thread"), parallax.monitor() as mon:
+            parallax.map(abs, [1, 2])
+        ok = bool(pids) and not pids & parent and len(mon.runs) == 1
+    except BaseException as exc:
+        print("child failed:", repr(exc), flush=True)
+    sys.stdout.flush()
+    sys.exit(0 if ok else 1)  # a normal exit: the child's exit hook runs
+release.set()
+holder.join()
+deadline = time.monotonic() + 30
+while not os.waitpid(child, os.WNOHANG)[0]:
+    if time.monotonic() > deadline:
+        os.kill(child, 9)
+        os.waitpid(child, 0)
+        print("child hung", flush=True)
+        sys.exit(3)
+    time.sleep(0.02)
+again = set(parallax.map(pid, range(8), mode="process", workers=2, chunksize=1))
+print("parent pool kept" if again <= parent else f"parent pool replaced {parent} {again}")
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")
+def test_a_forked_child_starts_its_own_pool_and_leaves_the_parents_alone() -> None:
+    done = subprocess.run([sys.executable, "-c", FORK_SCRIPT], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.strip() == "parent pool kept", done.stdout + done.stderr

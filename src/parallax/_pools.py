@@ -15,6 +15,7 @@ import contextlib
 import logging
 import math
 import os
+import sys
 import threading
 import weakref
 from collections.abc import Hashable
@@ -68,6 +69,37 @@ def idle_timeout() -> float:
             f"{DEFAULT_IDLE_TIMEOUT:g}), not {raw!r}"
         )
     return value
+
+
+#: module-level locks of other parallax modules that a thread of the parent
+#: may hold at a fork; the child gets fresh ones (see _forget_after_fork)
+_FORK_LOCKS = (("parallax._stats", "_monitors_lock"), ("parallax.backends", "_registry_lock"),
+               ("parallax.backends._freethreaded", "_warn_lock"))
+
+
+def _forget_after_fork() -> None:
+    """In a child of ``os.fork()``: start with no pools.
+
+    The pools' workers and threads belong to the parent (the child has none
+    of the threads that drive them), so they are forgotten, never shut down:
+    a call in the child starts a pool of its own, and the child's exit hook
+    leaves the parent's workers alone. Locks a parent thread may have held
+    at the fork are replaced, so nothing in the child waits on them forever.
+    """
+    global _lock, _pools, _every_backend, _reaper, _reaper_stop
+    _lock = threading.Lock()
+    _pools = {}
+    _every_backend = weakref.WeakSet()
+    _reaper = None
+    _reaper_stop = threading.Event()
+    for module_name, attribute in _FORK_LOCKS:
+        module = sys.modules.get(module_name)
+        if module is not None and hasattr(module, attribute):
+            setattr(module, attribute, threading.Lock())
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 def _install_hooks() -> None:
