@@ -306,3 +306,48 @@ def test_a_forked_child_starts_its_own_pool_and_leaves_the_parents_alone() -> No
                           timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.strip() == "parent pool kept", done.stdout + done.stderr
+
+
+# -- calls while the interpreter shuts down (issue #13.4) ------------------------------------
+
+EXIT_SCRIPT = r"""
+import atexit, sys
+import parallax
+
+MODE, WHEN = sys.argv[1], sys.argv[2]
+
+def late_call(pmap=parallax.map, print=print, RuntimeError=RuntimeError):
+    try:
+        print("late", pmap(abs, [-1, -2, -3], mode=MODE), flush=True)
+    except RuntimeError as exc:
+        print("late RuntimeError:", exc, flush=True)
+
+class Late:
+    def __del__(self, late_call=late_call):
+        late_call()
+
+if WHEN == "atexit":
+    atexit.register(late_call)  # registered before parallax's hook, so it runs after it
+if WHEN != "cold":
+    # a pool of the mode exists (auto: the process pool it would pick)
+    parallax.map(abs, [1, 2], mode="process" if MODE == "auto" else MODE)
+keep = Late()  # collected as the interpreter finalizes
+"""
+
+
+@pytest.mark.parametrize("when", ["atexit", "del"])
+@pytest.mark.parametrize("mode", ["thread", "process", "auto"])
+def test_a_call_at_exit_runs_serially_and_never_blocks(mode: str, when: str) -> None:
+    done = subprocess.run([sys.executable, "-c", EXIT_SCRIPT, mode, when], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    expected = "late [1, 2, 3]\n" * (2 if when == "atexit" else 1)
+    assert done.stdout == expected, done.stdout + done.stderr
+
+
+def test_a_call_at_exit_before_any_backend_loaded_is_a_clear_error() -> None:
+    done = subprocess.run([sys.executable, "-c", EXIT_SCRIPT, "thread", "cold"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("late RuntimeError: parallax cannot start a serial backend "
+                                  "while the interpreter shuts down"), done.stdout + done.stderr

@@ -11,6 +11,9 @@ Precedence of the mode, highest first:
 A call made inside a parallax worker runs serially in that worker, whatever
 mode it names: a pool per call would oversubscribe the CPUs, and sharing the
 outer pool could deadlock (every worker waiting for chunks queued behind it).
+So does a call made while the interpreter shuts down (from an ``atexit``
+handler that runs after parallax's, or a ``__del__`` at exit): no new thread
+can start then, and nothing would stop new workers.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, get_args
 
-from . import _host
+from . import _host, _pools
 from ._worker import inside_worker
 from .backends import available_modes, backend_options
 
@@ -336,6 +339,8 @@ def resolve(explicit: str | None, default: str | None = None) -> tuple[str, str]
         mode, why = "auto", "the default"
     if mode != "serial" and inside_worker():
         return "serial", f"mode={mode!r} asked from inside a parallax worker -> serial"
+    if mode != "serial" and _pools.exiting():
+        return "serial", f"mode={mode!r} asked while the interpreter shuts down -> serial"
     return mode, f"mode={mode!r} {why}"
 
 

@@ -239,10 +239,20 @@ def open_engine(mode: str, reason: str, *, workers: int | None, options: dict[st
         ValueError: more ``workers`` than ``mode`` may start.
     """
     check_worker_bound(mode, workers)
-    if setup is not None:
-        backend = _pools.new_backend(mode, workers=workers, setup=setup, options=options)
-        return Engine(backend, reason, owned=True)
-    return Engine(_pools.acquire(mode, workers, options), reason, owned=False)
+    try:
+        if setup is not None:
+            backend = _pools.new_backend(mode, workers=workers, setup=setup, options=options)
+            return Engine(backend, reason, owned=True)
+        return Engine(_pools.acquire(mode, workers, options), reason, owned=False)
+    except ImportError as exc:
+        if not _pools.exiting():
+            raise
+        # A backend not loaded before the interpreter began to shut down can
+        # no longer be: say so plainly rather than with importlib's words.
+        raise RuntimeError(
+            f"parallax cannot start a {mode} backend while the interpreter shuts down "
+            "(its modules can no longer be imported)"
+        ) from exc
 
 
 # -- runs ------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ logger = logging.getLogger("parallax")
 DEFAULT_IDLE_TIMEOUT = 300.0
 IDLE_TIMEOUT_VARIABLE = "PARALLAX_IDLE_TIMEOUT"
 
-__all__ = ["acquire", "idle_timeout", "new_backend", "reap_idle", "release", "shutdown_pools"]
+__all__ = ["acquire", "exiting", "idle_timeout", "new_backend", "reap_idle", "release", "shutdown_pools"]
 
 
 @dataclass(slots=True)
@@ -44,6 +44,9 @@ _lock = threading.Lock()
 _pools: dict[Hashable, _Pooled] = {}
 _every_backend: weakref.WeakSet[Backend] = weakref.WeakSet()
 _hooks_installed = False
+#: the exit hook ran: every backend is shut down, and the interpreter is on
+#: its way out (threads may no longer start)
+_exited = False
 _reaper: threading.Thread | None = None
 _reaper_stop = threading.Event()
 
@@ -102,11 +105,21 @@ if hasattr(os, "register_at_fork"):  # POSIX
     os.register_at_fork(after_in_child=_forget_after_fork)
 
 
+def exiting() -> bool:
+    """True once the interpreter shuts down: parallax's exit hook ran, or it is
+    finalizing. A call then runs serially (a new thread would never start,
+    and nothing would shut new workers down)."""
+    return _exited or sys.is_finalizing()
+
+
 def _install_hooks() -> None:
     global _hooks_installed
     if not _hooks_installed:
         _hooks_installed = True
         atexit.register(_at_exit)
+        # Load the serial backend now: a call at exit falls back on it, and by
+        # then nothing can be imported.
+        default_workers("serial")
 
 
 def new_backend(
@@ -155,7 +168,7 @@ def acquire(mode: str, workers: int | None, options: dict[str, Any]) -> Backend:
             pooled = _pools[key] = _Pooled(backend)
             _every_backend.add(backend)
             _install_hooks()
-            if _reaper is None:
+            if _reaper is None and not exiting():  # no thread starts at exit
                 _reaper = threading.Thread(target=_reap, name="parallax-pool-reaper", daemon=True)
                 _reaper.start()
         pooled.leases += 1
@@ -214,6 +227,8 @@ def shutdown_pools(wait: bool = True) -> None:
 
 
 def _at_exit() -> None:
+    global _exited
+    _exited = True
     _reaper_stop.set()
     with _lock:
         backends = list(_every_backend)
