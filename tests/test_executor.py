@@ -163,3 +163,36 @@ def test_map_that_raises_ends_its_run_at_once() -> None:
         with pytest.raises(Boom):
             list(executor.map(fail_on({3}), range(10)))
         assert len(monitor.runs) == 1  # published now, not at garbage collection
+
+
+# -- issues #12 and #13: the facade's holes ------------------------------------------------
+
+AFTER_EXIT_SCRIPT = r"""
+import atexit
+import parallax
+
+def late(print=print, RuntimeError=RuntimeError):
+    for submit, args in ((executor.submit, (abs, -1)), (decorated.submit, (-1,))):
+        try:
+            print("late", submit(*args).result(timeout=10), flush=True)
+        except RuntimeError as exc:
+            print("late RuntimeError:", exc, flush=True)
+
+atexit.register(late)  # before parallax's exit hook: runs after it
+executor = parallax.Executor("thread", workers=1)
+decorated = parallax.parallel(mode="thread")(abs)
+assert executor.submit(abs, -2).result() == 2
+"""
+
+
+def test_submit_after_the_exit_time_shutdown_says_so_like_the_stdlib() -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", AFTER_EXIT_SCRIPT], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "late RuntimeError: cannot schedule new futures after shutdown",
+        "late 1",  # a function's own .submit runs serially at exit
+    ], done.stdout + done.stderr

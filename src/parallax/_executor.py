@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from typing_extensions import ParamSpec
 
+from . import _pools
 from ._calls import BoundCall, StarCall
 from ._config import (
     check_callable,
@@ -110,6 +111,8 @@ class Executor(_StdExecutor):
                                    setup=WorkerSetup(initializer, initargs, max_tasks))
         self._lock = threading.Lock()
         self._closed = False
+        #: made while the interpreter shuts down (so serial, and not shut down by the exit hook)
+        self._made_at_exit = _pools.exiting()
         self._runs: set[Run] = set()
         self._futures: set[Future[Any]] = set()
         self._finished_runs: list[Stats] = []
@@ -143,7 +146,8 @@ class Executor(_StdExecutor):
     # -- concurrent.futures API ------------------------------------------------------
 
     def _check_open(self) -> None:
-        if self._closed:
+        # The exit hook shut the backend down under an executor made before it.
+        if self._closed or (_pools.exiting() and not self._made_at_exit):
             raise RuntimeError("cannot schedule new futures after shutdown")
 
     def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
