@@ -303,7 +303,7 @@ print("parent pool kept" if again <= parent else f"parent pool replaced {parent}
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")
 def test_a_forked_child_starts_its_own_pool_and_leaves_the_parents_alone() -> None:
     done = subprocess.run([sys.executable, "-c", FORK_SCRIPT], capture_output=True, text=True,
-                          timeout=120)
+                          timeout=120, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.strip() == "parent pool kept", done.stdout + done.stderr
 
@@ -339,7 +339,7 @@ keep = Late()  # collected as the interpreter finalizes
 @pytest.mark.parametrize("mode", ["thread", "process", "auto"])
 def test_a_call_at_exit_runs_serially_and_never_blocks(mode: str, when: str) -> None:
     done = subprocess.run([sys.executable, "-c", EXIT_SCRIPT, mode, when], capture_output=True,
-                          text=True, timeout=60)
+                          text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     expected = "late [1, 2, 3]\n" * (2 if when == "atexit" else 1)
     assert done.stdout == expected, done.stdout + done.stderr
@@ -347,7 +347,7 @@ def test_a_call_at_exit_runs_serially_and_never_blocks(mode: str, when: str) -> 
 
 def test_a_call_at_exit_before_any_backend_loaded_is_a_clear_error() -> None:
     done = subprocess.run([sys.executable, "-c", EXIT_SCRIPT, "thread", "cold"],
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("late RuntimeError: parallax cannot start a serial backend "
                                   "while the interpreter shuts down"), done.stdout + done.stderr

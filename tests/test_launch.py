@@ -243,3 +243,11 @@ def test_options_on_top_of_checked_ones_keep_the_rest() -> None:
         CallOptions.checked(base, workers=0)
     with pytest.raises(TypeError, match="'nonsense'"):
         CallOptions.checked(base, nonsense=1)
+
+
+def test_every_call_keyword_has_its_check_and_using_knows_it() -> None:
+    from parallax._config import COMMON_KEYWORDS
+    from parallax._launch import _CHECKS, _KEYWORDS
+
+    assert {name for name, _ in _CHECKS} == _KEYWORDS
+    assert _KEYWORDS - {"mode"} == COMMON_KEYWORDS

@@ -131,13 +131,13 @@ def test_nan_bool_and_lookalike_values_are_rejected(
     api: str, keywords: dict[str, Any], error: type[Exception], message: str
 ) -> None:
     data = [(1,), (2,)] if api == "starmap" else [1, 2]
+    calls_of = {
+        "parallel": lambda: parallax.parallel(**keywords)(record),
+        "parallel.map": lambda: parallax.parallel(record).map(data, **keywords),
+    }
+    call = calls_of.get(api, lambda: getattr(parallax, api)(record, data, **keywords))
     with pytest.raises(error, match=message):
-        if api == "parallel":
-            parallax.parallel(**keywords)(record)
-        elif api == "parallel.map":
-            parallax.parallel(record).map(data, **keywords)
-        else:
-            getattr(parallax, api)(record, data, **keywords)
+        call()
     assert calls == []
 
 
@@ -186,8 +186,8 @@ def test_an_absurd_worker_count_is_refused_before_any_work(backend: Backend) -> 
         backend.map(record, [1, 2], workers=10**7)
     with pytest.raises(ValueError, match="at most"):
         backend.executor(workers=10**7)
+    decorated = parallax.parallel(mode=backend.mode, workers=10**7, **backend.options)
     with pytest.raises(ValueError, match="at most"):
-        decorated = parallax.parallel(mode=backend.mode, workers=10**7, **backend.options)
         decorated(backend.fn(record)).submit(1)
     assert calls == []
     assert child_pids() == before
@@ -197,7 +197,7 @@ def test_the_bound_is_per_kind_of_worker() -> None:
     cpus = parallax.backends.usable_cpus()
     with pytest.raises(ValueError, match=f"32 worker processes per usable CPU, {cpus} here"):
         parallax.map(record, [1], mode="process", workers=32 * cpus + 1)
-    with pytest.raises(ValueError, match="at most 4096 .threads in one pool"):
+    with pytest.raises(ValueError, match=r"at most 4096 \(threads in one pool"):
         parallax.map(record, [1], mode="thread", workers=4097)
     with pytest.raises(ValueError, match="at most 100000"):
         parallax.map(as_coroutine(record), [1], mode="asyncio", workers=100_001)
@@ -207,7 +207,7 @@ def test_the_bound_is_per_kind_of_worker() -> None:
 
 
 def test_auto_refuses_a_count_its_costliest_pick_cannot_start() -> None:
-    with pytest.raises(ValueError, match="more than mode='auto' may start.*mode='thread'"):
+    with pytest.raises(ValueError, match=r"more than mode='auto' may start.*mode='thread'"):
         parallax.map(record, [1, 2], workers=10**7)
     with pytest.raises(ValueError, match="at most"):
         parallax.Executor(workers=10**7)

@@ -13,9 +13,9 @@ from __future__ import annotations
 import enum
 import functools
 import sys
-from dataclasses import replace
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from concurrent.futures import Future
+from dataclasses import replace
 from typing import Any, Generic, Protocol, TypeVar, cast, overload
 
 from typing_extensions import ParamSpec
@@ -229,6 +229,12 @@ class ParallelDecorator(Protocol):
     def __call__(self, fn: Callable[P, R], /) -> ParallelFunction[P, R]: ...
 
 
+class _Unset(enum.Enum):
+    """No function given: ``parallel(...)`` with keywords returns a decorator."""
+
+    UNSET = enum.auto()
+
+
 @overload
 def parallel(fn: Callable[P, R], /) -> ParallelFunction[P, R]: ...
 
@@ -247,12 +253,6 @@ def parallel(
     initargs: tuple[Any, ...] = ...,
     **options: Any,
 ) -> ParallelDecorator: ...
-
-
-class _Unset(enum.Enum):
-    """No function given: ``parallel(...)`` with keywords returns a decorator."""
-
-    UNSET = enum.auto()
 
 
 def parallel(

@@ -33,11 +33,14 @@ from .backends import available_modes, backend_options
 
 __all__ = [
     "BUILTIN_MODES",
+    "COMMON_CHECKS",
+    "COMMON_KEYWORDS",
     "Mode",
     "Settings",
     "check_backoff",
     "check_callable",
     "check_chunksize",
+    "check_common",
     "check_errors",
     "check_flag",
     "check_initargs",
@@ -53,6 +56,7 @@ __all__ = [
     "check_wait",
     "check_worker_bound",
     "check_workers",
+    "forced_common",
     "is_coroutine_function",
     "merge_options",
     "resolve",
@@ -71,10 +75,12 @@ ERROR_POLICIES: Final = ("raise", "return", "skip")
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """What a ``using()`` block forces."""
+    """What a ``using()`` block forces: the mode, the common keywords of a
+    call (``common``, checked) and backend options (``options``)."""
 
     mode: str
     options: Mapping[str, Any] = field(default_factory=dict)
+    common: Mapping[str, Any] = field(default_factory=dict)
 
 
 _forced: contextvars.ContextVar[Settings | None] = contextvars.ContextVar(
@@ -274,6 +280,36 @@ def check_backoff(backoff: object) -> float:
     return float(backoff)
 
 
+#: the keywords every ``map``-like call shares besides ``mode``, each with its
+#: check, in the order they are reported; each check returns the value to
+#: keep (retry_on: always a tuple)
+COMMON_CHECKS: Final[tuple[tuple[str, Callable[[Any], Any]], ...]] = (
+    ("workers", check_workers),
+    ("chunksize", check_chunksize),
+    ("timeout", check_timeout),
+    ("errors", check_errors),
+    ("initializer", lambda fn: None if fn is None else check_callable(fn, name="initializer")),
+    ("initargs", check_initargs),
+    ("ordered", lambda flag: check_flag(flag, name="ordered")),
+    ("record_tasks", lambda flag: check_flag(flag, name="record_tasks")),
+    ("progress", check_progress),
+    ("retries", check_retries),
+    ("retry_on", check_retry_on),
+    ("backoff", check_backoff),
+    ("max_tasks_per_worker", check_max_tasks),
+)
+COMMON_KEYWORDS: Final = frozenset(name for name, _ in COMMON_CHECKS)
+
+
+def check_common(given: Mapping[str, Any]) -> dict[str, Any]:
+    """The common keywords among ``given``, each checked (the rest are left out).
+
+    Raises:
+        ValueError, TypeError: naming the bad keyword and what is valid.
+    """
+    return {name: check(given[name]) for name, check in COMMON_CHECKS if name in given}
+
+
 def check_options(options: Mapping[str, Any]) -> dict[str, Any]:
     """Reject options that no backend knows; keep the rest for the one that runs.
 
@@ -302,25 +338,42 @@ def check_options(options: Mapping[str, Any]) -> dict[str, Any]:
 
 @contextmanager
 def using(mode: Mode | str, **options: Any) -> Iterator[None]:
-    """Force ``mode`` (and backend options) for every parallax call in the block.
+    """Force ``mode`` (and options) for every parallax call in the block.
 
-    Overrides explicit ``mode=`` arguments, decorator defaults and the
-    ``PARALLAX_MODE`` environment variable. Local to the current thread and
-    asyncio task (a ``contextvars`` variable); blocks nest, the innermost wins.
+    ``options`` are the common keywords of :func:`parallax.map` (``workers``,
+    ``chunksize``, ``timeout``, ``errors``, ``ordered``, ``progress``,
+    ``retries``, ...) and backend options. Each overrides what the call (or
+    the decorator) says, as the mode overrides explicit ``mode=`` arguments,
+    decorator defaults and the ``PARALLAX_MODE`` environment variable; an
+    ``Executor`` made in the block takes the ones it has. Local to the current
+    thread and asyncio task (a ``contextvars`` variable); blocks nest, the
+    innermost wins, keyword by keyword.
 
     Raises:
-        ValueError: ``mode`` is not a known mode.
-        TypeError: an option no backend accepts.
+        ValueError: ``mode`` is not a known mode, or a keyword's value is bad.
+        TypeError: an option that is neither a common keyword nor one a
+            backend accepts, or a value of the wrong type.
     """
     check_mode(mode)
-    checked = check_options(options)
+    common = check_common(options)
+    backend = check_options({name: value for name, value in options.items()
+                             if name not in COMMON_KEYWORDS})
     outer = _forced.get()
-    merged = {**(outer.options if outer else {}), **checked}
-    token = _forced.set(Settings(mode, merged))
+    token = _forced.set(Settings(
+        mode,
+        {**(outer.options if outer else {}), **backend},
+        {**(outer.common if outer else {}), **common},
+    ))
     try:
         yield
     finally:
         _forced.reset(token)
+
+
+def forced_common() -> Mapping[str, Any]:
+    """The common keywords an active ``using()`` block forces (checked), if any."""
+    settings = _forced.get()
+    return settings.common if settings is not None else {}
 
 
 def resolve(explicit: str | None, default: str | None = None) -> tuple[str, str]:

@@ -34,6 +34,7 @@ from ._config import (
     check_timeout,
     check_wait,
     check_workers,
+    forced_common,
     merge_options,
 )
 from ._launch import (
@@ -105,6 +106,14 @@ class Executor(_StdExecutor):
         check_initializer(initializer, initargs)
         max_tasks = check_max_tasks(max_tasks_per_worker)
         options = merge_options(check_options(backend_options))
+        # What a using() block forces (checked there) beats the arguments.
+        forced = forced_common()
+        workers = forced.get("workers", workers)
+        self._chunksize = forced.get("chunksize", self._chunksize)
+        self._timeout = forced.get("timeout", self._timeout)
+        initializer = forced.get("initializer", initializer)
+        initargs = forced.get("initargs", initargs)
+        max_tasks = forced.get("max_tasks_per_worker", max_tasks)
         resolved, reason, workers = resolve_without_probe(mode, None, workers)
         # An executor always owns its pool: its workers are set up for it alone.
         self._engine = open_engine(resolved, reason, workers=workers, options=options,
@@ -193,6 +202,7 @@ class Executor(_StdExecutor):
         if len(iterables) > 1:
             call, source = StarCall(fn), zip(*iterables, strict=False)
         size = self._chunksize if chunksize is None else check_chunksize(chunksize)
+        size = forced_common().get("chunksize", size)
         run = self._new_run(call, source, chunksize=size, timeout=self._timeout, errors="wrap",
                             deadline=deadline)
         run.start()
@@ -262,6 +272,11 @@ class Executor(_StdExecutor):
         per_task = self._timeout if timeout is None else check_timeout(timeout)
         policy = check_errors(errors)
         ordered = check_flag(ordered, name="ordered")
+        forced = forced_common()
+        size = forced.get("chunksize", size)
+        per_task = forced.get("timeout", per_task)
+        policy = forced.get("errors", policy)
+        ordered = forced.get("ordered", ordered)
         return self._new_run(StarCall(fn) if star else fn, iterable, chunksize=size,
                              ordered=ordered, timeout=per_task, errors=policy)
 

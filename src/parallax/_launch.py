@@ -36,22 +36,14 @@ from . import _host, _pools
 from ._auto import Facts, Plan, Probe, decide, probe, probe_more
 from ._calls import AsyncStarCall, BoundCall, RunCoroutine, StarCall
 from ._config import (
-    check_backoff,
+    COMMON_CHECKS,
     check_callable,
-    check_chunksize,
-    check_errors,
-    check_flag,
-    check_initargs,
     check_iterable,
-    check_max_tasks,
     check_mode,
     check_options,
-    check_progress,
-    check_retries,
-    check_retry_on,
-    check_timeout,
     check_worker_bound,
     check_workers,
+    forced_common,
     is_coroutine_function,
     merge_options,
     resolve,
@@ -136,6 +128,11 @@ class CallOptions:
         base = base or _DEFAULTS
         return replace(base, **fields, backend={**base.backend, **backend})
 
+    def forced(self) -> CallOptions:
+        """These options with what an active ``using()`` block forces on top."""
+        forced = forced_common()
+        return replace(self, **forced) if forced else self
+
     @property
     def setup(self) -> WorkerSetup | None:
         """How this call's workers start, when they need a pool of their own."""
@@ -150,24 +147,9 @@ class CallOptions:
 
 _KEYWORDS: Final = frozenset(CallOptions.__dataclass_fields__) - {"backend"}
 _DEFAULTS: Final = CallOptions()
-#: each keyword's check, in the order they are reported; each returns the
-#: value to keep (retry_on: always a tuple)
-_CHECKS: Final[tuple[tuple[str, Callable[[Any], Any]], ...]] = (
-    ("mode", check_mode),
-    ("workers", check_workers),
-    ("chunksize", check_chunksize),
-    ("timeout", check_timeout),
-    ("errors", check_errors),
-    ("initializer", lambda fn: None if fn is None else check_callable(fn, name="initializer")),
-    ("initargs", check_initargs),
-    ("ordered", lambda flag: check_flag(flag, name="ordered")),
-    ("record_tasks", lambda flag: check_flag(flag, name="record_tasks")),
-    ("progress", check_progress),
-    ("retries", check_retries),
-    ("retry_on", check_retry_on),
-    ("backoff", check_backoff),
-    ("max_tasks_per_worker", check_max_tasks),
-)
+#: each keyword's check, in the order they are reported
+_CHECKS: Final[tuple[tuple[str, Callable[[Any], Any]], ...]] = (("mode", check_mode),
+                                                                *COMMON_CHECKS)
 
 
 def length_of(iterable: Iterable[Any]) -> int | None:
@@ -367,6 +349,7 @@ def launch(
     """
     check_callable(fn)
     check_iterable(iterable)
+    options = options.forced()
     mode, reason = resolve(options.mode, default_mode)
     backend_options = merge_options(options.backend)
     coroutine = is_coroutine_function(fn)
@@ -481,6 +464,7 @@ def plan_call(fn: Callable[..., Any], sample: Iterable[Any], workers: int | None
     check_callable(fn)
     check_iterable(sample)
     check_workers(workers)
+    workers = forced_common().get("workers", workers)
     measured = probe(fn, iter(sample), total=length_of(sample),
                      coroutine=is_coroutine_function(fn))
     return decide(measured.facts, workers)
@@ -537,6 +521,7 @@ def submit_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str,
     """``fn(*args, **kwargs)`` on the shared pool ``options`` select (``@parallel``'s
     ``.submit``). The lease is given back at once: the pool stays up while it runs.
     """
+    options = options.forced()
     mode, reason, workers = resolve_without_probe(options.mode, default_mode, options.workers)
     engine = open_engine(mode, reason, workers=workers, options=merge_options(options.backend))
     future: Future[Any] = Future()

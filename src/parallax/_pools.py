@@ -30,7 +30,8 @@ logger = logging.getLogger("parallax")
 DEFAULT_IDLE_TIMEOUT = 300.0
 IDLE_TIMEOUT_VARIABLE = "PARALLAX_IDLE_TIMEOUT"
 
-__all__ = ["acquire", "exiting", "idle_timeout", "new_backend", "reap_idle", "release", "shutdown_pools"]
+__all__ = ["acquire", "exiting", "idle_timeout", "new_backend", "reap_idle", "release",
+           "shutdown_pools"]
 
 
 @dataclass(slots=True)
