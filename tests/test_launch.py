@@ -251,3 +251,31 @@ def test_every_call_keyword_has_its_check_and_using_knows_it() -> None:
 
     assert {name for name, _ in _CHECKS} == _KEYWORDS
     assert _KEYWORDS - {"mode"} == COMMON_KEYWORDS
+
+
+# -- plan().chunksize (issue #12) ------------------------------------------------------------
+
+
+def test_plan_chunksize_is_the_int_its_reason_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    from parallax import _launch
+    from parallax._auto import Facts, Probe
+
+    cpu_bound = Facts(probed=1, item_wall=0.012, item_cpu=0.0115, total=400, cpus=2)
+    monkeypatch.setattr(_launch, "probe", lambda *args, **kwargs: Probe(cpu_bound))
+    plan = parallax.plan(double, range(400))
+    assert plan.mode == "process"
+    assert isinstance(plan.chunksize, int)
+    assert plan.reason.endswith(f"chunks of {plan.chunksize}")
+
+
+def test_plan_chunksize_is_what_the_run_uses() -> None:
+    async def coroutine(x: int) -> int:
+        return x
+
+    plan = parallax.plan(coroutine, range(50))
+    with parallax.monitor() as monitor:
+        parallax.map(coroutine, range(50))
+    assert plan.mode == monitor.runs[0].mode == "asyncio"
+    assert plan.chunksize == monitor.runs[0].chunksize
+    for fn in (double, lambda x: x + 1):
+        assert isinstance(parallax.plan(fn, range(100)).chunksize, int)

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Final
 from . import _host, _pools
 from ._auto import Facts, Plan, Probe, decide, probe, probe_more
 from ._calls import AsyncStarCall, BoundCall, RunCoroutine, StarCall
+from ._chunking import ChunkSizer
 from ._config import (
     COMMON_CHECKS,
     check_callable,
@@ -53,7 +54,7 @@ from ._run import ErrorPolicy, RetryPolicy, Run
 from ._stats import StatsRecorder
 from ._units import Chunk, ChunkResult, Failure, Job
 from ._worker import flag_overruns
-from .backends import Backend, WorkerSetup
+from .backends import Backend, WorkerSetup, _registry, _registry_lock
 
 if TYPE_CHECKING:
     import asyncio
@@ -467,7 +468,41 @@ def plan_call(fn: Callable[..., Any], sample: Iterable[Any], workers: int | None
     workers = forced_common().get("workers", workers)
     measured = probe(fn, iter(sample), total=length_of(sample),
                      coroutine=is_coroutine_function(fn))
-    return decide(measured.facts, workers)
+    chosen = decide(measured.facts, workers)
+    return replace(chosen, chunksize=planned_chunksize(chosen, measured.facts))
+
+
+def planned_chunksize(chosen: Plan, facts: Facts) -> int:
+    """The size of the chunks a run of ``chosen`` starts with after the probed
+    items, as its :class:`~parallax._chunking.ChunkSizer` would pick it.
+
+    Serial ``map`` takes the rest of a sized input at once (``Run.batches``).
+    """
+    if isinstance(chosen.chunksize, int):
+        return chosen.chunksize
+    if chosen.mode == "asyncio":
+        from .backends._asyncio import AsyncioBackend
+
+        # Its chunks are sized by the concurrency limit, not by time; building
+        # the backend starts nothing (its loop starts with the first chunk).
+        return AsyncioBackend(workers=chosen.workers).auto_chunksize() or 1
+    if chosen.mode == "serial" and facts.total is not None:
+        return max(1, facts.total - facts.probed)
+    overhead = getattr(backend_type(chosen.mode), "chunk_overhead", Backend.chunk_overhead)
+    sizer = ChunkSizer("auto", workers=chosen.workers, total=facts.total,
+                       chunk_overhead=overhead, item_seconds=facts.item_wall)
+    return sizer.next_size(facts.probed)
+
+
+def backend_type(mode: str) -> object:
+    """The factory registered for ``mode`` (a :class:`Backend` subclass for the
+    built-in modes), loaded but not called: its class-level facts, no workers.
+
+    Reads the registry's table: it has no public accessor for a factory.
+    """
+    with _registry_lock:
+        entry = _registry[mode]
+    return entry.load()
 
 
 # -- one call ------------------------------------------------------------------------------
