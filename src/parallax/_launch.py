@@ -49,8 +49,10 @@ from ._config import (
     merge_options,
     resolve,
 )
+from ._errors import SerializationError, describe_item
 from ._progress import Reporter, make_reporter
 from ._run import ErrorPolicy, RetryPolicy, Run
+from ._serialize import dumps
 from ._stats import StatsRecorder
 from ._units import Chunk, ChunkResult, Failure, Job
 from ._worker import flag_overruns
@@ -509,15 +511,20 @@ def backend_type(mode: str) -> object:
 
 
 class FutureJob(Job):
-    """A one-item job whose outcome settles a ``concurrent.futures.Future``."""
+    """A one-item job whose outcome settles a ``concurrent.futures.Future``.
 
-    __slots__ = ("future",)
+    Once settled it lets go of the call (its function and arguments): the
+    backend or a worker may hold the job a while longer (bpo-16284).
+    """
+
+    __slots__ = ("call", "future")
 
     def __init__(
-        self, fn: Callable[[Any], Any], future: Future[Any], timeout: float | None
+        self, call: BoundCall, future: Future[Any], timeout: float | None
     ) -> None:
-        super().__init__(fn, self._settle, timeout=timeout)
+        super().__init__(call, self._settle, timeout=timeout)
         self.future = future
+        self.call: BoundCall | None = call
 
     def claim(self, chunk: Chunk) -> bool:
         return self.wants(chunk) and self.future.set_running_or_notify_cancel()
@@ -534,9 +541,13 @@ class FutureJob(Job):
                 future.set_result(result.values[0])
         except InvalidStateError:
             pass  # cancelled meanwhile: nobody waits for the outcome
+        finally:
+            call, self.call = self.call, None
+            if call is not None:
+                call.release()
 
 
-def start_future(backend: Backend, call: Callable[[Any], Any], timeout: float | None,
+def start_future(backend: Backend, call: BoundCall, timeout: float | None,
                  future: Future[Any]) -> None:
     """Run ``call`` once on ``backend``; its outcome settles ``future``.
 
@@ -544,11 +555,37 @@ def start_future(backend: Backend, call: Callable[[Any], Any], timeout: float | 
     """
     job = FutureJob(call, future, timeout)
     try:
-        backend.prepare(job)
+        try:
+            backend.prepare(job)
+        except SerializationError as exc:
+            # The backend pickles the call as a whole, so it can only name
+            # the BoundCall: say which part of it does not pickle.
+            raise unpicklable_part(call) or exc from exc
         backend.submit(job, Chunk.fresh(0, 0, [None]))
     except BaseException:
         future.cancel()
         raise
+
+
+def unpicklable_part(call: BoundCall) -> SerializationError | None:
+    """The error naming the function or the argument of ``call`` that does
+    not pickle (the first one), or None if each pickles alone."""
+    name = callable_name(call.fn)
+    parts: list[tuple[str, Any]] = [(f"the function {name}", call.fn)]
+    parts += [(f"argument {position} ({describe_item(value)}) of the call to {name}", value)
+              for position, value in enumerate(call.args)]
+    parts += [(f"keyword argument {key!r} ({describe_item(value)}) of the call to {name}", value)
+              for key, value in call.kwargs.items()]
+    for what, value in parts:
+        try:
+            dumps(value)
+        except Exception as exc:
+            error = SerializationError(
+                f"{what} cannot be pickled for another process: {type(exc).__name__}: {exc}"
+            )
+            error.__cause__ = exc
+            return error
+    return None
 
 
 def submit_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
