@@ -317,7 +317,8 @@ def test_submit_names_the_argument_that_does_not_pickle() -> None:
             executor.submit(add, 1, lock)
         with pytest.raises(parallax.SerializationError, match="keyword argument 'y'"):
             executor.submit(add, 1, y=lock)
-        with pytest.raises(parallax.SerializationError, match=r"the function .*<lambda> cannot be pickled"):
+        with pytest.raises(parallax.SerializationError,
+                           match=r"the function .*<lambda> cannot be pickled"):
             executor.submit(lambda: lock)
     decorated = parallax.parallel(mode="process")(add)
     with pytest.raises(parallax.SerializationError, match=r"argument 0 \("):

@@ -216,19 +216,20 @@ class Engine:
 
 
 def open_engine(mode: str, reason: str, *, workers: int | None, options: dict[str, Any],
-                setup: WorkerSetup | None = None) -> Engine:
+                setup: WorkerSetup | None = None, shared: bool = False) -> Engine:
     """A private backend when ``setup`` is given (its workers are set up for
     this caller alone), else a lease on the shared pool for these settings.
+    ``shared``: a lease on a shared pool whose workers are set up by ``setup``.
 
     Raises:
         ValueError: more ``workers`` than ``mode`` may start.
     """
     check_worker_bound(mode, workers)
     try:
-        if setup is not None:
+        if setup is not None and not shared:
             backend = _pools.new_backend(mode, workers=workers, setup=setup, options=options)
             return Engine(backend, reason, owned=True)
-        return Engine(_pools.acquire(mode, workers, options), reason, owned=False)
+        return Engine(_pools.acquire(mode, workers, options, setup), reason, owned=False)
     except ImportError as exc:
         if not _pools.exiting():
             raise
@@ -592,10 +593,15 @@ def submit_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str,
                 options: CallOptions, default_mode: str | None) -> Future[Any]:
     """``fn(*args, **kwargs)`` on the shared pool ``options`` select (``@parallel``'s
     ``.submit``). The lease is given back at once: the pool stays up while it runs.
+
+    A pool for one call each would start its workers (and run the initializer)
+    per call; so ``initializer`` and ``max_tasks_per_worker`` select a shared
+    pool of their own, kept warm like the others.
     """
     options = options.forced()
     mode, reason, workers = resolve_without_probe(options.mode, default_mode, options.workers)
-    engine = open_engine(mode, reason, workers=workers, options=merge_options(options.backend))
+    engine = open_engine(mode, reason, workers=workers, options=merge_options(options.backend),
+                         setup=options.setup, shared=True)
     future: Future[Any] = Future()
     try:
         start_future(engine.backend, BoundCall(fn, args, kwargs), options.timeout, future)

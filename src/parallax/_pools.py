@@ -139,25 +139,38 @@ def new_backend(
     return backend
 
 
-def _key(mode: str, workers: int | None, options: dict[str, Any]) -> Hashable:
+def _frozen(value: Any) -> Hashable:
+    """``value`` as part of a pool's key: itself if hashable, else its identity
+    (the pool holds the value, so the identity stays its own)."""
+    if isinstance(value, dict):
+        return tuple(sorted((name, _frozen(item)) for name, item in value.items()))
     try:
-        frozen = tuple(sorted((name, value) for name, value in options.items()))
-        hash(frozen)
-    except TypeError:  # unhashable option values: key on identity instead
-        frozen = tuple(sorted((name, id(value)) for name, value in options.items()))
-    return (mode, workers, frozen)
+        hash(value)
+    except TypeError:
+        return ("id", id(value))
+    return value  # type: ignore[no-any-return]
 
 
-def acquire(mode: str, workers: int | None, options: dict[str, Any]) -> Backend:
-    """Lease the shared pool for this mode and options, creating it if needed.
+def _key(mode: str, workers: int | None, options: dict[str, Any],
+         setup: WorkerSetup) -> Hashable:
+    how = tuple(_frozen(getattr(setup, name)) for name in setup.__dataclass_fields__)
+    return (mode, workers, _frozen(options), how)
+
+
+def acquire(mode: str, workers: int | None, options: dict[str, Any],
+            setup: WorkerSetup | None = None) -> Backend:
+    """Lease the shared pool for this mode, options and worker setup, creating
+    it if needed. Pools whose workers run an initializer (``@parallel``'s
+    ``.submit``) are shared by the calls that name the same one.
 
     Raises:
         ValueError: ``PARALLAX_IDLE_TIMEOUT`` is set to no valid value.
     """
     global _reaper
     idle_timeout()  # a bad setting fails the call, not the reaper thread later
+    setup = setup or WorkerSetup()
     # workers=None and the mode's default count are the same pool
-    key = _key(mode, workers or default_workers(mode), options)
+    key = _key(mode, workers or default_workers(mode), options, setup)
     with _lock:
         pooled = _pools.get(key)
         if pooled is not None and pooled.backend.broken is not None:
@@ -165,7 +178,7 @@ def acquire(mode: str, workers: int | None, options: dict[str, Any]) -> Backend:
             threading.Thread(target=stale.backend.shutdown, daemon=True).start()
             pooled = None
         if pooled is None:
-            backend = create_backend(mode, workers=workers, setup=WorkerSetup(), options=options)
+            backend = create_backend(mode, workers=workers, setup=setup, options=options)
             pooled = _pools[key] = _Pooled(backend)
             _every_backend.add(backend)
             _install_hooks()
