@@ -323,3 +323,11 @@ def test_submit_names_the_argument_that_does_not_pickle() -> None:
     decorated = parallax.parallel(mode="process")(add)
     with pytest.raises(parallax.SerializationError, match=r"argument 0 \("):
         decorated.submit(lock, 1)
+
+
+def test_submit_survives_recycled_workers() -> None:
+    # A chunk handed to a worker about to retire goes to another one: its
+    # future is claimed twice and must still settle once.
+    with parallax.Executor("process", workers=1, max_tasks_per_worker=1) as executor:
+        futures = [executor.submit(double, number) for number in range(8)]
+        assert [future.result(timeout=60) for future in futures] == [n * 2 for n in range(8)]

@@ -528,7 +528,14 @@ class FutureJob(Job):
         self.call: BoundCall | None = call
 
     def claim(self, chunk: Chunk) -> bool:
-        return self.wants(chunk) and self.future.set_running_or_notify_cancel()
+        if not self.wants(chunk):
+            return False
+        future = self.future
+        if future.running():
+            # Claimed before and handed out again: the worker it went to
+            # retired (max_tasks_per_worker) before it ran anything.
+            return True
+        return not future.done() and future.set_running_or_notify_cancel()
 
     def _settle(self, result: ChunkResult) -> None:
         future = self.future
