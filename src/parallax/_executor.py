@@ -156,7 +156,16 @@ class Executor(_StdExecutor):
 
     @property
     def mode(self) -> str:
-        """The backend this executor runs on (``"auto"`` already resolved)."""
+        """The backend this executor runs on (``"auto"`` already resolved).
+
+        ``Executor("auto")`` decides at construction, by machine alone
+        (``process`` with the GIL, ``free-threaded`` without), and measures
+        nothing: ``.mode`` must answer before any work, ``submit`` must return
+        at once rather than run its first call in the caller to time it, and
+        the executor owns one pool for its life, so what a first task showed
+        could not move its later ones to another pool. Name the mode, or use
+        ``parallax.map``/``imap``, whose ``"auto"`` measures the first items.
+        """
         return self._backend.name
 
     @property
