@@ -182,3 +182,64 @@ def _reason_of_nested() -> str:
     with parallax.monitor() as monitor:
         parallax.map(abs, [1], mode="process")
     return monitor.runs[-1].reason
+
+
+# -- using(mode, **common keywords) (issue #12) ---------------------------------------------
+
+
+def _fails_on_two(x: int) -> int:
+    if x == 2:
+        raise ValueError("two")
+    return x
+
+
+def test_using_forces_the_common_keywords_over_the_calls_own() -> None:
+    with parallax.using("thread", workers=2, chunksize=3), parallax.monitor() as monitor:
+        assert parallax.map(abs, range(-9, 0), mode="process", workers=8, chunksize=1) == list(
+            range(9, 0, -1))
+    run = monitor.runs[0]
+    assert (run.mode, run.workers, run.chunksize) == ("thread", 2, 3)
+
+
+def test_using_forces_the_error_policy_and_order() -> None:
+    with parallax.using("serial", errors="skip"):
+        assert parallax.map(_fails_on_two, [1, 2, 3], errors="raise") == [1, 3]
+    with parallax.using("serial", errors="return"):
+        results = parallax.parallel(errors="raise")(_fails_on_two).map([1, 2])
+    assert results[0] == 1 and isinstance(results[1], ValueError)
+
+
+def test_using_common_keywords_nest_keyword_by_keyword() -> None:
+    with parallax.using("serial", errors="skip"):
+        with parallax.using("thread", workers=2), parallax.monitor() as monitor:
+            assert parallax.map(_fails_on_two, [1, 2, 3]) == [1, 3]
+        assert monitor.runs[0].mode == "thread" and monitor.runs[0].workers == 2
+        with pytest.raises(ValueError, match="two"), parallax.using("serial", errors="raise"):
+            parallax.map(_fails_on_two, [1, 2, 3])
+
+
+def test_using_checks_the_common_keywords_like_map() -> None:
+    bad = [({"workers": 0}, ValueError, "workers must be a positive integer"),
+           ({"progress": 1}, TypeError, "progress must be True, False or a callable"),
+           ({"errors": "ignore"}, ValueError, "errors must be one of")]
+    for keywords, error, message in bad:
+        with pytest.raises(error, match=message), parallax.using("thread", **keywords):
+            pass
+
+
+def test_an_executor_made_in_a_using_block_takes_its_keywords() -> None:
+    with parallax.using("thread", workers=2, timeout=5):
+        executor = parallax.Executor("process", workers=8)
+    with executor:
+        assert (executor.mode, executor.workers) == ("thread", 2)
+        assert list(executor.map(abs, [-1, -2])) == [1, 2]
+
+
+def test_using_forces_the_workers_of_submit() -> None:
+    decorated = parallax.parallel(mode="thread", workers=8)(abs)
+    with parallax.using("thread", workers=1):
+        assert decorated.submit(-3).result(timeout=10) == 3
+    from parallax import _pools
+
+    sizes = {pooled.backend.workers for pooled in _pools._pools.values()}
+    assert sizes == {1}

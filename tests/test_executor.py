@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -163,3 +164,170 @@ def test_map_that_raises_ends_its_run_at_once() -> None:
         with pytest.raises(Boom):
             list(executor.map(fail_on({3}), range(10)))
         assert len(monitor.runs) == 1  # published now, not at garbage collection
+
+
+# -- issues #12 and #13: the facade's holes ------------------------------------------------
+
+AFTER_EXIT_SCRIPT = r"""
+import atexit
+import parallax
+
+def late(print=print, RuntimeError=RuntimeError):
+    for submit, args in ((executor.submit, (abs, -1)), (decorated.submit, (-1,))):
+        try:
+            print("late", submit(*args).result(timeout=10), flush=True)
+        except RuntimeError as exc:
+            print("late RuntimeError:", exc, flush=True)
+
+atexit.register(late)  # before parallax's exit hook: runs after it
+executor = parallax.Executor("thread", workers=1)
+decorated = parallax.parallel(mode="thread")(abs)
+assert executor.submit(abs, -2).result() == 2
+"""
+
+
+def test_submit_after_the_exit_time_shutdown_says_so_like_the_stdlib() -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", AFTER_EXIT_SCRIPT], capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "late RuntimeError: cannot schedule new futures after shutdown",
+        "late 1",  # a function's own .submit runs serially at exit
+    ], done.stdout + done.stderr
+
+
+class Dummy:
+    """A result object the test can watch with a weak reference."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def method(self) -> int:
+        return self.value
+
+
+def make_dummy(value: int) -> Dummy:
+    return Dummy(value)
+
+
+def test_map_buffersize_is_checked_like_the_stdlib() -> None:
+    with parallax.Executor("serial") as executor:
+        for bad in ("2", 2.0, True):
+            with pytest.raises(TypeError, match="buffersize must be a positive integer or None"):
+                executor.map(double, [1], buffersize=bad)  # type: ignore[arg-type]
+        for bad in (0, -1):
+            with pytest.raises(ValueError, match="buffersize must be a positive integer or None"):
+                executor.map(double, [1], buffersize=bad)
+
+
+def test_map_buffersize_bounds_what_is_read_ahead_of_the_consumer(backend: Backend) -> None:
+    import itertools
+
+    read: list[int] = []
+
+    def endless() -> Iterator[int]:
+        for number in itertools.count():
+            read.append(number)
+            yield number
+
+    with backend.executor(workers=2) as executor:
+        results = executor.map(backend.fn(double), endless(), buffersize=3, chunksize=10)
+        for taken in range(1, 30):
+            assert next(results) == 2 * (taken - 1)
+            assert len(read) <= taken + 3
+        results.close()  # type: ignore[attr-defined]
+
+
+def test_map_buffersize_reads_no_further_after_shutdown(backend: Backend) -> None:
+    # The standard library's test_map_buffersize_when_buffer_is_full.
+    numbers = iter(range(4))
+    executor = backend.executor()
+    results = executor.map(backend.fn(str), numbers, buffersize=2)
+    executor.shutdown(wait=True)
+    assert next(numbers) == 2
+    del results
+
+
+def test_a_map_started_before_shutdown_delivers_every_result(backend: Backend) -> None:
+    executor = backend.executor(workers=2)
+    results = executor.map(backend.fn(double), range(300), chunksize=1)
+    lazy = executor.imap(backend.fn(double), range(300), chunksize=2)
+    executor.shutdown(wait=True)
+    assert list(results) == [x * 2 for x in range(300)]
+    assert list(lazy) == [x * 2 for x in range(300)]
+    with pytest.raises(RuntimeError, match="cannot schedule new futures after shutdown"):
+        executor.map(backend.fn(double), [1])
+
+
+def test_shutdown_without_waiting_lets_an_open_map_finish(backend: Backend) -> None:
+    executor = backend.executor(workers=2)
+    results = executor.map(backend.fn(double), range(200), chunksize=1)
+    executor.shutdown(wait=False)
+    assert list(results) == [x * 2 for x in range(200)]
+
+
+def test_an_unconsumed_map_after_shutdown_lets_the_workers_go(backend: Backend) -> None:
+    before = child_pids()
+    executor = backend.executor(workers=2)
+    results = executor.map(backend.fn(double), range(300), chunksize=1)
+    executor.shutdown(wait=True)
+    del results  # dropped unconsumed: the workers stop (the leak check sees them go)
+    assert wait_until(lambda: not (child_pids() - before))
+
+
+def test_the_map_iterator_keeps_no_result_it_yielded(backend: Backend) -> None:
+    # The standard library's test_free_reference (bpo-14406).
+    import gc
+    import weakref
+
+    with backend.executor(workers=2) as executor:
+        for obj in executor.map(backend.fn(make_dummy), range(10), chunksize=5):
+            ref = weakref.ref(obj)
+            del obj
+            gc.collect()
+            assert wait_until(lambda ref=ref: ref() is None), "a yielded result is kept alive"
+
+
+def test_a_submitted_callable_is_let_go_once_its_task_finished(backend: Backend) -> None:
+    # The standard library's test_no_stale_references (bpo-16284).
+    import gc
+    import weakref
+
+    if backend.coroutines:
+        pytest.skip("asyncio mode runs coroutine functions; a bound method is none")
+    with backend.executor(workers=1) as executor:
+        dummy = Dummy(3)
+        collected = threading.Event()
+        ref = weakref.ref(dummy, lambda _: collected.set())
+        assert executor.submit(dummy.method).result(timeout=60) == 3
+        del dummy
+        gc.collect()
+        assert wait_until(collected.is_set), "the submitted callable is still referenced"
+        assert ref() is None
+
+
+def test_submit_names_the_argument_that_does_not_pickle() -> None:
+    lock = threading.Lock()
+    with parallax.Executor("process", workers=1) as executor:
+        with pytest.raises(parallax.SerializationError,
+                           match=r"argument 1 \(.*lock.*\) of the call to add cannot be pickled"):
+            executor.submit(add, 1, lock)
+        with pytest.raises(parallax.SerializationError, match="keyword argument 'y'"):
+            executor.submit(add, 1, y=lock)
+        with pytest.raises(parallax.SerializationError,
+                           match=r"the function .*<lambda> cannot be pickled"):
+            executor.submit(lambda: lock)
+    decorated = parallax.parallel(mode="process")(add)
+    with pytest.raises(parallax.SerializationError, match=r"argument 0 \("):
+        decorated.submit(lock, 1)
+
+
+def test_submit_survives_recycled_workers() -> None:
+    # A chunk handed to a worker about to retire goes to another one: its
+    # future is claimed twice and must still settle once.
+    with parallax.Executor("process", workers=1, max_tasks_per_worker=1) as executor:
+        futures = [executor.submit(double, number) for number in range(8)]
+        assert [future.result(timeout=60) for future in futures] == [n * 2 for n in range(8)]

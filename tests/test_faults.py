@@ -251,3 +251,103 @@ def test_thread_timeout_keeps_the_failures_of_earlier_items() -> None:
     assert isinstance(results[0], InjectedError)
     assert isinstance(results[1], parallax.TaskTimeoutError)
     assert results[2] == 2
+
+
+# -- os.fork() after a pool exists (issue #13.1) --------------------------------------------
+
+FORK_SCRIPT = r"""
+import os, sys, threading, time
+import parallax
+from parallax import _pools, _stats
+
+def pid(_):
+    return os.getpid()
+
+parent = set(parallax.map(pid, range(8), mode="process", workers=2, chunksize=1))
+# Another thread holds the pools' and the monitors' locks at the fork.
+held, release = threading.Event(), threading.Event()
+def hold():
+    with _pools._lock, _stats._monitors_lock:
+        held.set()
+        release.wait()
+holder = threading.Thread(target=hold)
+holder.start()
+held.wait()
+child = os.fork()
+if child == 0:
+    ok = False
+    try:
+        pids = set(parallax.map(pid, range(8), mode="process", workers=2, chunksize=1))
+        with parallax.using("thread"), parallax.monitor() as mon:
+            parallax.map(abs, [1, 2])
+        ok = bool(pids) and not pids & parent and len(mon.runs) == 1
+    except BaseException as exc:
+        print("child failed:", repr(exc), flush=True)
+    sys.stdout.flush()
+    sys.exit(0 if ok else 1)  # a normal exit: the child's exit hook runs
+release.set()
+holder.join()
+deadline = time.monotonic() + 30
+while not os.waitpid(child, os.WNOHANG)[0]:
+    if time.monotonic() > deadline:
+        os.kill(child, 9)
+        os.waitpid(child, 0)
+        print("child hung", flush=True)
+        sys.exit(3)
+    time.sleep(0.02)
+again = set(parallax.map(pid, range(8), mode="process", workers=2, chunksize=1))
+print("parent pool kept" if again <= parent else f"parent pool replaced {parent} {again}")
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")
+def test_a_forked_child_starts_its_own_pool_and_leaves_the_parents_alone() -> None:
+    done = subprocess.run([sys.executable, "-c", FORK_SCRIPT], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.strip() == "parent pool kept", done.stdout + done.stderr
+
+
+# -- calls while the interpreter shuts down (issue #13.4) ------------------------------------
+
+EXIT_SCRIPT = r"""
+import atexit, sys
+import parallax
+
+MODE, WHEN = sys.argv[1], sys.argv[2]
+
+def late_call(pmap=parallax.map, print=print, RuntimeError=RuntimeError):
+    try:
+        print("late", pmap(abs, [-1, -2, -3], mode=MODE), flush=True)
+    except RuntimeError as exc:
+        print("late RuntimeError:", exc, flush=True)
+
+class Late:
+    def __del__(self, late_call=late_call):
+        late_call()
+
+if WHEN == "atexit":
+    atexit.register(late_call)  # registered before parallax's hook, so it runs after it
+if WHEN != "cold":
+    # a pool of the mode exists (auto: the process pool it would pick)
+    parallax.map(abs, [1, 2], mode="process" if MODE == "auto" else MODE)
+keep = Late()  # collected as the interpreter finalizes
+"""
+
+
+@pytest.mark.parametrize("when", ["atexit", "del"])
+@pytest.mark.parametrize("mode", ["thread", "process", "auto"])
+def test_a_call_at_exit_runs_serially_and_never_blocks(mode: str, when: str) -> None:
+    done = subprocess.run([sys.executable, "-c", EXIT_SCRIPT, mode, when], capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    expected = "late [1, 2, 3]\n" * (2 if when == "atexit" else 1)
+    assert done.stdout == expected, done.stdout + done.stderr
+
+
+def test_a_call_at_exit_before_any_backend_loaded_is_a_clear_error() -> None:
+    done = subprocess.run([sys.executable, "-c", EXIT_SCRIPT, "thread", "cold"],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("late RuntimeError: parallax cannot start a serial backend "
+                                  "while the interpreter shuts down"), done.stdout + done.stderr

@@ -243,3 +243,88 @@ def test_options_on_top_of_checked_ones_keep_the_rest() -> None:
         CallOptions.checked(base, workers=0)
     with pytest.raises(TypeError, match="'nonsense'"):
         CallOptions.checked(base, nonsense=1)
+
+
+def test_every_call_keyword_has_its_check_and_using_knows_it() -> None:
+    from parallax._config import COMMON_KEYWORDS
+    from parallax._launch import _CHECKS, _KEYWORDS
+
+    assert {name for name, _ in _CHECKS} == _KEYWORDS
+    assert _KEYWORDS - {"mode"} == COMMON_KEYWORDS
+
+
+# -- plan().chunksize (issue #12) ------------------------------------------------------------
+
+
+def test_plan_chunksize_is_the_int_its_reason_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    from parallax import _launch
+    from parallax._auto import Facts, Probe
+
+    cpu_bound = Facts(probed=1, item_wall=0.012, item_cpu=0.0115, total=400, cpus=2)
+    monkeypatch.setattr(_launch, "probe", lambda *args, **kwargs: Probe(cpu_bound))
+    plan = parallax.plan(double, range(400))
+    assert plan.mode == "process"
+    assert isinstance(plan.chunksize, int)
+    assert plan.reason.endswith(f"chunks of {plan.chunksize}")
+
+
+def test_plan_chunksize_is_what_the_run_uses() -> None:
+    async def coroutine(x: int) -> int:
+        return x
+
+    plan = parallax.plan(coroutine, range(50))
+    with parallax.monitor() as monitor:
+        parallax.map(coroutine, range(50))
+    assert plan.mode == monitor.runs[0].mode == "asyncio"
+    assert plan.chunksize == monitor.runs[0].chunksize
+    for fn in (double, lambda x: x + 1):
+        assert isinstance(parallax.plan(fn, range(100)).chunksize, int)
+
+
+# -- @parallel(initializer=...).submit (issue #12) -------------------------------------------
+
+#: what the initializer set, in the worker's copy of this module
+worker_state: dict[str, int] = {}
+
+
+def remember_pid() -> None:
+    import os
+
+    worker_state["initialized in"] = os.getpid()
+
+
+def initialized_here(_: int) -> bool:
+    import os
+
+    return worker_state.get("initialized in") == os.getpid()
+
+
+def pid_of(_: int) -> int:
+    import os
+
+    return os.getpid()
+
+
+@pytest.mark.parametrize("mode", ["thread", "process"])
+def test_submit_honours_the_decorators_initializer(mode: str) -> None:
+    worker_state.clear()
+    decorated = parallax.parallel(mode=mode, workers=1, initializer=remember_pid)(
+        initialized_here)
+    assert decorated.submit(1).result(timeout=60) is True
+    assert decorated.submit(2).result(timeout=60) is True
+    assert leases() == {mode: 0}  # a shared pool of its own, its lease given back
+
+
+def test_submit_honours_max_tasks_per_worker() -> None:
+    decorated = parallax.parallel(mode="process", workers=1, max_tasks_per_worker=1)(pid_of)
+    pids = [decorated.submit(number).result(timeout=60) for number in range(3)]
+    assert len(set(pids)) == 3  # a fresh worker for each call
+
+
+def test_submit_pools_with_and_without_an_initializer_are_apart() -> None:
+    plain = parallax.parallel(mode="thread", workers=1)(pid_of)
+    set_up = parallax.parallel(mode="thread", workers=1, initializer=setup_nothing)(pid_of)
+    plain.submit(1).result(timeout=60)
+    set_up.submit(1).result(timeout=60)
+    set_up.submit(2).result(timeout=60)
+    assert len(_pools._pools) == 2

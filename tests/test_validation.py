@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 import parallax
+from conftest import Backend, as_coroutine, child_pids
 from helpers import double
 
 calls: list[int] = []
@@ -92,3 +93,122 @@ def test_register_backend_validates() -> None:
         parallax.register_backend("auto", lambda **_: None)  # type: ignore[arg-type,return-value]
     with pytest.raises(TypeError, match="callable"):
         parallax.register_backend("x", 3)  # type: ignore[arg-type]
+
+
+# -- values that used to slip through (issue #13.6) ---------------------------------------
+
+NAN = float("nan")
+INF = float("inf")
+
+
+@pytest.mark.parametrize(
+    ("keywords", "error", "message"),
+    [
+        ({"retries": 1, "backoff": NAN}, ValueError, "backoff must be a finite, non-negative"),
+        ({"retries": 1, "backoff": INF}, ValueError, "backoff must be a finite"),
+        ({"retries": 1, "backoff": -1}, ValueError, "backoff"),
+        ({"retries": 1, "backoff": True}, ValueError, "backoff"),
+        ({"progress": 1}, TypeError, "progress must be True, False or a callable, not 1"),
+        ({"progress": 0}, TypeError, "progress must be True, False or a callable"),
+        ({"progress": 1.0}, TypeError, "progress"),
+        ({"mode": None}, ValueError, "unknown mode None; valid modes are: auto, serial"),
+        ({"workers": True}, ValueError, "workers must be a positive integer"),
+        ({"workers": False}, ValueError, "workers must be a positive integer"),
+        ({"chunksize": True}, ValueError, "chunksize must be a positive integer"),
+        ({"timeout": NAN}, ValueError, "timeout must be a positive number"),
+        ({"timeout": INF}, ValueError, "timeout must be a positive number"),
+        ({"timeout": -1}, ValueError, "timeout must be a positive number"),
+        ({"timeout": True}, ValueError, "timeout"),
+        ({"retries": True}, ValueError, "retries must be a non-negative integer"),
+        ({"retries": 1.5}, ValueError, "retries"),
+        ({"max_tasks_per_worker": True}, ValueError, "max_tasks_per_worker"),
+        ({"max_tasks_per_worker": -1}, ValueError, "max_tasks_per_worker"),
+        ({"record_tasks": 1}, TypeError, "record_tasks must be True or False"),
+    ],
+)
+@pytest.mark.parametrize("api", ["map", "imap", "starmap", "parallel", "parallel.map"])
+def test_nan_bool_and_lookalike_values_are_rejected(
+    api: str, keywords: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    data = [(1,), (2,)] if api == "starmap" else [1, 2]
+    calls_of = {
+        "parallel": lambda: parallax.parallel(**keywords)(record),
+        "parallel.map": lambda: parallax.parallel(record).map(data, **keywords),
+    }
+    call = calls_of.get(api, lambda: getattr(parallax, api)(record, data, **keywords))
+    with pytest.raises(error, match=message):
+        call()
+    assert calls == []
+
+
+def test_parallel_of_none_is_a_type_error() -> None:
+    with pytest.raises(TypeError, match="parallel takes the function to decorate"):
+        parallax.parallel(None)  # type: ignore[call-overload]
+    with pytest.raises(TypeError, match="not int"):
+        parallax.parallel(3)  # type: ignore[call-overload]
+
+
+def test_a_bad_idle_timeout_fails_the_call_before_any_work(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for raw in ("-5", "0", "nan", "inf", "soon"):
+        monkeypatch.setenv("PARALLAX_IDLE_TIMEOUT", raw)
+        with pytest.raises(ValueError, match="PARALLAX_IDLE_TIMEOUT must be a positive number"):
+            parallax.map(record, [1, 2], mode="thread")
+        with pytest.raises(ValueError, match="PARALLAX_IDLE_TIMEOUT"):
+            parallax.Executor("thread")
+    assert calls == []
+    monkeypatch.setenv("PARALLAX_IDLE_TIMEOUT", " 2.5 ")
+    assert parallax.map(record, [1, 2], mode="thread") == [1, 2]
+
+
+def test_executor_checks_its_per_call_arguments() -> None:
+    with parallax.Executor("serial") as executor:
+        with pytest.raises(TypeError, match="ordered must be True or False"):
+            executor.imap(record, [1], ordered="yes")  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="timeout must be a number of seconds or None"):
+            executor.map(record, [1], timeout=float("nan"))
+        with pytest.raises(ValueError, match="timeout"):
+            executor.map(record, [1], timeout="1")  # type: ignore[arg-type]
+    assert calls == []
+
+
+# -- absurd worker counts (issue #13.2) ----------------------------------------------------
+
+
+def test_an_absurd_worker_count_is_refused_before_any_work(backend: Backend) -> None:
+    before = child_pids()
+    if backend.mode == "serial":  # one worker, the caller: the count means nothing
+        assert backend.map(record, [1, 2], workers=10**7) == [1, 2]
+        return
+    with pytest.raises(ValueError, match=rf"workers=10000000 is more than {backend.mode} mode "
+                                         r"allows: at most \d+ \("):
+        backend.map(record, [1, 2], workers=10**7)
+    with pytest.raises(ValueError, match="at most"):
+        backend.executor(workers=10**7)
+    decorated = parallax.parallel(mode=backend.mode, workers=10**7, **backend.options)
+    with pytest.raises(ValueError, match="at most"):
+        decorated(backend.fn(record)).submit(1)
+    assert calls == []
+    assert child_pids() == before
+
+
+def test_the_bound_is_per_kind_of_worker() -> None:
+    cpus = parallax.backends.usable_cpus()
+    with pytest.raises(ValueError, match=f"32 worker processes per usable CPU, {cpus} here"):
+        parallax.map(record, [1], mode="process", workers=32 * cpus + 1)
+    with pytest.raises(ValueError, match=r"at most 4096 \(threads in one pool"):
+        parallax.map(record, [1], mode="thread", workers=4097)
+    with pytest.raises(ValueError, match="at most 100000"):
+        parallax.map(as_coroutine(record), [1], mode="asyncio", workers=100_001)
+    assert calls == []
+    # At the bound is fine: a thread pool starts its threads as work arrives.
+    assert parallax.map(record, [1, 2], mode="thread", workers=4096) == [1, 2]
+
+
+def test_auto_refuses_a_count_its_costliest_pick_cannot_start() -> None:
+    with pytest.raises(ValueError, match=r"more than mode='auto' may start.*mode='thread'"):
+        parallax.map(record, [1, 2], workers=10**7)
+    with pytest.raises(ValueError, match="at most"):
+        parallax.Executor(workers=10**7)
+    assert calls == []  # not even the probe ran

@@ -10,10 +10,12 @@ backend of the call's own when its workers need an initializer).
 
 from __future__ import annotations
 
+import enum
 import functools
 import sys
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from concurrent.futures import Future
+from dataclasses import replace
 from typing import Any, Generic, Protocol, TypeVar, cast, overload
 
 from typing_extensions import ParamSpec
@@ -179,7 +181,7 @@ class ParallelFunction(Generic[P, R]):
         if defaults is None:
             defaults = self._checked_defaults = CallOptions.checked(**self._defaults)
         # The decorator's mode ranks below PARALLAX_MODE, the call's above it.
-        base = CallOptions.checked(defaults, mode=None)
+        base = replace(defaults, mode=None)
         return CallOptions.checked(base, **overrides), defaults.mode
 
     def map(self, iterable: Iterable[Any], **options: Any) -> list[R]:
@@ -227,6 +229,12 @@ class ParallelDecorator(Protocol):
     def __call__(self, fn: Callable[P, R], /) -> ParallelFunction[P, R]: ...
 
 
+class _Unset(enum.Enum):
+    """No function given: ``parallel(...)`` with keywords returns a decorator."""
+
+    UNSET = enum.auto()
+
+
 @overload
 def parallel(fn: Callable[P, R], /) -> ParallelFunction[P, R]: ...
 
@@ -248,7 +256,7 @@ def parallel(
 
 
 def parallel(
-    fn: Callable[P, R] | None = None, /, **defaults: Any
+    fn: Callable[P, R] | _Unset = _Unset.UNSET, /, **defaults: Any
 ) -> ParallelFunction[P, R] | ParallelDecorator:
     """Decorate a function so it gains ``.map``, ``.imap``, ``.starmap``, ``.submit``.
 
@@ -258,8 +266,16 @@ def parallel(
     docstring, signature and type hints.
 
     Raises:
-        ValueError, TypeError: bad defaults, at decoration time.
+        ValueError, TypeError: bad defaults or a non-callable ``fn`` (``None``
+            included), at decoration time.
     """
+    if fn is not _Unset.UNSET and not callable(fn):
+        # parallel(None) would otherwise return a decorator, and the mistake
+        # would surface far from here.
+        raise TypeError(
+            "parallel takes the function to decorate (@parallel) or keywords only "
+            f"(@parallel(mode='thread')), not {type(fn).__name__}"
+        )
     checked = CallOptions.checked(**defaults)
 
     def decorate(function: Callable[P, R]) -> ParallelFunction[P, R]:
@@ -268,7 +284,7 @@ def parallel(
         decorated._checked_defaults = checked
         return decorated
 
-    if fn is not None:
+    if fn is not _Unset.UNSET:
         return decorate(fn)
     return cast(ParallelDecorator, decorate)
 

@@ -73,6 +73,18 @@ class BoundCall:
     def __reduce__(self) -> tuple[Any, ...]:
         return (BoundCall, (self.fn, self.args, self.kwargs))
 
+    def release(self) -> None:
+        """Let go of the function and its arguments once the call's future is
+        settled: a worker may keep this object until its next task
+        (bpo-16284). Calling it afterwards returns None."""
+        self.fn = _nothing
+        self.args = ()
+        self.kwargs = {}
+
+
+def _nothing() -> None:
+    """What a released :class:`BoundCall` calls."""
+
 
 class RunCoroutine:
     """A coroutine function as a plain one: each call runs it to completion.

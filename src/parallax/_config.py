@@ -11,6 +11,9 @@ Precedence of the mode, highest first:
 A call made inside a parallax worker runs serially in that worker, whatever
 mode it names: a pool per call would oversubscribe the CPUs, and sharing the
 outer pool could deadlock (every worker waiting for chunks queued behind it).
+So does a call made while the interpreter shuts down (from an ``atexit``
+handler that runs after parallax's, or a ``__del__`` at exit): no new thread
+can start then, and nothing would stop new workers.
 """
 
 from __future__ import annotations
@@ -24,16 +27,20 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, get_args
 
+from . import _host, _pools
 from ._worker import inside_worker
 from .backends import available_modes, backend_options
 
 __all__ = [
     "BUILTIN_MODES",
+    "COMMON_CHECKS",
+    "COMMON_KEYWORDS",
     "Mode",
     "Settings",
     "check_backoff",
     "check_callable",
     "check_chunksize",
+    "check_common",
     "check_errors",
     "check_flag",
     "check_initargs",
@@ -46,11 +53,15 @@ __all__ = [
     "check_retries",
     "check_retry_on",
     "check_timeout",
+    "check_wait",
+    "check_worker_bound",
     "check_workers",
+    "forced_common",
     "is_coroutine_function",
     "merge_options",
     "resolve",
     "using",
+    "worker_limit",
 ]
 
 Mode = Literal["auto", "serial", "thread", "process", "free-threaded", "asyncio", "dask"]
@@ -64,10 +75,12 @@ ERROR_POLICIES: Final = ("raise", "return", "skip")
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """What a ``using()`` block forces."""
+    """What a ``using()`` block forces: the mode, the common keywords of a
+    call (``common``, checked) and backend options (``options``)."""
 
     mode: str
     options: Mapping[str, Any] = field(default_factory=dict)
+    common: Mapping[str, Any] = field(default_factory=dict)
 
 
 _forced: contextvars.ContextVar[Settings | None] = contextvars.ContextVar(
@@ -97,6 +110,53 @@ def check_workers(workers: object) -> int | None:
     return workers
 
 
+#: most worker processes per usable CPU: each is a whole interpreter (tens
+#: of MB), and past a few per core they only queue for the CPUs
+PROCESS_WORKERS_PER_CPU: Final = 32
+#: most threads in a pool: each holds a stack, and I/O concurrency beyond a
+#: few thousand is asyncio's job
+THREAD_WORKERS_CEILING: Final = 4096
+#: most coroutines awaited at once in asyncio mode (the input is read ahead
+#: about twice that far)
+ASYNCIO_WORKERS_CEILING: Final = 100_000
+
+
+def worker_limit(mode: str) -> tuple[int, str] | None:
+    """The most workers ``mode`` may start, and why; None: no bound (serial runs
+    in the caller; a registered backend knows its own limits)."""
+    if mode in ("process", "dask"):
+        cpus = _host.usable_cpus()
+        return (PROCESS_WORKERS_PER_CPU * cpus,
+                f"{PROCESS_WORKERS_PER_CPU} worker processes per usable CPU, {cpus} here")
+    if mode in ("thread", "free-threaded"):
+        return THREAD_WORKERS_CEILING, "threads in one pool; for more waits at once use asyncio"
+    if mode == "asyncio":
+        return ASYNCIO_WORKERS_CEILING, "coroutines awaited at once"
+    return None
+
+
+def check_worker_bound(mode: str, workers: int | None, *, asked: str | None = None) -> None:
+    """Refuse a worker count ``mode`` cannot sensibly start, before any work.
+
+    ``asked``: the mode the user named, when ``mode`` is only what it may become
+    (``"auto"``).
+
+    Raises:
+        ValueError: ``workers`` is above the mode's bound, naming the bound and why.
+    """
+    limit = worker_limit(mode)
+    if workers is None or limit is None or workers <= limit[0]:
+        return
+    bound, why = limit
+    if asked is not None:
+        raise ValueError(
+            f"workers={workers} is more than mode={asked!r} may start: it can pick "
+            f"{mode} mode, which allows at most {bound} ({why}); name the mode "
+            "(e.g. mode='thread') to use more workers"
+        )
+    raise ValueError(f"workers={workers} is more than {mode} mode allows: at most {bound} ({why})")
+
+
 def check_chunksize(chunksize: object) -> int | str:
     if chunksize == "auto" and isinstance(chunksize, str):
         return "auto"
@@ -115,6 +175,16 @@ def check_timeout(timeout: object, *, name: str = "timeout") -> float | None:
         or timeout <= 0
     ):
         raise ValueError(f"{name} must be a positive number of seconds or None, not {timeout!r}")
+    return float(timeout)
+
+
+def check_wait(timeout: object) -> float | None:
+    """``Executor.map``'s ``timeout``: seconds for the whole iteration, as in the
+    standard library (zero or less: only results already there), or None."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or math.isnan(timeout):
+        raise ValueError(f"timeout must be a number of seconds or None, not {timeout!r}")
     return float(timeout)
 
 
@@ -169,7 +239,10 @@ def check_flag(value: object, *, name: str) -> bool:
 
 
 def check_progress(progress: object) -> object:
-    if not (progress in (True, False, None) or callable(progress)):
+    flag = progress is True or progress is False or progress is None
+    # ``1 in (True, False)`` is true, but 1 is no progress setting: a value
+    # equal to a flag must be that flag.
+    if (progress in (True, False, None) and not flag) or not (flag or callable(progress)):
         raise TypeError(f"progress must be True, False or a callable, not {progress!r}")
     return progress
 
@@ -194,9 +267,47 @@ def check_retry_on(retry_on: object) -> tuple[type[BaseException], ...]:
 
 
 def check_backoff(backoff: object) -> float:
-    if isinstance(backoff, bool) or not isinstance(backoff, int | float) or backoff < 0:
-        raise ValueError(f"backoff must be a non-negative number of seconds, not {backoff!r}")
-    return backoff
+    # nan slips through "< 0" and then makes every retry wait the longest backoff
+    if (
+        isinstance(backoff, bool)
+        or not isinstance(backoff, int | float)
+        or not math.isfinite(backoff)
+        or backoff < 0
+    ):
+        raise ValueError(
+            f"backoff must be a finite, non-negative number of seconds, not {backoff!r}"
+        )
+    return float(backoff)
+
+
+#: the keywords every ``map``-like call shares besides ``mode``, each with its
+#: check, in the order they are reported; each check returns the value to
+#: keep (retry_on: always a tuple)
+COMMON_CHECKS: Final[tuple[tuple[str, Callable[[Any], Any]], ...]] = (
+    ("workers", check_workers),
+    ("chunksize", check_chunksize),
+    ("timeout", check_timeout),
+    ("errors", check_errors),
+    ("initializer", lambda fn: None if fn is None else check_callable(fn, name="initializer")),
+    ("initargs", check_initargs),
+    ("ordered", lambda flag: check_flag(flag, name="ordered")),
+    ("record_tasks", lambda flag: check_flag(flag, name="record_tasks")),
+    ("progress", check_progress),
+    ("retries", check_retries),
+    ("retry_on", check_retry_on),
+    ("backoff", check_backoff),
+    ("max_tasks_per_worker", check_max_tasks),
+)
+COMMON_KEYWORDS: Final = frozenset(name for name, _ in COMMON_CHECKS)
+
+
+def check_common(given: Mapping[str, Any]) -> dict[str, Any]:
+    """The common keywords among ``given``, each checked (the rest are left out).
+
+    Raises:
+        ValueError, TypeError: naming the bad keyword and what is valid.
+    """
+    return {name: check(given[name]) for name, check in COMMON_CHECKS if name in given}
 
 
 def check_options(options: Mapping[str, Any]) -> dict[str, Any]:
@@ -227,25 +338,42 @@ def check_options(options: Mapping[str, Any]) -> dict[str, Any]:
 
 @contextmanager
 def using(mode: Mode | str, **options: Any) -> Iterator[None]:
-    """Force ``mode`` (and backend options) for every parallax call in the block.
+    """Force ``mode`` (and options) for every parallax call in the block.
 
-    Overrides explicit ``mode=`` arguments, decorator defaults and the
-    ``PARALLAX_MODE`` environment variable. Local to the current thread and
-    asyncio task (a ``contextvars`` variable); blocks nest, the innermost wins.
+    ``options`` are the common keywords of :func:`parallax.map` (``workers``,
+    ``chunksize``, ``timeout``, ``errors``, ``ordered``, ``progress``,
+    ``retries``, ...) and backend options. Each overrides what the call (or
+    the decorator) says, as the mode overrides explicit ``mode=`` arguments,
+    decorator defaults and the ``PARALLAX_MODE`` environment variable; an
+    ``Executor`` made in the block takes the ones it has. Local to the current
+    thread and asyncio task (a ``contextvars`` variable); blocks nest, the
+    innermost wins, keyword by keyword.
 
     Raises:
-        ValueError: ``mode`` is not a known mode.
-        TypeError: an option no backend accepts.
+        ValueError: ``mode`` is not a known mode, or a keyword's value is bad.
+        TypeError: an option that is neither a common keyword nor one a
+            backend accepts, or a value of the wrong type.
     """
     check_mode(mode)
-    checked = check_options(options)
+    common = check_common(options)
+    backend = check_options({name: value for name, value in options.items()
+                             if name not in COMMON_KEYWORDS})
     outer = _forced.get()
-    merged = {**(outer.options if outer else {}), **checked}
-    token = _forced.set(Settings(mode, merged))
+    token = _forced.set(Settings(
+        mode,
+        {**(outer.options if outer else {}), **backend},
+        {**(outer.common if outer else {}), **common},
+    ))
     try:
         yield
     finally:
         _forced.reset(token)
+
+
+def forced_common() -> Mapping[str, Any]:
+    """The common keywords an active ``using()`` block forces (checked), if any."""
+    settings = _forced.get()
+    return settings.common if settings is not None else {}
 
 
 def resolve(explicit: str | None, default: str | None = None) -> tuple[str, str]:
@@ -264,6 +392,8 @@ def resolve(explicit: str | None, default: str | None = None) -> tuple[str, str]
         mode, why = "auto", "the default"
     if mode != "serial" and inside_worker():
         return "serial", f"mode={mode!r} asked from inside a parallax worker -> serial"
+    if mode != "serial" and _pools.exiting():
+        return "serial", f"mode={mode!r} asked while the interpreter shuts down -> serial"
     return mode, f"mode={mode!r} {why}"
 
 

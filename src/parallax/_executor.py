@@ -10,7 +10,9 @@ every behaviour documented here.
 
 from __future__ import annotations
 
+import concurrent.futures
 import threading
+import weakref
 from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Executor as _StdExecutor
 from concurrent.futures import Future
@@ -19,18 +21,22 @@ from typing import Any, TypeVar
 
 from typing_extensions import ParamSpec
 
+from . import _pools
 from ._calls import BoundCall, StarCall
 from ._config import (
     check_callable,
     check_chunksize,
     check_errors,
+    check_flag,
     check_initializer,
     check_iterable,
     check_max_tasks,
     check_mode,
     check_options,
     check_timeout,
+    check_wait,
     check_workers,
+    forced_common,
     merge_options,
 )
 from ._launch import (
@@ -52,14 +58,32 @@ R = TypeVar("R")
 T = TypeVar("T")
 
 
-def _unwrap(results: Generator[Any, None, None]) -> Iterator[Any]:
+def _results(run: Run, *, unwrap: bool) -> Generator[Any, None, None]:
+    """A run's results one by one, each forgotten as it is handed out.
+
+    Each batch is emptied in place as it is consumed, so a result is alive
+    only while its consumer holds it (bpo-14406): the batch is the run's and
+    its backend's list too. ``unwrap``: raise an item's :class:`Raised`
+    exception at its turn (``Executor.map``).
+    """
     try:
-        for value in results:
-            if isinstance(value, Raised):
-                raise value.error
-            yield value
+        for batch in run.batches():
+            batch.reverse()
+            while batch:
+                # No local holds the value while the generator is suspended.
+                if unwrap and isinstance(batch[-1], Raised):
+                    raise batch.pop().error
+                yield batch.pop()
     finally:
-        results.close()  # ends the run now (its stats too), not at garbage collection
+        run.close()  # ends the run now (its stats too), not at garbage collection
+
+
+def _abandoned(run: Run, executor: weakref.ref[Executor]) -> None:
+    """A run's result iterator was garbage-collected: stop the run, let go of it."""
+    run.close()
+    owner = executor()
+    if owner is not None:
+        owner._forget_run(run)
 
 
 class Executor(_StdExecutor):
@@ -102,13 +126,25 @@ class Executor(_StdExecutor):
         check_initializer(initializer, initargs)
         max_tasks = check_max_tasks(max_tasks_per_worker)
         options = merge_options(check_options(backend_options))
+        # What a using() block forces (checked there) beats the arguments.
+        forced = forced_common()
+        workers = forced.get("workers", workers)
+        self._chunksize = forced.get("chunksize", self._chunksize)
+        self._timeout = forced.get("timeout", self._timeout)
+        initializer = forced.get("initializer", initializer)
+        initargs = forced.get("initargs", initargs)
+        max_tasks = forced.get("max_tasks_per_worker", max_tasks)
         resolved, reason, workers = resolve_without_probe(mode, None, workers)
         # An executor always owns its pool: its workers are set up for it alone.
         self._engine = open_engine(resolved, reason, workers=workers, options=options,
                                    setup=WorkerSetup(initializer, initargs, max_tasks))
         self._lock = threading.Lock()
         self._closed = False
+        #: made while the interpreter shuts down (so serial, and not shut down by the exit hook)
+        self._made_at_exit = _pools.exiting()
         self._runs: set[Run] = set()
+        #: shutdown() came while runs were open: the last to end closes the engine
+        self._close_after_runs = False
         self._futures: set[Future[Any]] = set()
         self._finished_runs: list[Stats] = []
 
@@ -120,7 +156,16 @@ class Executor(_StdExecutor):
 
     @property
     def mode(self) -> str:
-        """The backend this executor runs on (``"auto"`` already resolved)."""
+        """The backend this executor runs on (``"auto"`` already resolved).
+
+        ``Executor("auto")`` decides at construction, by machine alone
+        (``process`` with the GIL, ``free-threaded`` without), and measures
+        nothing: ``.mode`` must answer before any work, ``submit`` must return
+        at once rather than run its first call in the caller to time it, and
+        the executor owns one pool for its life, so what a first task showed
+        could not move its later ones to another pool. Name the mode, or use
+        ``parallax.map``/``imap``, whose ``"auto"`` measures the first items.
+        """
         return self._backend.name
 
     @property
@@ -141,7 +186,8 @@ class Executor(_StdExecutor):
     # -- concurrent.futures API ------------------------------------------------------
 
     def _check_open(self) -> None:
-        if self._closed:
+        # The exit hook shut the backend down under an executor made before it.
+        if self._closed or (_pools.exiting() and not self._made_at_exit):
             raise RuntimeError("cannot schedule new futures after shutdown")
 
     def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
@@ -169,16 +215,33 @@ class Executor(_StdExecutor):
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int | None = None,
+        buffersize: int | None = None,
     ) -> Iterator[R]:
-        """Like ``concurrent.futures.Executor.map``: ordered results, lazily.
+        """Like ``concurrent.futures.Executor.map`` (3.14): ordered results, lazily.
 
         ``timeout`` bounds the whole iteration from this call on
         (``TimeoutError``); an item's exception is raised when its turn comes.
-        Work starts at once; the input is read ahead a bounded number of chunks.
+        Work starts at once; the input is read ahead a bounded number of
+        chunks, or with ``buffersize=N`` at most N items ahead of the consumer
+        (chunks of at most N items; of 1 where the chunk size is ``"auto"``).
+        ``chunksize=None``: the executor's. A map started before
+        :meth:`shutdown` delivers all its results.
+
+        Raises:
+            TypeError: ``buffersize`` is not an integer or None.
+            ValueError: ``buffersize`` is below 1.
         """
         if not iterables:
             raise TypeError("map() needs at least one iterable")
-        deadline = None if timeout is None else monotonic() + timeout
+        if buffersize is not None:
+            if isinstance(buffersize, bool) or not isinstance(buffersize, int):
+                raise TypeError(f"buffersize must be a positive integer or None, "
+                                f"not {type(buffersize).__name__}")
+            if buffersize < 1:
+                raise ValueError(f"buffersize must be a positive integer or None, "
+                                 f"not {buffersize!r}")
+        wait = check_wait(timeout)
+        deadline = None if wait is None else monotonic() + wait
         call: Callable[[Any], Any] = check_callable(fn)
         for iterable in iterables:
             check_iterable(iterable)
@@ -186,10 +249,16 @@ class Executor(_StdExecutor):
         if len(iterables) > 1:
             call, source = StarCall(fn), zip(*iterables, strict=False)
         size = self._chunksize if chunksize is None else check_chunksize(chunksize)
+        size = forced_common().get("chunksize", size)
+        if buffersize is not None:
+            size = 1 if isinstance(size, str) else min(size, buffersize)
         run = self._new_run(call, source, chunksize=size, timeout=self._timeout, errors="wrap",
                             deadline=deadline)
+        if buffersize is not None:
+            # Chunks submitted or finished but not yet consumed: N items at most.
+            run.window = max(1, buffersize // int(size))
         run.start()
-        return _unwrap(iter(run))
+        return self._iterate(run, unwrap=True)
 
     def imap(
         self,
@@ -202,7 +271,8 @@ class Executor(_StdExecutor):
         errors: ErrorPolicy = "raise",
     ) -> Iterator[R]:
         """Lazy results of ``fn`` over ``iterable``, in order unless ``ordered=False``."""
-        return iter(self._checked_run(fn, iterable, ordered, chunksize, timeout, errors))
+        return self._iterate(self._checked_run(fn, iterable, ordered, chunksize, timeout, errors),
+                             unwrap=False)
 
     def starmap(
         self,
@@ -221,18 +291,29 @@ class Executor(_StdExecutor):
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop accepting work; finish (or with ``cancel_futures``, drop) what is queued.
 
-        Runs still being iterated in other threads end with ``CancelledError``
-        when ``cancel_futures`` is true. Safe to call more than once.
+        ``wait``: return once the submitted futures are done and, when no
+        ``map``/``imap`` iterator is open, the workers have stopped. An open
+        iterator (made before this call, not yet consumed to its end) still
+        delivers all its results: the workers stay until it is consumed,
+        closed or garbage-collected, then stop. With ``cancel_futures`` the
+        open iterators end with ``CancelledError`` instead (also when they
+        are being iterated in other threads). Safe to call more than once.
         """
         with self._lock:
             self._closed = True
             futures = list(self._futures)
             runs = list(self._runs)
+            # The last open run to end closes the engine (see _forget_run).
+            self._close_after_runs = bool(runs) and not cancel_futures
         if cancel_futures:
             for future in futures:
                 future.cancel()
             for run in runs:
                 run.cancel()
+        elif runs:
+            if wait:
+                concurrent.futures.wait(futures)
+            return
         self._engine.close(wait=wait, cancel_pending=cancel_futures)
 
     # -- runs --------------------------------------------------------------------------
@@ -254,6 +335,12 @@ class Executor(_StdExecutor):
         size = self._chunksize if chunksize is None else check_chunksize(chunksize)
         per_task = self._timeout if timeout is None else check_timeout(timeout)
         policy = check_errors(errors)
+        ordered = check_flag(ordered, name="ordered")
+        forced = forced_common()
+        size = forced.get("chunksize", size)
+        per_task = forced.get("timeout", per_task)
+        policy = forced.get("errors", policy)
+        ordered = forced.get("ordered", ordered)
         return self._new_run(StarCall(fn) if star else fn, iterable, chunksize=size,
                              ordered=ordered, timeout=per_task, errors=policy)
 
@@ -286,9 +373,29 @@ class Executor(_StdExecutor):
             self._runs.add(run)
         return run
 
+    def _iterate(self, run: Run, *, unwrap: bool) -> Iterator[Any]:
+        """The run's result iterator; dropping it unconsumed ends the run too."""
+        results = _results(run, unwrap=unwrap)
+        # A generator never started runs no ``finally`` when collected.
+        weakref.finalize(results, _abandoned, run, weakref.ref(self)).atexit = False
+        return results
+
     def _run_finished(self, run: Run) -> None:
         with self._lock:
-            self._runs.discard(run)
-            if run.recorder is not None:
+            if run.recorder is not None and run in self._runs:
                 self._finished_runs.append(run.recorder.stats)
+        self._forget_run(run)
+
+    def _forget_run(self, run: Run) -> None:
+        """``run`` ended; after ``shutdown()`` the last one closes the engine."""
+        with self._lock:
+            if run not in self._runs:
+                return
+            self._runs.discard(run)
+            last = self._close_after_runs and not self._runs
+            if last:
+                self._close_after_runs = False
+        if last:
+            # wait=False: this may be a garbage collection in any thread
+            self._engine.close(wait=False)
 

@@ -35,32 +35,29 @@ from typing import TYPE_CHECKING, Any, Final
 from . import _host, _pools
 from ._auto import Facts, Plan, Probe, decide, probe, probe_more
 from ._calls import AsyncStarCall, BoundCall, RunCoroutine, StarCall
+from ._chunking import ChunkSizer
 from ._config import (
-    check_backoff,
+    COMMON_CHECKS,
     check_callable,
-    check_chunksize,
-    check_errors,
-    check_flag,
-    check_initargs,
     check_iterable,
-    check_max_tasks,
     check_mode,
     check_options,
-    check_progress,
-    check_retries,
-    check_retry_on,
-    check_timeout,
+    check_worker_bound,
     check_workers,
+    forced_common,
     is_coroutine_function,
     merge_options,
     resolve,
 )
+from ._errors import SerializationError, describe_item
 from ._progress import Reporter, make_reporter
 from ._run import ErrorPolicy, RetryPolicy, Run
+from ._serialize import dumps
 from ._stats import StatsRecorder
 from ._timeouts import flag_overruns
 from ._units import Chunk, ChunkResult, Failure, Job
 from .backends import Backend, WorkerSetup
+from .backends._registry import chunk_overhead
 
 if TYPE_CHECKING:
     import asyncio
@@ -135,6 +132,11 @@ class CallOptions:
         base = base or _DEFAULTS
         return replace(base, **fields, backend={**base.backend, **backend})
 
+    def forced(self) -> CallOptions:
+        """These options with what an active ``using()`` block forces on top."""
+        forced = forced_common()
+        return replace(self, **forced) if forced else self
+
     @property
     def setup(self) -> WorkerSetup | None:
         """How this call's workers start, when they need a pool of their own."""
@@ -149,24 +151,9 @@ class CallOptions:
 
 _KEYWORDS: Final = frozenset(CallOptions.__dataclass_fields__) - {"backend"}
 _DEFAULTS: Final = CallOptions()
-#: each keyword's check, in the order they are reported; each returns the
-#: value to keep (retry_on: always a tuple)
-_CHECKS: Final[tuple[tuple[str, Callable[[Any], Any]], ...]] = (
-    ("mode", lambda mode: None if mode is None else check_mode(mode)),
-    ("workers", check_workers),
-    ("chunksize", check_chunksize),
-    ("timeout", check_timeout),
-    ("errors", check_errors),
-    ("initializer", lambda fn: None if fn is None else check_callable(fn, name="initializer")),
-    ("initargs", check_initargs),
-    ("ordered", lambda flag: check_flag(flag, name="ordered")),
-    ("record_tasks", lambda flag: check_flag(flag, name="record_tasks")),
-    ("progress", check_progress),
-    ("retries", check_retries),
-    ("retry_on", check_retry_on),
-    ("backoff", check_backoff),
-    ("max_tasks_per_worker", check_max_tasks),
-)
+#: each keyword's check, in the order they are reported
+_CHECKS: Final[tuple[tuple[str, Callable[[Any], Any]], ...]] = (("mode", check_mode),
+                                                                *COMMON_CHECKS)
 
 
 def length_of(iterable: Iterable[Any]) -> int | None:
@@ -230,13 +217,29 @@ class Engine:
 
 
 def open_engine(mode: str, reason: str, *, workers: int | None, options: dict[str, Any],
-                setup: WorkerSetup | None = None) -> Engine:
+                setup: WorkerSetup | None = None, shared: bool = False) -> Engine:
     """A private backend when ``setup`` is given (its workers are set up for
-    this caller alone), else a lease on the shared pool for these settings."""
-    if setup is not None:
-        backend = _pools.new_backend(mode, workers=workers, setup=setup, options=options)
-        return Engine(backend, reason, owned=True)
-    return Engine(_pools.acquire(mode, workers, options), reason, owned=False)
+    this caller alone), else a lease on the shared pool for these settings.
+    ``shared``: a lease on a shared pool whose workers are set up by ``setup``.
+
+    Raises:
+        ValueError: more ``workers`` than ``mode`` may start.
+    """
+    check_worker_bound(mode, workers)
+    try:
+        if setup is not None and not shared:
+            backend = _pools.new_backend(mode, workers=workers, setup=setup, options=options)
+            return Engine(backend, reason, owned=True)
+        return Engine(_pools.acquire(mode, workers, options, setup), reason, owned=False)
+    except ImportError as exc:
+        if not _pools.exiting():
+            raise
+        # A backend not loaded before the interpreter began to shut down can
+        # no longer be: say so plainly rather than with importlib's words.
+        raise RuntimeError(
+            f"parallax cannot start a {mode} backend while the interpreter shuts down "
+            "(its modules can no longer be imported)"
+        ) from exc
 
 
 # -- runs ------------------------------------------------------------------------------------
@@ -351,6 +354,7 @@ def launch(
     """
     check_callable(fn)
     check_iterable(iterable)
+    options = options.forced()
     mode, reason = resolve(options.mode, default_mode)
     backend_options = merge_options(options.backend)
     coroutine = is_coroutine_function(fn)
@@ -366,6 +370,10 @@ def launch(
         # run the initializer: decide without measuring instead.
         mode, reason, workers = decide_unmeasured(workers, "initializer given, no probe")
     if mode == "auto":
+        # Refused before the probe runs anything, by the costliest kind of
+        # worker auto may pick for this function.
+        kind = "asyncio" if coroutine else "process" if _host.gil_enabled() else "free-threaded"
+        check_worker_bound(kind, workers, asked="auto")
         # The probe takes the first items; the run goes on from there (a
         # sequence from the index after them, anything else from the iterator).
         source = iter(iterable)
@@ -461,27 +469,63 @@ def plan_call(fn: Callable[..., Any], sample: Iterable[Any], workers: int | None
     check_callable(fn)
     check_iterable(sample)
     check_workers(workers)
+    workers = forced_common().get("workers", workers)
     measured = probe(fn, iter(sample), total=length_of(sample),
                      coroutine=is_coroutine_function(fn))
-    return decide(measured.facts, workers)
+    chosen = decide(measured.facts, workers)
+    return replace(chosen, chunksize=planned_chunksize(chosen, measured.facts))
+
+
+def planned_chunksize(chosen: Plan, facts: Facts) -> int:
+    """The size of the chunks a run of ``chosen`` starts with after the probed
+    items, as its :class:`~parallax._chunking.ChunkSizer` would pick it.
+
+    Serial ``map`` takes the rest of a sized input at once (``Run.batches``).
+    """
+    if isinstance(chosen.chunksize, int):
+        return chosen.chunksize
+    if chosen.mode == "asyncio":
+        from .backends._asyncio import AsyncioBackend
+
+        # Its chunks are sized by the concurrency limit, not by time; building
+        # the backend starts nothing (its loop starts with the first chunk).
+        return AsyncioBackend(workers=chosen.workers).auto_chunksize() or 1
+    if chosen.mode == "serial" and facts.total is not None:
+        return max(1, facts.total - facts.probed)
+    overhead = chunk_overhead(chosen.mode)
+    sizer = ChunkSizer("auto", workers=chosen.workers, total=facts.total,
+                       chunk_overhead=overhead, item_seconds=facts.item_wall)
+    return sizer.next_size(facts.probed)
 
 
 # -- one call ------------------------------------------------------------------------------
 
 
 class FutureJob(Job):
-    """A one-item job whose outcome settles a ``concurrent.futures.Future``."""
+    """A one-item job whose outcome settles a ``concurrent.futures.Future``.
 
-    __slots__ = ("future",)
+    Once settled it lets go of the call (its function and arguments): the
+    backend or a worker may hold the job a while longer (bpo-16284).
+    """
+
+    __slots__ = ("call", "future")
 
     def __init__(
-        self, fn: Callable[[Any], Any], future: Future[Any], timeout: float | None
+        self, call: BoundCall, future: Future[Any], timeout: float | None
     ) -> None:
-        super().__init__(fn, self._settle, timeout=timeout)
+        super().__init__(call, self._settle, timeout=timeout)
         self.future = future
+        self.call: BoundCall | None = call
 
     def claim(self, chunk: Chunk) -> bool:
-        return self.wants(chunk) and self.future.set_running_or_notify_cancel()
+        if not self.wants(chunk):
+            return False
+        future = self.future
+        if future.running():
+            # Claimed before and handed out again: the worker it went to
+            # retired (max_tasks_per_worker) before it ran anything.
+            return True
+        return not future.done() and future.set_running_or_notify_cancel()
 
     def _settle(self, result: ChunkResult) -> None:
         future = self.future
@@ -495,9 +539,13 @@ class FutureJob(Job):
                 future.set_result(result.values[0])
         except InvalidStateError:
             pass  # cancelled meanwhile: nobody waits for the outcome
+        finally:
+            call, self.call = self.call, None
+            if call is not None:
+                call.release()
 
 
-def start_future(backend: Backend, call: Callable[[Any], Any], timeout: float | None,
+def start_future(backend: Backend, call: BoundCall, timeout: float | None,
                  future: Future[Any]) -> None:
     """Run ``call`` once on ``backend``; its outcome settles ``future``.
 
@@ -505,20 +553,52 @@ def start_future(backend: Backend, call: Callable[[Any], Any], timeout: float | 
     """
     job = FutureJob(call, future, timeout)
     try:
-        backend.prepare(job)
+        try:
+            backend.prepare(job)
+        except SerializationError as exc:
+            # The backend pickles the call as a whole, so it can only name
+            # the BoundCall: say which part of it does not pickle.
+            raise unpicklable_part(call) or exc from exc
         backend.submit(job, Chunk.fresh(0, 0, [None]))
     except BaseException:
         future.cancel()
         raise
 
 
+def unpicklable_part(call: BoundCall) -> SerializationError | None:
+    """The error naming the function or the argument of ``call`` that does
+    not pickle (the first one), or None if each pickles alone."""
+    name = callable_name(call.fn)
+    parts: list[tuple[str, Any]] = [(f"the function {name}", call.fn)]
+    parts += [(f"argument {position} ({describe_item(value)}) of the call to {name}", value)
+              for position, value in enumerate(call.args)]
+    parts += [(f"keyword argument {key!r} ({describe_item(value)}) of the call to {name}", value)
+              for key, value in call.kwargs.items()]
+    for what, value in parts:
+        try:
+            dumps(value)
+        except Exception as exc:
+            error = SerializationError(
+                f"{what} cannot be pickled for another process: {type(exc).__name__}: {exc}"
+            )
+            error.__cause__ = exc
+            return error
+    return None
+
+
 def submit_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
                 options: CallOptions, default_mode: str | None) -> Future[Any]:
     """``fn(*args, **kwargs)`` on the shared pool ``options`` select (``@parallel``'s
     ``.submit``). The lease is given back at once: the pool stays up while it runs.
+
+    A pool for one call each would start its workers (and run the initializer)
+    per call; so ``initializer`` and ``max_tasks_per_worker`` select a shared
+    pool of their own, kept warm like the others.
     """
+    options = options.forced()
     mode, reason, workers = resolve_without_probe(options.mode, default_mode, options.workers)
-    engine = open_engine(mode, reason, workers=workers, options=merge_options(options.backend))
+    engine = open_engine(mode, reason, workers=workers, options=merge_options(options.backend),
+                         setup=options.setup, shared=True)
     future: Future[Any] = Future()
     try:
         start_future(engine.backend, BoundCall(fn, args, kwargs), options.timeout, future)

@@ -13,7 +13,9 @@ from __future__ import annotations
 import atexit
 import contextlib
 import logging
+import math
 import os
+import sys
 import threading
 import weakref
 from collections.abc import Hashable
@@ -26,8 +28,10 @@ from .backends import Backend, WorkerSetup, create_backend, default_workers
 logger = logging.getLogger("parallax")
 
 DEFAULT_IDLE_TIMEOUT = 300.0
+IDLE_TIMEOUT_VARIABLE = "PARALLAX_IDLE_TIMEOUT"
 
-__all__ = ["acquire", "idle_timeout", "new_backend", "reap_idle", "release", "shutdown_pools"]
+__all__ = ["acquire", "exiting", "idle_timeout", "new_backend", "reap_idle", "release",
+           "shutdown_pools"]
 
 
 @dataclass(slots=True)
@@ -41,21 +45,72 @@ _lock = threading.Lock()
 _pools: dict[Hashable, _Pooled] = {}
 _every_backend: weakref.WeakSet[Backend] = weakref.WeakSet()
 _hooks_installed = False
+#: the exit hook ran: every backend is shut down, and the interpreter is on
+#: its way out (threads may no longer start)
+_exited = False
 _reaper: threading.Thread | None = None
 _reaper_stop = threading.Event()
 
 
 def idle_timeout() -> float:
-    raw = os.environ.get("PARALLAX_IDLE_TIMEOUT")
-    if raw:
-        try:
-            value = float(raw)
-        except ValueError:
-            logger.warning("parallax: ignoring PARALLAX_IDLE_TIMEOUT=%r (not a number)", raw)
-        else:
-            if value > 0:
-                return value
-    return DEFAULT_IDLE_TIMEOUT
+    """Seconds a pool may sit unused before it is shut down (``PARALLAX_IDLE_TIMEOUT``).
+
+    Raises:
+        ValueError: the variable is set but is no positive, finite number
+            (a negative or ``nan`` value would otherwise keep idle workers
+            forever without a word).
+    """
+    raw = os.environ.get(IDLE_TIMEOUT_VARIABLE, "").strip()
+    if not raw:
+        return DEFAULT_IDLE_TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(
+            f"{IDLE_TIMEOUT_VARIABLE} must be a positive number of seconds (default "
+            f"{DEFAULT_IDLE_TIMEOUT:g}), not {raw!r}"
+        )
+    return value
+
+
+#: module-level locks of other parallax modules that a thread of the parent
+#: may hold at a fork; the child gets fresh ones (see _forget_after_fork)
+_FORK_LOCKS = (("parallax._stats", "_monitors_lock"), ("parallax.backends._registry", "_lock"),
+               ("parallax.backends._freethreaded", "_warn_lock"))
+
+
+def _forget_after_fork() -> None:
+    """In a child of ``os.fork()``: start with no pools.
+
+    The pools' workers and threads belong to the parent (the child has none
+    of the threads that drive them), so they are forgotten, never shut down:
+    a call in the child starts a pool of its own, and the child's exit hook
+    leaves the parent's workers alone. Locks a parent thread may have held
+    at the fork are replaced, so nothing in the child waits on them forever.
+    """
+    global _lock, _pools, _every_backend, _reaper, _reaper_stop
+    _lock = threading.Lock()
+    _pools = {}
+    _every_backend = weakref.WeakSet()
+    _reaper = None
+    _reaper_stop = threading.Event()
+    for module_name, attribute in _FORK_LOCKS:
+        module = sys.modules.get(module_name)
+        if module is not None and hasattr(module, attribute):
+            setattr(module, attribute, threading.Lock())
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_forget_after_fork)
+
+
+def exiting() -> bool:
+    """True once the interpreter shuts down: parallax's exit hook ran, or it is
+    finalizing. A call then runs serially (a new thread would never start,
+    and nothing would shut new workers down)."""
+    return _exited or sys.is_finalizing()
 
 
 def _install_hooks() -> None:
@@ -63,12 +118,20 @@ def _install_hooks() -> None:
     if not _hooks_installed:
         _hooks_installed = True
         atexit.register(_at_exit)
+        # Load the serial backend now: a call at exit falls back on it, and by
+        # then nothing can be imported.
+        default_workers("serial")
 
 
 def new_backend(
     mode: str, *, workers: int | None, setup: WorkerSetup, options: dict[str, Any]
 ) -> Backend:
-    """A backend owned by its caller, still shut down at interpreter exit."""
+    """A backend owned by its caller, still shut down at interpreter exit.
+
+    Raises:
+        ValueError: ``PARALLAX_IDLE_TIMEOUT`` is set to no valid value.
+    """
+    idle_timeout()  # a bad setting fails the call that starts workers, not the reaper
     backend = create_backend(mode, workers=workers, setup=setup, options=options)
     with _lock:
         _every_backend.add(backend)
@@ -76,20 +139,38 @@ def new_backend(
     return backend
 
 
-def _key(mode: str, workers: int | None, options: dict[str, Any]) -> Hashable:
+def _frozen(value: Any) -> Hashable:
+    """``value`` as part of a pool's key: itself if hashable, else its identity
+    (the pool holds the value, so the identity stays its own)."""
+    if isinstance(value, dict):
+        return tuple(sorted((name, _frozen(item)) for name, item in value.items()))
     try:
-        frozen = tuple(sorted((name, value) for name, value in options.items()))
-        hash(frozen)
-    except TypeError:  # unhashable option values: key on identity instead
-        frozen = tuple(sorted((name, id(value)) for name, value in options.items()))
-    return (mode, workers, frozen)
+        hash(value)
+    except TypeError:
+        return ("id", id(value))
+    return value  # type: ignore[no-any-return]
 
 
-def acquire(mode: str, workers: int | None, options: dict[str, Any]) -> Backend:
-    """Lease the shared pool for this mode and options, creating it if needed."""
+def _key(mode: str, workers: int | None, options: dict[str, Any],
+         setup: WorkerSetup) -> Hashable:
+    how = tuple(_frozen(getattr(setup, name)) for name in setup.__dataclass_fields__)
+    return (mode, workers, _frozen(options), how)
+
+
+def acquire(mode: str, workers: int | None, options: dict[str, Any],
+            setup: WorkerSetup | None = None) -> Backend:
+    """Lease the shared pool for this mode, options and worker setup, creating
+    it if needed. Pools whose workers run an initializer (``@parallel``'s
+    ``.submit``) are shared by the calls that name the same one.
+
+    Raises:
+        ValueError: ``PARALLAX_IDLE_TIMEOUT`` is set to no valid value.
+    """
     global _reaper
+    idle_timeout()  # a bad setting fails the call, not the reaper thread later
+    setup = setup or WorkerSetup()
     # workers=None and the mode's default count are the same pool
-    key = _key(mode, workers or default_workers(mode), options)
+    key = _key(mode, workers or default_workers(mode), options, setup)
     with _lock:
         pooled = _pools.get(key)
         if pooled is not None and pooled.backend.broken is not None:
@@ -97,11 +178,11 @@ def acquire(mode: str, workers: int | None, options: dict[str, Any]) -> Backend:
             threading.Thread(target=stale.backend.shutdown, daemon=True).start()
             pooled = None
         if pooled is None:
-            backend = create_backend(mode, workers=workers, setup=WorkerSetup(), options=options)
+            backend = create_backend(mode, workers=workers, setup=setup, options=options)
             pooled = _pools[key] = _Pooled(backend)
             _every_backend.add(backend)
             _install_hooks()
-            if _reaper is None:
+            if _reaper is None and not exiting():  # no thread starts at exit
                 _reaper = threading.Thread(target=_reap, name="parallax-pool-reaper", daemon=True)
                 _reaper.start()
         pooled.leases += 1
@@ -119,13 +200,23 @@ def release(backend: Backend) -> None:
 
 
 def _reap() -> None:
-    while not _reaper_stop.wait(min(5.0, idle_timeout() / 2)):
-        reap_idle()
+    while not _reaper_stop.wait(min(5.0, _reaper_timeout() / 2)):
+        reap_idle(_reaper_timeout())
 
 
-def reap_idle() -> int:
-    """Shut down pools unused for longer than the idle timeout; how many were."""
-    limit = idle_timeout()
+def _reaper_timeout() -> float:
+    """The idle timeout, or the default if the variable went bad since the
+    pools started (the next call that starts workers says so)."""
+    try:
+        return idle_timeout()
+    except ValueError:
+        return DEFAULT_IDLE_TIMEOUT
+
+
+def reap_idle(limit: float | None = None) -> int:
+    """Shut down pools unused for longer than ``limit`` seconds (default: the
+    idle timeout); how many were."""
+    limit = idle_timeout() if limit is None else limit
     now = monotonic()
     with _lock:
         idle = [
@@ -150,6 +241,8 @@ def shutdown_pools(wait: bool = True) -> None:
 
 
 def _at_exit() -> None:
+    global _exited
+    _exited = True
     _reaper_stop.set()
     with _lock:
         backends = list(_every_backend)
