@@ -42,14 +42,18 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+
+import parallax
 from conftest import child_pids, parallax_threads, wait_until
 from stdlib_adapter import executor_mixins, load_stdlib
 
-import parallax
-
 STDLIB, MISSING = load_stdlib()
-if not STDLIB:
-    pytest.skip(MISSING, allow_module_level=True)
+
+
+def test_stdlib_suite_available() -> None:
+    """Says why nothing ran when this interpreter has no stdlib test suite."""
+    if not STDLIB:
+        pytest.skip(MISSING)
 
 #: set in the child pytest process that runs one listed test on its own
 CHILD_VARIABLE = "PARALLAX_CONFORMANCE_CHILD"
@@ -237,8 +241,9 @@ KNOWN_FAILURES: dict[str, str] = {
     "ProcessDeadlockTest::test_crash_big_data": _CRASH_TYPE,
     "PortedProcessTest::test_killed_child": _CRASH_TYPE,
     "PortedProcessTest::test_shutdown_deadlock_pickle": _SERIALIZATION_TYPE,
-    "PortedProcessTest::test_max_tasks_early_shutdown": _DOUBLE_CLAIM,
-    "PortedProcessTest::test_max_tasks_early_shutdown_two": _DOUBLE_CLAIM,
+    "PortedThreadTest::test_max_tasks_shutdown_while_busy": (
+        "a thread that retires (max_tasks_per_worker) after shutdown() is not replaced "
+        "(ThreadBackend._work: 'recycle and not self._closed'), so queued tasks strand"),
 }
 
 HANGS: dict[str, str] = {
@@ -249,6 +254,7 @@ HANGS: dict[str, str] = {
         "the submitted callable stays referenced after its future is done (waits 30 s "
         "for a collection that never comes)"),
     "ProcessExecutorTest::test_max_tasks_early_shutdown": _DOUBLE_CLAIM,
+    "PortedProcessTest::test_max_tasks_early_shutdown": _DOUBLE_CLAIM,
     "ProcessDeadlockTest::test_exit_during_result_unpickle_in_result_handler": (
         "SystemExit while unpickling a result escapes ProcessBackend._handle's "
         "'except Exception' and ends the manager thread; the future never settles"),
@@ -524,20 +530,33 @@ class PortedTests:
         assert executor.submit(os.getpid).result() != original_pid
         executor.shutdown()
 
-    # ProcessPoolExecutorTest.test_max_tasks_early_shutdown, in every mode
+    # ProcessPoolExecutorTest.test_max_tasks_early_shutdown
     def test_max_tasks_early_shutdown(self) -> None:
+        if self.mode != "process":
+            self.skipTest("CPython runs it for process pools; in thread mode its outcome is a "
+                          "race, made certain in test_max_tasks_shutdown_while_busy")
         executor = self.executor(workers=3, max_tasks_per_worker=1)
         futures = [executor.submit(_mul, i, i) for i in range(6)]
         executor.shutdown()
         for i, future in enumerate(futures):
             assert future.result(timeout=10) == _mul(i, i)
 
-    # ... with two tasks per worker: the variant the issue reports for thread mode
-    def test_max_tasks_early_shutdown_two(self) -> None:
-        executor = self.executor(workers=3, max_tasks_per_worker=2)
-        futures = [executor.submit(_mul, i, i) for i in range(6)]
-        executor.shutdown()
-        for i, future in enumerate(futures):
+    # The same, with shutdown() called while every worker is still in its first
+    # task: the stdlib's promise (all submitted work completes) must still hold.
+    def test_max_tasks_shutdown_while_busy(self) -> None:
+        if self.mode != "thread":
+            self.skipTest("needs a threading.Event in the workers")
+        release = threading.Event()
+        executor = self.executor(workers=3, max_tasks_per_worker=1)
+        first = [executor.submit(release.wait) for _ in range(3)]
+        rest = [executor.submit(_mul, i, i) for i in range(3)]
+        closing = threading.Thread(target=executor.shutdown)
+        closing.start()
+        assert wait_until(lambda: "closed" in repr(executor))
+        release.set()
+        closing.join()
+        assert all(future.result(timeout=10) for future in first)
+        for i, future in enumerate(rest):
             assert future.result(timeout=10) == _mul(i, i)
 
     # ProcessPoolExecutorTest.test_killed_child: a dead worker's future is broken.
@@ -629,12 +648,15 @@ def _suites() -> dict[str, tuple[type, ...]]:
     }
 
 
-for _name, _bases in _suites().items():
-    globals()[_name] = _build(_name, _bases)
+if STDLIB:
+    for _name, _bases in _suites().items():
+        globals()[_name] = _build(_name, _bases)
 
 
 def test_tables_name_real_tests() -> None:
     """Every entry of the three tables names a collected test (no stale entries)."""
+    if not STDLIB:
+        pytest.skip(MISSING)
     existing = {
         f"{name}::{attr}"
         for name in _suites()
