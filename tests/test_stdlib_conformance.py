@@ -14,6 +14,8 @@ tables, keyed by ``Class::test``, say what is not plainly expected to pass:
   lands the test XPASSes, which fails the run until the entry is removed.
 * ``HANGS``: as ``KNOWN_FAILURES``, for tests that block; bounded by
   ``HANG_TIMEOUT``.
+* ``FLAKY``: fails only when a race inside parallax goes one way; a
+  non-strict xfail, each pointing at a strictly listed deterministic sibling.
 
 Listed failures and hangs run in a child pytest process of their own, so a
 broken pool they leave behind cannot spill into the tests after them; the
@@ -223,8 +225,9 @@ KNOWN_FAILURES: dict[str, str] = {
         "shutdown(cancel_futures=True) cancels every future: a future stays PENDING until "
         "the manager thread hands its chunk to a booted worker, so none had started"),
     "ProcessDeadlockTest::test_error_at_task_pickle": (
-        "an unpicklable argument raises SerializationError (not a PicklingError) and "
-        "names the internal 'BoundCall' as the culprit (_serialize / _worker.BoundCall)"),
+        "submit() itself raises SerializationError (not PicklingError, and not through the "
+        "future), naming 'the function BoundCall': the arguments are pickled inside "
+        "_worker.BoundCall by ProcessBackend.prepare -> _serialize.dumps_function"),
     "ProcessDeadlockTest::test_exit_at_task_unpickle": _CRASH_TYPE,
     "ProcessDeadlockTest::test_error_at_task_unpickle": (
         "a task that fails to unpickle in the worker raises SerializationError, "
@@ -240,7 +243,9 @@ KNOWN_FAILURES: dict[str, str] = {
     "ProcessDeadlockTest::test_shutdown_deadlock": _CRASH_TYPE,
     "ProcessDeadlockTest::test_crash_big_data": _CRASH_TYPE,
     "PortedProcessTest::test_killed_child": _CRASH_TYPE,
-    "PortedProcessTest::test_shutdown_deadlock_pickle": _SERIALIZATION_TYPE,
+    "PortedProcessTest::test_shutdown_deadlock_pickle": (
+        "submit() itself raises SerializationError naming 'BoundCall' (see "
+        "ProcessDeadlockTest::test_error_at_task_pickle)"),
     "PortedThreadTest::test_max_tasks_shutdown_while_busy": (
         "a thread that retires (max_tasks_per_worker) after shutdown() is not replaced "
         "(ThreadBackend._work: 'recycle and not self._closed'), so queued tasks strand"),
@@ -258,6 +263,16 @@ HANGS: dict[str, str] = {
     "ProcessDeadlockTest::test_exit_during_result_unpickle_in_result_handler": (
         "SystemExit while unpickling a result escapes ProcessBackend._handle's "
         "'except Exception' and ends the manager thread; the future never settles"),
+}
+
+#: Fail or pass depending on a race inside parallax; ``xfail(strict=False)``
+#: (a strict mark would make CI flaky), run in a child with HANG_TIMEOUT.
+#: Each names a deterministic sibling test that is strictly listed above.
+FLAKY: dict[str, str] = {
+    "PortedProcessTest::test_max_tasks_per_worker": (
+        "races the double claim of KNOWN_FAILURES' test_max_tasks_early_shutdown: the 4th "
+        "submit, made right after the 3rd result, can reach the worker before its "
+        "'retire' message is read; its future then stays RUNNING"),
 }
 
 
@@ -311,6 +326,9 @@ def _build(name: str, bases: tuple[type, ...]) -> type:
             timeout = HANG_TIMEOUT
             marks.append(pytest.mark.timeout(HANG_TIMEOUT + 30, method="signal"))
             marks.append(pytest.mark.xfail(strict=True, reason=f"hangs: {HANGS[key]}"))
+        elif key in FLAKY and not IN_CHILD:
+            timeout = HANG_TIMEOUT
+            marks.append(pytest.mark.xfail(strict=False, reason=f"flaky: {FLAKY[key]}"))
         elif key in KNOWN_FAILURES and not IN_CHILD:
             timeout = CHILD_TIMEOUT
             marks.append(pytest.mark.xfail(strict=True, reason=KNOWN_FAILURES[key]))
@@ -521,13 +539,13 @@ class PortedTests:
         if self.mode != "process":
             self.skipTest("a process pool test: pids are the same for every thread")
         executor = self.executor(workers=1, max_tasks_per_worker=3)
-        original_pid = executor.submit(os.getpid).result()
+        original_pid = executor.submit(os.getpid).result(timeout=10)
         # The worker pid remains the same as the worker could be reused
-        assert executor.submit(os.getpid).result() == original_pid
-        assert executor.submit(os.getpid).result() == original_pid
+        assert executor.submit(os.getpid).result(timeout=10) == original_pid
+        assert executor.submit(os.getpid).result(timeout=10) == original_pid
         # A new worker is spawned, with a statistically different pid,
         # while the previous was reaped.
-        assert executor.submit(os.getpid).result() != original_pid
+        assert executor.submit(os.getpid).result(timeout=10) != original_pid
         executor.shutdown()
 
     # ProcessPoolExecutorTest.test_max_tasks_early_shutdown
@@ -663,6 +681,8 @@ def test_tables_name_real_tests() -> None:
         for attr in dir(globals()[name])
         if attr.startswith("test")
     }
-    for table in (SKIPS, KNOWN_FAILURES, HANGS):
+    tables = (SKIPS, KNOWN_FAILURES, HANGS, FLAKY)
+    for table in tables:
         assert set(table) <= existing, set(table) - existing
-    assert not set(KNOWN_FAILURES) & set(HANGS)
+    listed = [key for table in tables for key in table]
+    assert len(listed) == len(set(listed)), "a test is in two tables"
