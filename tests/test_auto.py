@@ -9,8 +9,9 @@ import pytest
 
 import parallax
 from helpers import busy_3ms, spin
-from parallax._auto import Facts, decide
+from parallax._auto import Facts, Probe, decide, probe, probe_more
 from parallax._host import usable_cpus
+from parallax._worker import inside_worker
 
 CPU20MS = 0  # calibrated below
 
@@ -290,3 +291,50 @@ def test_io_thread_counts_are_coarse_so_similar_calls_share_a_pool() -> None:
     for cpu in (0.001, 0.002, 0.004, 0.0045):
         workers = decide(Facts(probed=1, item_wall=0.01, item_cpu=cpu, total=1000, cpus=2)).workers
         assert workers in (4, 16, 64, 256)
+
+
+def _nested(x: int) -> int:
+    # a parallax call inside the mapped function: nested, whatever it asks for
+    return sum(parallax.map(abs, range(-3, 1), mode="process")) + x
+
+
+def test_a_nested_call_in_a_probed_item_runs_serially() -> None:
+    with parallax.monitor() as monitor:
+        assert parallax.map(_nested, range(4)) == [6, 7, 8, 9]
+    outer = monitor.runs[-1]
+    in_caller = [r for r in outer.task_records if r.worker.startswith("caller")]
+    assert in_caller  # the probe ran items in the caller...
+    nested = monitor.runs[:-1]
+    assert nested and all(run.mode == "serial" for run in nested)  # ...and their calls nested
+    assert all("inside a parallax worker" in run.reason for run in nested)
+    assert not inside_worker()  # the caller is itself again
+
+
+def test_probe_and_warm_up_count_as_a_worker_and_restore_the_flag() -> None:
+    seen: list[bool] = []
+
+    def record(x: int) -> int:
+        seen.append(inside_worker())
+        return x
+
+    measured = probe(record, iter(range(3)), total=3)
+    assert not inside_worker()
+    probe_more(record, iter(range(3, 6)), measured, while_=lambda: True)
+    assert seen == [True] * 6
+    assert not inside_worker()
+
+
+@pytest.mark.parametrize("stage", ["probe", "probe_more"])
+def test_the_worker_flag_is_restored_when_an_item_interrupts(stage: str) -> None:
+    def interrupt(_: int) -> int:
+        raise KeyboardInterrupt
+
+    def run_stage() -> None:
+        if stage == "probe":
+            probe(interrupt, iter(range(3)), total=3)
+        else:
+            probe_more(interrupt, iter(range(3)), Probe(Facts()), while_=lambda: True)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_stage()
+    assert not inside_worker()

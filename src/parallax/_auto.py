@@ -13,14 +13,19 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from time import perf_counter, thread_time
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:
+    from collections.abc import Generator
 
 from . import _host
 from ._chunking import ChunkSizer
 from ._serialize import dumps
 from ._units import Failure
+from ._worker import set_inside_worker
 from .backends._registry import chunk_overhead
 
 __all__ = ["Facts", "Plan", "Probe", "decide", "probe", "probe_more"]
@@ -215,6 +220,19 @@ class Probe:
         return outcome, wall
 
 
+@contextmanager
+def _as_worker() -> Generator[None, None, None]:
+    """This thread counts as a parallax worker meanwhile: the probed items are
+    the run's first items, so a parallax call they make is a nested call and
+    runs serially, as it would in the pool's workers (never starting a pool
+    of its own from the caller). Restored on the way out, on exceptions too."""
+    previous = set_inside_worker(True)
+    try:
+        yield
+    finally:
+        set_inside_worker(previous)
+
+
 def _timed_call(fn: Callable[[Any], Any], item: Any) -> tuple[Any, float, float]:
     wall_started = perf_counter()
     cpu_started = thread_time()
@@ -243,10 +261,11 @@ def probe(
     result = Probe(Facts(total=total, gil_enabled=gil, cpus=cpus), started=perf_counter())
     wall_total = 0.0
     runqueue_before = _runqueue_seconds()
-    for item in source:
-        wall_total += result.run_one(fn, item)[1]
-        if wall_total >= PROBE_SECONDS or len(result.items) >= PROBE_ITEMS:
-            break
+    with _as_worker():
+        for item in source:
+            wall_total += result.run_one(fn, item)[1]
+            if wall_total >= PROBE_SECONDS or len(result.items) >= PROBE_ITEMS:
+                break
     count = len(result.items)
     if count == 0:
         return result
@@ -283,10 +302,11 @@ def probe_more(
     seconds, whichever comes first.
     """
     deadline = perf_counter() + budget
-    while while_() and perf_counter() < deadline:
-        item = next(source, _END)
-        if item is _END or isinstance(result.run_one(fn, item)[0], Failure):
-            return
+    with _as_worker():
+        while while_() and perf_counter() < deadline:
+            item = next(source, _END)
+            if item is _END or isinstance(result.run_one(fn, item)[0], Failure):
+                return
 
 
 def _check_shipping(
@@ -335,6 +355,7 @@ def _check_shipping(
             return len(batch) - 1
 
     def run() -> None:
+        set_inside_worker(True)  # a thread of its own: it ends with the test
         start_line.wait()
         while (index := take()) is not None:
             try:
