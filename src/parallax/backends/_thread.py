@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from .._errors import ParallaxError
 from .._host import thread_pool_default
 from .._mark import new_mark
-from .._timeouts import abandon, time_left, timeout_error
+from .._timeouts import ABANDONED_THREAD, abandon, time_left, timeout_error
 from .._units import Chunk, ChunkResult, Failure, Job
 from .._worker import STOP, worker_loop
 from ._base import Backend, WorkerSetup, failed_chunk
@@ -201,11 +201,8 @@ class ThreadBackend(Backend):
             values, failures = worker.partial[0] if worker.partial else ([], {})
             done, failed = abandon(worker.mark, values, failures, position)
         job, chunk = current
-        error = timeout_error(
-            chunk, position, timeout,
-            "; the thread was abandoned (threads cannot be killed) and replaced",
-            where=f" in {worker.name}",
-        )
+        error = timeout_error(chunk, position, timeout, ABANDONED_THREAD,
+                              where=f" in {worker.name}")
         job.deliver(
             ChunkResult(
                 chunk,
