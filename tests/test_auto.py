@@ -9,6 +9,7 @@ import pytest
 
 import parallax
 from helpers import busy_3ms, spin
+from parallax import _auto
 from parallax._auto import Facts, Probe, decide, probe, probe_more
 from parallax._host import usable_cpus
 from parallax._worker import inside_worker
@@ -51,6 +52,11 @@ async def coroutine(x: int) -> int:
                item_bytes=1_000_000, thread_speedup=1.0), "process"),
         (Facts(cpus=2), "process"),
         (Facts(cpus=2, gil_enabled=False), "free-threaded"),
+        # a busy machine: the one probed item waited 5 ms for a CPU, but is tiny work
+        (Facts(probed=1, item_wall=0.005, item_cpu=1e-6, item_runqueue=0.005 - 1e-6, total=10,
+               cpus=2), "serial"),
+        (Facts(probed=1, item_wall=0.005, item_cpu=1e-6, item_runqueue=0.005 - 1e-6,
+               total=1_000_000, cpus=2), "serial"),
     ],
 )
 def test_decide_over_a_table_of_facts(facts: Facts, mode: str) -> None:
@@ -108,6 +114,27 @@ def test_plan_picks_asyncio_for_coroutines() -> None:
 def test_plan_picks_serial_for_tiny_input() -> None:
     plan = parallax.plan(lambda x: x + 1, range(10))
     assert plan.mode == "serial" and "tiny" in plan.reason
+
+
+def test_a_busy_machine_does_not_make_tiny_work_worth_a_pool(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first item waits for a CPU (other processes hold them): the probe
+    reads that wait off the run queue, and it is neither work nor I/O."""
+    waited = [0.0]
+    monkeypatch.setattr(_auto, "_runqueue_seconds", lambda: waited[0])
+
+    def preempted_first(x: int) -> int:
+        if x == 0:
+            started = time.perf_counter()
+            time.sleep(0.01)  # stands for 10 ms on the run queue
+            waited[0] += time.perf_counter() - started
+        return x + 1
+
+    plan = parallax.plan(preempted_first, range(10))
+    assert plan.mode == "serial" and "tiny" in plan.reason, plan.reason
+    many = parallax.plan(preempted_first, range(100_000))
+    assert many.mode == "serial" and "tiny tasks" in many.reason, many.reason
 
 
 def test_auto_map_records_its_reason_and_never_runs_the_probe_twice() -> None:
