@@ -40,3 +40,24 @@ def test_the_timeout_error_of_an_abandoned_thread_suggests_process_mode(
     assert "still using a CPU" in message
     assert 'use mode="process", whose stuck workers are killed' in message
     assert results[0] == 0 and results[2] == 2
+
+
+def test_shutdown_does_not_wait_for_a_thread_abandoned_meanwhile(threads: Backend) -> None:
+    release = threading.Event()
+    item_returned = threading.Event()
+
+    def stuck(_: int) -> None:
+        release.wait(60)
+        item_returned.set()
+
+    executor = threads.executor(workers=1, timeout=0.2)
+    future = executor.submit(stuck, 0)
+    queued = executor.submit(abs, -3)
+    try:
+        executor.shutdown(wait=True)  # the stuck item is abandoned meanwhile
+        assert not item_returned.is_set()  # shutdown returned without it
+        with pytest.raises(parallax.TaskTimeoutError):
+            future.result(timeout=0)
+        assert queued.result(timeout=0) == 3  # its replacement ran the queue
+    finally:
+        release.set()

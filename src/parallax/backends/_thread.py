@@ -70,6 +70,8 @@ class ThreadBackend(Backend):
         self._setup = setup or WorkerSetup()
         self._tasks: queue.SimpleQueue[tuple[Job, Chunk] | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
+        #: notified whenever a worker leaves ``_live`` (exits or is abandoned)
+        self._left = threading.Condition(self._lock)
         self._live: set[_ThreadWorker] = set()
         self._names = itertools.count(1)
         self._prefix = f"parallax-{self.name}-{next(_pool_ids)}"
@@ -131,6 +133,7 @@ class ThreadBackend(Backend):
                 # the poison pill meant for this worker waits for its successor.
                 self._spawn(fresh=False)
             self._live.discard(worker)
+            self._left.notify_all()
 
     def _next_task(self, worker: _ThreadWorker) -> Task | None:
         if worker.fresh:
@@ -218,6 +221,7 @@ class ThreadBackend(Backend):
             # thread never takes its poison pill, its successor does.
             self._spawn(fresh=False)
             self._live.discard(worker)
+            self._left.notify_all()
 
     # -- Backend -------------------------------------------------------------
 
@@ -266,13 +270,9 @@ class ThreadBackend(Backend):
                 job.deliver(failed_chunk(chunk, error))
 
     def _join_workers(self) -> None:
-        """Wait for every worker but this thread, replacements started meanwhile too."""
+        """Wait for every worker but this thread, replacements started meanwhile
+        too; not for a thread abandoned meanwhile (its item may never return)."""
         current = threading.current_thread()
-        while True:
-            with self._lock:
-                threads = [worker.thread for worker in self._live
-                           if worker.thread is not None and worker.thread is not current]
-            if not threads:
-                return
-            for thread in threads:
-                thread.join()
+        with self._left:
+            while any(worker.thread is not current for worker in self._live):
+                self._left.wait()
