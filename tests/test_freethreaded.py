@@ -13,7 +13,7 @@ import pytest
 import parallax
 from helpers import spin
 from parallax import _auto, _host
-from parallax._auto import Facts, Probe, decide
+from parallax._auto import Facts, Probe, _overlap_speedup, decide
 from parallax.backends import _freethreaded
 
 
@@ -114,3 +114,16 @@ def test_the_overlap_measurement_decides_between_free_threads_and_processes() ->
     unpicklable = dataclasses.replace(facts, thread_speedup=0.6, picklable=False,
                                       unpicklable="the function f")
     assert decide(unpicklable).mode == "serial"
+
+
+def test_waiting_for_a_cpu_is_taken_out_of_the_overlap_measurement() -> None:
+    """Two threads given one core by a busy machine take turns, each waiting
+    for the other on the run queue: they still count as overlapping. The same
+    turns not on the run queue (the GIL, a lock of the function's own) do not."""
+    # 8 items of 5 ms each, 40 ms for both threads; each waited ~half of it for a CPU
+    assert _overlap_speedup(8, 0.005, 0.040, [0.020, 0.020]) == pytest.approx(2.0)
+    assert _overlap_speedup(8, 0.005, 0.040, [0.0, 0.0]) == pytest.approx(1.0)
+    # really in parallel, on a free machine
+    assert _overlap_speedup(8, 0.005, 0.020, [0.0, 0.0]) == pytest.approx(2.0)
+    # slower together than one alone (contended shared objects)
+    assert _overlap_speedup(8, 0.005, 0.0667, [0.0, 0.0]) == pytest.approx(0.6, abs=0.01)

@@ -379,10 +379,17 @@ def _thread_overlap(
     can wait milliseconds for the idle core, so a few items alone would
     measure the scheduler, not the work. Their outcomes are kept like the
     other probed items.
+
+    As in the probe, time a thread spent waiting for a CPU (other processes
+    held them) is not the work's: it is taken out of the elapsed time. Two
+    threads sharing the one core a busy machine leaves them would otherwise
+    read as threads that do not overlap, while threads waiting for the GIL
+    (asleep, not runnable) still read as such.
     """
     batch: list[Any] = []
     outcomes: dict[int, Any] = {}
     ends: dict[int, float] = {}
+    waits: list[float] = []
     taking = threading.Lock()
     start_line = threading.Barrier(3)
     deadline = perf_counter() + OVERLAP_SECONDS
@@ -401,12 +408,14 @@ def _thread_overlap(
     def run() -> None:
         set_inside_worker(True)  # a thread of its own: it ends with the test
         start_line.wait()
+        runqueue_before = _runqueue_seconds()
         while (index := take()) is not None:
             try:
                 outcomes[index] = _timed_call(fn, batch[index])[0]
             except BaseException as exc:  # KeyboardInterrupt raised by fn itself
                 outcomes[index] = Failure.capture(exc)
             ends[index] = perf_counter()
+        waits.append(max(0.0, _runqueue_seconds() - runqueue_before))
 
     threads = [threading.Thread(target=run, name=f"parallax-probe-{slot}") for slot in range(2)]
     for thread in threads:
@@ -427,8 +436,17 @@ def _thread_overlap(
     facts = _replace(facts, probed=facts.probed + len(batch))
     if len(batch) < OVERLAP_MIN_ITEMS:
         return facts  # too few items left to tell
-    speedup = (len(batch) * (facts.item_wall or 0.0)) / max(together, 1e-9)
-    return _replace(facts, thread_speedup=speedup)
+    alone = max((facts.item_wall or 0.0) - facts.item_runqueue, facts.item_cpu or 0.0)
+    return _replace(facts, thread_speedup=_overlap_speedup(len(batch), alone, together, waits))
+
+
+def _overlap_speedup(items: int, alone: float, together: float, waits: list[float]) -> float:
+    """How much faster two threads ran ``items`` than one would: ``alone`` is
+    one item's time on one thread, ``together`` the two threads' elapsed time,
+    ``waits`` each thread's time on the run queue meanwhile (taken out, as the
+    probe takes it out of ``alone``)."""
+    working = together - sum(waits) / max(len(waits), 1)
+    return items * alone / max(working, 1e-9)
 
 
 def _runqueue_seconds() -> float:
