@@ -9,12 +9,20 @@ import pytest
 
 import parallax
 from helpers import busy_3ms, spin
-from parallax import _auto
+from parallax import _auto, _host
 from parallax._auto import Facts, Probe, decide, probe, probe_more
 from parallax._host import usable_cpus
 from parallax._worker import inside_worker
 
 CPU20MS = 0  # calibrated below
+
+
+@pytest.fixture
+def gil_build(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The GIL on, whatever the build: for tests of what auto does with the
+    GIL (process pools, the payload rule); a free-threaded build would pick
+    free-threaded mode instead."""
+    monkeypatch.setattr(_host, "gil_enabled", lambda: True)
 
 
 def cpu_bound(_: int) -> int:
@@ -94,6 +102,7 @@ def test_the_planned_chunk_size_follows_the_process_backends_overhead(
     assert decide(facts).reason.endswith("process, chunks of 1000")
 
 
+@pytest.mark.usefixtures("gil_build")
 def test_plan_picks_process_for_cpu_work() -> None:
     plan = parallax.plan(cpu_bound, range(8))
     assert plan.mode == "process", plan.reason
@@ -220,6 +229,7 @@ def _initialized(_: int) -> bool:
     return _state.get("ready", False)
 
 
+@pytest.mark.usefixtures("gil_build")
 def test_no_warm_up_when_the_workers_take_every_core() -> None:
     from parallax import _pools
 
@@ -235,6 +245,7 @@ def test_no_warm_up_when_the_workers_take_every_core() -> None:
     assert len(in_caller) == 1  # the probe's one item: booting workers need the cores
 
 
+@pytest.mark.usefixtures("gil_build")
 def test_the_caller_works_while_a_cold_process_pool_boots() -> None:
     from parallax import _pools
 
@@ -259,6 +270,7 @@ def test_the_caller_works_while_a_cold_process_pool_boots() -> None:
     assert sorted(record.index for record in in_caller) == list(range(len(in_caller)))
 
 
+@pytest.mark.usefixtures("gil_build")
 def test_the_caller_stops_warming_up_at_a_failure() -> None:
     from parallax import _pools
 
@@ -281,6 +293,7 @@ def test_the_caller_stops_warming_up_at_a_failure() -> None:
     assert ran == [0, 1]
 
 
+@pytest.mark.usefixtures("gil_build")
 def test_the_thread_overlap_probe_keeps_every_item_in_order() -> None:
     import hashlib
 
