@@ -51,24 +51,24 @@ def test_amap_runs_coroutines_on_the_callers_loop() -> None:
 
 
 def test_amap_with_a_plain_function_keeps_the_loop_free() -> None:
-    async def main() -> list[int]:
-        ticks = 0
+    """The items wait until the loop has ticked: they finish only if the loop
+    runs while they do (however slow the machine; 30 s is a hang)."""
+
+    async def main() -> list[tuple[int, bool]]:
+        ticked = threading.Event()
 
         async def ticker() -> None:
-            nonlocal ticks
-            while True:
-                ticks += 1
+            for _ in range(3):
                 await asyncio.sleep(0.005)
+            ticked.set()
 
         task = asyncio.create_task(ticker())
-        import time
-
-        results = await parallax.amap(lambda x: time.sleep(0.05) or x, range(4), mode="thread")
-        task.cancel()
-        assert ticks > 3  # the loop kept running while the work ran
+        results = await parallax.amap(lambda x: (x, ticked.wait(30)), range(4), mode="thread")
+        await task
         return results
 
-    assert asyncio.run(main()) == [0, 1, 2, 3]
+    # every item saw the loop tick while it waited
+    assert asyncio.run(main()) == [(0, True), (1, True), (2, True), (3, True)]
 
 
 def test_errors_and_timeouts() -> None:

@@ -9,10 +9,20 @@ import pytest
 
 import parallax
 from helpers import busy_3ms, spin
-from parallax._auto import Facts, decide
+from parallax import _auto, _host
+from parallax._auto import Facts, Probe, decide, probe, probe_more
 from parallax._host import usable_cpus
+from parallax._worker import inside_worker
 
 CPU20MS = 0  # calibrated below
+
+
+@pytest.fixture
+def gil_build(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The GIL on, whatever the build: for tests of what auto does with the
+    GIL (process pools, the payload rule); a free-threaded build would pick
+    free-threaded mode instead."""
+    monkeypatch.setattr(_host, "gil_enabled", lambda: True)
 
 
 def cpu_bound(_: int) -> int:
@@ -50,6 +60,11 @@ async def coroutine(x: int) -> int:
                item_bytes=1_000_000, thread_speedup=1.0), "process"),
         (Facts(cpus=2), "process"),
         (Facts(cpus=2, gil_enabled=False), "free-threaded"),
+        # a busy machine: the one probed item waited 5 ms for a CPU, but is tiny work
+        (Facts(probed=1, item_wall=0.005, item_cpu=1e-6, item_runqueue=0.005 - 1e-6, total=10,
+               cpus=2), "serial"),
+        (Facts(probed=1, item_wall=0.005, item_cpu=1e-6, item_runqueue=0.005 - 1e-6,
+               total=1_000_000, cpus=2), "serial"),
     ],
 )
 def test_decide_over_a_table_of_facts(facts: Facts, mode: str) -> None:
@@ -87,6 +102,7 @@ def test_the_planned_chunk_size_follows_the_process_backends_overhead(
     assert decide(facts).reason.endswith("process, chunks of 1000")
 
 
+@pytest.mark.usefixtures("gil_build")
 def test_plan_picks_process_for_cpu_work() -> None:
     plan = parallax.plan(cpu_bound, range(8))
     assert plan.mode == "process", plan.reason
@@ -107,6 +123,27 @@ def test_plan_picks_asyncio_for_coroutines() -> None:
 def test_plan_picks_serial_for_tiny_input() -> None:
     plan = parallax.plan(lambda x: x + 1, range(10))
     assert plan.mode == "serial" and "tiny" in plan.reason
+
+
+def test_a_busy_machine_does_not_make_tiny_work_worth_a_pool(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first item waits for a CPU (other processes hold them): the probe
+    reads that wait off the run queue, and it is neither work nor I/O."""
+    waited = [0.0]
+    monkeypatch.setattr(_auto, "_runqueue_seconds", lambda: waited[0])
+
+    def preempted_first(x: int) -> int:
+        if x == 0:
+            started = time.perf_counter()
+            time.sleep(0.01)  # stands for 10 ms on the run queue
+            waited[0] += time.perf_counter() - started
+        return x + 1
+
+    plan = parallax.plan(preempted_first, range(10))
+    assert plan.mode == "serial" and "tiny" in plan.reason, plan.reason
+    many = parallax.plan(preempted_first, range(100_000))
+    assert many.mode == "serial" and "tiny tasks" in many.reason, many.reason
 
 
 def test_auto_map_records_its_reason_and_never_runs_the_probe_twice() -> None:
@@ -192,6 +229,7 @@ def _initialized(_: int) -> bool:
     return _state.get("ready", False)
 
 
+@pytest.mark.usefixtures("gil_build")
 def test_no_warm_up_when_the_workers_take_every_core() -> None:
     from parallax import _pools
 
@@ -207,6 +245,7 @@ def test_no_warm_up_when_the_workers_take_every_core() -> None:
     assert len(in_caller) == 1  # the probe's one item: booting workers need the cores
 
 
+@pytest.mark.usefixtures("gil_build")
 def test_the_caller_works_while_a_cold_process_pool_boots() -> None:
     from parallax import _pools
 
@@ -231,6 +270,7 @@ def test_the_caller_works_while_a_cold_process_pool_boots() -> None:
     assert sorted(record.index for record in in_caller) == list(range(len(in_caller)))
 
 
+@pytest.mark.usefixtures("gil_build")
 def test_the_caller_stops_warming_up_at_a_failure() -> None:
     from parallax import _pools
 
@@ -253,6 +293,7 @@ def test_the_caller_stops_warming_up_at_a_failure() -> None:
     assert ran == [0, 1]
 
 
+@pytest.mark.usefixtures("gil_build")
 def test_the_thread_overlap_probe_keeps_every_item_in_order() -> None:
     import hashlib
 
@@ -290,3 +331,50 @@ def test_io_thread_counts_are_coarse_so_similar_calls_share_a_pool() -> None:
     for cpu in (0.001, 0.002, 0.004, 0.0045):
         workers = decide(Facts(probed=1, item_wall=0.01, item_cpu=cpu, total=1000, cpus=2)).workers
         assert workers in (4, 16, 64, 256)
+
+
+def _nested(x: int) -> int:
+    # a parallax call inside the mapped function: nested, whatever it asks for
+    return sum(parallax.map(abs, range(-3, 1), mode="process")) + x
+
+
+def test_a_nested_call_in_a_probed_item_runs_serially() -> None:
+    with parallax.monitor() as monitor:
+        assert parallax.map(_nested, range(4)) == [6, 7, 8, 9]
+    outer = monitor.runs[-1]
+    in_caller = [r for r in outer.task_records if r.worker.startswith("caller")]
+    assert in_caller  # the probe ran items in the caller...
+    nested = monitor.runs[:-1]
+    assert nested and all(run.mode == "serial" for run in nested)  # ...and their calls nested
+    assert all("inside a parallax worker" in run.reason for run in nested)
+    assert not inside_worker()  # the caller is itself again
+
+
+def test_probe_and_warm_up_count_as_a_worker_and_restore_the_flag() -> None:
+    seen: list[bool] = []
+
+    def record(x: int) -> int:
+        seen.append(inside_worker())
+        return x
+
+    measured = probe(record, iter(range(3)), total=3)
+    assert not inside_worker()
+    probe_more(record, iter(range(3, 6)), measured, while_=lambda: True)
+    assert seen == [True] * 6
+    assert not inside_worker()
+
+
+@pytest.mark.parametrize("stage", ["probe", "probe_more"])
+def test_the_worker_flag_is_restored_when_an_item_interrupts(stage: str) -> None:
+    def interrupt(_: int) -> int:
+        raise KeyboardInterrupt
+
+    def run_stage() -> None:
+        if stage == "probe":
+            probe(interrupt, iter(range(3)), total=3)
+        else:
+            probe_more(interrupt, iter(range(3)), Probe(Facts()), while_=lambda: True)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_stage()
+    assert not inside_worker()

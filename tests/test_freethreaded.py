@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import sysconfig
+import time
+from typing import Any
 
 import pytest
 
 import parallax
 from helpers import spin
-from parallax import _host
+from parallax import _auto, _host
+from parallax._auto import Facts, Probe, _overlap_speedup, decide
 from parallax.backends import _freethreaded
 
 
@@ -44,9 +48,82 @@ def test_gil_detection(monkeypatch: pytest.MonkeyPatch) -> None:
     assert _host.gil_enabled() is True
 
 
-def test_auto_picks_free_threaded_when_the_gil_is_off(monkeypatch: pytest.MonkeyPatch) -> None:
+def pin_overlap(monkeypatch: pytest.MonkeyPatch, speedup: float) -> list[Facts]:
+    """No GIL, 4 CPUs, and two threads measured at ``speedup`` x one; the facts
+    the measurement was asked for are recorded."""
+    asked: list[Facts] = []
+
+    def measured(fn: Any, result: Probe, facts: Facts, source: Any) -> Facts:
+        asked.append(facts)
+        return dataclasses.replace(facts, thread_speedup=speedup)
+
     monkeypatch.setattr(_host, "gil_enabled", lambda: False)
     monkeypatch.setattr(_host, "usable_cpus", lambda: 4)
+    monkeypatch.setattr(_auto, "_thread_overlap", measured)
+    return asked
+
+
+def test_auto_picks_free_threaded_when_the_gil_is_off_and_threads_overlap(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    asked = pin_overlap(monkeypatch, 1.9)
     plan = parallax.plan(lambda x: spin(300_000), range(20))
+    assert len(asked) == 1  # measured before free-threaded was chosen
     assert plan.mode == "free-threaded"
     assert "GIL disabled" in plan.reason
+    assert "2 threads: 1.9x -> free-threaded" in plan.reason
+
+
+def test_auto_falls_back_to_process_when_threads_do_not_overlap(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    asked = pin_overlap(monkeypatch, 0.6)
+    plan = parallax.plan(spin_item, range(20))
+    assert len(asked) == 1
+    assert plan.mode == "process", plan.reason
+    assert "GIL disabled" in plan.reason and "2 threads: 0.6x -> process" in plan.reason
+    with parallax.monitor() as monitor:
+        assert parallax.map(spin_item, range(20)) == [spin(300_000)] * 20
+    assert monitor.runs[-1].mode == "process"
+    assert "2 threads: 0.6x -> process" in monitor.runs[-1].reason
+
+
+def test_overlap_is_not_measured_for_work_that_is_not_cpu_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    asked = pin_overlap(monkeypatch, 0.6)
+    assert parallax.plan(lambda x: x, range(10)).mode == "serial"
+    assert parallax.plan(lambda x: time.sleep(0.02), range(10)).mode == "thread"
+    assert asked == []
+
+
+def spin_item(_: int) -> int:
+    return spin(300_000)
+
+
+def test_the_overlap_measurement_decides_between_free_threads_and_processes() -> None:
+    """``decide`` stays pure: the measurement is a fact."""
+    facts = Facts(probed=5, item_wall=0.02, item_cpu=0.0199, total=100, cpus=2,
+                  gil_enabled=False)
+    assert decide(facts).mode == "free-threaded"  # not measured (few items left, Executor)
+    for speedup, mode in ((1.9, "free-threaded"), (1.3, "free-threaded"), (1.1, "process"),
+                          (0.6, "process")):
+        plan = decide(dataclasses.replace(facts, thread_speedup=speedup))
+        assert plan.mode == mode
+        assert f"2 threads: {speedup:.2g}x -> {mode}" in plan.reason
+    unpicklable = dataclasses.replace(facts, thread_speedup=0.6, picklable=False,
+                                      unpicklable="the function f")
+    assert decide(unpicklable).mode == "serial"
+
+
+def test_waiting_for_a_cpu_is_taken_out_of_the_overlap_measurement() -> None:
+    """Two threads given one core by a busy machine take turns, each waiting
+    for the other on the run queue: they still count as overlapping. The same
+    turns not on the run queue (the GIL, a lock of the function's own) do not."""
+    # 8 items of 5 ms each, 40 ms for both threads; each waited ~half of it for a CPU
+    assert _overlap_speedup(8, 0.005, 0.040, [0.020, 0.020]) == pytest.approx(2.0)
+    assert _overlap_speedup(8, 0.005, 0.040, [0.0, 0.0]) == pytest.approx(1.0)
+    # really in parallel, on a free machine
+    assert _overlap_speedup(8, 0.005, 0.020, [0.0, 0.0]) == pytest.approx(2.0)
+    # slower together than one alone (contended shared objects)
+    assert _overlap_speedup(8, 0.005, 0.0667, [0.0, 0.0]) == pytest.approx(0.6, abs=0.01)

@@ -1,9 +1,10 @@
 """The auto-selector: measure the first items, then pick the engine.
 
 :func:`probe` runs the first item(s) of the input in the caller and measures
-wall time against CPU time (``time.thread_time``); :func:`decide` is a pure
-function of those :class:`Facts` (plus the GIL state, the CPU count, the
-input size and whether things pickle) that returns a :class:`Plan` with a
+wall time against CPU time (``time.thread_time``) and the time spent waiting
+for a CPU; :func:`decide` is a pure function of those :class:`Facts` (plus
+the GIL state, the CPU count, the input size, whether things pickle and how
+two threads overlap on the function) that returns a :class:`Plan` with a
 one-line reason. The probed items' outcomes are kept and become the first
 results of the run: nothing is computed twice.
 """
@@ -13,14 +14,19 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from time import perf_counter, thread_time
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:
+    from collections.abc import Generator
 
 from . import _host
 from ._chunking import ChunkSizer
 from ._serialize import dumps
 from ._units import Failure
+from ._worker import set_inside_worker
 from .backends._registry import chunk_overhead
 
 __all__ = ["Facts", "Plan", "Probe", "decide", "probe", "probe_more"]
@@ -37,9 +43,12 @@ CPU_BOUND_SHARE: Final = 0.5
 MAX_IO_WORKERS: Final = 256
 #: coroutines awaited at once, as asyncio mode's own default (they are cheap)
 ASYNCIO_CONCURRENCY: Final = 1000
-#: probe until this much time was spent or this many items ran
+#: probe until this much time was spent (waiting for a CPU not counted) or
+#: this many items ran
 PROBE_SECONDS: Final = 0.002
 PROBE_ITEMS: Final = 64
+#: ...but on a busy machine, never longer than this (wall time)
+PROBE_MAX_SECONDS: Final = 0.05
 #: pickled items bigger than this make auto check how threads overlap
 LARGE_ITEM_BYTES: Final = 256 * 1024
 #: the thread-overlap test runs at least this long and this many items...
@@ -47,6 +56,9 @@ OVERLAP_SECONDS: Final = 0.03
 OVERLAP_MIN_ITEMS: Final = 4
 #: ...and at most this many
 OVERLAP_MAX_ITEMS: Final = 64
+#: two threads must run items at least this much faster than one for threads
+#: to count as running in parallel (2.0 is perfect overlap)
+OVERLAP_SPEEDUP: Final = 1.3
 #: longest the caller keeps working while a process pool boots (its workers
 #: import the caller's modules, which can take seconds)
 WARMUP_BUDGET: Final = 5.0
@@ -81,7 +93,10 @@ class Facts:
     picklable: bool = True
     unpicklable: str = ""  # what did not pickle
     item_bytes: int | None = None  # pickled size of an item
-    thread_speedup: float | None = None  # two items on two threads vs one after another
+    #: items on two threads at once vs one after another (2.0: perfect overlap);
+    #: measured for large items (the payload rule) and, without the GIL, for
+    #: CPU-bound work before free-threaded mode is picked
+    thread_speedup: float | None = None
 
 
 def _duration(seconds: float) -> str:
@@ -121,9 +136,12 @@ def decide(facts: Facts, workers: int | None = None) -> Plan:
             mode, workers or cpus, "auto",
             f"nothing measured yet: assumed CPU-bound, {gil}, {cpus} cores -> {mode}",
         )
-    wall = max(facts.item_wall, 1e-9)
-    cpu = min(max(facts.item_cpu, 0.0), wall)
-    share = cpu / max(wall - facts.item_runqueue, cpu, 1e-9)
+    # What an item costs when it has a CPU: on a busy machine it also waits
+    # for one, and that time is neither work nor I/O. A busy machine must
+    # not make tiny work look worth a pool.
+    cpu = min(max(facts.item_cpu, 0.0), max(facts.item_wall, 1e-9))
+    wall = max(facts.item_wall - facts.item_runqueue, cpu, 1e-9)
+    share = cpu / wall
     per_item = _duration(wall)
     remaining = None if facts.total is None else max(0, facts.total - facts.probed)
     if remaining is not None and remaining * wall < SERIAL_BUDGET:
@@ -148,30 +166,36 @@ def decide(facts: Facts, workers: int | None = None) -> Plan:
         )
     if cpus < 2:
         return Plan("serial", 1, "auto", f"CPU-bound ({share:.0%} CPU) but only 1 core -> serial")
-    if not facts.gil_enabled:
+    cpu_bound = f"CPU-bound: {share:.0%} of {per_item} per item is CPU"
+    speedup = facts.thread_speedup
+    overlap = "" if speedup is None else f", 2 threads: {speedup:.2g}x"
+    # Without the GIL threads may still not overlap on this function (shared
+    # reference counts, locks, an extension that takes a lock): the probe
+    # measured two threads on it when it could; if they did not, process.
+    if not facts.gil_enabled and (speedup is None or speedup >= OVERLAP_SPEEDUP):
         count = workers or cpus
         return Plan(
             "free-threaded", count, "auto",
-            f"CPU-bound: {share:.0%} of {per_item} per item is CPU, GIL disabled, "
-            f"{cpus} cores -> free-threaded, {count} threads",
+            f"{cpu_bound}, GIL disabled, {cpus} cores{overlap} -> free-threaded, "
+            f"{count} threads",
         )
-    if facts.item_bytes is not None and facts.thread_speedup is not None:
+    if facts.item_bytes is not None and speedup is not None:
         shipping = 2 * facts.item_bytes / PIPE_BANDWIDTH
         if shipping >= wall / 2:
             heavy = (
                 f"CPU-bound but payload-heavy: shipping {facts.item_bytes / 1e6:.2g} MB per item "
                 f"costs ~{_duration(shipping)} vs {per_item} of work"
             )
-            if facts.thread_speedup >= 1.3:
+            if speedup >= OVERLAP_SPEEDUP:  # (without the GIL, rule 7 took it)
                 count = workers or cpus
                 return Plan(
                     "thread", count, "auto",
-                    f"{heavy}, and 2 threads ran {facts.thread_speedup:.2g}x faster than 1 "
+                    f"{heavy}, and 2 threads ran {speedup:.2g}x faster than 1 "
                     "(the work releases the GIL) -> thread",
                 )
             return Plan(
                 "serial", 1, "auto",
-                f"{heavy}, and 2 threads ran only {facts.thread_speedup:.2g}x faster than 1 "
+                f"{heavy}, and 2 threads ran only {speedup:.2g}x faster than 1 "
                 "-> serial",
             )
     if not facts.picklable:
@@ -187,10 +211,12 @@ def decide(facts: Facts, workers: int | None = None) -> Plan:
         "auto", workers=count, total=facts.total, chunk_overhead=overhead, item_seconds=wall
     )
     chunk = sizer.next_size(facts.probed)
+    # Without the GIL this is the fallback: two threads did not overlap.
+    gil = "GIL enabled" if facts.gil_enabled else "GIL disabled"
+    threads = overlap if not facts.gil_enabled else ""
     return Plan(
         "process", count, "auto",
-        f"CPU-bound: {share:.0%} of {per_item} per item is CPU, GIL enabled, "
-        f"{cpus} cores -> process, chunks of {chunk}",
+        f"{cpu_bound}, {gil}, {cpus} cores{threads} -> process, chunks of {chunk}",
     )
 
 
@@ -213,6 +239,19 @@ class Probe:
         self.ends.append(perf_counter())
         self.cpu += cpu
         return outcome, wall
+
+
+@contextmanager
+def _as_worker() -> Generator[None, None, None]:
+    """This thread counts as a parallax worker meanwhile: the probed items are
+    the run's first items, so a parallax call they make is a nested call and
+    runs serially, as it would in the pool's workers (never starting a pool
+    of its own from the caller). Restored on the way out, on exceptions too."""
+    previous = set_inside_worker(True)
+    try:
+        yield
+    finally:
+        set_inside_worker(previous)
 
 
 def _timed_call(fn: Callable[[Any], Any], item: Any) -> tuple[Any, float, float]:
@@ -243,10 +282,19 @@ def probe(
     result = Probe(Facts(total=total, gil_enabled=gil, cpus=cpus), started=perf_counter())
     wall_total = 0.0
     runqueue_before = _runqueue_seconds()
-    for item in source:
-        wall_total += result.run_one(fn, item)[1]
-        if wall_total >= PROBE_SECONDS or len(result.items) >= PROBE_ITEMS:
-            break
+    runqueue = 0.0
+    with _as_worker():
+        for item in source:
+            wall_total += result.run_one(fn, item)[1]
+            if len(result.items) >= PROBE_ITEMS:
+                break
+            if wall_total >= PROBE_SECONDS:
+                # Time spent waiting for a CPU (a busy machine) is not the
+                # work's: probe on until the work itself took PROBE_SECONDS,
+                # so one preempted item does not stand for them all.
+                runqueue = max(0.0, _runqueue_seconds() - runqueue_before)
+                if wall_total - runqueue >= PROBE_SECONDS or wall_total >= PROBE_MAX_SECONDS:
+                    break
     count = len(result.items)
     if count == 0:
         return result
@@ -260,6 +308,10 @@ def probe(
         gil_enabled=gil,
         cpus=cpus,
     )
+    if check_threads and facts.cpus >= 2 and decide(facts).mode == "free-threaded":
+        # No GIL, CPU-bound: do two threads really run this function in
+        # parallel? If not, the rules fall back to process mode.
+        facts = _thread_overlap(fn, result, facts, source)
     if decide(facts).mode == "process":
         # Only work bound for a process is worth pickling to see if it can
         # go (tiny work must not pay for a pickle check, or an import of cloudpickle).
@@ -283,10 +335,11 @@ def probe_more(
     seconds, whichever comes first.
     """
     deadline = perf_counter() + budget
-    while while_() and perf_counter() < deadline:
-        item = next(source, _END)
-        if item is _END or isinstance(result.run_one(fn, item)[0], Failure):
-            return
+    with _as_worker():
+        while while_() and perf_counter() < deadline:
+            item = next(source, _END)
+            if item is _END or isinstance(result.run_one(fn, item)[0], Failure):
+                return
 
 
 def _check_shipping(
@@ -307,18 +360,36 @@ def _check_shipping(
     except Exception:
         return _replace(facts, picklable=False, unpicklable="the input items")
     facts = _replace(facts, item_bytes=item_bytes)
-    if not check_threads or item_bytes < LARGE_ITEM_BYTES or facts.cpus < 2:
+    if (not check_threads or item_bytes < LARGE_ITEM_BYTES or facts.cpus < 2
+            or facts.thread_speedup is not None):
         return facts
-    # More items on two threads at once: if the work releases the GIL
-    # (hashing, compression, numpy), threads run it in parallel without
-    # shipping a byte. Both threads are started before the clock runs and
-    # share the next items until OVERLAP_SECONDS have passed: on a virtual
-    # machine a woken thread can wait milliseconds for the idle core, so a
-    # few items alone would measure the scheduler, not the work. Their
-    # outcomes are kept like the other probed items.
+    # If the work releases the GIL (hashing, compression, numpy), threads
+    # run it in parallel without shipping a byte.
+    return _thread_overlap(fn, result, facts, source)
+
+
+def _thread_overlap(
+    fn: Callable[[Any], Any], result: Probe, facts: Facts, source: Iterator[Any]
+) -> Facts:
+    """Run the next items on two threads at once: ``facts`` with their
+    ``thread_speedup`` over one thread (None: too few items left to tell).
+
+    Both threads are started before the clock runs and share the next items
+    until OVERLAP_SECONDS have passed: on a virtual machine a woken thread
+    can wait milliseconds for the idle core, so a few items alone would
+    measure the scheduler, not the work. Their outcomes are kept like the
+    other probed items.
+
+    As in the probe, time a thread spent waiting for a CPU (other processes
+    held them) is not the work's: it is taken out of the elapsed time. Two
+    threads sharing the one core a busy machine leaves them would otherwise
+    read as threads that do not overlap, while threads waiting for the GIL
+    (asleep, not runnable) still read as such.
+    """
     batch: list[Any] = []
     outcomes: dict[int, Any] = {}
     ends: dict[int, float] = {}
+    waits: list[float] = []
     taking = threading.Lock()
     start_line = threading.Barrier(3)
     deadline = perf_counter() + OVERLAP_SECONDS
@@ -335,13 +406,16 @@ def _check_shipping(
             return len(batch) - 1
 
     def run() -> None:
+        set_inside_worker(True)  # a thread of its own: it ends with the test
         start_line.wait()
+        runqueue_before = _runqueue_seconds()
         while (index := take()) is not None:
             try:
                 outcomes[index] = _timed_call(fn, batch[index])[0]
             except BaseException as exc:  # KeyboardInterrupt raised by fn itself
                 outcomes[index] = Failure.capture(exc)
             ends[index] = perf_counter()
+        waits.append(max(0.0, _runqueue_seconds() - runqueue_before))
 
     threads = [threading.Thread(target=run, name=f"parallax-probe-{slot}") for slot in range(2)]
     for thread in threads:
@@ -362,8 +436,17 @@ def _check_shipping(
     facts = _replace(facts, probed=facts.probed + len(batch))
     if len(batch) < OVERLAP_MIN_ITEMS:
         return facts  # too few items left to tell
-    speedup = (len(batch) * (facts.item_wall or 0.0)) / max(together, 1e-9)
-    return _replace(facts, thread_speedup=speedup)
+    alone = max((facts.item_wall or 0.0) - facts.item_runqueue, facts.item_cpu or 0.0)
+    return _replace(facts, thread_speedup=_overlap_speedup(len(batch), alone, together, waits))
+
+
+def _overlap_speedup(items: int, alone: float, together: float, waits: list[float]) -> float:
+    """How much faster two threads ran ``items`` than one would: ``alone`` is
+    one item's time on one thread, ``together`` the two threads' elapsed time,
+    ``waits`` each thread's time on the run queue meanwhile (taken out, as the
+    probe takes it out of ``alone``)."""
+    working = together - sum(waits) / max(len(waits), 1)
+    return items * alone / max(working, 1e-9)
 
 
 def _runqueue_seconds() -> float:

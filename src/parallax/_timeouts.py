@@ -29,9 +29,19 @@ if TYPE_CHECKING:
     from ._mark import Mark
     from ._units import Chunk, ChunkResult
 
-__all__ = ["abandon", "flag_overruns", "time_left", "timeout_error"]
+__all__ = ["ABANDONED_THREAD", "abandon", "flag_overruns", "time_left", "timeout_error"]
 
 _NEVER = float("inf")
+
+#: what becomes of an item whose thread is abandoned: the documented sentence,
+#: then why it matters (the thread runs on, on a CPU and, with the GIL, slowing
+#: every other thread of the process) and what to do about it
+ABANDONED_THREAD = (
+    "; the thread was abandoned (threads cannot be killed) and replaced. "
+    "It runs on until the item returns, still using a CPU (and, with the GIL, "
+    "slowing every other thread): for CPU-bound work that may not return, use "
+    "mode=\"process\", whose stuck workers are killed"
+)
 
 
 def timeout_error(

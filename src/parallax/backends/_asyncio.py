@@ -6,6 +6,12 @@ thread. Through ``await parallax.amap(...)`` it runs on the caller's loop
 many items are awaited at once (a semaphore). The items of a chunk start
 together; a per-task timeout cancels the item's coroutine
 (``TaskTimeoutError``), and cancelling a run cancels its coroutines.
+
+A chunk is *taken* (``Job.claim``) when its first item gets a slot under the
+concurrency limit, not when it reaches the loop: until then it is queued, so
+``shutdown(cancel_pending=True)`` drops it while running coroutines finish.
+A private loop finishes its queued chunks before the interpreter exits, as
+``concurrent.futures`` does (``_exit.py``).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import contextlib
 import itertools
 import threading
 from collections.abc import Callable
+from concurrent.futures import CancelledError
 from concurrent.futures import Future as ThreadFuture
 from time import perf_counter
 from typing import Any
@@ -23,6 +30,7 @@ from .._timeouts import timeout_error
 from .._units import Chunk, ChunkResult, Failure, Job
 from .._worker import set_inside_worker
 from ._base import Backend, WorkerSetup, failed_chunk
+from ._exit import finish_at_exit
 
 #: the same as the auto-selector's choice for coroutine functions
 DEFAULT_CONCURRENCY = 1000
@@ -31,6 +39,16 @@ DEFAULT_CONCURRENCY = 1000
 CHUNK_SLOTS = 8
 
 _loop_ids = itertools.count(1)
+
+
+class _Gate:
+    """Whether a chunk was taken: decided once, by the first of its items to
+    get a slot (None: not yet)."""
+
+    __slots__ = ("taken",)
+
+    def __init__(self) -> None:
+        self.taken: bool | None = None
 
 
 class AsyncioBackend(Backend):
@@ -56,7 +74,11 @@ class AsyncioBackend(Backend):
         self._closed = False
         self._broken: BaseException | None = None
         self._initialized = loop is None
+        #: shut down with cancel_pending: chunks not yet taken are dropped
+        self._dropping = False
         self._name = f"parallax-asyncio-{next(_loop_ids)}"
+        if loop is None:  # a caller's loop is the caller's to finish
+            finish_at_exit(self)
 
     @classmethod
     def default_workers(cls) -> int:
@@ -111,7 +133,7 @@ class AsyncioBackend(Backend):
         loop.call_soon_threadsafe(self._start, job, chunk)
 
     def _start(self, job: Job, chunk: Chunk) -> None:
-        if not job.claim(chunk):
+        if not job.wants(chunk):
             return
         if not self._initialized:  # external loop: initializer runs on it, once
             self._initialized = True
@@ -133,6 +155,16 @@ class AsyncioBackend(Backend):
             if not tasks:
                 del self._tasks[job]
 
+    def _take(self, job: Job, chunk: Chunk) -> bool:
+        """Claim ``chunk`` as it gets its first slot; False: it is dropped."""
+        if not self._dropping:
+            return job.claim(chunk)
+        if job.wants(chunk):  # its owner did not cancel it: say why it never ran
+            job.deliver(failed_chunk(chunk, CancelledError(
+                "the asyncio loop was shut down before it ran"
+            )))
+        return False
+
     async def _run_chunk(self, job: Job, chunk: Chunk) -> None:
         items = chunk.items
         values: list[Any] = [None] * len(items)
@@ -140,12 +172,15 @@ class AsyncioBackend(Backend):
         starts = [0.0] * len(items)
         ends = [0.0] * len(items)
         started = perf_counter()
+        gate = _Gate()
         await asyncio.gather(
             *(
-                self._run_item(job, chunk, position, values, failures, starts, ends)
+                self._run_item(job, chunk, gate, position, values, failures, starts, ends)
                 for position in range(len(items))
             )
         )
+        if not gate.taken:
+            return  # dropped before any item ran
         job.deliver(
             ChunkResult(
                 chunk,
@@ -163,6 +198,7 @@ class AsyncioBackend(Backend):
         self,
         job: Job,
         chunk: Chunk,
+        gate: _Gate,
         position: int,
         values: list[Any],
         failures: dict[int, Failure],
@@ -172,6 +208,10 @@ class AsyncioBackend(Backend):
         assert self._semaphore is not None
         fn: Callable[[Any], Any] = job.fn
         async with self._semaphore:
+            if gate.taken is None:
+                gate.taken = self._take(job, chunk)
+            if not gate.taken:
+                return
             starts[position] = perf_counter()
             try:
                 if job.timeout is None:
@@ -213,8 +253,9 @@ class AsyncioBackend(Backend):
         if already or loop is None or self._external is not None:
             return
         if cancel_pending:
-            for job in list(self._tasks):
-                self.cancel(job)
+            # Chunks not yet taken are dropped as they reach a slot; running
+            # coroutines finish (their futures are no longer cancellable).
+            self._dropping = True
 
         async def drain() -> None:
             while self._tasks:

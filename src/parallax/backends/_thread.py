@@ -7,6 +7,12 @@ own poison pill. A thread cannot be killed, so an item past its timeout is
 takes the abandoned one's place, and the stuck thread exits as soon as the
 item returns, its result discarded.
 
+Every queued chunk runs, as in ``concurrent.futures``: a worker recycled
+(``max_tasks_per_worker``) or abandoned is replaced even after shutdown began,
+``shutdown(wait=True)`` waits for the replacements too, and the pool finishes
+its queue before the interpreter exits (``_exit.py``). Only
+``shutdown(cancel_pending=True)`` drops queued chunks, never running ones.
+
 Free-threaded mode reuses this backend: on a CPython built without the GIL
 these threads run Python code on several cores at once.
 """
@@ -17,16 +23,19 @@ import itertools
 import logging
 import queue
 import threading
+import time
+from concurrent.futures import CancelledError
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from .._errors import ParallaxError
 from .._host import thread_pool_default
 from .._mark import new_mark
-from .._timeouts import abandon, time_left, timeout_error
+from .._timeouts import ABANDONED_THREAD, abandon, time_left, timeout_error
 from .._units import Chunk, ChunkResult, Failure, Job
 from .._worker import STOP, worker_loop
 from ._base import Backend, WorkerSetup, failed_chunk
+from ._exit import finish_at_exit
 
 if TYPE_CHECKING:
     from .._worker import Task
@@ -39,9 +48,10 @@ _pool_ids = itertools.count(1)
 class _ThreadWorker:
     __slots__ = ("abandoned", "current", "fresh", "lock", "mark", "name", "partial", "thread")
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, fresh: bool) -> None:
         self.name = name
-        self.fresh = True  # started for a task that is already queued
+        #: started for a task already queued (it holds no idle token to give)
+        self.fresh = fresh
         self.mark = new_mark()
         self.partial: list[tuple[list[Any], dict[int, Failure]]] = []
         self.current: tuple[Job, Chunk] | None = None
@@ -60,6 +70,8 @@ class ThreadBackend(Backend):
         self._setup = setup or WorkerSetup()
         self._tasks: queue.SimpleQueue[tuple[Job, Chunk] | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
+        #: notified whenever a worker leaves ``_live`` (exits or is abandoned)
+        self._left = threading.Condition(self._lock)
         self._live: set[_ThreadWorker] = set()
         self._names = itertools.count(1)
         self._prefix = f"parallax-{self.name}-{next(_pool_ids)}"
@@ -69,7 +81,7 @@ class ThreadBackend(Backend):
         self._closed = False
         self._broken: BaseException | None = None
         self._watchdog: threading.Thread | None = None
-        self._stop_watching = threading.Event()
+        finish_at_exit(self)
 
     @classmethod
     def default_workers(cls) -> int:
@@ -81,9 +93,12 @@ class ThreadBackend(Backend):
 
     # -- workers -------------------------------------------------------------
 
-    def _spawn(self) -> None:
-        """Start one worker thread; the caller holds ``self._lock``."""
-        worker = _ThreadWorker(f"{self._prefix}-{next(self._names)}")
+    def _spawn(self, *, fresh: bool = True) -> None:
+        """Start one worker thread; the caller holds ``self._lock``.
+
+        ``fresh``: it starts for a chunk just queued (not: it replaces one).
+        """
+        worker = _ThreadWorker(f"{self._prefix}-{next(self._names)}", fresh)
         thread = threading.Thread(target=self._work, args=(worker,), name=worker.name, daemon=True)
         worker.thread = thread
         self._live.add(worker)
@@ -113,14 +128,17 @@ class ThreadBackend(Backend):
                 current[0].deliver(failed_chunk(current[1], error))
             recycle = True
         with self._lock:
+            if recycle and not worker.abandoned:
+                # Replaced even after shutdown: chunks may still be queued, and
+                # the poison pill meant for this worker waits for its successor.
+                self._spawn(fresh=False)
             self._live.discard(worker)
-            if recycle and not self._closed and not worker.abandoned:
-                self._spawn()
+            self._left.notify_all()
 
     def _next_task(self, worker: _ThreadWorker) -> Task | None:
         if worker.fresh:
             worker.fresh = False
-        else:
+        elif not worker.abandoned:  # an abandoned thread is no idle worker
             self._idle.release()
         while not worker.abandoned:
             task = self._tasks.get()
@@ -154,11 +172,16 @@ class ThreadBackend(Backend):
                 self._watchdog.start()
 
     def _watch(self) -> None:
+        # Until the last worker is gone: queued chunks still run (and may
+        # overrun) after shutdown began.
         pause = 0.1
-        while not self._stop_watching.wait(pause):
+        while True:
+            time.sleep(pause)
             pause = 0.1
             now = perf_counter()
             with self._lock:
+                if self._closed and not self._live:
+                    return
                 workers = list(self._live)
             for worker in workers:
                 current = worker.current
@@ -181,11 +204,8 @@ class ThreadBackend(Backend):
             values, failures = worker.partial[0] if worker.partial else ([], {})
             done, failed = abandon(worker.mark, values, failures, position)
         job, chunk = current
-        error = timeout_error(
-            chunk, position, timeout,
-            "; the thread was abandoned (threads cannot be killed) and replaced",
-            where=f" in {worker.name}",
-        )
+        error = timeout_error(chunk, position, timeout, ABANDONED_THREAD,
+                              where=f" in {worker.name}")
         job.deliver(
             ChunkResult(
                 chunk,
@@ -197,9 +217,11 @@ class ThreadBackend(Backend):
             )
         )
         with self._lock:
+            # Replaced even after shutdown, as a recycled worker is: the stuck
+            # thread never takes its poison pill, its successor does.
+            self._spawn(fresh=False)
             self._live.discard(worker)
-            if not self._closed:
-                self._spawn()
+            self._left.notify_all()
 
     # -- Backend -------------------------------------------------------------
 
@@ -220,16 +242,37 @@ class ThreadBackend(Backend):
             live = list(self._live)
         if not already:
             if cancel_pending:
-                try:
-                    while True:
-                        self._tasks.get_nowait()
-                except queue.Empty:
-                    pass
+                self._drop_queued()
+            # One pill per live worker: a worker that leaves without taking
+            # its pill (recycled, abandoned) is replaced by one that will.
             for _ in live:
                 self._tasks.put(STOP)
-            self._stop_watching.set()
         if wait:
-            current = threading.current_thread()
-            for worker in live:
-                if worker.thread is not None and worker.thread is not current:
-                    worker.thread.join()
+            self._join_workers()
+
+    def _drop_queued(self) -> None:
+        """Drop every chunk no worker has taken; running chunks finish.
+
+        A dropped chunk whose job still wants it (its owner did not cancel it
+        first, as ``Executor.shutdown`` does) is delivered as cancelled, so
+        nobody waits for it forever.
+        """
+        while True:
+            try:
+                task = self._tasks.get_nowait()
+            except queue.Empty:
+                return
+            if task is STOP:
+                continue
+            job, chunk = task
+            if job.wants(chunk):
+                error = CancelledError(f"the {self.name} pool was shut down before it ran")
+                job.deliver(failed_chunk(chunk, error))
+
+    def _join_workers(self) -> None:
+        """Wait for every worker but this thread, replacements started meanwhile
+        too; not for a thread abandoned meanwhile (its item may never return)."""
+        current = threading.current_thread()
+        with self._left:
+            while any(worker.thread is not current for worker in self._live):
+                self._left.wait()
