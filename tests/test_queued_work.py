@@ -126,6 +126,7 @@ def test_cancel_pending_without_cancelled_jobs_says_why_they_never_ran(
 ) -> None:
     """A chunk dropped at shutdown whose owner did not cancel it first is
     delivered as cancelled: its future does not wait forever."""
+    from parallax._calls import BoundCall
     from parallax._launch import start_future
     from parallax._pools import new_backend
     from parallax.backends import WorkerSetup
@@ -134,23 +135,23 @@ def test_cancel_pending_without_cancelled_jobs_says_why_they_never_ran(
     release = threading.Event()
     started = threading.Event()
 
-    def block(_: object) -> int:
+    def block() -> int:
         started.set()
         release.wait(30)
         return 1
 
-    async def ablock(_: object) -> int:
+    async def ablock() -> int:
         started.set()
         while not release.is_set():
             await asyncio.sleep(0.005)
         return 1
 
     first: Future[int] = Future()
-    start_future(backend, ablock if threaded.coroutines else block, None, first)
+    start_future(backend, BoundCall(ablock if threaded.coroutines else block), None, first)
     assert started.wait(30)
     queued: list[Future[int]] = [Future() for _ in range(3)]
     for future in queued:
-        start_future(backend, ablock if threaded.coroutines else block, None, future)
+        start_future(backend, BoundCall(ablock if threaded.coroutines else block), None, future)
     backend.shutdown(wait=False, cancel_pending=True)
     release.set()
     backend.shutdown(wait=True)

@@ -19,6 +19,7 @@ these threads run Python code on several cores at once.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import queue
@@ -122,11 +123,14 @@ class ThreadBackend(Backend):
             )
         except BaseException as exc:  # a bug of ours: never leave a chunk undelivered
             logger.exception("parallax: worker thread %s failed", worker.name)
+            recycle = True
             current = worker.current
             if current is not None and not worker.abandoned:
                 error = ParallaxError(f"worker thread {worker.name} failed: {exc!r}")
-                current[0].deliver(failed_chunk(current[1], error))
-            recycle = True
+                # The delivery may fail the same way: the bookkeeping below
+                # must run regardless, or shutdown waits for this worker forever.
+                with contextlib.suppress(BaseException):
+                    current[0].deliver(failed_chunk(current[1], error))
         with self._lock:
             if recycle and not worker.abandoned:
                 # Replaced even after shutdown: chunks may still be queued, and
