@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import logging
 import os
 import random
 import signal
 import subprocess
 import sys
 import time
+from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures.thread import BrokenThreadPool
 from pathlib import Path
 
 import pytest
@@ -95,6 +99,36 @@ def test_failing_initializer_is_a_clear_error_not_a_respawn_loop(backend: Backen
         backend.map(abs, range(20), initializer=failing_initializer)
     assert time.monotonic() - started < 30
     assert isinstance(caught.value.__cause__, InjectedError)
+
+
+#: what a failing initializer raises per mode, beyond ParallaxError (as the stdlib's pools)
+BROKEN_POOL = {"thread": BrokenThreadPool, "free-threaded": BrokenThreadPool,
+               "process": BrokenProcessPool}
+
+
+def test_failing_initializer_is_the_stdlibs_broken_executor(
+    backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    expected = BROKEN_POOL.get(backend.mode, concurrent.futures.BrokenExecutor)
+    with (caplog.at_level(logging.CRITICAL, logger="concurrent.futures"),
+          pytest.raises(expected, match="initializer failed") as caught):
+        backend.map(abs, range(20), initializer=failing_initializer)
+    assert isinstance(caught.value, parallax.ParallaxError)
+    # logged as concurrent.futures logs it, with the initializer's exception
+    records = [record for record in caplog.records if record.name == "concurrent.futures"]
+    assert records and all(record.levelno == logging.CRITICAL for record in records)
+    assert records[0].getMessage() == "Exception in initializer:"
+    assert records[0].exc_info is not None
+    assert isinstance(records[0].exc_info[1], InjectedError)
+
+
+@pytest.mark.parametrize("kind", ["exit", "sigkill"])
+def test_a_crash_is_the_stdlibs_broken_process_pool(kind: str) -> None:
+    with pytest.raises(BrokenProcessPool, match="item 3"):
+        parallax.map(Faulty(kind, 3), range(6), mode="process", chunksize=2)
+    with parallax.Executor("process", workers=1) as executor:
+        future = executor.submit(Faulty(kind, 3), 3)
+        assert isinstance(future.exception(timeout=60), BrokenProcessPool)
 
 
 def test_initializer_runs_once_per_worker(tmp_path: Path) -> None:

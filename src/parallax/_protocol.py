@@ -37,7 +37,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 
-from ._errors import ParallaxError, SerializationError
+from ._errors import CannotPickleError, CannotUnpickleError
 from ._serialize import argument_error, dumps, dumps_plain, find_unpicklable, loads, result_error
 from ._units import Chunk, ChunkResult, Failure
 
@@ -218,27 +218,42 @@ class PickledFailure(Message):
 
     @classmethod
     def of(cls, failure: Failure) -> PickledFailure:
+        """The failure ready to send. Never raises: encoding a failure must not
+        kill a worker, whatever the exception's ``__str__`` or ``__reduce__`` do
+        (one that does not pickle arrives as a SerializationError naming its type).
+        """
         exc = failure.exception
-        summary = f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}"
+        kind = type(exc)
+        try:
+            summary = f"{kind.__module__}.{kind.__qualname__}: {exc}"
+        except BaseException:  # its __str__ raised
+            summary = f"{kind.__module__}.{kind.__qualname__} (its str() raised)"
         try:
             blob: bytes | None = dumps_plain(exc)
-        except Exception:
+        except BaseException:  # SystemExit from a __reduce__ must not end the worker
             blob = None
         return cls(blob, failure.traceback, summary)
 
     def to_failure(self) -> Failure:
         """The captured exception again; one that does not unpickle says so."""
+        problem = ""
         if self.exception is not None:
             try:
                 exc = loads(self.exception)
+            except BaseException as caught:  # whatever its unpickling raises, it is the item's
+                problem = f" (unpickling it raised {type(caught).__name__})"
+            else:
                 if isinstance(exc, BaseException):
                     return Failure(exc, self.traceback)
-            except Exception:
-                pass
-        error = SerializationError(
-            f"the worker raised {self.summary}, but the exception could not be pickled "
-            "back to the caller (its traceback is attached as the cause)"
-        )
+            error: CannotPickleError | CannotUnpickleError = CannotUnpickleError(
+                f"the worker raised {self.summary}, but the exception could not be pickled "
+                f"back to the caller{problem} (its traceback is attached as the cause)"
+            )
+        else:
+            error = CannotPickleError(
+                f"the worker raised {self.summary}, but the exception could not be pickled "
+                "back to the caller (its traceback is attached as the cause)"
+            )
         return Failure(error, self.traceback)
 
 
@@ -304,12 +319,14 @@ class Result(Message):
         onto the caller's clock.
 
         Values that do not unpickle here fail the whole chunk: the result then
-        holds no values and that error as its interruption (never set otherwise).
+        holds no values and a CannotUnpickleError as its interruption (never set
+        otherwise), whatever unpickling raised (``SystemExit`` too: it must
+        settle the chunk, not end the thread that reads results).
         """
         try:
             values = decode_values(self.values)
-        except Exception as exc:
-            error = ParallaxError(
+        except BaseException as exc:
+            error = CannotUnpickleError(
                 f"the results of a chunk could not be unpickled in the caller: "
                 f"{type(exc).__name__}: {exc}"
             )
@@ -367,7 +384,7 @@ def unpicklable_items(chunk: Chunk, exc: BaseException) -> ChunkResult:
     item that does not fails with SerializationError, the rest run again."""
     culprit = find_unpicklable(chunk.items)
     if culprit is None:  # each item pickles, the whole did not
-        error = ParallaxError(f"the chunk could not be pickled: {type(exc).__name__}: {exc}")
+        error = CannotPickleError(f"the chunk could not be pickled: {type(exc).__name__}: {exc}")
         error.__cause__ = exc
         return ChunkResult(chunk, [], interruption=error)
     position, reason = culprit
@@ -396,12 +413,12 @@ def encode_values(
     failures = dict(failures or {})
     try:
         return dumps_plain(values), failures
-    except Exception:
+    except BaseException:  # (whatever a __reduce__ raises: the worker carries on)
         values = list(values)
         for position, value in enumerate(values):
             try:
                 dumps_plain(value)
-            except Exception as exc:
+            except BaseException as exc:
                 values[position] = None
                 failures[position] = Failure(result_error(value, exc), "")
         return dumps_plain(values), failures
@@ -415,11 +432,12 @@ def decode_values(blob: bytes) -> list[Any]:
 
 def load_or_error(blob: bytes | bytearray, what: str, where: str, hint: str = "") -> Any:
     """Unpickle ``blob`` (in a worker), or return the SerializationError saying
-    that ``what`` could not be unpickled ``where``."""
+    that ``what`` could not be unpickled ``where`` (whatever unpickling raised:
+    the worker carries on)."""
     try:
         return loads(blob)
-    except Exception as exc:
-        error = SerializationError(
+    except BaseException as exc:
+        error = CannotUnpickleError(
             f"the {what} could not be unpickled {where}: {type(exc).__name__}: {exc}{hint}"
         )
         error.__cause__ = exc

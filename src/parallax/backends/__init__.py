@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import logging
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from .._errors import ParallaxError
+from .._errors import InitializerError
 from .._host import usable_cpus
 from .._units import Chunk, ChunkResult, Failure, Job
 from .._worker import new_mark, run_chunk
@@ -55,8 +56,10 @@ class WorkerSetup:
     max_tasks_per_worker: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def initialize(self, *, in_caller: bool = False) -> ParallaxError | None:
-        """Run the initializer where a worker starts; the error if it failed.
+    def initialize(
+        self, *, in_caller: bool = False, kind: type[InitializerError] = InitializerError
+    ) -> InitializerError | None:
+        """Run the initializer where a worker starts; the error (a ``kind``) if it failed.
 
         ``KeyboardInterrupt`` propagates only ``in_caller`` (serial mode).
         """
@@ -67,7 +70,7 @@ class WorkerSetup:
         except BaseException as exc:
             if in_caller and isinstance(exc, KeyboardInterrupt):
                 raise
-            return initializer_error(exc)
+            return initializer_error(exc, kind)
         return None
 
 
@@ -155,8 +158,13 @@ def failed_chunk(chunk: Chunk, error: BaseException) -> ChunkResult:
     return ChunkResult(chunk, [], interruption=error, interrupted_at=-1)
 
 
-def initializer_error(exc: BaseException) -> ParallaxError:
-    error = ParallaxError(
+def initializer_error(
+    exc: BaseException, kind: type[InitializerError] = InitializerError
+) -> InitializerError:
+    """The pool's error for an initializer that raised ``exc``, logged as the
+    standard library's executors log it (logger ``concurrent.futures``)."""
+    logging.getLogger("concurrent.futures").critical("Exception in initializer:", exc_info=exc)
+    error = kind(
         f"the worker initializer failed with {type(exc).__name__}: {exc}; "
         "no item can run in this pool"
     )

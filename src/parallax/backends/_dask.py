@@ -390,7 +390,6 @@ class DaskBackend(Backend):
                 )
                 self._plugin = name
             except Exception as exc:
-                logger.error("parallax: the worker initializer failed on a dask worker")
                 self._broken = initializer_error(exc)
                 # Left registered, every worker joining later would run it too.
                 with contextlib.suppress(Exception):

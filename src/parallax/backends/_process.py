@@ -41,7 +41,13 @@ from multiprocessing.connection import wait
 from pathlib import Path
 from time import perf_counter
 
-from .._errors import ParallaxError, TaskTimeoutError, WorkerCrashedError, describe_item
+from .._errors import (
+    ParallaxError,
+    ProcessInitializerError,
+    TaskTimeoutError,
+    WorkerCrashedError,
+    describe_item,
+)
 from .._host import usable_cpus
 from .._protocol import (
     ChunkFailed,
@@ -454,7 +460,8 @@ class ProcessBackend(Backend):
         elif isinstance(message, InitFailed):
             failure = message.failure.to_failure()
             failure.to_exception(None, None, worker.name)
-            self._broken = self._broken or initializer_error(failure.exception)
+            self._broken = self._broken or initializer_error(failure.exception,
+                                                             ProcessInitializerError)
         elif isinstance(message, Retire):
             worker.retiring = True
         else:

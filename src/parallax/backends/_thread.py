@@ -20,7 +20,7 @@ import threading
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
-from .._errors import ParallaxError, TaskTimeoutError, describe_item
+from .._errors import ParallaxError, TaskTimeoutError, ThreadInitializerError, describe_item
 from .._host import thread_pool_default
 from .._units import Chunk, ChunkResult, Failure, Job
 from .._worker import MARK_POSITION, MARK_STARTED, MARK_TOKEN, STOP, new_mark, worker_loop
@@ -89,9 +89,8 @@ class ThreadBackend(Backend):
 
     def _work(self, worker: _ThreadWorker) -> None:
         setup = self._setup
-        failed = setup.initialize()
+        failed = setup.initialize(kind=ThreadInitializerError)
         if failed is not None:
-            logger.error("parallax: worker initializer failed in %s", worker.name)
             self._broken = self._broken or failed
         try:
             recycle = worker_loop(
