@@ -285,3 +285,38 @@ def test_thread_timeout_keeps_the_failures_of_earlier_items() -> None:
     assert isinstance(results[0], InjectedError)
     assert isinstance(results[1], parallax.TaskTimeoutError)
     assert results[2] == 2
+
+
+# -- the process pool's manager thread never leaves a caller waiting (#12) ----------------
+
+
+def test_submit_with_max_tasks_per_worker_settles_every_future() -> None:
+    # A chunk handed to a worker that is about to retire goes to another
+    # worker; it used to be claimed twice, which killed the pool's manager.
+    with parallax.Executor("process", workers=2, max_tasks_per_worker=1) as executor:
+        futures = [executor.submit(_pid, x) for x in range(12)]
+        pids = [future.result(timeout=60) for future in futures]
+    assert len(set(pids)) == 12  # one call per worker life
+
+
+def test_an_unexpected_error_in_the_manager_fails_every_future(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from parallax._protocol import Result
+
+    def bug(*_: object, **__: object) -> None:
+        raise RuntimeError("a bug in the manager")
+
+    monkeypatch.setattr(Result, "to_chunk_result", bug)
+    with parallax.Executor("process", workers=2) as executor:
+        futures = [executor.submit(_pid, x) for x in range(8)]
+        for future in futures:
+            error = future.exception(timeout=60)
+            assert isinstance(error, parallax.ParallaxError)
+            assert "a bug in the manager" in str(error)
+        broken = executor._backend.broken
+        assert broken is not None and "a bug in the manager" in str(broken)
+        # later calls fail at once rather than wait
+        late = executor.submit(_pid, 0).exception(timeout=60)
+        assert isinstance(late, parallax.ParallaxError)
+    assert "process pool manager failed" in caplog.text  # not silently

@@ -119,6 +119,22 @@ def signal_description(exitcode: int | None) -> str:
     return f"exited with code {exitcode} (likely cause: {cause})"
 
 
+class _Queued:
+    """A chunk accepted by the pool, until its result is delivered.
+
+    ``claimed``: ``job.claim`` said yes once (a future is running); a chunk
+    queued again (its worker retired before taking it) is never claimed twice.
+    """
+
+    __slots__ = ("blob", "chunk", "claimed", "job")
+
+    def __init__(self, job: Job, chunk: Chunk, blob: bytes) -> None:
+        self.job = job
+        self.chunk = chunk
+        self.blob = blob
+        self.claimed = False
+
+
 class _Worker:
     __slots__ = (
         "busy",
@@ -140,7 +156,7 @@ class _Worker:
         self.popen = popen
         self.conn = conn
         self.mark = mark
-        self.busy: tuple[Job, Chunk, bytes] | None = None
+        self.busy: _Queued | None = None
         #: mirrors the worker's cache: which jobs' functions it holds
         self.jobs = JobCache()
         self.ready = False
@@ -180,7 +196,10 @@ class ProcessBackend(Backend):
         self._prefix = f"parallax-process-{next(_pool_ids)}"
         self._names = itertools.count(1)
         self._lock = threading.Lock()
-        self._pending: deque[tuple[Job, Chunk, bytes]] = deque()
+        self._pending: deque[_Queued] = deque()
+        #: every accepted chunk not yet delivered, queued or on a worker: what
+        #: fails should the pool break
+        self._outstanding: set[_Queued] = set()
         self._workers: dict[Channel, _Worker] = {}
         self._free_slots = list(range(self.workers))
         self._closed = False
@@ -236,16 +255,22 @@ class ProcessBackend(Backend):
     def submit(self, job: Job, chunk: Chunk) -> None:
         if self._closed:
             raise RuntimeError("cannot submit to a process backend after shutdown")
-        if self._broken is not None:
-            job.deliver(failed_chunk(chunk, self._broken))
-            return
         try:
             blob = encode_items(chunk.items)
         except Exception as exc:
             job.deliver(unpicklable_items(chunk, exc))
             return
+        entry = _Queued(job, chunk, blob)
         with self._lock:
-            self._pending.append((job, chunk, blob))
+            # Under the lock the pool breaks under: a chunk is either failed
+            # by _fail_outstanding or failed here, never neither.
+            broken = self._broken
+            if broken is None:
+                self._pending.append(entry)
+                self._outstanding.add(entry)
+        if broken is not None:
+            job.deliver(failed_chunk(chunk, broken))
+            return
         self._wake()
 
     def cancel(self, job: Job, *, interrupt: bool = False) -> None:
@@ -253,7 +278,7 @@ class ProcessBackend(Backend):
         if interrupt:
             with self._lock:
                 for worker in self._workers.values():
-                    if worker.busy is not None and worker.busy[0] is job:
+                    if worker.busy is not None and worker.busy.job is job:
                         worker.kill(KeyboardInterrupt())
         self._wake()
 
@@ -313,6 +338,7 @@ class ProcessBackend(Backend):
         except BaseException:
             os.close(child_end)
             parent_end.close()
+            mark.release()
             self._free_slots.append(slot)
             raise
         os.close(child_end)
@@ -334,11 +360,18 @@ class ProcessBackend(Backend):
             logger.exception("parallax: process pool manager failed")
             error = ParallaxError(f"the process pool failed: {type(exc).__name__}: {exc}")
             error.__cause__ = exc
-            self._broken = error
-            self._fail_outstanding(error)
+            self._break(error)
         finally:
-            self._stop_workers()
-            self._release_resources()
+            try:
+                self._stop_workers()
+            finally:
+                self._release_resources()
+
+    def _break(self, error: BaseException) -> None:
+        """The pool can run nothing more: say why, fail every chunk it holds."""
+        with self._lock:
+            self._broken = self._broken or error
+        self._fail_outstanding(self._broken or error)
 
     def _step(self) -> bool:
         """One turn of the manager loop; False when the pool is done."""
@@ -411,16 +444,28 @@ class ProcessBackend(Backend):
                     except OSError:
                         worker.kill(None)  # dead already; the EOF path replaces it
 
-    def _next_pending(self) -> tuple[Job, Chunk, bytes] | None:
+    def _next_pending(self) -> _Queued | None:
+        """The next chunk its run still wants, claimed (the caller holds the lock)."""
         while self._pending:
-            task = self._pending.popleft()
-            if task[0].claim(task[1]):
-                return task
+            entry = self._pending.popleft()
+            if entry.claimed or entry.job.claim(entry.chunk):
+                entry.claimed = True
+                return entry
+            self._outstanding.discard(entry)  # dropped: its run does not want it
         return None
+
+    def _deliver(self, entry: _Queued, result: ChunkResult) -> None:
+        """Hand a chunk's result to its run, once: a chunk failed meanwhile
+        (the pool broke) is not delivered again."""
+        with self._lock:
+            if entry not in self._outstanding:
+                return
+            self._outstanding.discard(entry)
+        entry.job.deliver(result)
 
     def _send(self, worker: _Worker) -> None:
         assert worker.busy is not None
-        job, _chunk, blob = worker.busy
+        job, blob = worker.busy.job, worker.busy.blob
         function = None
         if worker.jobs.get(job.id) is None:  # (a hit makes it the newest, as in the worker)
             function = job.payload
@@ -443,8 +488,7 @@ class ProcessBackend(Backend):
             # Hand the worker its next chunk before decoding this one, so it
             # computes while the caller's side unpickles.
             self._dispatch()
-            job, chunk, _blob = busy
-            job.deliver(message.to_chunk_result(chunk, worker.name))
+            self._deliver(busy, message.to_chunk_result(busy.chunk, worker.name))
         elif isinstance(message, Ready):
             worker.ready = True
             self._first_ready.set()
@@ -456,7 +500,7 @@ class ProcessBackend(Backend):
             worker.busy = None
             if busy is not None:
                 reason = message.failure.to_failure().exception
-                busy[0].deliver(failed_chunk(busy[1], reason))
+                self._deliver(busy, failed_chunk(busy.chunk, reason))
         elif isinstance(message, InitFailed):
             failure = message.failure.to_failure()
             failure.to_exception(None, None, worker.name)
@@ -478,6 +522,8 @@ class ProcessBackend(Backend):
             del self._workers[worker.conn]
         worker.conn.close()
         self._free_slots.append(worker.slot)
+        position = int(worker.mark[MARK_POSITION])  # read before the view goes
+        worker.mark.release()
         if not worker.ready and not worker.retiring and self._broken is None:
             self._startup_failures += 1
             if self._startup_failures >= STARTUP_FAILURE_LIMIT:
@@ -485,20 +531,25 @@ class ProcessBackend(Backend):
                     f"worker processes keep dying before they start: the last one "
                     f"{signal_description(exitcode)}; see its output above"
                 )
-        if worker.busy is not None:
-            job, chunk, blob = worker.busy
+        entry, worker.busy = worker.busy, None
+        if entry is not None:
+            job, chunk = entry.job, entry.chunk
             if self._broken is not None:
-                job.deliver(failed_chunk(chunk, self._broken))
+                self._deliver(entry, failed_chunk(chunk, self._broken))
             elif worker.retiring:
                 # It had been handed a chunk before its "retire" arrived:
-                # nothing ran, so the chunk simply goes to another worker.
+                # nothing ran, so the chunk goes to another worker (claimed
+                # already: a future is running, it must not be claimed again).
                 with self._lock:
-                    self._pending.appendleft((job, chunk, blob))
-            elif not job.cancelled:
-                position = int(worker.mark[MARK_POSITION])
+                    self._pending.appendleft(entry)
+            elif job.cancelled:
+                with self._lock:
+                    self._outstanding.discard(entry)
+            else:
                 if position != SOMEWHERE:
                     position = max(0, position)  # died before its first item: blame it
-                job.deliver(
+                self._deliver(
+                    entry,
                     ChunkResult(
                         chunk,
                         [],
@@ -512,7 +563,7 @@ class ProcessBackend(Backend):
                 "parallax: idle worker %s %s", worker.name, signal_description(exitcode)
             )
         if self._broken is not None:
-            self._fail_outstanding(self._broken)
+            self._break(self._broken)
         elif not self._closed:
             self._spawn()
 
@@ -541,9 +592,9 @@ class ProcessBackend(Backend):
         soonest: float | None = None
         now = perf_counter()
         for worker in list(self._workers.values()):
-            if worker.busy is None or worker.busy[0].timeout is None:
+            if worker.busy is None or worker.busy.job.timeout is None:
                 continue
-            timeout = worker.busy[0].timeout
+            timeout = worker.busy.job.timeout
             if worker.mark[MARK_POSITION] < 0:
                 left = 0.01  # about to start: look again soon
             else:
@@ -555,13 +606,13 @@ class ProcessBackend(Backend):
         now = perf_counter()
         for worker in list(self._workers.values()):
             busy = worker.busy
-            if busy is None or busy[0].timeout is None or worker.kill_reason is not None:
+            if busy is None or busy.job.timeout is None or worker.kill_reason is not None:
                 continue
             position = int(worker.mark[MARK_POSITION])
-            timeout = busy[0].timeout
+            timeout = busy.job.timeout
             if position < 0 or now - worker.mark[MARK_STARTED] <= timeout:
                 continue
-            chunk = busy[1]
+            chunk = busy.chunk
             index = chunk.index_of(position)
             worker.kill(
                 TaskTimeoutError(
@@ -571,17 +622,23 @@ class ProcessBackend(Backend):
             )
 
     def _fail_outstanding(self, error: BaseException) -> None:
+        """Fail every chunk the pool holds, queued or on a worker, with ``error``.
+
+        Each delivery on its own: a run whose delivery raises must not keep
+        the others waiting.
+        """
         with self._lock:
-            pending = list(self._pending)
+            outstanding = list(self._outstanding)
+            self._outstanding.clear()
             self._pending.clear()
-            busy = [worker.busy for worker in self._workers.values() if worker.busy]
             for worker in self._workers.values():
                 worker.busy = None
-        for job, chunk, _blob in pending:
-            if job.claim(chunk):
-                job.deliver(failed_chunk(chunk, error))
-        for job, chunk, _blob in busy:
-            job.deliver(failed_chunk(chunk, error))
+        for entry in outstanding:
+            try:
+                if entry.claimed or entry.job.claim(entry.chunk):
+                    entry.job.deliver(failed_chunk(entry.chunk, error))
+            except BaseException:
+                logger.exception("parallax: could not fail a chunk of a broken process pool")
 
     def _stop_workers(self) -> None:
         """One poison pill per live worker, then reap them; kill stragglers."""
@@ -598,12 +655,16 @@ class ProcessBackend(Backend):
                 worker.kill(None)
                 worker.popen.wait()
             worker.conn.close()
+            worker.mark.release()
 
     def _release_resources(self) -> None:
-        with contextlib.suppress(Exception):
+        """Close what the pool holds, each on its own: one close that fails (a
+        view of the marks still held somewhere) must not leave the rest open."""
+        with contextlib.suppress(BufferError):
             self._marks.release()
-            self._marks_map.close()
-            self._marks_file.close()
+        with contextlib.suppress(BufferError):
+            self._marks_map.close()  # else the map goes with its last view
+        self._marks_file.close()
         fds = (self._wake_r, self._wake_w)
         self._wake_r = self._wake_w = -1
         for fd in fds:
