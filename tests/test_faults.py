@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import os
+import pickle
 import random
 import signal
 import subprocess
@@ -320,3 +321,43 @@ def test_an_unexpected_error_in_the_manager_fails_every_future(
         late = executor.submit(_pid, 0).exception(timeout=60)
         assert isinstance(late, parallax.ParallaxError)
     assert "process pool manager failed" in caplog.text  # not silently
+
+
+class ExitsWhenUnpickled:
+    """Pickles fine; unpickling it (in the caller) raises SystemExit."""
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (sys.exit, ("unpickled in the caller",))
+
+
+class ExitingError(Exception):
+    """An exception whose unpickling (in the caller) raises SystemExit."""
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (sys.exit, ("unpickled in the caller",))
+
+
+def _exits_when_unpickled(x: int) -> object:
+    return ExitsWhenUnpickled() if x == 1 else x
+
+
+def _raises_exiting_error(x: int) -> int:
+    if x == 1:
+        raise ExitingError("bad")
+    return x
+
+
+@pytest.mark.parametrize("fn", [_exits_when_unpickled, _raises_exiting_error],
+                         ids=["result", "exception"])
+def test_system_exit_while_unpickling_settles_the_item(fn: object) -> None:
+    with parallax.Executor("process", workers=1) as executor:
+        error = executor.submit(fn, 1).exception(timeout=60)  # type: ignore[arg-type]
+        assert isinstance(error, parallax.SerializationError)
+        assert isinstance(error, pickle.UnpicklingError)
+        if fn is _exits_when_unpickled:  # (the exception's own cause is its traceback)
+            assert isinstance(error.__cause__, SystemExit)
+        assert "SystemExit" in str(error)
+        assert executor.submit(fn, 2).result(timeout=60) == 2  # the pool carries on
+        results = list(executor.imap(fn, range(3), chunksize=1, errors="return"))  # type: ignore[arg-type]
+        assert results[0] == 0 and results[2] == 2
+        assert isinstance(results[1], pickle.UnpicklingError)
