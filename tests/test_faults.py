@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import logging
 import os
 import pickle
@@ -361,3 +362,32 @@ def test_system_exit_while_unpickling_settles_the_item(fn: object) -> None:
         results = list(executor.imap(fn, range(3), chunksize=1, errors="return"))  # type: ignore[arg-type]
         assert results[0] == 0 and results[2] == 2
         assert isinstance(results[1], pickle.UnpicklingError)
+
+
+def _crash_leaving_a_grandchild(directory: str) -> None:
+    """Fork a process that keeps the worker's socket open, then die."""
+    pid = os.fork()
+    if pid == 0:  # the grandchild: holds every descriptor of the worker
+        time.sleep(60)
+        os._exit(0)
+    Path(directory, "grandchild").write_text(str(pid))
+    os._exit(7)
+
+
+def test_a_dead_worker_whose_socket_stays_open_is_buried(tmp_path: Path) -> None:
+    # The pool used to learn of a death only from the socket's end, which a
+    # process the worker forked kept open: the call and shutdown() hung.
+    executor = parallax.Executor("process", workers=1)
+    try:
+        future = executor.submit(_crash_leaving_a_grandchild, str(tmp_path))
+        error = future.exception(timeout=30)
+        assert isinstance(error, parallax.WorkerCrashedError), error
+        assert "exited with code 7" in str(error)
+        assert executor.submit(_pid, 0).result(timeout=60) > 0  # a replaced worker
+        executor.shutdown(wait=True)  # ends, the grandchild still alive
+    finally:
+        grandchild = tmp_path / "grandchild"
+        if grandchild.exists():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(grandchild.read_text()), signal.SIGKILL)
+        executor.shutdown(wait=True)

@@ -82,8 +82,12 @@ def main() -> None:
     conn_fd, mark_fd, slot = (int(arg) for arg in sys.argv[1:4])
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the caller handles Ctrl-C
     _die_with_parent()
+    # Not handed on to programs the user's code starts (a process it forks
+    # keeps them, though: the pool watches the worker's process too).
+    os.set_inheritable(conn_fd, False)
     conn = Channel(conn_fd)
     shared = mmap.mmap(mark_fd, 0)
+    os.close(mark_fd)  # the map holds its own
     mark: Mark = memoryview(shared).cast("d")[slot * MARK_SIZE : (slot + 1) * MARK_SIZE]
     hello = decode(conn.recv_bytes(), Hello)
     sys.path[:] = hello.sys_path

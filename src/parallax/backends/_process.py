@@ -92,6 +92,10 @@ BLAS_THREAD_VARIABLES = (
 #: workers cannot start at all; stop instead of respawning forever
 STARTUP_FAILURE_LIMIT = 3
 
+#: how often (seconds) the manager looks whether a worker it cannot watch
+#: through a process descriptor (no ``os.pidfd_open``) has exited
+_LIVENESS_POLL = 0.5
+
 _WORKER_COMMAND = "from parallax._procworker import main; main()"
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
@@ -137,12 +141,14 @@ class _Queued:
 
 class _Worker:
     __slots__ = (
+        "buried",
         "busy",
         "conn",
         "jobs",
         "kill_reason",
         "mark",
         "name",
+        "pidfd",
         "popen",
         "ready",
         "retiring",
@@ -162,6 +168,10 @@ class _Worker:
         self.ready = False
         self.retiring = False
         self.kill_reason: BaseException | None = None
+        #: readable once the process exits, even while something else (a
+        #: process it forked) keeps its socket open; None where unsupported
+        self.pidfd = _open_pidfd(popen.pid)
+        self.buried = False
 
     def kill(self, reason: BaseException | None) -> None:
         if self.kill_reason is None:
@@ -385,21 +395,39 @@ class ProcessBackend(Backend):
             idle_pending = not self._pending
         if closing and idle_pending and all(worker.busy is None for worker in workers):
             return False
-        by_fd = {channel.fileno(): worker for channel, worker in self._workers.items()}
-        ready = wait([*by_fd, self._wake_r], self._next_deadline())
+        by_fd = {worker.conn.fileno(): worker for worker in workers}
+        exits = {worker.pidfd: worker for worker in workers if worker.pidfd is not None}
+        timeout = self._next_deadline()
+        unwatched = len(exits) < len(workers)
+        if unwatched:
+            timeout = _LIVENESS_POLL if timeout is None else min(timeout, _LIVENESS_POLL)
+        ready = wait([*by_fd, *exits, self._wake_r], timeout)
         for source in ready:
             if source == self._wake_r:
                 with contextlib.suppress(BlockingIOError):
                     os.read(self._wake_r, 4096)
                 continue
             assert isinstance(source, int)
+            # (a descriptor closed this turn may already be reused: the
+            # worker looked up is then buried, and skipped)
+            exited = exits.get(source)
+            if exited is not None:
+                if not exited.buried:
+                    self._bury(exited)  # gone, whatever holds its socket open
+                continue
             worker = by_fd[source]
+            if worker.buried:
+                continue
             try:
                 message = worker.conn.recv_bytes()
             except (EOFError, OSError):
                 self._bury(worker)
                 continue
             self._handle(worker, message)
+        if unwatched:
+            for worker in workers:
+                if worker.pidfd is None and not worker.buried and worker.popen.poll() is not None:
+                    self._bury(worker)
         self._enforce_timeouts()
         return True
 
@@ -512,15 +540,26 @@ class ProcessBackend(Backend):
             raise TypeError(f"a process pool cannot take a {type(message).__name__}")
 
     def _bury(self, worker: _Worker) -> None:
-        """A worker's socket closed: collect it, report its chunk, replace it."""
+        """A worker's socket closed or its process exited: collect it, report
+        its chunk, replace it.
+
+        A worker that can no longer deliver is buried whatever holds its
+        socket: a process it forked may keep the socket open long after the
+        worker died, and nothing may wait on that (shutdown would never end).
+        """
+        worker.buried = True
+        with self._lock:
+            del self._workers[worker.conn]
+        self._drain(worker)
         try:
             exitcode: int | None = worker.popen.wait(timeout=5)
         except subprocess.TimeoutExpired:
             worker.kill(None)
             exitcode = worker.popen.wait()
-        with self._lock:
-            del self._workers[worker.conn]
         worker.conn.close()
+        if worker.pidfd is not None:
+            os.close(worker.pidfd)
+            worker.pidfd = None
         self._free_slots.append(worker.slot)
         position = int(worker.mark[MARK_POSITION])  # read before the view goes
         worker.mark.release()
@@ -566,6 +605,18 @@ class ProcessBackend(Backend):
             self._break(self._broken)
         elif not self._closed:
             self._spawn()
+
+    def _drain(self, worker: _Worker) -> None:
+        """Handle the whole messages a gone worker sent before it went (a result,
+        then "retire", say), without waiting for more."""
+        with contextlib.suppress(OSError):
+            os.set_blocking(worker.conn.fileno(), False)
+        while True:
+            try:
+                frame = worker.conn.recv_bytes()
+            except (EOFError, OSError):  # (BlockingIOError: nothing more, or half a frame)
+                return
+            self._handle(worker, frame)
 
     def _death_error(
         self, worker: _Worker, chunk: Chunk, position: int, exitcode: int | None
@@ -656,6 +707,9 @@ class ProcessBackend(Backend):
                 worker.popen.wait()
             worker.conn.close()
             worker.mark.release()
+            if worker.pidfd is not None:
+                os.close(worker.pidfd)
+                worker.pidfd = None
 
     def _release_resources(self) -> None:
         """Close what the pool holds, each on its own: one close that fails (a
@@ -671,6 +725,19 @@ class ProcessBackend(Backend):
             if fd >= 0:
                 with contextlib.suppress(OSError):
                     os.close(fd)
+
+
+def _open_pidfd(pid: int) -> int | None:
+    """A descriptor that turns readable when process ``pid`` exits, or None
+    (not Linux, an old kernel, or a sandbox that forbids it)."""
+    pidfd_open = getattr(os, "pidfd_open", None)
+    if pidfd_open is None:
+        return None
+    try:
+        fd: int = pidfd_open(pid)
+    except OSError:
+        return None
+    return fd
 
 
 def _socket_pair() -> tuple[Channel, int]:
