@@ -391,3 +391,38 @@ def test_a_dead_worker_whose_socket_stays_open_is_buried(tmp_path: Path) -> None
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(grandchild.read_text()), signal.SIGKILL)
         executor.shutdown(wait=True)
+
+
+EXIT_SCRIPT = """
+import sys
+import time
+from pathlib import Path
+
+import parallax
+
+OUT = sys.argv[1]  # (a worker's own sys.argv is not the script's)
+
+
+def record(x):
+    time.sleep(0.05)
+    Path(OUT, str(x)).touch()
+    return x
+
+
+executor = parallax.Executor(sys.argv[2], workers=2)
+futures = [executor.submit(record, x) for x in range(12)]
+# no shutdown(): the interpreter exits with the calls still queued
+"""
+
+
+@pytest.mark.parametrize("mode", ["process", "thread"])
+def test_work_pending_at_interpreter_exit_runs_to_the_end(mode: str, tmp_path: Path) -> None:
+    # As the standard library's executors do; it used to be dropped silently.
+    script = tmp_path / "exit.py"
+    script.write_text(EXIT_SCRIPT)
+    done = tmp_path / "done"
+    done.mkdir()
+    finished = subprocess.run([sys.executable, str(script), str(done), mode],
+                              check=False, capture_output=True, text=True, timeout=120)
+    assert finished.returncode == 0, finished.stderr
+    assert sorted(int(name) for name in os.listdir(done)) == list(range(12))
