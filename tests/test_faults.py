@@ -11,6 +11,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures.process import BrokenProcessPool
 from concurrent.futures.thread import BrokenThreadPool
@@ -426,3 +427,17 @@ def test_work_pending_at_interpreter_exit_runs_to_the_end(mode: str, tmp_path: P
                               check=False, capture_output=True, text=True, timeout=120)
     assert finished.returncode == 0, finished.stderr
     assert sorted(int(name) for name in os.listdir(done)) == list(range(12))
+
+
+def test_shutdown_finishes_queued_work_after_a_crash() -> None:
+    # Closed before its only worker crashes: the pool used to replace no
+    # worker once closed, and waited for the queued calls forever.
+    executor = parallax.Executor("process", workers=1)
+    crash = executor.submit(Faulty("exit", 0), 0)
+    rest = [executor.submit(Faulty("exit", 0), x) for x in range(1, 4)]
+    closer = threading.Thread(target=executor.shutdown, daemon=True)
+    closer.start()
+    closer.join(60)
+    assert not closer.is_alive(), "shutdown() hung"
+    assert isinstance(crash.exception(timeout=0), parallax.WorkerCrashedError)
+    assert [future.result(timeout=0) for future in rest] == [10, 20, 30]

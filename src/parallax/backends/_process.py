@@ -392,7 +392,7 @@ class ProcessBackend(Backend):
         with self._lock:
             workers = list(self._workers.values())
             closing = self._closed
-            idle_pending = not self._pending
+            idle_pending = not self._wanted_pending()
         if closing and idle_pending and all(worker.busy is None for worker in workers):
             return False
         by_fd = {worker.conn.fileno(): worker for worker in workers}
@@ -481,6 +481,24 @@ class ProcessBackend(Backend):
                 return entry
             self._outstanding.discard(entry)  # dropped: its run does not want it
         return None
+
+    def _wanted_pending(self) -> bool:
+        """Drop the queued chunks no run wants any more (without claiming them);
+        is anything left? The caller holds the lock.
+
+        Queued chunks are otherwise dropped only as workers take them: a
+        closing pool with no worker left must not wait for them.
+        """
+        if any(not entry.claimed and not entry.job.wants(entry.chunk)
+               for entry in self._pending):
+            kept = deque[_Queued]()
+            for entry in self._pending:
+                if entry.claimed or entry.job.wants(entry.chunk):
+                    kept.append(entry)
+                else:
+                    self._outstanding.discard(entry)
+            self._pending = kept
+        return bool(self._pending)
 
     def _deliver(self, entry: _Queued, result: ChunkResult) -> None:
         """Hand a chunk's result to its run, once: a chunk failed meanwhile
@@ -603,7 +621,10 @@ class ProcessBackend(Backend):
             )
         if self._broken is not None:
             self._break(self._broken)
-        elif not self._closed:
+            return
+        with self._lock:
+            replace = not self._closed or self._wanted_pending()
+        if replace:  # (closing, it still has queued work to finish)
             self._spawn()
 
     def _drain(self, worker: _Worker) -> None:
