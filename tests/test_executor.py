@@ -10,7 +10,7 @@ import pytest
 
 import parallax
 from conftest import Backend, child_pids, wait_until
-from helpers import Boom, add, double, fail_on
+from helpers import Boom, add, double, fail_on, nap
 
 
 def test_is_a_concurrent_futures_executor(backend: Backend) -> None:
@@ -86,6 +86,19 @@ def test_shutdown_cancel_futures_drops_what_has_not_started() -> None:
     first.result(timeout=10)
     assert all(future.cancelled() for future in queued)
     executor.shutdown(wait=True)
+
+
+def test_shutdown_cancel_futures_lets_calls_already_taken_finish(backend: Backend) -> None:
+    # The stdlib's meaning: only calls no worker has taken are cancelled; the
+    # others finish (never a CancelledError raised from a running call).
+    executor = backend.executor(workers=1)
+    first = executor.submit(backend.fn(nap), 0.3)
+    assert wait_until(lambda: first.running() or first.done(), 30)
+    rest = [executor.submit(backend.fn(double), x) for x in range(6)]
+    executor.shutdown(wait=True, cancel_futures=True)
+    assert first.result(timeout=0) == 0.3
+    for x, future in enumerate(rest):
+        assert future.cancelled() or future.result(timeout=0) == x * 2
 
 
 def test_shutdown_wait_drains_queued_work(backend: Backend) -> None:

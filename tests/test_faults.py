@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import pickle
+import queue
 import random
 import signal
 import subprocess
@@ -16,6 +17,7 @@ import time
 from concurrent.futures.process import BrokenProcessPool
 from concurrent.futures.thread import BrokenThreadPool
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -441,3 +443,30 @@ def test_shutdown_finishes_queued_work_after_a_crash() -> None:
     assert not closer.is_alive(), "shutdown() hung"
     assert isinstance(crash.exception(timeout=0), parallax.WorkerCrashedError)
     assert [future.result(timeout=0) for future in rest] == [10, 20, 30]
+
+
+def test_cancel_pending_keeps_the_chunks_workers_have_taken() -> None:
+    # A chunk queued again after its worker retired is claimed: its future
+    # runs. shutdown(cancel_pending=True) drops only what nobody has taken.
+    from parallax._protocol import encode_items
+    from parallax._serialize import dumps_function
+    from parallax._units import Chunk, Job
+    from parallax.backends._process import ProcessBackend, _Queued
+
+    backend = ProcessBackend(workers=1)
+    delivered: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    job = Job(_pid, delivered.put)
+    job.payload = dumps_function(_pid)
+    fresh = _Queued(job, Chunk.fresh(0, 0, [0]), encode_items([0]))
+    taken = _Queued(job, Chunk.fresh(1, 1, [1]), encode_items([1]))
+    taken.claimed = True
+    with backend._lock:
+        backend._pending.extend([fresh, taken])
+        backend._outstanding.update([fresh, taken])
+    backend.shutdown(wait=True, cancel_pending=True)
+    seqs = []
+    while not delivered.empty():
+        result = delivered.get()
+        assert result.interruption is None and len(result.values) == 1
+        seqs.append(result.chunk.seq)
+    assert 1 in seqs  # the taken chunk ran (the fresh one may have been dropped)

@@ -214,9 +214,8 @@ class AsyncioBackend(Backend):
             loop, thread = self._loop, self._thread
         if already or loop is None or self._external is not None:
             return
-        if cancel_pending:
-            for job in list(self._tasks):
-                self.cancel(job)
+        # (cancel_pending drops nothing here: a chunk is claimed as it starts
+        # on the loop, and a claimed call finishes, as in the stdlib)
 
         async def drain() -> None:
             while self._tasks:

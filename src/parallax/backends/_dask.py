@@ -320,9 +320,10 @@ class DaskBackend(Backend):
         with self._lock:
             already = self._closed
             self._closed = True
-            tasks = list(self._tasks.values())
-        if not already and cancel_pending and tasks:
-            self._cancel_futures([task.future for task in tasks])
+        if not already and cancel_pending:
+            # Only what its run no longer wants: a chunk is claimed as it is
+            # handed to Dask (a future runs from then on), and finishes.
+            self._cancel_where(lambda task: not task.job.wants(task.chunk))
         if already:
             closer = self._closer
             if wait and closer is not None and closer is not threading.current_thread():

@@ -296,7 +296,13 @@ class ProcessBackend(Backend):
         with self._lock:
             self._closed = True
             if cancel_pending:
-                self._pending.clear()
+                # Only what no worker has taken: a chunk queued again after
+                # its worker retired is claimed (its future runs) and finishes.
+                kept = deque(entry for entry in self._pending if entry.claimed)
+                self._outstanding.difference_update(
+                    entry for entry in self._pending if not entry.claimed
+                )
+                self._pending = kept
         self._wake()
         if wait and self._manager is not threading.current_thread():
             self._manager.join()
