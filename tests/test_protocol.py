@@ -35,8 +35,8 @@ from parallax._units import EVERY_ITEM, Chunk, ChunkResult, Failure, Job
 FAILURE = PickledFailure(pickle.dumps(Boom("bad")), "Traceback ...", "helpers.Boom: bad")
 
 MESSAGES: list[Message] = [
-    Hello(["/somewhere"], "worker-1", b"init", b"args", 10, 1 << 30),
-    Hello([], "worker-2", None, None, None, None),
+    Hello(["/somewhere"], "worker-1", b"init", b"args", 10, 1 << 30, b"key"),
+    Hello([], "worker-2", None, None, None, None, b""),
     Task(3, b"function", True, False),
     Task(4, None, False, True),
     Preload(5, b"function"),

@@ -111,12 +111,20 @@ def decode(frame: bytes | bytearray, kind: type[M]) -> M:
 
 
 class Hello(Message):
-    """Caller -> process worker, first: how to set itself up."""
+    """Caller -> process worker, first: how to set itself up.
 
-    __slots__ = ("initargs", "initializer", "max_memory", "max_tasks", "name", "sys_path")
+    ``authkey`` is the caller's ``multiprocessing`` authentication key, so the
+    worker can use the caller's ``multiprocessing.Manager()`` proxies. Sent
+    over the socket, never on the command line or in the environment, where
+    other users of the machine could read it.
+    """
+
+    __slots__ = ("authkey", "initargs", "initializer", "max_memory", "max_tasks", "name",
+                 "sys_path")
 
     def __init__(self, sys_path: list[str], name: str, initializer: bytes | None,
-                 initargs: bytes | None, max_tasks: int | None, max_memory: int | None) -> None:
+                 initargs: bytes | None, max_tasks: int | None, max_memory: int | None,
+                 authkey: bytes) -> None:
         self.sys_path = sys_path
         self.name = name
         #: the pickled initializer and its arguments, or None for none
@@ -124,10 +132,14 @@ class Hello(Message):
         self.initargs = initargs
         self.max_tasks = max_tasks
         self.max_memory = max_memory
+        self.authkey = authkey
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (Hello, (self.sys_path, self.name, self.initializer, self.initargs,
-                        self.max_tasks, self.max_memory))
+                        self.max_tasks, self.max_memory, self.authkey))
+
+    def __repr__(self) -> str:
+        return super().__repr__().replace(repr(self.authkey), "<hidden>")
 
 
 class Task(Message):

@@ -29,6 +29,7 @@ import contextlib
 import itertools
 import logging
 import mmap
+import multiprocessing
 import os
 import signal
 import socket
@@ -360,7 +361,8 @@ class ProcessBackend(Backend):
         os.close(child_end)
         worker = _Worker(name, slot, popen, parent_end, mark)
         hello = Hello(list(sys.path), name, *self._initializer,
-                      self._setup.max_tasks_per_worker, self._max_memory)
+                      self._setup.max_tasks_per_worker, self._max_memory,
+                      bytes(multiprocessing.current_process().authkey))
         with self._lock:
             self._workers[parent_end] = worker
         with contextlib.suppress(OSError):  # if it died already, the EOF says so next
