@@ -9,6 +9,7 @@ so they share every behaviour documented here.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Executor as _StdExecutor
@@ -34,6 +35,7 @@ from ._config import (
     merge_options,
     resolve,
 )
+from ._errors import WorkerCrashedError
 from ._run import ErrorPolicy, Raised, RetryPolicy, Run
 from ._stats import Stats, StatsRecorder
 from ._units import Chunk, ChunkResult, Job
@@ -59,7 +61,12 @@ class _FutureJob(Job):
         self.future = future
 
     def claim(self, chunk: Chunk) -> bool:
-        return self.wants(chunk) and self.future.set_running_or_notify_cancel()
+        if not self.wants(chunk) or self.future.done():
+            return False
+        try:
+            return self.future.set_running_or_notify_cancel()
+        except RuntimeError:  # settled already: its executor's workers were terminated
+            return False
 
     def _settle(self, result: ChunkResult) -> None:
         future = self.future
@@ -296,6 +303,40 @@ class Executor(_StdExecutor):
                 release, self._lease_held = self._lease_held, False
             if release:
                 _pools.release(self._backend)
+
+    def terminate_workers(self) -> None:
+        """Stop every worker now (SIGTERM for processes) and shut down, as in
+        Python 3.14: calls not started are cancelled, running ones fail with
+        ``WorkerCrashedError``; threads cannot be stopped, so running threads
+        are abandoned (their results discarded)."""
+        self._stop_workers(kill=False)
+
+    def kill_workers(self) -> None:
+        """As :meth:`terminate_workers`, with SIGKILL for processes."""
+        self._stop_workers(kill=True)
+
+    def _stop_workers(self, *, kill: bool) -> None:
+        with self._lock:
+            self._closed = True
+            futures = list(self._futures)
+            runs = list(self._runs)
+        for future in futures:
+            if future.cancel():  # it had not started: let wait() and as_completed() know
+                with contextlib.suppress(RuntimeError):  # (a worker's claim was first)
+                    future.set_running_or_notify_cancel()
+        if self._owned:
+            self._backend.terminate(kill)
+        error = WorkerCrashedError(
+            f"Executor.{'kill' if kill else 'terminate'}_workers() stopped the worker "
+            "running this call"
+        )
+        for future in futures:
+            with contextlib.suppress(InvalidStateError):  # settled meanwhile
+                future.set_exception(error)
+        for run in runs:
+            run.cancel()
+        if not self._owned:
+            self.shutdown(wait=False)
 
     # -- runs --------------------------------------------------------------------------
 

@@ -147,6 +147,18 @@ class Backend(ABC):
     def shutdown(self, wait: bool = True, *, cancel_pending: bool = False) -> None:
         """Stop the workers once queued chunks are done (or dropped). Idempotent."""
 
+    def terminate(self, kill: bool = False) -> None:
+        """Stop every worker now (``Executor.terminate_workers``/``kill_workers``):
+        SIGTERM, or SIGKILL with ``kill``, where workers are processes; the
+        chunks they hold fail. Then nothing more runs: the backend is shut down.
+
+        The default suits engines whose workers live in this process (threads,
+        an event loop, the caller's thread), which cannot be stopped from
+        outside: queued chunks are dropped, running ones abandoned (their
+        results discarded); the executor fails their futures.
+        """
+        self.shutdown(wait=False, cancel_pending=True)
+
     @property
     def broken(self) -> BaseException | None:
         """Why this backend can run nothing more, or None while it can."""

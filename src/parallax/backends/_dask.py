@@ -337,6 +337,28 @@ class DaskBackend(Backend):
             )
             self._closer.start()
 
+    def terminate(self, kill: bool = False) -> None:
+        """Cancel every task now and release the cluster (Dask cannot stop a task
+        that runs: it runs on in its worker, its result discarded); the chunks
+        fail. A cluster parallax started is closed, someone else's is left."""
+        caller = f"Executor.{'kill' if kill else 'terminate'}_workers()"
+        error = WorkerCrashedError(
+            f"the dask tasks were cancelled by {caller}; this call did not finish"
+        )
+        with self._lock:
+            self._broken = self._broken or error
+            tasks = list(self._tasks.values())
+            self._tasks.clear()  # the collector skips them: delivered here, once
+            solos = list(self._solos)
+            self._solos.clear()
+        self._cancel_futures([task.future for task in tasks])
+        for job, chunk in [(task.job, task.chunk) for task in tasks] + solos:
+            try:
+                job.deliver(failed_chunk(chunk, error))
+            except Exception:
+                logger.exception("parallax: could not fail a chunk of a terminated dask backend")
+        self.shutdown(wait=False)
+
     # -- starting and stopping -------------------------------------------------------------
 
     def _ensure_started(self) -> None:

@@ -174,11 +174,11 @@ class _Worker:
         self.pidfd = _open_pidfd(popen.pid)
         self.buried = False
 
-    def kill(self, reason: BaseException | None) -> None:
+    def kill(self, reason: BaseException | None, how: signal.Signals = signal.SIGKILL) -> None:
         if self.kill_reason is None:
             self.kill_reason = reason
         with contextlib.suppress(OSError):
-            self.popen.kill()
+            self.popen.send_signal(how)
 
 
 class ProcessBackend(Backend):
@@ -307,6 +307,27 @@ class ProcessBackend(Backend):
         self._wake()
         if wait and self._manager is not threading.current_thread():
             self._manager.join()
+
+    def terminate(self, kill: bool = False) -> None:
+        how = signal.SIGKILL if kill else signal.SIGTERM
+        caller = f"Executor.{'kill' if kill else 'terminate'}_workers()"
+        error = WorkerCrashedError(
+            f"the pool's workers were stopped by {caller} ({how.name}); this call did not finish",
+            exitcode=-how,
+        )
+        with self._lock:
+            self._closed = True
+            self._broken = self._broken or error
+            workers = list(self._workers.values())
+        for worker in workers:
+            worker.kill(
+                WorkerCrashedError(f"worker {worker.name} (pid {worker.popen.pid}) was stopped "
+                                   f"by {caller} ({how.name})", exitcode=-how,
+                                   worker=worker.name),
+                how,
+            )
+        self._fail_outstanding(error)
+        self._wake()
 
     # -- manager thread -------------------------------------------------------
 
