@@ -23,7 +23,16 @@ import pytest
 
 import parallax
 from conftest import Backend, child_pids
-from faults import FailOnce, Faulty, InjectedError, failing_initializer, record_pid
+from faults import (
+    FailOnce,
+    Faulty,
+    InjectedError,
+    UnprintableError,
+    failing_initializer,
+    raise_unprintable,
+    raise_unprintable_unpicklable,
+    record_pid,
+)
 
 CHUNK = 5
 ITEMS = 15
@@ -470,3 +479,42 @@ def test_cancel_pending_keeps_the_chunks_workers_have_taken() -> None:
         assert result.interruption is None and len(result.values) == 1
         seqs.append(result.chunk.seq)
     assert 1 in seqs  # the taken chunk ran (the fresh one may have been dropped)
+
+
+# -- encoding a failure never kills a worker (#13.3, #13.5) -------------------------------
+
+
+def test_an_exception_whose_str_raises_arrives_as_itself(backend: Backend) -> None:
+    results = backend.map(raise_unprintable, range(3), chunksize=1, errors="return")
+    assert results[0] == 0 and results[2] == 2
+    assert type(results[1]) is UnprintableError  # not a worker crash
+
+
+@pytest.mark.parametrize("mode", ["process", "dask"])
+def test_an_exception_that_cannot_be_printed_or_pickled_is_a_serialization_error(
+    mode: str, request: pytest.FixtureRequest
+) -> None:
+    options = {}
+    if mode == "dask":
+        pytest.importorskip("distributed")
+        options["address"] = str(request.getfixturevalue("dask_cluster").scheduler_address)
+    results = parallax.map(raise_unprintable_unpicklable, range(3), mode=mode, chunksize=1,
+                           errors="return", **options)
+    assert results[0] == 0 and results[2] == 2
+    error = results[1]
+    assert isinstance(error, parallax.SerializationError), error
+    assert "UnprintableUnpicklableError" in str(error)
+
+
+def _recurse(n: int) -> int:
+    return _recurse(n + 1) + 1
+
+
+def _overflow(x: int) -> int:
+    return _recurse(0) if x == 1 else x
+
+
+def test_a_recursion_error_arrives_as_itself(backend: Backend) -> None:
+    results = backend.map(_overflow, range(3), chunksize=1, errors="return")
+    assert results[0] == 0 and results[2] == 2
+    assert type(results[1]) is RecursionError, results[1]

@@ -240,10 +240,17 @@ class PickledFailure(Message):
             summary = f"{kind.__module__}.{kind.__qualname__}: {exc}"
         except BaseException:  # its __str__ raised
             summary = f"{kind.__module__}.{kind.__qualname__} (its str() raised)"
+        # Without its tracebacks: they travel as text. (Plain pickling skips
+        # them anyway; with tblib's reducers installed, as Dask installs them,
+        # the traceback of a RecursionError is too deep to pickle.)
+        detached = _detach_tracebacks(exc)
         try:
             blob: bytes | None = dumps_plain(exc)
         except BaseException:  # SystemExit from a __reduce__ must not end the worker
             blob = None
+        finally:
+            for raised, traceback in detached:
+                raised.__traceback__ = traceback
         return cls(blob, failure.traceback, summary)
 
     def to_failure(self) -> Failure:
@@ -267,6 +274,23 @@ class PickledFailure(Message):
                 "back to the caller (its traceback is attached as the cause)"
             )
         return Failure(error, self.traceback)
+
+
+def _detach_tracebacks(exc: BaseException) -> list[tuple[BaseException, Any]]:
+    """Take the tracebacks off ``exc`` and the exceptions chained to it; the
+    exceptions and their tracebacks, to put them back."""
+    detached = []
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        raised = todo.pop()
+        if raised is None or id(raised) in seen:
+            continue
+        seen.add(id(raised))
+        detached.append((raised, raised.__traceback__))
+        raised.__traceback__ = None
+        todo += (raised.__cause__, raised.__context__)
+    return detached
 
 
 class ChunkFailed(Message):
