@@ -518,3 +518,36 @@ def test_a_recursion_error_arrives_as_itself(backend: Backend) -> None:
     results = backend.map(_overflow, range(3), chunksize=1, errors="return")
     assert results[0] == 0 and results[2] == 2
     assert type(results[1]) is RecursionError, results[1]
+
+
+# -- a kill parallax makes says so (#13.8) --------------------------------------------------
+
+
+def _stop_reading(_: int) -> int:
+    """Shut the read side of this worker's socket: the pool's next write fails."""
+    import socket
+
+    fd = int(sys.argv[1])  # (the worker's command line: its socket first)
+    with socket.socket(fileno=os.dup(fd)) as sock:
+        sock.shutdown(socket.SHUT_RD)
+    return os.getpid()
+
+
+def test_a_worker_parallax_kills_is_not_blamed_on_the_oom_killer() -> None:
+    with parallax.Executor("process", workers=1) as executor:
+        pid = executor.submit(_stop_reading, 0).result(timeout=60)
+        error = executor.submit(_pid, 1).exception(timeout=60)
+        assert isinstance(error, parallax.WorkerCrashedError), error
+        assert f"pid {pid}" in str(error)
+        assert "by parallax: sending it a chunk failed" in str(error)
+        assert "out-of-memory" not in str(error)
+        assert executor.submit(_pid, 2).result(timeout=60) != pid  # replaced
+
+
+def test_signal_descriptions_keep_the_oom_hint_for_kills_from_outside() -> None:
+    from parallax.backends._process import signal_description
+
+    assert "out-of-memory" in signal_description(-signal.SIGKILL)
+    mine = signal_description(-signal.SIGKILL, "item 3 ran past the 1 s timeout")
+    assert mine == "was killed by SIGKILL, by parallax: item 3 ran past the 1 s timeout"
+    assert "as parallax was killing it" in signal_description(0, "shutting down")

@@ -101,8 +101,12 @@ _WORKER_COMMAND = "from parallax._procworker import main; main()"
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
 
-def signal_description(exitcode: int | None) -> str:
-    """How a process ended, and the likely reason, in words."""
+def signal_description(exitcode: int | None, killed_because: str | None = None) -> str:
+    """How a process ended, and the likely reason, in words.
+
+    ``killed_because``: parallax killed it itself, and why; then that is the
+    reason given, not a guess (no "out-of-memory killer" for a kill of ours).
+    """
     if exitcode is None:
         return "vanished (exit status unknown)"
     if exitcode < 0:
@@ -111,6 +115,8 @@ def signal_description(exitcode: int | None) -> str:
             name = signal.Signals(number).name
         except ValueError:
             name = f"signal {number}"
+        if killed_because is not None:
+            return f"was killed by {name}, by parallax: {killed_because}"
         cause = {
             "SIGKILL": "killed from outside, often by the out-of-memory killer",
             "SIGSEGV": "a segmentation fault in native code",
@@ -120,6 +126,8 @@ def signal_description(exitcode: int | None) -> str:
             "SIGFPE": "a floating-point exception in native code",
         }.get(name, "killed by a signal")
         return f"was killed by {name} (likely cause: {cause})"
+    if killed_because is not None:  # it exited on its own before the signal came
+        return f"exited with code {exitcode} (as parallax was killing it: {killed_because})"
     cause = "os._exit() or a fatal error in the interpreter or native code"
     return f"exited with code {exitcode} (likely cause: {cause})"
 
@@ -147,6 +155,7 @@ class _Worker:
         "conn",
         "jobs",
         "kill_reason",
+        "killed_because",
         "mark",
         "name",
         "pidfd",
@@ -168,15 +177,22 @@ class _Worker:
         self.jobs = JobCache()
         self.ready = False
         self.retiring = False
+        #: what the item it runs fails with when parallax kills it (a timeout,
+        #: Ctrl-C, terminate_workers), and why parallax killed it at all
         self.kill_reason: BaseException | None = None
+        self.killed_because: str | None = None
         #: readable once the process exits, even while something else (a
         #: process it forked) keeps its socket open; None where unsupported
         self.pidfd = _open_pidfd(popen.pid)
         self.buried = False
 
-    def kill(self, reason: BaseException | None, how: signal.Signals = signal.SIGKILL) -> None:
-        if self.kill_reason is None:
+    def kill(self, reason: BaseException | None, because: str,
+             how: signal.Signals = signal.SIGKILL) -> None:
+        """Stop the process; ``because`` says why in its crash report, ``reason``
+        (if any) is what its item fails with."""
+        if self.killed_because is None:
             self.kill_reason = reason
+            self.killed_because = because
         with contextlib.suppress(OSError):
             self.popen.send_signal(how)
 
@@ -290,7 +306,7 @@ class ProcessBackend(Backend):
             with self._lock:
                 for worker in self._workers.values():
                     if worker.busy is not None and worker.busy.job is job:
-                        worker.kill(KeyboardInterrupt())
+                        worker.kill(KeyboardInterrupt(), "its run was interrupted (Ctrl-C)")
         self._wake()
 
     def shutdown(self, wait: bool = True, *, cancel_pending: bool = False) -> None:
@@ -324,6 +340,7 @@ class ProcessBackend(Backend):
                 WorkerCrashedError(f"worker {worker.name} (pid {worker.popen.pid}) was stopped "
                                    f"by {caller} ({how.name})", exitcode=-how,
                                    worker=worker.name),
+                f"stopped by {caller}",
                 how,
             )
         self._fail_outstanding(error)
@@ -466,7 +483,7 @@ class ProcessBackend(Backend):
         assignments = []
         with self._lock:
             for worker in self._workers.values():
-                if worker.busy is not None or worker.retiring or worker.kill_reason is not None:
+                if worker.busy is not None or worker.retiring or worker.killed_because is not None:
                     continue
                 task = self._next_pending()
                 if task is None:
@@ -493,13 +510,14 @@ class ProcessBackend(Backend):
             return
         for job in jobs:
             for worker in workers:
-                if worker.kill_reason is None and not worker.retiring and job.id not in worker.jobs:
+                wanted = worker.killed_because is None and not worker.retiring
+                if wanted and job.id not in worker.jobs:
                     assert job.payload is not None  # preload() prepared it
                     worker.jobs.put(job.id, True)
                     try:
                         worker.conn.send_bytes(encode(Preload(job.id, job.payload)))
-                    except OSError:
-                        worker.kill(None)  # dead already; the EOF path replaces it
+                    except OSError as exc:  # dead, or not reading: the EOF path replaces it
+                        worker.kill(None, f"sending it a function failed ({exc!r})")
 
     def _next_pending(self) -> _Queued | None:
         """The next chunk its run still wants, claimed (the caller holds the lock)."""
@@ -550,8 +568,8 @@ class ProcessBackend(Backend):
                 encode(Task(job.id, function, job.timeout is not None, job.stop_at_failure))
             )
             worker.conn.send_bytes(blob)
-        except OSError:
-            worker.kill(None)  # dead already; the EOF path reports the chunk
+        except OSError as exc:  # dead, or not reading: the EOF path reports the chunk
+            worker.kill(None, f"sending it a chunk failed ({exc!r})")
 
     def _handle(self, worker: _Worker, frame: bytes | bytearray) -> None:
         message = decode(frame, Message)
@@ -601,7 +619,7 @@ class ProcessBackend(Backend):
         try:
             exitcode: int | None = worker.popen.wait(timeout=5)
         except subprocess.TimeoutExpired:
-            worker.kill(None)
+            worker.kill(None, "it closed its connection but did not exit")
             exitcode = worker.popen.wait()
         worker.conn.close()
         if worker.pidfd is not None:
@@ -632,6 +650,7 @@ class ProcessBackend(Backend):
                 with self._lock:
                     self._outstanding.discard(entry)
             else:
+                started = position != -1
                 if position != SOMEWHERE:
                     position = max(0, position)  # died before its first item: blame it
                 self._deliver(
@@ -640,11 +659,12 @@ class ProcessBackend(Backend):
                         chunk,
                         [],
                         worker=worker.name,
-                        interruption=self._death_error(worker, chunk, position, exitcode),
+                        interruption=self._death_error(worker, chunk, position, exitcode,
+                                                       started),
                         interrupted_at=position,
                     )
                 )
-        elif not worker.retiring and worker.kill_reason is None and self._broken is None:
+        elif not worker.retiring and worker.killed_because is None and self._broken is None:
             logger.warning(
                 "parallax: idle worker %s %s", worker.name, signal_description(exitcode)
             )
@@ -669,21 +689,24 @@ class ProcessBackend(Backend):
             self._handle(worker, frame)
 
     def _death_error(
-        self, worker: _Worker, chunk: Chunk, position: int, exitcode: int | None
+        self, worker: _Worker, chunk: Chunk, position: int, exitcode: int | None,
+        started: bool = True,
     ) -> BaseException:
         if worker.kill_reason is not None:
             return worker.kill_reason
+        ended = signal_description(exitcode, worker.killed_because)
         if position == SOMEWHERE:
             return WorkerCrashedError(
-                f"worker {worker.name} (pid {worker.popen.pid}) {signal_description(exitcode)} "
+                f"worker {worker.name} (pid {worker.popen.pid}) {ended} "
                 "while running a chunk of fast items; they run again one by one",
                 exitcode=exitcode,
                 worker=worker.name,
             )
         index = chunk.index_of(position)
+        when = "while running" if started else "before it started"
         return WorkerCrashedError(
-            f"worker {worker.name} (pid {worker.popen.pid}) {signal_description(exitcode)} "
-            f"while running item {index} ({describe_item(chunk.items[position])}); "
+            f"worker {worker.name} (pid {worker.popen.pid}) {ended} "
+            f"{when} item {index} ({describe_item(chunk.items[position])}); "
             "the worker was replaced and the other items carry on",
             exitcode=exitcode,
             worker=worker.name,
@@ -707,7 +730,7 @@ class ProcessBackend(Backend):
         now = perf_counter()
         for worker in list(self._workers.values()):
             busy = worker.busy
-            if busy is None or busy.job.timeout is None or worker.kill_reason is not None:
+            if busy is None or busy.job.timeout is None or worker.killed_because is not None:
                 continue
             position = int(worker.mark[MARK_POSITION])
             timeout = busy.job.timeout
@@ -719,7 +742,8 @@ class ProcessBackend(Backend):
                 TaskTimeoutError(
                     f"item {index} ({describe_item(chunk.items[position])}) ran past the "
                     f"{timeout:g} s timeout; worker {worker.name} was killed and replaced"
-                )
+                ),
+                f"item {index} ran past the {timeout:g} s timeout",
             )
 
     def _fail_outstanding(self, error: BaseException) -> None:
@@ -753,7 +777,7 @@ class ProcessBackend(Backend):
             try:
                 worker.popen.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                worker.kill(None)
+                worker.kill(None, "it did not stop within 10 s of the pool's shutdown")
                 worker.popen.wait()
             worker.conn.close()
             worker.mark.release()
