@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import gc
 import logging
 import os
 import pickle
@@ -551,3 +552,40 @@ def test_signal_descriptions_keep_the_oom_hint_for_kills_from_outside() -> None:
     mine = signal_description(-signal.SIGKILL, "item 3 ran past the 1 s timeout")
     assert mine == "was killed by SIGKILL, by parallax: item 3 ran past the 1 s timeout"
     assert "as parallax was killing it" in signal_description(0, "shutting down")
+
+
+# -- a pool that fails to start holds nothing (#13.9) -------------------------------------
+
+
+def _pipes_and_temporary_files() -> list[str]:
+    """This process's open pipes and deleted (temporary) files."""
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith("pipe:") or target.endswith("(deleted)"):
+                found.append(target)
+    return sorted(found)
+
+
+def test_an_initializer_that_cannot_be_pickled_leaks_nothing() -> None:
+    lock = threading.Lock()
+    before = _pipes_and_temporary_files()
+    for _ in range(3):
+        with pytest.raises(pickle.PicklingError, match="cannot be pickled"):
+            parallax.Executor("process", workers=2, initializer=lambda: lock and None)
+    gc.collect()  # (a file left open would warn here: the suite makes warnings errors)
+    assert _pipes_and_temporary_files() == before
+
+
+def test_a_close_that_fails_does_not_keep_the_rest_open() -> None:
+    from parallax.backends._process import ProcessBackend
+
+    backend = ProcessBackend(workers=1)
+    view = backend._marks[0:3]  # held elsewhere: the map cannot close
+    try:
+        backend.shutdown(wait=True)
+        assert backend._marks_file.closed
+        assert backend._wake_r == backend._wake_w == -1
+    finally:
+        view.release()

@@ -237,21 +237,31 @@ class ProcessBackend(Backend):
         #: jobs whose function goes to every idle worker before any chunk
         self._preloads: list[Job] = []
         self._preloading = False
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_w, False)
-        # Closed in _release_resources when the pool ends, not in a with block.
-        self._marks_file = tempfile.TemporaryFile()  # noqa: SIM115
-        os.ftruncate(self._marks_file.fileno(), 8 * MARK_SIZE * self.workers)
-        self._marks_map = mmap.mmap(self._marks_file.fileno(), 8 * MARK_SIZE * self.workers)
-        self._marks: Mark = memoryview(self._marks_map).cast("d")
+        # First, before anything is held: it fails for an initializer that
+        # cannot be pickled.
         self._initializer = self._encode_initializer()
-        # Workers start now, not at the first chunk: a fresh interpreter takes
-        # tens of milliseconds to boot, which overlaps with the caller
-        # pickling the function and cutting the first chunks.
-        self._manager = threading.Thread(
-            target=self._manage, name=f"{self._prefix}-manager", daemon=True
-        )
-        self._manager.start()
+        size = 8 * MARK_SIZE * self.workers
+        with contextlib.ExitStack() as undo:  # should a step fail, close what is open
+            self._wake_r, self._wake_w = os.pipe()
+            undo.callback(os.close, self._wake_r)
+            undo.callback(os.close, self._wake_w)
+            os.set_blocking(self._wake_w, False)
+            # Closed in _release_resources when the pool ends, not in a with block.
+            self._marks_file = tempfile.TemporaryFile()  # noqa: SIM115
+            undo.callback(self._marks_file.close)
+            os.ftruncate(self._marks_file.fileno(), size)
+            self._marks_map = mmap.mmap(self._marks_file.fileno(), size)
+            undo.callback(self._marks_map.close)
+            self._marks: Mark = memoryview(self._marks_map).cast("d")
+            undo.callback(self._marks.release)
+            # Workers start now, not at the first chunk: a fresh interpreter
+            # takes tens of milliseconds to boot, which overlaps with the
+            # caller pickling the function and cutting the first chunks.
+            self._manager = threading.Thread(
+                target=self._manage, name=f"{self._prefix}-manager", daemon=True
+            )
+            self._manager.start()
+            undo.pop_all()  # the pool holds them now (_release_resources)
 
     # -- public --------------------------------------------------------------
 
