@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 import parallax
-from conftest import Backend, child_pids
+from conftest import Backend, child_pids, wait_until
 from faults import (
     FailOnce,
     Faulty,
@@ -589,3 +589,23 @@ def test_a_close_that_fails_does_not_keep_the_rest_open() -> None:
         assert backend._wake_r == backend._wake_w == -1
     finally:
         view.release()
+
+
+# -- a pool larger than the work starts no more workers than it needs (#13.2) -------------
+
+
+def test_a_large_pool_starts_no_more_workers_than_chunks(tmp_path: Path) -> None:
+    workers = parallax.backends.usable_cpus() + 30  # more than the CPUs: started on demand
+    results = parallax.map(_pid, range(4), mode="process", workers=workers, chunksize=1,
+                           initializer=record_pid, initargs=(str(tmp_path),))
+    assert len(results) == 4
+    started = {int(name) for name in os.listdir(tmp_path)}
+    assert set(results) <= started and 1 <= len(started) <= 4
+
+
+def test_a_pool_of_at_most_the_cpus_boots_every_worker_at_once(tmp_path: Path) -> None:
+    workers = min(2, parallax.backends.usable_cpus())
+    with parallax.Executor("process", workers=workers, initializer=record_pid,
+                           initargs=(str(tmp_path),)) as executor:
+        assert wait_until(lambda: len(os.listdir(tmp_path)) == workers, 60)  # before any work
+        assert executor.submit(_pid, 0).result(timeout=60) > 0

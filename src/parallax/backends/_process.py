@@ -218,6 +218,10 @@ class ProcessBackend(Backend):
                 f"max_worker_memory must be a positive number of bytes, not {max_worker_memory!r}"
             )
         self.workers = workers or self.default_workers()
+        #: up to the usable CPUs, every worker boots at once (a measured
+        #: start-up win: boots overlap with the caller's first work); a larger
+        #: pool starts a worker per chunk waiting for one, never more
+        self._eager = self.workers <= usable_cpus()
         self._setup = setup or WorkerSetup()
         self._max_memory = max_worker_memory
         self._prefix = f"parallax-process-{next(_pool_ids)}"
@@ -271,7 +275,7 @@ class ProcessBackend(Backend):
 
     @property
     def starting(self) -> bool:
-        if self._broken is not None or self._closed:
+        if self._broken is not None or self._closed or not self._eager:
             return False
         warm = self._first_loaded if self._preloading else self._first_ready
         return not warm.is_set()
@@ -418,7 +422,7 @@ class ProcessBackend(Backend):
 
     def _manage(self) -> None:
         try:
-            for _ in range(self.workers):
+            for _ in range(self.workers if self._eager else 0):
                 self._spawn()
             while self._step():
                 pass
@@ -490,20 +494,29 @@ class ProcessBackend(Backend):
     def _dispatch(self) -> None:
         if self._preloads:
             self._send_preloads()
-        assignments = []
-        with self._lock:
-            for worker in self._workers.values():
-                if worker.busy is not None or worker.retiring or worker.killed_because is not None:
-                    continue
-                task = self._next_pending()
-                if task is None:
-                    break
-                worker.busy = task
-                assignments.append(worker)
-        # Sent outside the lock: a large chunk takes a while to write, and
-        # callers submitting meanwhile must not wait for it.
-        for worker in assignments:
-            self._send(worker)
+        while True:
+            assignments = []
+            with self._lock:
+                for worker in self._workers.values():
+                    if worker.busy is not None or worker.retiring or worker.killed_because:
+                        continue
+                    task = self._next_pending()
+                    if task is None:
+                        break
+                    worker.busy = task
+                    assignments.append(worker)
+                # Chunks no worker could take: a worker each, up to the pool's size.
+                missing = 0
+                if self._broken is None and self._wanted_pending():
+                    missing = min(len(self._pending), self.workers - len(self._workers))
+            # Sent outside the lock: a large chunk takes a while to write, and
+            # callers submitting meanwhile must not wait for it.
+            for worker in assignments:
+                self._send(worker)
+            if missing <= 0:
+                return
+            for _ in range(missing):
+                self._spawn()
 
     def _send_preloads(self) -> None:
         """Hand preloaded functions to the workers (a respawned one too) until
@@ -625,6 +638,9 @@ class ProcessBackend(Backend):
         worker.buried = True
         with self._lock:
             del self._workers[worker.conn]
+        position = int(worker.mark[MARK_POSITION])  # read before the view goes
+        worker.mark.release()
+        self._free_slots.append(worker.slot)  # (handling what it sent may start a worker)
         self._drain(worker)
         try:
             exitcode: int | None = worker.popen.wait(timeout=5)
@@ -635,9 +651,6 @@ class ProcessBackend(Backend):
         if worker.pidfd is not None:
             os.close(worker.pidfd)
             worker.pidfd = None
-        self._free_slots.append(worker.slot)
-        position = int(worker.mark[MARK_POSITION])  # read before the view goes
-        worker.mark.release()
         if not worker.ready and not worker.retiring and self._broken is None:
             self._startup_failures += 1
             if self._startup_failures >= STARTUP_FAILURE_LIMIT:
@@ -681,10 +694,8 @@ class ProcessBackend(Backend):
         if self._broken is not None:
             self._break(self._broken)
             return
-        with self._lock:
-            replace = not self._closed or self._wanted_pending()
-        if replace:  # (closing, it still has queued work to finish)
-            self._spawn()
+        if self._eager and not self._closed and len(self._workers) < self.workers:
+            self._spawn()  # (otherwise workers start as chunks wait for one)
 
     def _drain(self, worker: _Worker) -> None:
         """Handle the whole messages a gone worker sent before it went (a result,
