@@ -34,6 +34,7 @@ from faults import (
     raise_unprintable_unpicklable,
     record_pid,
 )
+from helpers import double
 
 CHUNK = 5
 ITEMS = 15
@@ -609,3 +610,77 @@ def test_a_pool_of_at_most_the_cpus_boots_every_worker_at_once(tmp_path: Path) -
                            initargs=(str(tmp_path),)) as executor:
         assert wait_until(lambda: len(os.listdir(tmp_path)) == workers, 60)  # before any work
         assert executor.submit(_pid, 0).result(timeout=60) > 0
+
+
+# -- a pool inherited through a fork is never used in the child (#13.1) -------------------
+
+
+def _in_forked_child(report: int) -> None:
+    """The child's side: a process-mode call, and the inherited pool refusing work."""
+    from parallax import _pools
+    from parallax.backends._process import _every_pool
+
+    outcome = b"ok"
+    try:
+        if parallax.map(double, range(10), mode="process", workers=2) != [
+                x * 2 for x in range(10)]:
+            outcome = b"wrong results"
+        inherited = [pool for pool in _every_pool if pool._owner != os.getpid()]
+        if not inherited or not all(pool.broken is not None for pool in inherited):
+            outcome = b"the inherited pool was not disowned"
+    except BaseException as exc:  # reported to the parent, which asserts
+        outcome = repr(exc).encode()
+    finally:
+        _pools.shutdown_pools()
+        os.write(report, outcome)
+        os._exit(0)
+
+
+def _forked_child_with_multiprocessing(report: int) -> None:
+    _in_forked_child(report)
+
+
+@pytest.mark.parametrize("how", ["os.fork", "multiprocessing"])
+def test_a_process_pool_inherited_through_fork_is_left_to_the_parent(how: str) -> None:
+    from parallax import _pools
+
+    assert parallax.map(_pid, range(8), mode="process", workers=2)  # the pool exists
+    (pool,) = [pooled.backend for pooled in _pools._pools.values()]
+    workers = {worker.popen.pid for worker in pool._workers.values()}  # type: ignore[attr-defined]
+    read_end, write_end = os.pipe()
+    if how == "os.fork":
+        pid = os.fork()
+        if pid == 0:
+            _in_forked_child(write_end)
+
+        reaped: list[int] = []
+
+        def finished() -> bool:
+            if not reaped and os.waitpid(pid, os.WNOHANG) != (0, 0):
+                reaped.append(pid)
+            return bool(reaped)
+    else:
+        import multiprocessing
+
+        process = multiprocessing.get_context("fork").Process(
+            target=_forked_child_with_multiprocessing, args=(write_end,))
+        process.start()
+        pid = process.pid
+
+        def finished() -> bool:
+            process.join(0.05)
+            return process.exitcode is not None
+    os.close(write_end)
+    try:
+        assert wait_until(finished, 60), "the child hung"
+    finally:
+        if not finished():
+            os.kill(pid, signal.SIGKILL)
+            wait_until(finished)
+        with os.fdopen(read_end, "rb") as report:
+            outcome = report.read()
+    assert outcome == b"ok"
+    # the parent's pool is untouched: the same one, on the same workers
+    assert set(parallax.map(_pid, range(8), mode="process", workers=2)) <= workers
+    assert [pooled.backend for pooled in _pools._pools.values()] == [pool]
+    assert pool.broken is None

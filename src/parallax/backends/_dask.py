@@ -75,6 +75,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import os
 import threading
 import uuid
 import weakref
@@ -127,6 +128,8 @@ _FETCH_ATTEMPTS: Final = 5
 _RESHIPS: Final = 5
 
 _backend_ids = itertools.count(1)
+#: every dask backend of this process, for the fork hook below
+_every_backend: weakref.WeakSet[DaskBackend] = weakref.WeakSet()
 
 
 # -- caller side ---------------------------------------------------------------------------
@@ -201,6 +204,8 @@ class DaskBackend(Backend):
                 "parallax: max_tasks_per_worker is ignored in dask mode "
                 "(Dask manages its workers' lifetimes)"
             )
+        #: the process this backend belongs to; in a forked child it is not its own
+        self._owner = os.getpid()
         self._id = next(_backend_ids)
         self._prefix = f"parallax-dask-{self._id}"
         self._token = uuid.uuid4().hex[:8]  # task keys are unique per scheduler
@@ -226,6 +231,7 @@ class DaskBackend(Backend):
         #: isolated items waiting for their solo run, and whether one is out
         self._solos: deque[tuple[Job, Chunk]] = deque()
         self._solo_busy = False
+        _every_backend.add(self)
         if address is None and client is None:
             self.workers = workers or usable_cpus()
         else:
@@ -247,6 +253,8 @@ class DaskBackend(Backend):
         # Runs waiting for results look here twice a second: the place to
         # keep the local cluster whole even while the collector is blocked
         # fetching a result that Dask is computing again.
+        if self._owner != os.getpid():
+            return self._broken  # (inherited across a fork: nothing to heal here)
         self._heal()
         if self._broken is not None:
             return self._broken
@@ -297,6 +305,8 @@ class DaskBackend(Backend):
         return future
 
     def submit(self, job: Job, chunk: Chunk) -> None:
+        if self._owner != os.getpid():
+            raise self._inherited()
         if self._closed:
             raise RuntimeError("cannot submit to a dask backend after shutdown")
         self._ensure_started()
@@ -317,6 +327,8 @@ class DaskBackend(Backend):
         self._cancel_where(lambda task: task.job is job)
 
     def shutdown(self, wait: bool = True, *, cancel_pending: bool = False) -> None:
+        if self._owner != os.getpid():
+            return  # inherited across a fork: its client and cluster are the parent's
         with self._lock:
             already = self._closed
             self._closed = True
@@ -358,6 +370,23 @@ class DaskBackend(Backend):
             except Exception:
                 logger.exception("parallax: could not fail a chunk of a terminated dask backend")
         self.shutdown(wait=False)
+
+    def _inherited(self) -> ParallaxError:
+        return ParallaxError(
+            f"this dask backend belongs to process {self._owner}; process {os.getpid()} "
+            "inherited it through a fork, where its client's threads do not exist "
+            "(a parallax call in the child connects a client of its own)"
+        )
+
+    def _disown(self) -> None:
+        """In a forked child: broken and closed, without a word to the parent's
+        client, scheduler or cluster (their connections are the parent's)."""
+        self._lock = threading.Lock()
+        self._start_lock = threading.Lock()
+        self._broken = self._inherited()
+        self._closed = True
+        self._tasks = {}
+        self._solos = deque()
 
     # -- starting and stopping -------------------------------------------------------------
 
@@ -745,6 +774,16 @@ class DaskBackend(Backend):
             if job.wants(chunk):
                 self._send(job, chunk, solo=True)
                 return
+
+
+def _disown_inherited_backends() -> None:
+    for backend in list(_every_backend):
+        if backend._owner != os.getpid():
+            with contextlib.suppress(Exception):  # nothing may fail a fork
+                backend._disown()
+
+
+os.register_at_fork(after_in_child=_disown_inherited_backends)
 
 
 # -- results and errors ------------------------------------------------------------------

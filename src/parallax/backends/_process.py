@@ -37,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import weakref
 from collections import deque
 from multiprocessing.connection import wait
 from pathlib import Path
@@ -77,6 +78,9 @@ from . import Backend, WorkerSetup, failed_chunk, initializer_error
 logger = logging.getLogger("parallax")
 
 _pool_ids = itertools.count(1)
+
+#: every pool of this process, for the fork hook below
+_every_pool: weakref.WeakSet[ProcessBackend] = weakref.WeakSet()
 
 #: thread pools of numeric libraries, capped in workers so that
 #: workers x library threads does not exceed the CPUs
@@ -222,6 +226,8 @@ class ProcessBackend(Backend):
         #: start-up win: boots overlap with the caller's first work); a larger
         #: pool starts a worker per chunk waiting for one, never more
         self._eager = self.workers <= usable_cpus()
+        #: the process this pool belongs to; in a forked child it is not its own
+        self._owner = os.getpid()
         self._setup = setup or WorkerSetup()
         self._max_memory = max_worker_memory
         self._prefix = f"parallax-process-{next(_pool_ids)}"
@@ -266,6 +272,7 @@ class ProcessBackend(Backend):
             )
             self._manager.start()
             undo.pop_all()  # the pool holds them now (_release_resources)
+        _every_pool.add(self)
 
     # -- public --------------------------------------------------------------
 
@@ -294,6 +301,8 @@ class ProcessBackend(Backend):
             job.payload = dumps_function(job.fn)
 
     def submit(self, job: Job, chunk: Chunk) -> None:
+        if self._owner != os.getpid():
+            raise self._inherited()
         if self._closed:
             raise RuntimeError("cannot submit to a process backend after shutdown")
         try:
@@ -324,6 +333,8 @@ class ProcessBackend(Backend):
         self._wake()
 
     def shutdown(self, wait: bool = True, *, cancel_pending: bool = False) -> None:
+        if self._owner != os.getpid():
+            return  # inherited across a fork: the parent's, nothing of it runs here
         with self._lock:
             self._closed = True
             if cancel_pending:
@@ -337,6 +348,39 @@ class ProcessBackend(Backend):
         self._wake()
         if wait and self._manager is not threading.current_thread():
             self._manager.join()
+
+    # -- fork -------------------------------------------------------------------
+
+    def _inherited(self) -> ParallaxError:
+        return ParallaxError(
+            f"this process pool belongs to process {self._owner}; process {os.getpid()} "
+            "inherited it through a fork, and neither its manager thread nor its workers "
+            "exist here (a parallax call in the child starts a pool of its own)"
+        )
+
+    def _disown(self) -> None:
+        """In a forked child: forget the parent's pool without touching it.
+
+        The child must neither signal the parent's workers nor write to their
+        sockets; closing its own copies of the descriptors leaves the parent's
+        open. The pool is then broken and closed here, so nothing waits on it.
+        """
+        self._lock = threading.Lock()  # another thread may have held it at the fork
+        self._broken = self._inherited()
+        self._closed = True
+        self._pending = deque()
+        self._outstanding = set()
+        self._preloads = []
+        workers, self._workers = list(self._workers.values()), {}
+        for worker in workers:
+            with contextlib.suppress(OSError):
+                worker.conn.close()
+            if worker.pidfd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(worker.pidfd)
+            with contextlib.suppress(BufferError, ValueError):
+                worker.mark.release()
+        self._release_resources()
 
     def terminate(self, kill: bool = False) -> None:
         how = signal.SIGKILL if kill else signal.SIGTERM
@@ -820,6 +864,16 @@ class ProcessBackend(Backend):
             if fd >= 0:
                 with contextlib.suppress(OSError):
                     os.close(fd)
+
+
+def _disown_inherited_pools() -> None:
+    for pool in list(_every_pool):
+        if pool._owner != os.getpid():
+            with contextlib.suppress(Exception):  # nothing may fail a fork
+                pool._disown()
+
+
+os.register_at_fork(after_in_child=_disown_inherited_pools)
 
 
 def _open_pidfd(pid: int) -> int | None:
