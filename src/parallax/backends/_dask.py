@@ -565,7 +565,28 @@ class DaskBackend(Backend):
     # -- collecting ----------------------------------------------------------------------
 
     def _collect(self) -> None:
-        """Deliver finished tasks until none is in flight (the collector thread)."""
+        """The collector thread: it never dies silently. An unexpected error
+        fails every chunk in flight with it and marks the backend broken."""
+        try:
+            self._collect_until_idle()
+        except BaseException as exc:
+            logger.exception("parallax: the dask collector failed")
+            error = ParallaxError(f"the dask backend failed: {type(exc).__name__}: {exc}")
+            error.__cause__ = exc
+            with self._lock:
+                self._broken = self._broken or error
+                tasks = list(self._tasks.values())
+                self._tasks.clear()
+                self._collector = None
+            self._cancel_futures([task.future for task in tasks])
+            for task in tasks:
+                try:
+                    self._settle(task, failed_chunk(task.chunk, error))
+                except BaseException:
+                    logger.exception("parallax: could not fail a chunk of a broken dask backend")
+
+    def _collect_until_idle(self) -> None:
+        """Deliver finished tasks until none is in flight."""
         completed = self._completed
         # as_completed's blocking next() offers no way to look up now and
         # then; waiting on the condition it notifies (checked under it, so no
