@@ -548,15 +548,15 @@ class ProcessBackend(Backend):
                     if task is None:
                         break
                     worker.busy = task
-                    assignments.append(worker)
+                    assignments.append((worker, task))
                 # Chunks no worker could take: a worker each, up to the pool's size.
                 missing = 0
                 if self._broken is None and self._wanted_pending():
                     missing = min(len(self._pending), self.workers - len(self._workers))
             # Sent outside the lock: a large chunk takes a while to write, and
             # callers submitting meanwhile must not wait for it.
-            for worker in assignments:
-                self._send(worker)
+            for worker, task in assignments:
+                self._send(worker, task)
             if missing <= 0:
                 return
             for _ in range(missing):
@@ -623,9 +623,9 @@ class ProcessBackend(Backend):
             self._outstanding.discard(entry)
         entry.job.deliver(result)
 
-    def _send(self, worker: _Worker) -> None:
-        assert worker.busy is not None
-        job, blob = worker.busy.job, worker.busy.blob
+    def _send(self, worker: _Worker, entry: _Queued) -> None:
+        # (the entry, not worker.busy: terminate() may clear that meanwhile)
+        job, blob = entry.job, entry.blob
         function = None
         if worker.jobs.get(job.id) is None:  # (a hit makes it the newest, as in the worker)
             function = job.payload
