@@ -72,3 +72,29 @@ def sleep_and_record(directory: str, x: int) -> int:
     Path(directory, str(os.getpid())).touch()
     time.sleep(60)
     return x
+
+
+class UnprintableError(Exception):
+    """An exception whose ``str()`` raises."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("no str for you")
+
+
+class UnprintableUnpicklableError(UnprintableError):
+    """... and that cannot be pickled either."""
+
+    def __reduce__(self) -> Any:
+        raise TypeError("no pickle for you")
+
+
+def raise_unprintable(x: int) -> int:
+    if x == 1:
+        raise UnprintableError()
+    return x
+
+
+def raise_unprintable_unpicklable(x: int) -> int:
+    if x == 1:
+        raise UnprintableUnpicklableError()
+    return x

@@ -473,3 +473,20 @@ def test_missing_distributed_names_the_extra() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "pip install 'parallax[dask]'" in result.stdout
+
+
+def test_an_unexpected_error_in_the_collector_fails_the_run(
+    address: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The collector thread must never die silently, leaving the run waiting.
+    def bug(self: DaskBackend, batch: Any) -> None:
+        raise RuntimeError("a bug in the collector")
+
+    monkeypatch.setattr(DaskBackend, "_take", bug)
+    with parallax.Executor("dask", address=address) as executor:
+        future = executor.submit(double, 2)
+        error = future.exception(timeout=60)
+        assert isinstance(error, parallax.ParallaxError)
+        assert "a bug in the collector" in str(error)
+        assert executor._backend.broken is not None
+    assert "the dask collector failed" in caplog.text

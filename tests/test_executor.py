@@ -11,7 +11,7 @@ import pytest
 
 import parallax
 from conftest import Backend, child_pids, wait_until
-from helpers import Boom, add, double, fail_on
+from helpers import Boom, add, double, fail_on, nap
 
 
 def test_is_a_concurrent_futures_executor(backend: Backend) -> None:
@@ -86,6 +86,46 @@ def test_shutdown_cancel_futures_drops_what_has_not_started() -> None:
     release.set()
     first.result(timeout=10)
     assert all(future.cancelled() for future in queued)
+    executor.shutdown(wait=True)
+
+
+def test_shutdown_cancel_futures_lets_calls_already_taken_finish(backend: Backend) -> None:
+    # The stdlib's meaning: only calls no worker has taken are cancelled; the
+    # others finish (never a CancelledError raised from a running call).
+    executor = backend.executor(workers=1)
+    first = executor.submit(backend.fn(nap), 0.3)
+    assert wait_until(lambda: first.running() or first.done(), 30)
+    rest = [executor.submit(backend.fn(double), x) for x in range(6)]
+    executor.shutdown(wait=True, cancel_futures=True)
+    assert first.result(timeout=0) == 0.3
+    for x, future in enumerate(rest):
+        assert future.cancelled() or future.result(timeout=0) == x * 2
+
+
+@pytest.mark.parametrize("method", ["terminate_workers", "kill_workers"])
+def test_terminate_and_kill_workers_stop_everything_now(backend: Backend, method: str) -> None:
+    executor = backend.executor(workers=1)
+    # a process is stopped mid-call; threads and dask tasks cannot be, so keep it short
+    running = executor.submit(backend.fn(nap), 60 if backend.processes else 0.5)
+    assert wait_until(lambda: running.running() or running.done(), 30)
+    queued = [executor.submit(backend.fn(double), x) for x in range(3)]
+    getattr(executor, method)()
+    # every call settles now: cancelled if it had not started, else failed
+    _done, not_done = concurrent.futures.wait([running, *queued], timeout=30)
+    assert not not_done
+    for x, future in enumerate(queued):
+        assert (future.cancelled()
+                or isinstance(future.exception(timeout=0), parallax.WorkerCrashedError)
+                or future.result(timeout=0) == x * 2)
+    if backend.mode != "serial":  # (serial ran it in submit)
+        error = running.exception(timeout=0)
+        assert isinstance(error, parallax.WorkerCrashedError), error
+        assert isinstance(error, concurrent.futures.BrokenExecutor)
+        if backend.processes:
+            signal = "SIGKILL" if method == "kill_workers" else "SIGTERM"
+            assert method in str(error) and signal in str(error)
+    with pytest.raises(RuntimeError, match="cannot schedule new futures after shutdown"):
+        executor.submit(backend.fn(double), 1)
     executor.shutdown(wait=True)
 
 

@@ -35,8 +35,8 @@ from parallax._units import EVERY_ITEM, Chunk, ChunkResult, Failure, Job
 FAILURE = PickledFailure(pickle.dumps(Boom("bad")), "Traceback ...", "helpers.Boom: bad")
 
 MESSAGES: list[Message] = [
-    Hello(["/somewhere"], "worker-1", b"init", b"args", 10, 1 << 30),
-    Hello([], "worker-2", None, None, None, None),
+    Hello(["/somewhere"], "worker-1", b"init", b"args", 10, 1 << 30, b"key"),
+    Hello([], "worker-2", None, None, None, None, b""),
     Task(3, b"function", True, False),
     Task(4, None, False, True),
     Preload(5, b"function"),
@@ -274,3 +274,32 @@ class Scale:
 
     def __call__(self, x: int) -> int:
         return self.factor * x
+
+
+# -- errors that are also the standard library's -------------------------------------------
+
+
+def test_pickling_failures_are_pickling_errors() -> None:
+    chunk = Chunk.fresh(0, 0, [1, threading.Lock()])
+    result = _protocol.unpicklable_items(chunk, TypeError("cannot pickle"))
+    assert isinstance(result.interruption, pickle.PicklingError)
+    home = worker_side(ChunkResult(chunk, [threading.Lock(), 2])).to_chunk_result(chunk, "w")
+    assert home.failures is not None
+    assert isinstance(home.failures[0].exception, pickle.PicklingError)
+    failure = PickledFailure.of(Failure(Boom(threading.Lock()), "tb")).to_failure()
+    assert isinstance(failure.exception, pickle.PicklingError)
+    lock = threading.Lock()
+    with pytest.raises(pickle.PicklingError, match="function"):
+        parallax.map(lambda x: lock and x, [1], mode="process")
+
+
+def test_unpickling_failures_are_unpickling_errors() -> None:
+    chunk = Chunk.fresh(0, 0, [1, 2])
+    home = worker_side(ChunkResult(chunk, [1, LoadsNowhere()])).to_chunk_result(chunk, "w")
+    assert isinstance(home.interruption, pickle.UnpicklingError)
+    assert isinstance(_protocol.decode_items(pickle.dumps([LoadsNowhere()]), "here"),
+                      pickle.UnpicklingError)
+    failure = PickledFailure.of(Failure(BadException("odd"), "tb")).to_failure()
+    assert isinstance(failure.exception, pickle.UnpicklingError)
+    # neither is the other
+    assert not isinstance(home.interruption, pickle.PicklingError)

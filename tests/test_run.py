@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from helpers import Boom
-from parallax._errors import ParallaxError, WorkerCrashedError
+from parallax._broken import WorkerCrashedError
+from parallax._errors import ParallaxError
 from parallax._mark import new_mark
 from parallax._run import ErrorPolicy, RetryPolicy, Run
 from parallax._stats import StatsRecorder

@@ -116,3 +116,27 @@ def test_a_preloaded_function_is_loaded_before_its_first_chunk() -> None:
         assert results.get(timeout=60).values == [2, 4, 6]
     finally:
         backend.shutdown(wait=True)
+
+
+def _use_proxies(args: tuple[Any, Any, Any, int]) -> int:
+    shared, event, inbox, x = args
+    shared[x] = x * 2
+    inbox.put(x)
+    if x == 3:
+        event.set()
+    return x
+
+
+def test_manager_proxies_work_in_process_workers() -> None:
+    # Workers share the caller's multiprocessing authkey (sent in the
+    # handshake), so Manager proxies connect instead of AuthenticationError.
+    import multiprocessing
+
+    with multiprocessing.Manager() as manager:
+        shared, event, inbox = manager.dict(), manager.Event(), manager.Queue()
+        data = [(shared, event, inbox, x) for x in range(4)]
+        assert parallax.map(_use_proxies, data, mode="process", workers=2, chunksize=1) == [
+            0, 1, 2, 3]
+        assert dict(shared) == {x: x * 2 for x in range(4)}
+        assert event.is_set()
+        assert sorted(inbox.get(timeout=10) for _ in range(4)) == [0, 1, 2, 3]

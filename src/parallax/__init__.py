@@ -14,14 +14,9 @@ TYPE_CHECKING = False  # not typing's: a process worker imports this package too
 if TYPE_CHECKING:
     from ._api import ParallelFunction, amap, imap, map, parallel, plan, starmap
     from ._auto import Plan
+    from ._broken import WorkerCrashedError
     from ._config import using
-    from ._errors import (
-        ParallaxError,
-        SerializationError,
-        TaskTimeoutError,
-        WorkerCrashedError,
-        WorkerTraceback,
-    )
+    from ._errors import ParallaxError, SerializationError, TaskTimeoutError, WorkerTraceback
     from ._executor import Executor
     from ._progress import ProgressUpdate
     from ._stats import Monitor, Stats, TaskRecord, WorkerRecord, monitor
@@ -70,7 +65,7 @@ _HOME = {
     "Stats": "._stats",
     "TaskRecord": "._stats",
     "TaskTimeoutError": "._errors",
-    "WorkerCrashedError": "._errors",
+    "WorkerCrashedError": "._broken",
     "WorkerRecord": "._stats",
     "WorkerTraceback": "._errors",
     "amap": "._api",

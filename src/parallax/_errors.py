@@ -5,10 +5,21 @@ The tree::
     Exception
      └── ParallaxError                       anything parallax itself reports
           ├── TaskTimeoutError (+ TimeoutError)   an item ran past ``timeout=``
-          ├── WorkerCrashedError                  a worker died while running an item
+          ├── WorkerCrashedError (+ BrokenProcessPool)
+          │                                       a worker died while running an item
+          ├── InitializerError (+ BrokenExecutor) the worker initializer failed:
+          │    ├── ThreadInitializerError (+ BrokenThreadPool)    in thread mode
+          │    └── ProcessInitializerError (+ BrokenProcessPool)  in process mode
           └── SerializationError (+ pickle.PickleError)
-                                                  a function, argument, result or
-                                                  exception could not be pickled
+               │                                  a function, argument, result or
+               │                                  exception could not cross over:
+               ├── CannotPickleError (+ pickle.PicklingError)     pickling it failed
+               └── CannotUnpickleError (+ pickle.UnpicklingError) unpickling it failed
+
+The errors that are also ``concurrent.futures``' ``BrokenExecutor`` family are
+defined in ``_broken``: their bases live in ``concurrent.futures``, whose
+import (``logging``, ``multiprocessing``) a process worker, which imports this
+module, must not pay.
 
 Exceptions raised by the user's function are *not* wrapped: they reach the
 caller as their own type, with the worker-side traceback attached as
@@ -25,10 +36,11 @@ if TYPE_CHECKING:
     from typing import Any
 
 __all__ = [
+    "CannotPickleError",
+    "CannotUnpickleError",
     "ParallaxError",
     "SerializationError",
     "TaskTimeoutError",
-    "WorkerCrashedError",
     "WorkerTraceback",
     "describe_item",
 ]
@@ -61,33 +73,20 @@ class TaskTimeoutError(ParallaxError, TimeoutError):
     """
 
 
-class WorkerCrashedError(ParallaxError):
-    """A worker process died while it was running an item.
-
-    Only the item that was running fails; the pool replaces the worker and the
-    other items of the run carry on. ``exitcode`` is the process's exit code
-    (negative: killed by that signal number), ``worker`` names the worker.
-    """
-
-    def __init__(self, message: str, *, exitcode: int | None = None, worker: str = "") -> None:
-        super().__init__(message)
-        self.exitcode = exitcode
-        self.worker = worker
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild_crash, (str(self), self.exitcode, self.worker))
-
-
-def _rebuild_crash(message: str, exitcode: int | None, worker: str) -> WorkerCrashedError:
-    return WorkerCrashedError(message, exitcode=exitcode, worker=worker)
-
-
 class SerializationError(ParallaxError, pickle.PickleError):
     """Something that had to cross a process boundary could not be pickled.
 
     The message says what it was: the function, an item's argument, an item's
     result or an exception, and the item's index where there is one.
     """
+
+
+class CannotPickleError(SerializationError, pickle.PicklingError):
+    """Pickling failed: what had to cross a process boundary could not be sent."""
+
+
+class CannotUnpickleError(SerializationError, pickle.UnpicklingError):
+    """Unpickling failed: what crossed a process boundary could not be rebuilt."""
 
 
 class WorkerTraceback(Exception):

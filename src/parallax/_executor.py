@@ -11,6 +11,7 @@ every behaviour documented here.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import threading
 import weakref
 from collections.abc import Callable, Generator, Iterable, Iterator
@@ -22,6 +23,7 @@ from typing import Any, TypeVar
 from typing_extensions import ParamSpec
 
 from . import _pools
+from ._broken import WorkerCrashedError
 from ._calls import BoundCall, StarCall
 from ._config import (
     check_callable,
@@ -315,6 +317,38 @@ class Executor(_StdExecutor):
                 concurrent.futures.wait(futures)
             return
         self._engine.close(wait=wait, cancel_pending=cancel_futures)
+
+    def terminate_workers(self) -> None:
+        """Stop every worker now (SIGTERM for processes) and shut down, as in
+        Python 3.14: calls not started are cancelled, running ones fail with
+        ``WorkerCrashedError``; threads cannot be stopped, so running threads
+        are abandoned (their results discarded)."""
+        self._stop_workers(kill=False)
+
+    def kill_workers(self) -> None:
+        """As :meth:`terminate_workers`, with SIGKILL for processes."""
+        self._stop_workers(kill=True)
+
+    def _stop_workers(self, *, kill: bool) -> None:
+        with self._lock:
+            self._closed = True
+            futures = list(self._futures)
+            runs = list(self._runs)
+        for future in futures:
+            if future.cancel():  # it had not started: let wait() and as_completed() know
+                with contextlib.suppress(RuntimeError):  # (a worker's claim was first)
+                    future.set_running_or_notify_cancel()
+        self._backend.terminate(kill)
+        error = WorkerCrashedError(
+            f"Executor.{'kill' if kill else 'terminate'}_workers() stopped the worker "
+            "running this call"
+        )
+        for future in futures:
+            with contextlib.suppress(concurrent.futures.InvalidStateError):  # settled meanwhile
+                future.set_exception(error)
+        for run in runs:
+            run.cancel()
+        self._engine.close(wait=False, cancel_pending=True)
 
     # -- runs --------------------------------------------------------------------------
 

@@ -525,7 +525,12 @@ class FutureJob(Job):
             # Claimed before and handed out again: the worker it went to
             # retired (max_tasks_per_worker) before it ran anything.
             return True
-        return not future.done() and future.set_running_or_notify_cancel()
+        if future.done():
+            return False
+        try:
+            return future.set_running_or_notify_cancel()
+        except RuntimeError:  # settled meanwhile: its executor's workers were terminated
+            return False
 
     def _settle(self, result: ChunkResult) -> None:
         future = self.future

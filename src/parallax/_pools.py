@@ -249,4 +249,5 @@ def _at_exit() -> None:
         _pools.clear()
     for backend in backends:
         with contextlib.suppress(Exception):
-            backend.shutdown(wait=True, cancel_pending=True)
+            # As the standard library's pools: work submitted runs to the end.
+            backend.shutdown(wait=True)

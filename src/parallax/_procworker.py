@@ -80,15 +80,72 @@ def _resident_bytes() -> int:
         return peak if sys.platform == "darwin" else peak * 1024
 
 
+def _share_authkey(authkey: bytes) -> None:
+    """Use the caller's ``multiprocessing`` authkey here, so the caller's Manager
+    proxies (in arguments, closures, initargs) can connect to their manager.
+
+    ``multiprocessing`` is not imported now (it pulls in ``socket`` and more,
+    paid on every worker start): the key is set as soon as it is imported.
+    """
+    process = sys.modules.get("multiprocessing.process")
+    if process is not None:
+        process.current_process().authkey = authkey
+    else:
+        sys.meta_path.insert(0, _AuthkeyOnImport(authkey))
+
+
+class _AuthkeyOnImport:
+    """A finder that finds nothing itself: it wraps the loader of
+    ``multiprocessing.process`` so the key is set right after it loads."""
+
+    def __init__(self, authkey: bytes) -> None:
+        self.authkey = authkey
+
+    def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
+        if name != "multiprocessing.process":
+            return None
+        sys.meta_path.remove(self)
+        for finder in sys.meta_path:
+            find_spec = getattr(finder, "find_spec", None)
+            spec = find_spec(name, path, target) if find_spec is not None else None
+            if spec is not None:
+                spec.loader = _SetAuthkey(spec.loader, self.authkey)
+                return spec
+        return None
+
+
+class _SetAuthkey:
+    """A module's own loader, then the authkey set on the loaded module."""
+
+    def __init__(self, loader: Any, authkey: bytes) -> None:
+        self.loader = loader
+        self.authkey = authkey
+
+    def create_module(self, spec: Any) -> Any:
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module: Any) -> None:
+        self.loader.exec_module(module)
+        module.current_process().authkey = self.authkey
+
+    def __getattr__(self, name: str) -> Any:  # get_source and the like
+        return getattr(self.loader, name)
+
+
 def main() -> None:
     conn_fd, mark_fd, slot = (int(arg) for arg in sys.argv[1:4])
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the caller handles Ctrl-C
     _die_with_parent()
+    # Not handed on to programs the user's code starts (a process it forks
+    # keeps them, though: the pool watches the worker's process too).
+    os.set_inheritable(conn_fd, False)
     conn = Channel(conn_fd)
     shared = mmap.mmap(mark_fd, 0)
+    os.close(mark_fd)  # the map holds its own
     mark: Mark = memoryview(shared).cast("d")[slot * MARK_SIZE : (slot + 1) * MARK_SIZE]
     hello = decode(conn.recv_bytes(), Hello)
     sys.path[:] = hello.sys_path
+    _share_authkey(hello.authkey)
     mark_process_as_worker()
 
     if hello.initializer is not None:

@@ -37,7 +37,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 
-from ._errors import ParallaxError, SerializationError
+from ._errors import CannotPickleError, CannotUnpickleError
 from ._serialize import argument_error, dumps, dumps_plain, find_unpicklable, loads, result_error
 from ._units import Chunk, ChunkResult, Failure
 
@@ -111,12 +111,20 @@ def decode(frame: bytes | bytearray, kind: type[M]) -> M:
 
 
 class Hello(Message):
-    """Caller -> process worker, first: how to set itself up."""
+    """Caller -> process worker, first: how to set itself up.
 
-    __slots__ = ("initargs", "initializer", "max_memory", "max_tasks", "name", "sys_path")
+    ``authkey`` is the caller's ``multiprocessing`` authentication key, so the
+    worker can use the caller's ``multiprocessing.Manager()`` proxies. Sent
+    over the socket, never on the command line or in the environment, where
+    other users of the machine could read it.
+    """
+
+    __slots__ = ("authkey", "initargs", "initializer", "max_memory", "max_tasks", "name",
+                 "sys_path")
 
     def __init__(self, sys_path: list[str], name: str, initializer: bytes | None,
-                 initargs: bytes | None, max_tasks: int | None, max_memory: int | None) -> None:
+                 initargs: bytes | None, max_tasks: int | None, max_memory: int | None,
+                 authkey: bytes) -> None:
         self.sys_path = sys_path
         self.name = name
         #: the pickled initializer and its arguments, or None for none
@@ -124,10 +132,14 @@ class Hello(Message):
         self.initargs = initargs
         self.max_tasks = max_tasks
         self.max_memory = max_memory
+        self.authkey = authkey
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (Hello, (self.sys_path, self.name, self.initializer, self.initargs,
-                        self.max_tasks, self.max_memory))
+                        self.max_tasks, self.max_memory, self.authkey))
+
+    def __repr__(self) -> str:
+        return super().__repr__().replace(repr(self.authkey), "<hidden>")
 
 
 class Task(Message):
@@ -218,28 +230,67 @@ class PickledFailure(Message):
 
     @classmethod
     def of(cls, failure: Failure) -> PickledFailure:
+        """The failure ready to send. Never raises: encoding a failure must not
+        kill a worker, whatever the exception's ``__str__`` or ``__reduce__`` do
+        (one that does not pickle arrives as a SerializationError naming its type).
+        """
         exc = failure.exception
-        summary = f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}"
+        kind = type(exc)
+        try:
+            summary = f"{kind.__module__}.{kind.__qualname__}: {exc}"
+        except BaseException:  # its __str__ raised
+            summary = f"{kind.__module__}.{kind.__qualname__} (its str() raised)"
+        # Without its tracebacks: they travel as text. (Plain pickling skips
+        # them anyway; with tblib's reducers installed, as Dask installs them,
+        # the traceback of a RecursionError is too deep to pickle.)
+        detached = _detach_tracebacks(exc)
         try:
             blob: bytes | None = dumps_plain(exc)
-        except Exception:
+        except BaseException:  # SystemExit from a __reduce__ must not end the worker
             blob = None
+        finally:
+            for raised, traceback in detached:
+                raised.__traceback__ = traceback
         return cls(blob, failure.traceback, summary)
 
     def to_failure(self) -> Failure:
         """The captured exception again; one that does not unpickle says so."""
+        problem = ""
         if self.exception is not None:
             try:
                 exc = loads(self.exception)
+            except BaseException as caught:  # whatever its unpickling raises, it is the item's
+                problem = f" (unpickling it raised {type(caught).__name__})"
+            else:
                 if isinstance(exc, BaseException):
                     return Failure(exc, self.traceback)
-            except Exception:
-                pass
-        error = SerializationError(
-            f"the worker raised {self.summary}, but the exception could not be pickled "
-            "back to the caller (its traceback is attached as the cause)"
-        )
+            error: CannotPickleError | CannotUnpickleError = CannotUnpickleError(
+                f"the worker raised {self.summary}, but the exception could not be pickled "
+                f"back to the caller{problem} (its traceback is attached as the cause)"
+            )
+        else:
+            error = CannotPickleError(
+                f"the worker raised {self.summary}, but the exception could not be pickled "
+                "back to the caller (its traceback is attached as the cause)"
+            )
         return Failure(error, self.traceback)
+
+
+def _detach_tracebacks(exc: BaseException) -> list[tuple[BaseException, Any]]:
+    """Take the tracebacks off ``exc`` and the exceptions chained to it; the
+    exceptions and their tracebacks, to put them back."""
+    detached = []
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        raised = todo.pop()
+        if raised is None or id(raised) in seen:
+            continue
+        seen.add(id(raised))
+        detached.append((raised, raised.__traceback__))
+        raised.__traceback__ = None
+        todo += (raised.__cause__, raised.__context__)
+    return detached
 
 
 class ChunkFailed(Message):
@@ -304,12 +355,14 @@ class Result(Message):
         onto the caller's clock.
 
         Values that do not unpickle here fail the whole chunk: the result then
-        holds no values and that error as its interruption (never set otherwise).
+        holds no values and a CannotUnpickleError as its interruption (never set
+        otherwise), whatever unpickling raised (``SystemExit`` too: it must
+        settle the chunk, not end the thread that reads results).
         """
         try:
             values = decode_values(self.values)
-        except Exception as exc:
-            error = ParallaxError(
+        except BaseException as exc:
+            error = CannotUnpickleError(
                 f"the results of a chunk could not be unpickled in the caller: "
                 f"{type(exc).__name__}: {exc}"
             )
@@ -367,7 +420,7 @@ def unpicklable_items(chunk: Chunk, exc: BaseException) -> ChunkResult:
     item that does not fails with SerializationError, the rest run again."""
     culprit = find_unpicklable(chunk.items)
     if culprit is None:  # each item pickles, the whole did not
-        error = ParallaxError(f"the chunk could not be pickled: {type(exc).__name__}: {exc}")
+        error = CannotPickleError(f"the chunk could not be pickled: {type(exc).__name__}: {exc}")
         error.__cause__ = exc
         return ChunkResult(chunk, [], interruption=error)
     position, reason = culprit
@@ -396,12 +449,12 @@ def encode_values(
     failures = dict(failures or {})
     try:
         return dumps_plain(values), failures
-    except Exception:
+    except BaseException:  # (whatever a __reduce__ raises: the worker carries on)
         values = list(values)
         for position, value in enumerate(values):
             try:
                 dumps_plain(value)
-            except Exception as exc:
+            except BaseException as exc:
                 values[position] = None
                 failures[position] = Failure(result_error(value, exc), "")
         return dumps_plain(values), failures
@@ -415,11 +468,12 @@ def decode_values(blob: bytes) -> list[Any]:
 
 def load_or_error(blob: bytes | bytearray, what: str, where: str, hint: str = "") -> Any:
     """Unpickle ``blob`` (in a worker), or return the SerializationError saying
-    that ``what`` could not be unpickled ``where``."""
+    that ``what`` could not be unpickled ``where`` (whatever unpickling raised:
+    the worker carries on)."""
     try:
         return loads(blob)
-    except Exception as exc:
-        error = SerializationError(
+    except BaseException as exc:
+        error = CannotUnpickleError(
             f"the {what} could not be unpickled {where}: {type(exc).__name__}: {exc}{hint}"
         )
         error.__cause__ = exc

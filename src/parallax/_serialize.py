@@ -5,7 +5,9 @@ cloudpickle (protocol 5) so lambdas, closures and functions defined in
 exceptions) is pickled with the standard library's pickler first, which is
 faster and lets a worker start without importing cloudpickle at all; only
 what it refuses goes through cloudpickle. Failures become :class:`SerializationError`
-saying *what* could not be pickled; this module is also what serial mode's
+saying *what* could not be pickled (a :class:`CannotPickleError` or
+:class:`CannotUnpickleError`, also the standard library's ``PicklingError`` /
+``UnpicklingError``); this module is also what serial mode's
 ``check_pickle=True`` round-trips through, so fast unit tests catch the same
 problems process mode would.
 """
@@ -15,7 +17,7 @@ from __future__ import annotations
 import pickle
 from collections.abc import Sequence
 
-from ._errors import SerializationError, describe_item
+from ._errors import CannotPickleError, CannotUnpickleError, describe_item
 
 TYPE_CHECKING = False  # not typing's: workers do not import typing
 if TYPE_CHECKING:
@@ -72,7 +74,7 @@ def dumps_function(fn: Any) -> bytes:
     try:
         return dumps(fn)
     except Exception as exc:
-        raise SerializationError(
+        raise CannotPickleError(
             f"the {_describe_function(fn)} cannot be pickled for another process: "
             f"{type(exc).__name__}: {exc}"
         ) from exc
@@ -88,8 +90,8 @@ def find_unpicklable(values: Sequence[Any]) -> tuple[int, Exception] | None:
     return None
 
 
-def argument_error(index: int, item: Any, exc: BaseException) -> SerializationError:
-    error = SerializationError(
+def argument_error(index: int, item: Any, exc: BaseException) -> CannotPickleError:
+    error = CannotPickleError(
         f"the argument of item {index} ({describe_item(item)}) cannot be pickled: "
         f"{type(exc).__name__}: {exc}"
     )
@@ -97,8 +99,8 @@ def argument_error(index: int, item: Any, exc: BaseException) -> SerializationEr
     return error
 
 
-def result_error(value: Any, exc: BaseException) -> SerializationError:
-    return SerializationError(
+def result_error(value: Any, exc: BaseException) -> CannotPickleError:
+    return CannotPickleError(
         f"the result ({describe_item(value)}, of type {type(value).__qualname__}) "
         f"cannot be pickled: {type(exc).__name__}: {exc}"
     )
@@ -107,8 +109,15 @@ def result_error(value: Any, exc: BaseException) -> SerializationError:
 def round_trip(obj: Any, what: str) -> Any:
     """Pickle and unpickle ``obj`` as process mode would, naming ``what`` on failure."""
     try:
-        return loads(dumps(obj))
+        data = dumps(obj)
     except Exception as exc:
-        raise SerializationError(
+        raise CannotPickleError(
             f"the {what} ({describe_item(obj)}) cannot be pickled: {type(exc).__name__}: {exc}"
+        ) from exc
+    try:
+        return loads(data)
+    except Exception as exc:
+        raise CannotUnpickleError(
+            f"the {what} ({describe_item(obj)}) pickles but cannot be unpickled: "
+            f"{type(exc).__name__}: {exc}"
         ) from exc

@@ -9,12 +9,13 @@ run driver (``parallax._run``) does all of that once for every backend.
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from .._errors import ParallaxError
+from .._broken import InitializerError
 from .._host import usable_cpus
 from .._units import EVERY_ITEM, Chunk, ChunkResult, Job
 
@@ -29,8 +30,10 @@ class WorkerSetup:
     initargs: tuple[Any, ...] = ()
     max_tasks_per_worker: int | None = None
 
-    def initialize(self, *, in_caller: bool = False) -> ParallaxError | None:
-        """Run the initializer where a worker starts; the error if it failed.
+    def initialize(
+        self, *, in_caller: bool = False, kind: type[InitializerError] = InitializerError
+    ) -> InitializerError | None:
+        """Run the initializer where a worker starts; the error (a ``kind``) if it failed.
 
         ``KeyboardInterrupt`` propagates only ``in_caller`` (serial mode).
         """
@@ -41,7 +44,7 @@ class WorkerSetup:
         except BaseException as exc:
             if in_caller and isinstance(exc, KeyboardInterrupt):
                 raise
-            return initializer_error(exc)
+            return initializer_error(exc, kind)
         return None
 
 
@@ -118,6 +121,18 @@ class Backend(ABC):
     def shutdown(self, wait: bool = True, *, cancel_pending: bool = False) -> None:
         """Stop the workers once queued chunks are done (or dropped). Idempotent."""
 
+    def terminate(self, kill: bool = False) -> None:
+        """Stop every worker now (``Executor.terminate_workers``/``kill_workers``):
+        SIGTERM, or SIGKILL with ``kill``, where workers are processes; the
+        chunks they hold fail. Then nothing more runs: the backend is shut down.
+
+        The default suits engines whose workers live in this process (threads,
+        an event loop, the caller's thread), which cannot be stopped from
+        outside: queued chunks are dropped, running ones abandoned (their
+        results discarded); the executor fails their futures.
+        """
+        self.shutdown(wait=False, cancel_pending=True)
+
     @property
     def broken(self) -> BaseException | None:
         """Why this backend can run nothing more, or None while it can."""
@@ -129,8 +144,13 @@ def failed_chunk(chunk: Chunk, error: BaseException) -> ChunkResult:
     return ChunkResult(chunk, [], interruption=error, interrupted_at=EVERY_ITEM)
 
 
-def initializer_error(exc: BaseException) -> ParallaxError:
-    error = ParallaxError(
+def initializer_error(
+    exc: BaseException, kind: type[InitializerError] = InitializerError
+) -> InitializerError:
+    """The pool's error for an initializer that raised ``exc``, logged as the
+    standard library's executors log it (logger ``concurrent.futures``)."""
+    logging.getLogger("concurrent.futures").critical("Exception in initializer:", exc_info=exc)
+    error = kind(
         f"the worker initializer failed with {type(exc).__name__}: {exc}; "
         "no item can run in this pool"
     )

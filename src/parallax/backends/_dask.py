@@ -75,6 +75,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import os
 import threading
 import uuid
 import weakref
@@ -91,7 +92,8 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess
         "mode='dask' needs the 'distributed' package: pip install 'parallax[dask]'"
     ) from exc
 
-from .._errors import ParallaxError, WorkerCrashedError, describe_item
+from .._broken import WorkerCrashedError
+from .._errors import ParallaxError, describe_item
 from .._host import usable_cpus
 from .._protocol import (
     ChunkFailed,
@@ -128,6 +130,8 @@ _FETCH_ATTEMPTS: Final = 5
 _RESHIPS: Final = 5
 
 _backend_ids = itertools.count(1)
+#: every dask backend of this process, for the fork hook below
+_every_backend: weakref.WeakSet[DaskBackend] = weakref.WeakSet()
 
 
 # -- caller side ---------------------------------------------------------------------------
@@ -202,6 +206,8 @@ class DaskBackend(Backend):
                 "parallax: max_tasks_per_worker is ignored in dask mode "
                 "(Dask manages its workers' lifetimes)"
             )
+        #: the process this backend belongs to; in a forked child it is not its own
+        self._owner = os.getpid()
         self._id = next(_backend_ids)
         self._prefix = f"parallax-dask-{self._id}"
         self._token = uuid.uuid4().hex[:8]  # task keys are unique per scheduler
@@ -227,6 +233,7 @@ class DaskBackend(Backend):
         #: isolated items waiting for their solo run, and whether one is out
         self._solos: deque[tuple[Job, Chunk]] = deque()
         self._solo_busy = False
+        _every_backend.add(self)
         if address is None and client is None:
             self.workers = workers or usable_cpus()
         else:
@@ -248,6 +255,8 @@ class DaskBackend(Backend):
         # Runs waiting for results look here twice a second: the place to
         # keep the local cluster whole even while the collector is blocked
         # fetching a result that Dask is computing again.
+        if self._owner != os.getpid():
+            return self._broken  # (inherited across a fork: nothing to heal here)
         self._heal()
         if self._broken is not None:
             return self._broken
@@ -298,6 +307,8 @@ class DaskBackend(Backend):
         return future
 
     def submit(self, job: Job, chunk: Chunk) -> None:
+        if self._owner != os.getpid():
+            raise self._inherited()
         if self._closed:
             raise RuntimeError("cannot submit to a dask backend after shutdown")
         self._ensure_started()
@@ -318,12 +329,15 @@ class DaskBackend(Backend):
         self._cancel_where(lambda task: task.job is job)
 
     def shutdown(self, wait: bool = True, *, cancel_pending: bool = False) -> None:
+        if self._owner != os.getpid():
+            return  # inherited across a fork: its client and cluster are the parent's
         with self._lock:
             already = self._closed
             self._closed = True
-            tasks = list(self._tasks.values())
-        if not already and cancel_pending and tasks:
-            self._cancel_futures([task.future for task in tasks])
+        if not already and cancel_pending:
+            # Only what its run no longer wants: a chunk is claimed as it is
+            # handed to Dask (a future runs from then on), and finishes.
+            self._cancel_where(lambda task: not task.job.wants(task.chunk))
         if already:
             closer = self._closer
             if wait and closer is not None and closer is not threading.current_thread():
@@ -336,6 +350,45 @@ class DaskBackend(Backend):
                 target=self._close, name=f"{self._prefix}-closer", daemon=True
             )
             self._closer.start()
+
+    def terminate(self, kill: bool = False) -> None:
+        """Cancel every task now and release the cluster (Dask cannot stop a task
+        that runs: it runs on in its worker, its result discarded); the chunks
+        fail. A cluster parallax started is closed, someone else's is left."""
+        caller = f"Executor.{'kill' if kill else 'terminate'}_workers()"
+        error = WorkerCrashedError(
+            f"the dask tasks were cancelled by {caller}; this call did not finish"
+        )
+        with self._lock:
+            self._broken = self._broken or error
+            tasks = list(self._tasks.values())
+            self._tasks.clear()  # the collector skips them: delivered here, once
+            solos = list(self._solos)
+            self._solos.clear()
+        self._cancel_futures([task.future for task in tasks])
+        for job, chunk in [(task.job, task.chunk) for task in tasks] + solos:
+            try:
+                job.deliver(failed_chunk(chunk, error))
+            except Exception:
+                logger.exception("parallax: could not fail a chunk of a terminated dask backend")
+        self.shutdown(wait=False)
+
+    def _inherited(self) -> ParallaxError:
+        return ParallaxError(
+            f"this dask backend belongs to process {self._owner}; process {os.getpid()} "
+            "inherited it through a fork, where its client's threads do not exist "
+            "(a parallax call in the child connects a client of its own)"
+        )
+
+    def _disown(self) -> None:
+        """In a forked child: broken and closed, without a word to the parent's
+        client, scheduler or cluster (their connections are the parent's)."""
+        self._lock = threading.Lock()
+        self._start_lock = threading.Lock()
+        self._broken = self._inherited()
+        self._closed = True
+        self._tasks = {}
+        self._solos = deque()
 
     # -- starting and stopping -------------------------------------------------------------
 
@@ -391,7 +444,6 @@ class DaskBackend(Backend):
                 )
                 self._plugin = name
             except Exception as exc:
-                logger.error("parallax: the worker initializer failed on a dask worker")
                 self._broken = initializer_error(exc)
                 # Left registered, every worker joining later would run it too.
                 with contextlib.suppress(Exception):
@@ -515,7 +567,28 @@ class DaskBackend(Backend):
     # -- collecting ----------------------------------------------------------------------
 
     def _collect(self) -> None:
-        """Deliver finished tasks until none is in flight (the collector thread)."""
+        """The collector thread: it never dies silently. An unexpected error
+        fails every chunk in flight with it and marks the backend broken."""
+        try:
+            self._collect_until_idle()
+        except BaseException as exc:
+            logger.exception("parallax: the dask collector failed")
+            error = ParallaxError(f"the dask backend failed: {type(exc).__name__}: {exc}")
+            error.__cause__ = exc
+            with self._lock:
+                self._broken = self._broken or error
+                tasks = list(self._tasks.values())
+                self._tasks.clear()
+                self._collector = None
+            self._cancel_futures([task.future for task in tasks])
+            for task in tasks:
+                try:
+                    self._settle(task, failed_chunk(task.chunk, error))
+                except BaseException:
+                    logger.exception("parallax: could not fail a chunk of a broken dask backend")
+
+    def _collect_until_idle(self) -> None:
+        """Deliver finished tasks until none is in flight."""
         completed = self._completed
         # as_completed's blocking next() offers no way to look up now and
         # then; waiting on the condition it notifies (checked under it, so no
@@ -724,6 +797,16 @@ class DaskBackend(Backend):
             if job.wants(chunk):
                 self._send(job, chunk, solo=True)
                 return
+
+
+def _disown_inherited_backends() -> None:
+    for backend in list(_every_backend):
+        if backend._owner != os.getpid():
+            with contextlib.suppress(Exception):  # nothing may fail a fork
+                backend._disown()
+
+
+os.register_at_fork(after_in_child=_disown_inherited_backends)
 
 
 # -- results and errors ------------------------------------------------------------------

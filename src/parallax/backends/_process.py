@@ -29,6 +29,7 @@ import contextlib
 import itertools
 import logging
 import mmap
+import multiprocessing
 import os
 import signal
 import socket
@@ -36,12 +37,14 @@ import subprocess
 import sys
 import tempfile
 import threading
+import weakref
 from collections import deque
 from multiprocessing.connection import wait
 from pathlib import Path
 from time import perf_counter
 
-from .._errors import ParallaxError, WorkerCrashedError, describe_item
+from .._broken import ProcessInitializerError, WorkerCrashedError
+from .._errors import ParallaxError, describe_item
 from .._host import usable_cpus
 from .._mark import MARK_POSITION, MARK_SIZE, Mark
 from .._protocol import (
@@ -72,6 +75,9 @@ logger = logging.getLogger("parallax")
 
 _pool_ids = itertools.count(1)
 
+#: every pool of this process, for the fork hook below
+_every_pool: weakref.WeakSet[ProcessBackend] = weakref.WeakSet()
+
 #: thread pools of numeric libraries, capped in workers so that
 #: workers x library threads does not exceed the CPUs
 BLAS_THREAD_VARIABLES = (
@@ -87,12 +93,20 @@ BLAS_THREAD_VARIABLES = (
 #: workers cannot start at all; stop instead of respawning forever
 STARTUP_FAILURE_LIMIT = 3
 
+#: how often (seconds) the manager looks whether a worker it cannot watch
+#: through a process descriptor (no ``os.pidfd_open``) has exited
+_LIVENESS_POLL = 0.5
+
 _WORKER_COMMAND = "from parallax._procworker import main; main()"
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
 
-def signal_description(exitcode: int | None) -> str:
-    """How a process ended, and the likely reason, in words."""
+def signal_description(exitcode: int | None, killed_because: str | None = None) -> str:
+    """How a process ended, and the likely reason, in words.
+
+    ``killed_because``: parallax killed it itself, and why; then that is the
+    reason given, not a guess (no "out-of-memory killer" for a kill of ours).
+    """
     if exitcode is None:
         return "vanished (exit status unknown)"
     if exitcode < 0:
@@ -101,6 +115,8 @@ def signal_description(exitcode: int | None) -> str:
             name = signal.Signals(number).name
         except ValueError:
             name = f"signal {number}"
+        if killed_because is not None:
+            return f"was killed by {name}, by parallax: {killed_because}"
         cause = {
             "SIGKILL": "killed from outside, often by the out-of-memory killer",
             "SIGSEGV": "a segmentation fault in native code",
@@ -110,18 +126,39 @@ def signal_description(exitcode: int | None) -> str:
             "SIGFPE": "a floating-point exception in native code",
         }.get(name, "killed by a signal")
         return f"was killed by {name} (likely cause: {cause})"
+    if killed_because is not None:  # it exited on its own before the signal came
+        return f"exited with code {exitcode} (as parallax was killing it: {killed_because})"
     cause = "os._exit() or a fatal error in the interpreter or native code"
     return f"exited with code {exitcode} (likely cause: {cause})"
 
 
+class _Queued:
+    """A chunk accepted by the pool, until its result is delivered.
+
+    ``claimed``: ``job.claim`` said yes once (a future is running); a chunk
+    queued again (its worker retired before taking it) is never claimed twice.
+    """
+
+    __slots__ = ("blob", "chunk", "claimed", "job")
+
+    def __init__(self, job: Job, chunk: Chunk, blob: bytes) -> None:
+        self.job = job
+        self.chunk = chunk
+        self.blob = blob
+        self.claimed = False
+
+
 class _Worker:
     __slots__ = (
+        "buried",
         "busy",
         "conn",
         "jobs",
         "kill_reason",
+        "killed_because",
         "mark",
         "name",
+        "pidfd",
         "popen",
         "ready",
         "retiring",
@@ -135,18 +172,29 @@ class _Worker:
         self.popen = popen
         self.conn = conn
         self.mark = mark
-        self.busy: tuple[Job, Chunk, bytes] | None = None
+        self.busy: _Queued | None = None
         #: mirrors the worker's cache: which jobs' functions it holds
         self.jobs = JobCache()
         self.ready = False
         self.retiring = False
+        #: what the item it runs fails with when parallax kills it (a timeout,
+        #: Ctrl-C, terminate_workers), and why parallax killed it at all
         self.kill_reason: BaseException | None = None
+        self.killed_because: str | None = None
+        #: readable once the process exits, even while something else (a
+        #: process it forked) keeps its socket open; None where unsupported
+        self.pidfd = _open_pidfd(popen.pid)
+        self.buried = False
 
-    def kill(self, reason: BaseException | None) -> None:
-        if self.kill_reason is None:
+    def kill(self, reason: BaseException | None, because: str,
+             how: signal.Signals = signal.SIGKILL) -> None:
+        """Stop the process; ``because`` says why in its crash report, ``reason``
+        (if any) is what its item fails with."""
+        if self.killed_because is None:
             self.kill_reason = reason
+            self.killed_because = because
         with contextlib.suppress(OSError):
-            self.popen.kill()
+            self.popen.send_signal(how)
 
 
 class ProcessBackend(Backend):
@@ -170,12 +218,21 @@ class ProcessBackend(Backend):
                 f"max_worker_memory must be a positive number of bytes, not {max_worker_memory!r}"
             )
         self.workers = workers or self.default_workers()
+        #: up to the usable CPUs, every worker boots at once (a measured
+        #: start-up win: boots overlap with the caller's first work); a larger
+        #: pool starts a worker per chunk waiting for one, never more
+        self._eager = self.workers <= usable_cpus()
+        #: the process this pool belongs to; in a forked child it is not its own
+        self._owner = os.getpid()
         self._setup = setup or WorkerSetup()
         self._max_memory = max_worker_memory
         self._prefix = f"parallax-process-{next(_pool_ids)}"
         self._names = itertools.count(1)
         self._lock = threading.Lock()
-        self._pending: deque[tuple[Job, Chunk, bytes]] = deque()
+        self._pending: deque[_Queued] = deque()
+        #: every accepted chunk not yet delivered, queued or on a worker: what
+        #: fails should the pool break
+        self._outstanding: set[_Queued] = set()
         self._workers: dict[Channel, _Worker] = {}
         self._free_slots = list(range(self.workers))
         self._closed = False
@@ -186,21 +243,32 @@ class ProcessBackend(Backend):
         #: jobs whose function goes to every idle worker before any chunk
         self._preloads: list[Job] = []
         self._preloading = False
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_w, False)
-        # Closed in _release_resources when the pool ends, not in a with block.
-        self._marks_file = tempfile.TemporaryFile()  # noqa: SIM115
-        os.ftruncate(self._marks_file.fileno(), 8 * MARK_SIZE * self.workers)
-        self._marks_map = mmap.mmap(self._marks_file.fileno(), 8 * MARK_SIZE * self.workers)
-        self._marks: Mark = memoryview(self._marks_map).cast("d")
+        # First, before anything is held: it fails for an initializer that
+        # cannot be pickled.
         self._initializer = self._encode_initializer()
-        # Workers start now, not at the first chunk: a fresh interpreter takes
-        # tens of milliseconds to boot, which overlaps with the caller
-        # pickling the function and cutting the first chunks.
-        self._manager = threading.Thread(
-            target=self._manage, name=f"{self._prefix}-manager", daemon=True
-        )
-        self._manager.start()
+        size = 8 * MARK_SIZE * self.workers
+        with contextlib.ExitStack() as undo:  # should a step fail, close what is open
+            self._wake_r, self._wake_w = os.pipe()
+            undo.callback(os.close, self._wake_r)
+            undo.callback(os.close, self._wake_w)
+            os.set_blocking(self._wake_w, False)
+            # Closed in _release_resources when the pool ends, not in a with block.
+            self._marks_file = tempfile.TemporaryFile()  # noqa: SIM115
+            undo.callback(self._marks_file.close)
+            os.ftruncate(self._marks_file.fileno(), size)
+            self._marks_map = mmap.mmap(self._marks_file.fileno(), size)
+            undo.callback(self._marks_map.close)
+            self._marks: Mark = memoryview(self._marks_map).cast("d")
+            undo.callback(self._marks.release)
+            # Workers start now, not at the first chunk: a fresh interpreter
+            # takes tens of milliseconds to boot, which overlaps with the
+            # caller pickling the function and cutting the first chunks.
+            self._manager = threading.Thread(
+                target=self._manage, name=f"{self._prefix}-manager", daemon=True
+            )
+            self._manager.start()
+            undo.pop_all()  # the pool holds them now (_release_resources)
+        _every_pool.add(self)
 
     # -- public --------------------------------------------------------------
 
@@ -210,7 +278,7 @@ class ProcessBackend(Backend):
 
     @property
     def starting(self) -> bool:
-        if self._broken is not None or self._closed:
+        if self._broken is not None or self._closed or not self._eager:
             return False
         warm = self._first_loaded if self._preloading else self._first_ready
         return not warm.is_set()
@@ -229,18 +297,26 @@ class ProcessBackend(Backend):
             job.payload = dumps_function(job.fn)
 
     def submit(self, job: Job, chunk: Chunk) -> None:
+        if self._owner != os.getpid():
+            raise self._inherited()
         if self._closed:
             raise RuntimeError("cannot submit to a process backend after shutdown")
-        if self._broken is not None:
-            job.deliver(failed_chunk(chunk, self._broken))
-            return
         try:
             blob = encode_items(chunk.items)
         except Exception as exc:
             job.deliver(unpicklable_items(chunk, exc))
             return
+        entry = _Queued(job, chunk, blob)
         with self._lock:
-            self._pending.append((job, chunk, blob))
+            # Under the lock the pool breaks under: a chunk is either failed
+            # by _fail_outstanding or failed here, never neither.
+            broken = self._broken
+            if broken is None:
+                self._pending.append(entry)
+                self._outstanding.add(entry)
+        if broken is not None:
+            job.deliver(failed_chunk(chunk, broken))
+            return
         self._wake()
 
     def cancel(self, job: Job, *, interrupt: bool = False) -> None:
@@ -248,18 +324,81 @@ class ProcessBackend(Backend):
         if interrupt:
             with self._lock:
                 for worker in self._workers.values():
-                    if worker.busy is not None and worker.busy[0] is job:
-                        worker.kill(KeyboardInterrupt())
+                    if worker.busy is not None and worker.busy.job is job:
+                        worker.kill(KeyboardInterrupt(), "its run was interrupted (Ctrl-C)")
         self._wake()
 
     def shutdown(self, wait: bool = True, *, cancel_pending: bool = False) -> None:
+        if self._owner != os.getpid():
+            return  # inherited across a fork: the parent's, nothing of it runs here
         with self._lock:
             self._closed = True
             if cancel_pending:
-                self._pending.clear()
+                # Only what no worker has taken: a chunk queued again after
+                # its worker retired is claimed (its future runs) and finishes.
+                kept = deque(entry for entry in self._pending if entry.claimed)
+                self._outstanding.difference_update(
+                    entry for entry in self._pending if not entry.claimed
+                )
+                self._pending = kept
         self._wake()
         if wait and self._manager is not threading.current_thread():
             self._manager.join()
+
+    # -- fork -------------------------------------------------------------------
+
+    def _inherited(self) -> ParallaxError:
+        return ParallaxError(
+            f"this process pool belongs to process {self._owner}; process {os.getpid()} "
+            "inherited it through a fork, and neither its manager thread nor its workers "
+            "exist here (a parallax call in the child starts a pool of its own)"
+        )
+
+    def _disown(self) -> None:
+        """In a forked child: forget the parent's pool without touching it.
+
+        The child must neither signal the parent's workers nor write to their
+        sockets; closing its own copies of the descriptors leaves the parent's
+        open. The pool is then broken and closed here, so nothing waits on it.
+        """
+        self._lock = threading.Lock()  # another thread may have held it at the fork
+        self._broken = self._inherited()
+        self._closed = True
+        self._pending = deque()
+        self._outstanding = set()
+        self._preloads = []
+        workers, self._workers = list(self._workers.values()), {}
+        for worker in workers:
+            with contextlib.suppress(OSError):
+                worker.conn.close()
+            if worker.pidfd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(worker.pidfd)
+            with contextlib.suppress(BufferError, ValueError):
+                worker.mark.release()
+        self._release_resources()
+
+    def terminate(self, kill: bool = False) -> None:
+        how = signal.SIGKILL if kill else signal.SIGTERM
+        caller = f"Executor.{'kill' if kill else 'terminate'}_workers()"
+        error = WorkerCrashedError(
+            f"the pool's workers were stopped by {caller} ({how.name}); this call did not finish",
+            exitcode=-how,
+        )
+        with self._lock:
+            self._closed = True
+            self._broken = self._broken or error
+            workers = list(self._workers.values())
+        for worker in workers:
+            worker.kill(
+                WorkerCrashedError(f"worker {worker.name} (pid {worker.popen.pid}) was stopped "
+                                   f"by {caller} ({how.name})", exitcode=-how,
+                                   worker=worker.name),
+                f"stopped by {caller}",
+                how,
+            )
+        self._fail_outstanding(error)
+        self._wake()
 
     # -- manager thread -------------------------------------------------------
 
@@ -308,12 +447,14 @@ class ProcessBackend(Backend):
         except BaseException:
             os.close(child_end)
             parent_end.close()
+            mark.release()
             self._free_slots.append(slot)
             raise
         os.close(child_end)
         worker = _Worker(name, slot, popen, parent_end, mark)
         hello = Hello(list(sys.path), name, *self._initializer,
-                      self._setup.max_tasks_per_worker, self._max_memory)
+                      self._setup.max_tasks_per_worker, self._max_memory,
+                      bytes(multiprocessing.current_process().authkey))
         with self._lock:
             self._workers[parent_end] = worker
         with contextlib.suppress(OSError):  # if it died already, the EOF says so next
@@ -321,7 +462,7 @@ class ProcessBackend(Backend):
 
     def _manage(self) -> None:
         try:
-            for _ in range(self.workers):
+            for _ in range(self.workers if self._eager else 0):
                 self._spawn()
             while self._step():
                 pass
@@ -329,11 +470,18 @@ class ProcessBackend(Backend):
             logger.exception("parallax: process pool manager failed")
             error = ParallaxError(f"the process pool failed: {type(exc).__name__}: {exc}")
             error.__cause__ = exc
-            self._broken = error
-            self._fail_outstanding(error)
+            self._break(error)
         finally:
-            self._stop_workers()
-            self._release_resources()
+            try:
+                self._stop_workers()
+            finally:
+                self._release_resources()
+
+    def _break(self, error: BaseException) -> None:
+        """The pool can run nothing more: say why, fail every chunk it holds."""
+        with self._lock:
+            self._broken = self._broken or error
+        self._fail_outstanding(self._broken or error)
 
     def _step(self) -> bool:
         """One turn of the manager loop; False when the pool is done."""
@@ -344,44 +492,71 @@ class ProcessBackend(Backend):
         with self._lock:
             workers = list(self._workers.values())
             closing = self._closed
-            idle_pending = not self._pending
+            idle_pending = not self._wanted_pending()
         if closing and idle_pending and all(worker.busy is None for worker in workers):
             return False
-        by_fd = {channel.fileno(): worker for channel, worker in self._workers.items()}
-        ready = wait([*by_fd, self._wake_r], self._next_deadline())
+        by_fd = {worker.conn.fileno(): worker for worker in workers}
+        exits = {worker.pidfd: worker for worker in workers if worker.pidfd is not None}
+        timeout = self._next_deadline()
+        unwatched = len(exits) < len(workers)
+        if unwatched:
+            timeout = _LIVENESS_POLL if timeout is None else min(timeout, _LIVENESS_POLL)
+        ready = wait([*by_fd, *exits, self._wake_r], timeout)
         for source in ready:
             if source == self._wake_r:
                 with contextlib.suppress(BlockingIOError):
                     os.read(self._wake_r, 4096)
                 continue
             assert isinstance(source, int)
+            # (a descriptor closed this turn may already be reused: the
+            # worker looked up is then buried, and skipped)
+            exited = exits.get(source)
+            if exited is not None:
+                if not exited.buried:
+                    self._bury(exited)  # gone, whatever holds its socket open
+                continue
             worker = by_fd[source]
+            if worker.buried:
+                continue
             try:
                 message = worker.conn.recv_bytes()
             except (EOFError, OSError):
                 self._bury(worker)
                 continue
             self._handle(worker, message)
+        if unwatched:
+            for worker in workers:
+                if worker.pidfd is None and not worker.buried and worker.popen.poll() is not None:
+                    self._bury(worker)
         self._enforce_timeouts()
         return True
 
     def _dispatch(self) -> None:
         if self._preloads:
             self._send_preloads()
-        assignments = []
-        with self._lock:
-            for worker in self._workers.values():
-                if worker.busy is not None or worker.retiring or worker.kill_reason is not None:
-                    continue
-                task = self._next_pending()
-                if task is None:
-                    break
-                worker.busy = task
-                assignments.append(worker)
-        # Sent outside the lock: a large chunk takes a while to write, and
-        # callers submitting meanwhile must not wait for it.
-        for worker in assignments:
-            self._send(worker)
+        while True:
+            assignments = []
+            with self._lock:
+                for worker in self._workers.values():
+                    if worker.busy is not None or worker.retiring or worker.killed_because:
+                        continue
+                    task = self._next_pending()
+                    if task is None:
+                        break
+                    worker.busy = task
+                    assignments.append((worker, task))
+                # Chunks no worker could take: a worker each, up to the pool's size.
+                missing = 0
+                if self._broken is None and self._wanted_pending():
+                    missing = min(len(self._pending), self.workers - len(self._workers))
+            # Sent outside the lock: a large chunk takes a while to write, and
+            # callers submitting meanwhile must not wait for it.
+            for worker, task in assignments:
+                self._send(worker, task)
+            if missing <= 0:
+                return
+            for _ in range(missing):
+                self._spawn()
 
     def _send_preloads(self) -> None:
         """Hand preloaded functions to the workers (a respawned one too) until
@@ -398,24 +573,55 @@ class ProcessBackend(Backend):
             return
         for job in jobs:
             for worker in workers:
-                if worker.kill_reason is None and not worker.retiring and job.id not in worker.jobs:
+                wanted = worker.killed_because is None and not worker.retiring
+                if wanted and job.id not in worker.jobs:
                     assert job.payload is not None  # preload() prepared it
                     worker.jobs.put(job.id, True)
                     try:
                         worker.conn.send_bytes(encode(Preload(job.id, job.payload)))
-                    except OSError:
-                        worker.kill(None)  # dead already; the EOF path replaces it
+                    except OSError as exc:  # dead, or not reading: the EOF path replaces it
+                        worker.kill(None, f"sending it a function failed ({exc!r})")
 
-    def _next_pending(self) -> tuple[Job, Chunk, bytes] | None:
+    def _next_pending(self) -> _Queued | None:
+        """The next chunk its run still wants, claimed (the caller holds the lock)."""
         while self._pending:
-            task = self._pending.popleft()
-            if task[0].claim(task[1]):
-                return task
+            entry = self._pending.popleft()
+            if entry.claimed or entry.job.claim(entry.chunk):
+                entry.claimed = True
+                return entry
+            self._outstanding.discard(entry)  # dropped: its run does not want it
         return None
 
-    def _send(self, worker: _Worker) -> None:
-        assert worker.busy is not None
-        job, _chunk, blob = worker.busy
+    def _wanted_pending(self) -> bool:
+        """Drop the queued chunks no run wants any more (without claiming them);
+        is anything left? The caller holds the lock.
+
+        Queued chunks are otherwise dropped only as workers take them: a
+        closing pool with no worker left must not wait for them.
+        """
+        if any(not entry.claimed and not entry.job.wants(entry.chunk)
+               for entry in self._pending):
+            kept = deque[_Queued]()
+            for entry in self._pending:
+                if entry.claimed or entry.job.wants(entry.chunk):
+                    kept.append(entry)
+                else:
+                    self._outstanding.discard(entry)
+            self._pending = kept
+        return bool(self._pending)
+
+    def _deliver(self, entry: _Queued, result: ChunkResult) -> None:
+        """Hand a chunk's result to its run, once: a chunk failed meanwhile
+        (the pool broke) is not delivered again."""
+        with self._lock:
+            if entry not in self._outstanding:
+                return
+            self._outstanding.discard(entry)
+        entry.job.deliver(result)
+
+    def _send(self, worker: _Worker, entry: _Queued) -> None:
+        # (the entry, not worker.busy: terminate() may clear that meanwhile)
+        job, blob = entry.job, entry.blob
         function = None
         if worker.jobs.get(job.id) is None:  # (a hit makes it the newest, as in the worker)
             function = job.payload
@@ -425,8 +631,8 @@ class ProcessBackend(Backend):
                 encode(Task(job.id, function, job.timeout is not None, job.stop_at_failure))
             )
             worker.conn.send_bytes(blob)
-        except OSError:
-            worker.kill(None)  # dead already; the EOF path reports the chunk
+        except OSError as exc:  # dead, or not reading: the EOF path reports the chunk
+            worker.kill(None, f"sending it a chunk failed ({exc!r})")
 
     def _handle(self, worker: _Worker, frame: bytes | bytearray) -> None:
         message = decode(frame, Message)
@@ -438,8 +644,7 @@ class ProcessBackend(Backend):
             # Hand the worker its next chunk before decoding this one, so it
             # computes while the caller's side unpickles.
             self._dispatch()
-            job, chunk, _blob = busy
-            job.deliver(message.to_chunk_result(chunk, worker.name))
+            self._deliver(busy, message.to_chunk_result(busy.chunk, worker.name))
         elif isinstance(message, Ready):
             worker.ready = True
             self._first_ready.set()
@@ -451,27 +656,41 @@ class ProcessBackend(Backend):
             worker.busy = None
             if busy is not None:
                 reason = message.failure.to_failure().exception
-                busy[0].deliver(failed_chunk(busy[1], reason))
+                self._deliver(busy, failed_chunk(busy.chunk, reason))
         elif isinstance(message, InitFailed):
             failure = message.failure.to_failure()
             failure.to_exception(None, None, worker.name)
-            self._broken = self._broken or initializer_error(failure.exception)
+            self._broken = self._broken or initializer_error(failure.exception,
+                                                             ProcessInitializerError)
         elif isinstance(message, Retire):
             worker.retiring = True
         else:
             raise TypeError(f"a process pool cannot take a {type(message).__name__}")
 
     def _bury(self, worker: _Worker) -> None:
-        """A worker's socket closed: collect it, report its chunk, replace it."""
+        """A worker's socket closed or its process exited: collect it, report
+        its chunk, replace it.
+
+        A worker that can no longer deliver is buried whatever holds its
+        socket: a process it forked may keep the socket open long after the
+        worker died, and nothing may wait on that (shutdown would never end).
+        """
+        worker.buried = True
+        with self._lock:
+            del self._workers[worker.conn]
+        position = int(worker.mark[MARK_POSITION])  # read before the view goes
+        worker.mark.release()
+        self._free_slots.append(worker.slot)  # (handling what it sent may start a worker)
+        self._drain(worker)
         try:
             exitcode: int | None = worker.popen.wait(timeout=5)
         except subprocess.TimeoutExpired:
-            worker.kill(None)
+            worker.kill(None, "it closed its connection but did not exit")
             exitcode = worker.popen.wait()
-        with self._lock:
-            del self._workers[worker.conn]
         worker.conn.close()
-        self._free_slots.append(worker.slot)
+        if worker.pidfd is not None:
+            os.close(worker.pidfd)
+            worker.pidfd = None
         if not worker.ready and not worker.retiring and self._broken is None:
             self._startup_failures += 1
             if self._startup_failures >= STARTUP_FAILURE_LIMIT:
@@ -479,53 +698,76 @@ class ProcessBackend(Backend):
                     f"worker processes keep dying before they start: the last one "
                     f"{signal_description(exitcode)}; see its output above"
                 )
-        if worker.busy is not None:
-            job, chunk, blob = worker.busy
+        entry, worker.busy = worker.busy, None
+        if entry is not None:
+            job, chunk = entry.job, entry.chunk
             if self._broken is not None:
-                job.deliver(failed_chunk(chunk, self._broken))
+                self._deliver(entry, failed_chunk(chunk, self._broken))
             elif worker.retiring:
                 # It had been handed a chunk before its "retire" arrived:
-                # nothing ran, so the chunk simply goes to another worker.
+                # nothing ran, so the chunk goes to another worker (claimed
+                # already: a future is running, it must not be claimed again).
                 with self._lock:
-                    self._pending.appendleft((job, chunk, blob))
-            elif not job.cancelled:
-                position = int(worker.mark[MARK_POSITION])
+                    self._pending.appendleft(entry)
+            elif job.cancelled:
+                with self._lock:
+                    self._outstanding.discard(entry)
+            else:
+                started = position != -1
                 if position != SOMEWHERE:
                     position = max(0, position)  # died before its first item: blame it
-                job.deliver(
+                self._deliver(
+                    entry,
                     ChunkResult(
                         chunk,
                         [],
                         worker=worker.name,
-                        interruption=self._death_error(worker, chunk, position, exitcode),
+                        interruption=self._death_error(worker, chunk, position, exitcode,
+                                                       started),
                         interrupted_at=position,
                     )
                 )
-        elif not worker.retiring and worker.kill_reason is None and self._broken is None:
+        elif not worker.retiring and worker.killed_because is None and self._broken is None:
             logger.warning(
                 "parallax: idle worker %s %s", worker.name, signal_description(exitcode)
             )
         if self._broken is not None:
-            self._fail_outstanding(self._broken)
-        elif not self._closed:
-            self._spawn()
+            self._break(self._broken)
+            return
+        if self._eager and not self._closed and len(self._workers) < self.workers:
+            self._spawn()  # (otherwise workers start as chunks wait for one)
+
+    def _drain(self, worker: _Worker) -> None:
+        """Handle the whole messages a gone worker sent before it went (a result,
+        then "retire", say), without waiting for more."""
+        with contextlib.suppress(OSError):
+            os.set_blocking(worker.conn.fileno(), False)
+        while True:
+            try:
+                frame = worker.conn.recv_bytes()
+            except (EOFError, OSError):  # (BlockingIOError: nothing more, or half a frame)
+                return
+            self._handle(worker, frame)
 
     def _death_error(
-        self, worker: _Worker, chunk: Chunk, position: int, exitcode: int | None
+        self, worker: _Worker, chunk: Chunk, position: int, exitcode: int | None,
+        started: bool = True,
     ) -> BaseException:
         if worker.kill_reason is not None:
             return worker.kill_reason
+        ended = signal_description(exitcode, worker.killed_because)
         if position == SOMEWHERE:
             return WorkerCrashedError(
-                f"worker {worker.name} (pid {worker.popen.pid}) {signal_description(exitcode)} "
+                f"worker {worker.name} (pid {worker.popen.pid}) {ended} "
                 "while running a chunk of fast items; they run again one by one",
                 exitcode=exitcode,
                 worker=worker.name,
             )
         index = chunk.index_of(position)
+        when = "while running" if started else "before it started"
         return WorkerCrashedError(
-            f"worker {worker.name} (pid {worker.popen.pid}) {signal_description(exitcode)} "
-            f"while running item {index} ({describe_item(chunk.items[position])}); "
+            f"worker {worker.name} (pid {worker.popen.pid}) {ended} "
+            f"{when} item {index} ({describe_item(chunk.items[position])}); "
             "the worker was replaced and the other items carry on",
             exitcode=exitcode,
             worker=worker.name,
@@ -535,9 +777,9 @@ class ProcessBackend(Backend):
         soonest: float | None = None
         now = perf_counter()
         for worker in list(self._workers.values()):
-            if worker.busy is None or worker.busy[0].timeout is None:
+            if worker.busy is None or worker.busy.job.timeout is None:
                 continue
-            position, left = time_left(worker.mark, worker.busy[0].timeout, now)
+            position, left = time_left(worker.mark, worker.busy.job.timeout, now)
             # about to start its first item: look again soon
             left = 0.01 if position < 0 else max(0.001, left)
             soonest = left if soonest is None else min(soonest, left)
@@ -547,30 +789,37 @@ class ProcessBackend(Backend):
         now = perf_counter()
         for worker in list(self._workers.values()):
             busy = worker.busy
-            if busy is None or busy[0].timeout is None or worker.kill_reason is not None:
+            if busy is None or busy.job.timeout is None or worker.killed_because is not None:
                 continue
-            timeout = busy[0].timeout
+            timeout = busy.job.timeout
             position, left = time_left(worker.mark, timeout, now)
             if left >= 0:
                 continue
             worker.kill(
                 timeout_error(
-                    busy[1], position, timeout, f"; worker {worker.name} was killed and replaced"
-                )
+                    busy.chunk, position, timeout, f"; worker {worker.name} was killed and replaced"
+                ),
+                f"item {busy.chunk.index_of(position)} ran past the {timeout:g} s timeout",
             )
 
     def _fail_outstanding(self, error: BaseException) -> None:
+        """Fail every chunk the pool holds, queued or on a worker, with ``error``.
+
+        Each delivery on its own: a run whose delivery raises must not keep
+        the others waiting.
+        """
         with self._lock:
-            pending = list(self._pending)
+            outstanding = list(self._outstanding)
+            self._outstanding.clear()
             self._pending.clear()
-            busy = [worker.busy for worker in self._workers.values() if worker.busy]
             for worker in self._workers.values():
                 worker.busy = None
-        for job, chunk, _blob in pending:
-            if job.claim(chunk):
-                job.deliver(failed_chunk(chunk, error))
-        for job, chunk, _blob in busy:
-            job.deliver(failed_chunk(chunk, error))
+        for entry in outstanding:
+            try:
+                if entry.claimed or entry.job.claim(entry.chunk):
+                    entry.job.deliver(failed_chunk(entry.chunk, error))
+            except BaseException:
+                logger.exception("parallax: could not fail a chunk of a broken process pool")
 
     def _stop_workers(self) -> None:
         """One poison pill per live worker, then reap them; kill stragglers."""
@@ -584,21 +833,51 @@ class ProcessBackend(Backend):
             try:
                 worker.popen.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                worker.kill(None)
+                worker.kill(None, "it did not stop within 10 s of the pool's shutdown")
                 worker.popen.wait()
             worker.conn.close()
+            worker.mark.release()
+            if worker.pidfd is not None:
+                os.close(worker.pidfd)
+                worker.pidfd = None
 
     def _release_resources(self) -> None:
-        with contextlib.suppress(Exception):
+        """Close what the pool holds, each on its own: one close that fails (a
+        view of the marks still held somewhere) must not leave the rest open."""
+        with contextlib.suppress(BufferError):
             self._marks.release()
-            self._marks_map.close()
-            self._marks_file.close()
+        with contextlib.suppress(BufferError):
+            self._marks_map.close()  # else the map goes with its last view
+        self._marks_file.close()
         fds = (self._wake_r, self._wake_w)
         self._wake_r = self._wake_w = -1
         for fd in fds:
             if fd >= 0:
                 with contextlib.suppress(OSError):
                     os.close(fd)
+
+
+def _disown_inherited_pools() -> None:
+    for pool in list(_every_pool):
+        if pool._owner != os.getpid():
+            with contextlib.suppress(Exception):  # nothing may fail a fork
+                pool._disown()
+
+
+os.register_at_fork(after_in_child=_disown_inherited_pools)
+
+
+def _open_pidfd(pid: int) -> int | None:
+    """A descriptor that turns readable when process ``pid`` exits, or None
+    (not Linux, an old kernel, or a sandbox that forbids it)."""
+    pidfd_open = getattr(os, "pidfd_open", None)
+    if pidfd_open is None:
+        return None
+    try:
+        fd: int = pidfd_open(pid)
+    except OSError:
+        return None
+    return fd
 
 
 def _socket_pair() -> tuple[Channel, int]:

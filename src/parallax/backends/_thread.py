@@ -29,6 +29,7 @@ from concurrent.futures import CancelledError
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
+from .._broken import ThreadInitializerError
 from .._errors import ParallaxError
 from .._host import thread_pool_default
 from .._mark import new_mark
@@ -107,9 +108,8 @@ class ThreadBackend(Backend):
 
     def _work(self, worker: _ThreadWorker) -> None:
         setup = self._setup
-        failed = setup.initialize()
+        failed = setup.initialize(kind=ThreadInitializerError)
         if failed is not None:
-            logger.error("parallax: worker initializer failed in %s", worker.name)
             self._broken = self._broken or failed
         try:
             recycle = worker_loop(
