@@ -62,7 +62,9 @@ __all__ = [
     "forced_common",
     "is_coroutine_function",
     "merge_options",
+    "pickle_checks",
     "resolve",
+    "set_pickle_checks",
     "using",
     "worker_limit",
 ]
@@ -356,6 +358,26 @@ def check_options(options: Mapping[str, Any], *,
             f"the keywords are: {', '.join(keywords)}; backend options are ({listing})"
         )
     return dict(options)
+
+
+# -- checking that everything pickles, in every mode -----------------------------------
+
+#: set by the pytest plugin's ``--parallax-check-pickle``: every call round-trips
+#: its function, each argument and each result through pickling, whatever its
+#: mode (a plain global: reading it is all an unchecked call pays)
+_pickle_checks = False
+
+
+def set_pickle_checks(on: bool) -> bool:
+    """Turn the pickle round trip of every call on or off; returns the previous setting."""
+    global _pickle_checks
+    previous, _pickle_checks = _pickle_checks, check_flag(on, name="pickle checks")
+    return previous
+
+
+def pickle_checks() -> bool:
+    """Must every call check that what it runs would pickle for a process?"""
+    return _pickle_checks
 
 
 # -- using() and resolution --------------------------------------------------------------
