@@ -54,7 +54,7 @@ from ._errors import SerializationError, describe_item
 from ._progress import Reporter, make_reporter
 from ._run import ErrorPolicy, RetryPolicy, Run
 from ._serialize import dumps, loads
-from ._stats import StatsRecorder
+from ._stats import PROBE_WORKER, StatsRecorder
 from ._timeouts import flag_overruns
 from ._units import Chunk, ChunkResult, Failure, Job
 from .backends import Backend, WorkerSetup
@@ -459,7 +459,7 @@ def probed_chunk(measured: Probe, timeout: float | None) -> ChunkResult:
         chunk,
         values,
         failures or None,
-        worker="caller (auto-selector probe)",
+        worker=PROBE_WORKER,
         started=measured.started,
         finished=measured.ends[-1],
         cpu=measured.cpu,
