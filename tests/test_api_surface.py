@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import inspect
+import typing
+from pathlib import Path
+
+import pytest
 
 import parallax
+from conftest import Backend
+from faults import FailOnce, InjectedError
+from parallax._config import COMMON_KEYWORDS
+from parallax._launch import CallOptions
 
 CONTRACT = {
     "map", "imap", "starmap", "amap", "parallel", "Executor", "using", "plan", "monitor",
@@ -44,6 +52,39 @@ def test_map_signature_matches_the_design() -> None:
     for name, default in expected.items():
         assert parameters[name].default == default, name
         assert parameters[name].kind is inspect.Parameter.KEYWORD_ONLY
+
+
+@pytest.mark.parametrize("api", ["map", "imap", "starmap", "amap"])
+def test_every_common_keyword_is_a_typed_parameter(api: str) -> None:
+    """IDEs and help() show each keyword a call accepts: none hides in **options."""
+    function = getattr(parallax, api)
+    parameters = inspect.signature(function).parameters
+    hints = typing.get_type_hints(function)
+    defaults = CallOptions()
+    for name in {"mode", *COMMON_KEYWORDS}:
+        parameter = parameters[name]
+        assert parameter.kind is inspect.Parameter.KEYWORD_ONLY, name
+        assert name in hints, name
+        if name != "mode":  # the call's "auto" is CallOptions' None (not given)
+            assert parameter.default == getattr(defaults, name), name
+    assert list(parameters)[-1] == "options"  # backend options still travel as **options
+
+
+def test_parallel_keyword_form_lists_every_common_keyword() -> None:
+    overloads = typing.get_overloads(parallax.parallel)
+    keyword_form = inspect.signature(overloads[-1]).parameters
+    for name in {"mode", *COMMON_KEYWORDS}:
+        assert keyword_form[name].kind is inspect.Parameter.KEYWORD_ONLY, name
+
+
+def test_typed_keywords_work_in_every_mode(backend: Backend, tmp_path: Path) -> None:
+    flaky = FailOnce("raise", 2, str(tmp_path / "failed-once"))
+    with parallax.monitor() as mon:
+        result = backend.map(flaky, [1, 2, 3], retries=2, retry_on=InjectedError, backoff=0.0,
+                             max_tasks_per_worker=100, record_tasks=False)
+    assert result == [10, 20, 30]
+    assert mon.runs[-1].retried == 1
+    assert not mon.runs[-1].records_kept
 
 
 def test_import_does_not_import_heavy_modules() -> None:

@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import struct
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import parallax
 from conftest import Backend
+from faults import FailOnce, InjectedError
 from helpers import fail_on, nap
+from parallax._stats import PROBE_WORKER, _kinds, _rows
 
 
 def test_counts_and_timings_are_consistent(backend: Backend) -> None:
@@ -87,8 +90,11 @@ def test_chrome_trace_is_valid_trace_event_json(tmp_path: Path) -> None:
     path = monitor.runs[-1].to_chrome_trace(tmp_path / "trace.json")
     trace = json.loads(path.read_text())
     slices = [event for event in trace["traceEvents"] if event["ph"] == "X"]
+    items = [event for event in slices if event["cat"] in ("ok", "error")]
+    runs = [event for event in slices if event["cat"] == "run"]
     tracks = [event for event in trace["traceEvents"] if event.get("name") == "thread_name"]
-    assert len(slices) == 8 and len(tracks) == len({event["tid"] for event in slices})
+    assert len(items) == 8 and len(runs) == 1 and len(slices) == 9
+    assert len(tracks) == len({event["tid"] for event in slices})
     assert all(event["dur"] >= 0 and event["ts"] >= 0 for event in slices)
 
 
@@ -146,3 +152,126 @@ def test_a_recorder_publishes_its_records_once_when_the_run_ends() -> None:
     assert [record.index for record in stats.task_records] == [0, 1]
     assert [record.attempt for record in stats.task_records] == [1, 2]
 
+
+
+# -- Monitor exports and the timeline picture ----------------------------------------------
+
+
+def is_png(path: Path) -> bool:
+    data = path.read_bytes()
+    width, height = struct.unpack(">II", data[16:24])
+    return data[:8] == b"\x89PNG\r\n\x1a\n" and width > 100 and height > 50
+
+
+def test_monitor_chrome_trace_has_a_process_per_run(backend: Backend, tmp_path: Path) -> None:
+    with parallax.monitor() as monitor:
+        backend.map(fail_on({2}), range(10), errors="return")
+        backend.map(abs, range(5))
+    path = monitor.to_chrome_trace(tmp_path / "runs.json")
+    events = json.loads(path.read_text())["traceEvents"]
+    names = {event["pid"]: event["args"]["name"] for event in events
+             if event["name"] == "process_name"}
+    assert names == {1: f"run 1: parallax {backend.mode}", 2: f"run 2: parallax {backend.mode}"}
+    items = [event for event in events if event.get("cat") in ("ok", "error")]
+    assert sorted((event["pid"], event["args"]["index"]) for event in items) == [
+        *((1, index) for index in range(10)), *((2, index) for index in range(5))]
+    assert [event["args"]["index"] for event in items if event["cat"] == "error"] == [2]
+    first, second = (next(event for event in events
+                          if event.get("cat") == "run" and event["pid"] == pid) for pid in (1, 2))
+    # one clock: the second run starts after the first one ended
+    assert first["ts"] >= 0 and second["ts"] >= first["ts"] + first["dur"] - 1e3
+    for event in items:
+        run = first if event["pid"] == 1 else second
+        assert run["ts"] - 1 <= event["ts"] <= run["ts"] + run["dur"] + 1
+
+
+def test_monitor_timeline_png(backend: Backend, tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    with parallax.monitor() as monitor:
+        backend.map(fail_on({2}), range(10), errors="return")
+        backend.map(abs, range(5), record_tasks=False)
+    assert is_png(monitor.plot_timeline(tmp_path / "runs.png"))
+
+
+def test_an_empty_monitor_exports_nothing_but_valid_files(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    with parallax.monitor() as monitor:
+        pass
+    events = json.loads(monitor.to_chrome_trace(tmp_path / "none.json").read_text())
+    assert events["traceEvents"] == []
+    assert is_png(monitor.plot_timeline(tmp_path / "none.png"))
+
+
+def test_kinds_of_items_failed_retried_and_recovered(backend: Backend, tmp_path: Path) -> None:
+    flaky = FailOnce("raise", 3, str(tmp_path / "failed-once"))
+    with parallax.monitor() as monitor:
+        backend.map(flaky, range(8), retries=1, retry_on=InjectedError, chunksize=1)
+        backend.map(fail_on({5}), range(8), errors="return", chunksize=1)
+    retried, failed = monitor.runs
+    records = retried.task_records
+    kinds = {(record.index, record.attempt): kind for record, kind in
+             zip(records, _kinds(records), strict=True)}
+    assert kinds.pop((3, 1)) == "retried" and kinds.pop((3, 2)) == "recovered"
+    assert set(kinds.values()) == {"ok"}
+    records = failed.task_records
+    assert [kind for kind in _kinds(records) if kind != "ok"] == ["failed"]
+
+
+def test_timeline_rows_show_idle_workers_and_start_up(backend: Backend) -> None:
+    with parallax.monitor() as monitor:
+        backend.map(nap, [0.001] * 2, workers=6, chunksize=1)
+    stats = monitor.runs[-1]
+    rows = _rows("", stats, 0.0)
+    working = [row for row in rows if row.bars]
+    assert {row.label for row in working} == {worker.name for worker in stats.worker_records}
+    for row in working:  # start-up is where the worker's first chunk started
+        record = next(worker for worker in stats.worker_records if worker.name == row.label)
+        assert row.startup == (None if row.label == PROBE_WORKER else record.first_started)
+    idle = [row for row in rows if not row.bars]
+    pool = [row for row in working if row.label != PROBE_WORKER]
+    if backend.mode == "asyncio":  # workers is a concurrency limit on one loop
+        assert idle == []
+    else:
+        assert len(idle) == stats.workers - len(pool)
+        assert all(row.span == stats.wall_time and "ran nothing" in row.label for row in idle)
+    if backend.mode in ("thread", "process", "free-threaded"):  # 6 workers, 2 items
+        assert stats.workers == 6 and len(idle) >= 4
+
+
+@pytest.fixture
+def drawn(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The figures plot_timeline saves, before they are closed."""
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    figures: list[Any] = []
+    save = Figure.savefig
+
+    def keep(figure: Any, *args: Any, **kwargs: Any) -> None:
+        figures.append(figure)
+        save(figure, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", keep)
+    return figures
+
+
+def test_timeline_axis_starts_at_zero_with_a_legend(
+    backend: Backend, tmp_path: Path, drawn: list[Any]
+) -> None:
+    flaky = FailOnce("raise", 3, str(tmp_path / "failed-once"))
+    with parallax.monitor() as monitor:
+        backend.map(flaky, range(8), retries=1, retry_on=InjectedError, chunksize=1)
+        backend.map(fail_on({5}), range(8), errors="return", chunksize=1, workers=2)
+    assert is_png(monitor.runs[0].plot_timeline(tmp_path / "one.png"))
+    assert is_png(monitor.plot_timeline(tmp_path / "all.png"))
+    one, both = drawn
+    for figure, runs in ((one, monitor.runs[:1]), (both, monitor.runs)):
+        axes = figure.axes[0]
+        assert axes.get_xlim()[0] == 0
+        labels = [text.get_text() for text in figure.legends[0].get_texts()]
+        assert "ok" in labels and "failed, retried" in labels and "ok after a retry" in labels
+        assert ("failed" in labels) == (len(runs) == 2)
+        rows = [label.get_text() for label in axes.get_yticklabels()]
+        assert len(rows) == sum(len(_rows("", run, 0.0)) for run in runs)
+    assert all(row.startswith(("run 1: ", "run 2: "))
+               for row in (label.get_text() for label in both.axes[0].get_yticklabels()))

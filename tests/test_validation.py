@@ -212,3 +212,108 @@ def test_auto_refuses_a_count_its_costliest_pick_cannot_start() -> None:
     with pytest.raises(ValueError, match="at most"):
         parallax.Executor(workers=10**7)
     assert calls == []  # not even the probe ran
+
+
+# -- "did you mean" ------------------------------------------------------------------------
+
+MISSPELLED = [
+    ("chunk_size", "chunksize"),
+    ("worker", "workers"),
+    ("max_tasks", "max_tasks_per_worker"),
+    ("retry", "retries"),
+    ("Ordered", "ordered"),
+    ("check_pikle", "check_pickle"),
+    ("adress", "address"),
+]
+
+
+@pytest.mark.parametrize(("wrong", "right"), MISSPELLED)
+def test_a_misspelled_keyword_names_the_closest_valid_one(
+    backend: Backend, wrong: str, right: str
+) -> None:
+    with pytest.raises(TypeError) as raised:
+        backend.map(record, [1, 2], **{wrong: 3})
+    message = str(raised.value)
+    assert f"unexpected keyword argument {wrong!r} (did you mean " in message
+    assert repr(right) in message.split("the keywords are", maxsplit=1)[0]
+    # every valid keyword and every backend option is listed
+    assert "the keywords are: mode, workers, chunksize" in message
+    assert "max_tasks_per_worker" in message and "serial: check_pickle" in message
+    assert calls == []
+
+
+@pytest.mark.parametrize(
+    "door",
+    ["map", "imap", "starmap", "amap", "using", "Executor", "parallel", "parallel.map"],
+)
+def test_every_door_suggests_the_keyword(backend: Backend, door: str) -> None:
+    options = dict(backend.options)
+
+    def call() -> object:
+        if door == "amap":
+            import asyncio
+
+            return asyncio.run(parallax.amap(record, [1], mode=backend.mode, chunk_size=3,
+                                             **options))
+        if door == "using":
+            with parallax.using(backend.mode, chunk_size=3, **options):
+                return None
+        if door == "Executor":
+            return parallax.Executor(backend.mode, chunk_size=3, **options)
+        if door == "parallel":
+            return parallax.parallel(mode=backend.mode, chunk_size=3, **options)
+        if door == "parallel.map":
+            return parallax.parallel(record).map([1], mode=backend.mode, chunk_size=3, **options)
+        data = [(1,)] if door == "starmap" else [1]
+        return getattr(parallax, door)(record, data, mode=backend.mode, chunk_size=3, **options)
+
+    with pytest.raises(TypeError, match=r"'chunk_size' \(did you mean 'chunksize'\?\)"):
+        call()
+    assert calls == []
+
+
+def test_the_executor_lists_its_own_keywords() -> None:
+    with pytest.raises(TypeError) as raised:
+        parallax.Executor("thread", retries=2)
+    message = str(raised.value)
+    assert "the keywords are: mode, workers, chunksize, timeout, initializer" in message
+    assert "errors" not in message.split("backend options", maxsplit=1)[0]
+
+
+def test_using_does_not_offer_mode_as_a_keyword() -> None:
+    with pytest.raises(TypeError) as raised, parallax.using("serial", workrs=2):
+        pass
+    assert "(did you mean 'workers'?)" in str(raised.value)
+    assert "the keywords are: workers," in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("wrong", "right"),
+    [("proces", "process"), ("threads", "thread"), ("Serial", "serial"), ("asyncoi", "asyncio"),
+     ("free_threaded", "free-threaded"), ("dsk", "dask")],
+)
+@pytest.mark.parametrize("door", ["map", "using", "Executor", "parallel"])
+def test_an_unknown_mode_names_the_closest(wrong: str, right: str, door: str) -> None:
+    def call() -> object:
+        if door == "using":
+            with parallax.using(wrong):
+                return None
+        if door == "Executor":
+            return parallax.Executor(wrong)
+        if door == "parallel":
+            return parallax.parallel(mode=wrong)
+        return parallax.map(record, [1], mode=wrong)
+
+    with pytest.raises(ValueError, match=rf"unknown mode '{wrong}' \(did you mean '{right}'"
+                                         r"( or '[a-z-]+')?\?\); valid modes are: auto, serial"):
+        call()
+    assert calls == []
+
+
+def test_nothing_close_suggests_nothing() -> None:
+    with pytest.raises(TypeError) as raised:
+        parallax.map(record, [1], zzzz=1)
+    assert "did you mean" not in str(raised.value)
+    with pytest.raises(ValueError, match="unknown mode") as wrong_mode:
+        parallax.map(record, [1], mode="gpu")
+    assert "did you mean" not in str(wrong_mode.value)

@@ -48,6 +48,11 @@ def map(
     progress: bool | Callable[..., Any] = False,
     initializer: Callable[..., object] | None = None,
     initargs: tuple[Any, ...] = (),
+    retries: int = 0,
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
+    backoff: float = 0.0,
+    max_tasks_per_worker: int | None = None,
+    record_tasks: bool = True,
     **options: Any,
 ) -> list[R]:
     """``[fn(x) for x in iterable]``, computed in parallel.
@@ -66,10 +71,17 @@ def map(
         progress: ``True`` for a progress bar, or a callable receiving
             :class:`~parallax.ProgressUpdate`.
         initializer, initargs: run in each worker as it starts.
-        **options: ``retries``, ``retry_on``, ``backoff``,
-            ``max_tasks_per_worker``, ``record_tasks`` (False keeps only
-            counts and totals in the stats) and backend options (e.g.
-            ``address=`` for dask).
+        retries: run a failing item again up to this many times.
+        retry_on: the exception type(s) worth a retry (default: any ``Exception``).
+        backoff: seconds before the first retry, doubled for each further one
+            (with jitter, at most 30 s).
+        max_tasks_per_worker: replace a worker after this many items (leaky
+            libraries); such a call gets a pool of its own.
+        record_tasks: ``False`` keeps only counts and totals in the stats
+            (no per-item records), for very long runs.
+        **options: backend options, e.g. ``check_pickle=True`` (serial),
+            ``max_worker_memory=`` (process), ``address=`` (dask). A
+            misspelled keyword is a ``TypeError`` naming the closest valid one.
 
     Raises:
         ValueError, TypeError: bad arguments, before any work starts.
@@ -92,6 +104,11 @@ def imap(
     progress: bool | Callable[..., Any] = False,
     initializer: Callable[..., object] | None = None,
     initargs: tuple[Any, ...] = (),
+    retries: int = 0,
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
+    backoff: float = 0.0,
+    max_tasks_per_worker: int | None = None,
+    record_tasks: bool = True,
     **options: Any,
 ) -> Iterator[R]:
     """Like :func:`map`, lazily: reads the input as results are consumed.
@@ -116,6 +133,11 @@ def starmap(
     progress: bool | Callable[..., Any] = False,
     initializer: Callable[..., object] | None = None,
     initargs: tuple[Any, ...] = (),
+    retries: int = 0,
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
+    backoff: float = 0.0,
+    max_tasks_per_worker: int | None = None,
+    record_tasks: bool = True,
     **options: Any,
 ) -> list[R]:
     """``[fn(*args) for args in iterable]``, computed in parallel (see :func:`map`)."""
@@ -135,6 +157,11 @@ async def amap(
     progress: bool | Callable[..., Any] = False,
     initializer: Callable[..., object] | None = None,
     initargs: tuple[Any, ...] = (),
+    retries: int = 0,
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
+    backoff: float = 0.0,
+    max_tasks_per_worker: int | None = None,
+    record_tasks: bool = True,
     **options: Any,
 ) -> list[R]:
     """:func:`map` for async code: ``results = await parallax.amap(fn, data)``.
@@ -251,6 +278,11 @@ def parallel(
     progress: bool | Callable[..., Any] = ...,
     initializer: Callable[..., object] | None = ...,
     initargs: tuple[Any, ...] = ...,
+    retries: int = ...,
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] = ...,
+    backoff: float = ...,
+    max_tasks_per_worker: int | None = ...,
+    record_tasks: bool = ...,
     **options: Any,
 ) -> ParallelDecorator: ...
 

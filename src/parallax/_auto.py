@@ -12,19 +12,24 @@ results of the run: nothing is computed twice.
 from __future__ import annotations
 
 import math
+import pickle
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from time import perf_counter, thread_time
+from types import FunctionType
 from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
     from collections.abc import Generator
 
 from . import _host
+from ._calls import CheckedCall, StarCall
 from ._chunking import ChunkSizer
-from ._serialize import dumps
+from ._errors import describe_item
+from ._serialize import PROTOCOL, dumps
 from ._units import Failure
 from ._worker import set_inside_worker
 from .backends._registry import chunk_overhead
@@ -92,6 +97,7 @@ class Facts:
     cpus: int = 1
     picklable: bool = True
     unpicklable: str = ""  # what did not pickle
+    unpicklable_why: str = ""  # the pickling error, when known
     item_bytes: int | None = None  # pickled size of an item
     #: items on two threads at once vs one after another (2.0: perfect overlap);
     #: measured for large items (the payload rule) and, without the GIL, for
@@ -124,7 +130,24 @@ def _io_threads(cpus: int, wall: float, cpu: float) -> int:
 
 
 def decide(facts: Facts, workers: int | None = None) -> Plan:
-    """Pick a mode from measured facts. Pure: no pool is started, nothing runs."""
+    """Pick a mode from measured facts. Pure: no pool is started, nothing runs.
+
+    Work that does not pickle but runs serially or on threads works today
+    and fails once auto picks process mode for more of it: the reason says so.
+    """
+    chosen = _choose(facts, workers)
+    if facts.picklable or chosen.mode not in ("serial", "thread") or "pickle" in chosen.reason:
+        return chosen
+    return Plan(
+        chosen.mode, chosen.workers, chosen.chunksize,
+        f"{chosen.reason}; note: {facts.unpicklable} cannot be pickled{facts.unpicklable_why}, "
+        "so this work would fail in process mode, which auto picks for larger CPU-bound "
+        "work (check_pickle=True in serial mode, or pytest --parallax-check-pickle, "
+        "finds such problems early)",
+    )
+
+
+def _choose(facts: Facts, workers: int | None) -> Plan:
     cpus = max(1, facts.cpus)
     if facts.coroutine:
         count = workers or ASYNCIO_CONCURRENCY
@@ -312,10 +335,15 @@ def probe(
         # No GIL, CPU-bound: do two threads really run this function in
         # parallel? If not, the rules fall back to process mode.
         facts = _thread_overlap(fn, result, facts, source)
-    if decide(facts).mode == "process":
-        # Only work bound for a process is worth pickling to see if it can
-        # go (tiny work must not pay for a pickle check, or an import of cloudpickle).
+    mode = decide(facts).mode
+    if mode == "process":
+        # Only work bound for a process is pickled whole to see if it can go
+        # (tiny work must not pay for a full check, or an import of cloudpickle).
         facts = _check_shipping(fn, result, facts, source, check_threads=check_threads)
+    elif mode in ("serial", "thread"):
+        # Would it pickle, should it grow into process work? Cheap: the
+        # standard pickler first, cloudpickle only for what must go by value.
+        facts = _check_pickles(fn, result.items[0], facts)
     result.facts = facts
     return result
 
@@ -447,6 +475,48 @@ def _overlap_speedup(items: int, alone: float, together: float, waits: list[floa
     probe takes it out of ``alone``)."""
     working = together - sum(waits) / max(len(waits), 1)
     return items * alone / max(working, 1e-9)
+
+
+#: functions found to pickle ("") or not (the error): pickling one by value
+#: (a lambda, a closure, one of ``__main__``) takes tens of microseconds
+_function_verdicts: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+
+
+def _check_pickles(fn: Callable[[Any], Any], item: Any, facts: Facts) -> Facts:
+    """``facts`` saying whether ``fn`` and its first item would pickle for a process."""
+    while isinstance(fn, StarCall | CheckedCall):
+        fn = fn.fn
+    cached = isinstance(fn, FunctionType)
+    error = _function_verdicts.get(fn) if cached else None
+    if error is None:
+        error = _pickling_error(fn)
+        if cached:
+            _function_verdicts[fn] = error
+    if error:
+        what = f"the function {_name(fn)}"
+    else:
+        error, what = _pickling_error(item), f"the first item, {describe_item(item)},"
+    if not error:
+        return facts
+    return _replace(facts, picklable=False, unpicklable=what, unpicklable_why=f" ({error})")
+
+
+def _pickling_error(obj: Any) -> str:
+    """Why ``obj`` would not pickle as process mode pickles it (``""``: it would)."""
+    try:
+        pickle.dumps(obj, protocol=PROTOCOL)
+    except Exception:
+        pass  # maybe by value: cloudpickle decides
+    else:
+        # By reference: a worker finds it by name, unless it lives in __main__,
+        # which cloudpickle sends by value, with what it refers to.
+        if getattr(obj, "__module__", None) != "__main__":
+            return ""
+    try:
+        dumps(obj)
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return ""
 
 
 def _runqueue_seconds() -> float:

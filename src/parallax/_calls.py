@@ -4,8 +4,8 @@ A job calls ``fn(item)`` for every item. These small callables turn the
 other shapes into that one: ``fn(*args)`` for ``starmap`` (:class:`StarCall`,
 :class:`AsyncStarCall`), ``fn(*args, **kwargs)`` ignoring the item for
 ``submit`` (:class:`BoundCall`), a coroutine function outside asyncio mode
-(:class:`RunCoroutine`), and serial mode's ``check_pickle`` round trip
-(:class:`CheckedCall`).
+(:class:`RunCoroutine`), and the ``check_pickle`` round trip
+(:class:`CheckedCall`, :class:`AsyncCheckedCall`).
 
 Process workers unpickle these by reference (``parallax._calls.StarCall``),
 so this module is worker-light: no ``typing`` or ``dataclasses`` at run time,
@@ -23,7 +23,9 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine
     from typing import Any
 
-__all__ = ["AsyncStarCall", "BoundCall", "CheckedCall", "RunCoroutine", "StarCall"]
+__all__ = [
+    "AsyncCheckedCall", "AsyncStarCall", "BoundCall", "CheckedCall", "RunCoroutine", "StarCall",
+]
 
 
 class StarCall:
@@ -129,7 +131,8 @@ class RunCoroutine:
 
 class CheckedCall:
     """Round-trips each argument and result through pickling around ``fn``
-    (serial mode's ``check_pickle=True``)."""
+    (serial mode's ``check_pickle=True``, and every mode's under the pytest
+    plugin's ``--parallax-check-pickle``)."""
 
     __slots__ = ("fn",)
 
@@ -138,3 +141,19 @@ class CheckedCall:
 
     def __call__(self, item: Any) -> Any:
         return round_trip(self.fn(round_trip(item, "argument")), "result")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (CheckedCall, (self.fn,))
+
+
+class AsyncCheckedCall(CheckedCall):
+    """:class:`CheckedCall` around a coroutine function (asyncio mode): the
+    result is checked once awaited."""
+
+    __slots__ = ()
+
+    async def __call__(self, item: Any) -> Any:
+        return round_trip(await self.fn(round_trip(item, "argument")), "result")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (AsyncCheckedCall, (self.fn,))

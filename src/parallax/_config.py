@@ -19,10 +19,11 @@ can start then, and nothing would stop new workers.
 from __future__ import annotations
 
 import contextvars
+import difflib
 import inspect
 import math
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, get_args
@@ -33,6 +34,7 @@ from .backends import available_modes, backend_options
 
 __all__ = [
     "BUILTIN_MODES",
+    "CALL_KEYWORDS",
     "COMMON_CHECKS",
     "COMMON_KEYWORDS",
     "Mode",
@@ -56,10 +58,13 @@ __all__ = [
     "check_wait",
     "check_worker_bound",
     "check_workers",
+    "closest",
     "forced_common",
     "is_coroutine_function",
     "merge_options",
+    "pickle_checks",
     "resolve",
+    "set_pickle_checks",
     "using",
     "worker_limit",
 ]
@@ -98,8 +103,22 @@ def check_mode(mode: object, *, where: str = "mode") -> str:
     """
     modes = available_modes()
     if not isinstance(mode, str) or mode not in modes:
-        raise ValueError(f"unknown {where} {mode!r}; valid modes are: {', '.join(modes)}")
+        guess = closest(mode, modes)
+        raise ValueError(f"unknown {where} {mode!r}{guess}; valid modes are: {', '.join(modes)}")
     return mode
+
+
+def closest(name: object, choices: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` naming the one or two choices most like
+    ``name`` (case aside), or ``""`` if none is close."""
+    if not isinstance(name, str):
+        return ""
+    lowered = {choice.lower(): choice for choice in choices}
+    exact = lowered.get(name.lower())
+    found = [name.lower()] if exact else difflib.get_close_matches(name.lower(), list(lowered), n=2)
+    if not found:
+        return ""
+    return f" (did you mean {' or '.join(repr(lowered[match]) for match in found)}?)"
 
 
 def check_workers(workers: object) -> int | None:
@@ -299,6 +318,8 @@ COMMON_CHECKS: Final[tuple[tuple[str, Callable[[Any], Any]], ...]] = (
     ("max_tasks_per_worker", check_max_tasks),
 )
 COMMON_KEYWORDS: Final = frozenset(name for name, _ in COMMON_CHECKS)
+#: the keywords of ``map``-like calls and ``@parallel(...)``, in the order they are listed
+CALL_KEYWORDS: Final = ("mode", *(name for name, _ in COMMON_CHECKS))
 
 
 def check_common(given: Mapping[str, Any]) -> dict[str, Any]:
@@ -310,11 +331,16 @@ def check_common(given: Mapping[str, Any]) -> dict[str, Any]:
     return {name: check(given[name]) for name, check in COMMON_CHECKS if name in given}
 
 
-def check_options(options: Mapping[str, Any]) -> dict[str, Any]:
+def check_options(options: Mapping[str, Any], *,
+                  keywords: Iterable[str] = CALL_KEYWORDS) -> dict[str, Any]:
     """Reject options that no backend knows; keep the rest for the one that runs.
 
+    ``keywords``: the caller's own keywords, listed (and suggested) in the
+    error next to the backend options.
+
     Raises:
-        TypeError: naming the unknown option and the options each mode accepts.
+        TypeError: naming the unknown option, the closest valid keyword, the
+            caller's keywords and the options each mode accepts.
     """
     known = backend_options()
     if any(accepted is None for accepted in known.values()):
@@ -325,12 +351,33 @@ def check_options(options: Mapping[str, Any]) -> dict[str, Any]:
         listing = "; ".join(
             f"{mode}: {', '.join(sorted(accepted))}" for mode, accepted in known.items() if accepted
         )
+        valid = [*keywords, *sorted(everything)]
+        named = ", ".join(f"{name!r}{closest(name, valid)}" for name in unknown)
         raise TypeError(
-            f"unexpected keyword argument{'s' if len(unknown) > 1 else ''} "
-            f"{', '.join(repr(name) for name in unknown)}; backend options are "
-            f"({listing})"
+            f"unexpected keyword argument{'s' if len(unknown) > 1 else ''} {named}; "
+            f"the keywords are: {', '.join(keywords)}; backend options are ({listing})"
         )
     return dict(options)
+
+
+# -- checking that everything pickles, in every mode -----------------------------------
+
+#: set by the pytest plugin's ``--parallax-check-pickle``: every call round-trips
+#: its function, each argument and each result through pickling, whatever its
+#: mode (a plain global: reading it is all an unchecked call pays)
+_pickle_checks = False
+
+
+def set_pickle_checks(on: bool) -> bool:
+    """Turn the pickle round trip of every call on or off; returns the previous setting."""
+    global _pickle_checks
+    previous, _pickle_checks = _pickle_checks, check_flag(on, name="pickle checks")
+    return previous
+
+
+def pickle_checks() -> bool:
+    """Must every call check that what it runs would pickle for a process?"""
+    return _pickle_checks
 
 
 # -- using() and resolution --------------------------------------------------------------
@@ -357,7 +404,7 @@ def using(mode: Mode | str, **options: Any) -> Iterator[None]:
     check_mode(mode)
     common = check_common(options)
     backend = check_options({name: value for name, value in options.items()
-                             if name not in COMMON_KEYWORDS})
+                             if name not in COMMON_KEYWORDS}, keywords=CALL_KEYWORDS[1:])
     outer = _forced.get()
     token = _forced.set(Settings(
         mode,

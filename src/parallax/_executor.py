@@ -127,7 +127,9 @@ class Executor(_StdExecutor):
         self._timeout = check_timeout(timeout)
         check_initializer(initializer, initargs)
         max_tasks = check_max_tasks(max_tasks_per_worker)
-        options = merge_options(check_options(backend_options))
+        options = merge_options(check_options(backend_options, keywords=(
+            "mode", "workers", "chunksize", "timeout", "initializer", "initargs",
+            "max_tasks_per_worker")))
         # What a using() block forces (checked there) beats the arguments.
         forced = forced_common()
         workers = forced.get("workers", workers)

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from . import _host, _pools
 from ._auto import Facts, Plan, Probe, decide, probe, probe_more
-from ._calls import AsyncStarCall, BoundCall, RunCoroutine, StarCall
+from ._calls import AsyncCheckedCall, AsyncStarCall, BoundCall, CheckedCall, RunCoroutine, StarCall
 from ._chunking import ChunkSizer
 from ._config import (
     COMMON_CHECKS,
@@ -47,13 +47,14 @@ from ._config import (
     forced_common,
     is_coroutine_function,
     merge_options,
+    pickle_checks,
     resolve,
 )
 from ._errors import SerializationError, describe_item
 from ._progress import Reporter, make_reporter
 from ._run import ErrorPolicy, RetryPolicy, Run
-from ._serialize import dumps
-from ._stats import StatsRecorder
+from ._serialize import dumps, loads
+from ._stats import PROBE_WORKER, StatsRecorder
 from ._timeouts import flag_overruns
 from ._units import Chunk, ChunkResult, Failure, Job
 from .backends import Backend, WorkerSetup
@@ -73,6 +74,7 @@ __all__ = [
     "length_of",
     "new_run",
     "open_engine",
+    "pickle_checked",
     "plan_call",
     "resolve_without_probe",
     "start_future",
@@ -266,6 +268,8 @@ def new_run(
     Takes checked arguments: it checks nothing itself.
     """
     backend = engine.backend
+    if pickle_checks():
+        call = pickle_checked(call, awaits=backend.name == "asyncio")
     recorder = StatsRecorder(backend.name, engine.reason, backend.workers, chunksize,
                              tasks=record_tasks)
     return Run(
@@ -361,6 +365,10 @@ def launch(
     call: Callable[[Any], Any] = fn
     if star:
         call = AsyncStarCall(fn) if coroutine else StarCall(fn)
+    if not coroutine and pickle_checks():
+        # Before the probe, whose items are results too; a coroutine function
+        # is wrapped by new_run, once the mode says how it is called.
+        call = pickle_checked(call)
     total = length_of(iterable)
     workers = options.workers
     measured: Probe | None = None
@@ -451,7 +459,7 @@ def probed_chunk(measured: Probe, timeout: float | None) -> ChunkResult:
         chunk,
         values,
         failures or None,
-        worker="caller (auto-selector probe)",
+        worker=PROBE_WORKER,
         started=measured.started,
         finished=measured.ends[-1],
         cpu=measured.cpu,
@@ -558,6 +566,11 @@ def start_future(backend: Backend, call: BoundCall, timeout: float | None,
     """
     job = FutureJob(call, future, timeout)
     try:
+        if pickle_checks():
+            problem = unpicklable_part(call)
+            if problem is not None:
+                raise problem
+            job.fn = CheckedCall(loads(dumps(call)))
         try:
             backend.prepare(job)
         except SerializationError as exc:
@@ -568,6 +581,30 @@ def start_future(backend: Backend, call: BoundCall, timeout: float | None,
     except BaseException:
         future.cancel()
         raise
+
+
+def pickle_checked(call: Callable[[Any], Any], *, awaits: bool = False) -> Callable[[Any], Any]:
+    """``call`` as process mode would run it, in any mode: a copy that went
+    through pickling, which round-trips each argument and each result too
+    (``pickle_checks()``, the pytest plugin's ``--parallax-check-pickle``).
+    ``awaits``: ``call`` returns coroutines, which the backend awaits (asyncio).
+
+    Raises:
+        SerializationError: the function cannot be pickled, naming it.
+    """
+    if isinstance(call, CheckedCall):
+        return call
+    try:
+        shipped = loads(dumps(call))
+    except Exception as exc:
+        inner = call
+        while isinstance(inner, StarCall | AsyncStarCall | RunCoroutine):
+            inner = inner.fn
+        raise SerializationError(
+            f"the function {callable_name(inner)} cannot be pickled for another process "
+            f"(pickle checks are on): {type(exc).__name__}: {exc}"
+        ) from exc
+    return AsyncCheckedCall(shipped) if awaits else CheckedCall(shipped)
 
 
 def unpicklable_part(call: BoundCall) -> SerializationError | None:

@@ -24,7 +24,12 @@ from typing import Any
 from ._errors import describe_item
 from ._units import ChunkResult
 
-__all__ = ["Monitor", "Stats", "StatsRecorder", "TaskRecord", "WorkerRecord", "monitor"]
+__all__ = [
+    "PROBE_WORKER", "Monitor", "Stats", "StatsRecorder", "TaskRecord", "WorkerRecord", "monitor",
+]
+
+#: the worker name of the items the auto-selector ran in the caller: no pool worker
+PROBE_WORKER = "caller (auto-selector probe)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,62 +272,15 @@ class Stats:
 
     def to_chrome_trace(self, path: str | Path) -> Path:
         """Write Trace Event JSON (Perfetto, chrome://tracing): a track per worker."""
-        workers = sorted({chunk.worker for chunk in self._chunks})
-        tids = {name: number for number, name in enumerate(workers, start=1)}
-        events: list[dict[str, Any]] = [
-            {"name": "process_name", "ph": "M", "pid": 1, "args": {"name": f"parallax {self.mode}"}}
-        ]
-        for name, tid in tids.items():
-            events.append(
-                {"name": "thread_name", "ph": "M", "pid": 1, "tid": tid, "args": {"name": name}}
-            )
-        for record in self.task_records:
-            events.append(
-                {
-                    "name": f"item {record.index}",
-                    "cat": record.outcome,
-                    "ph": "X",
-                    "pid": 1,
-                    "tid": tids[record.worker],
-                    "ts": record.started * 1e6,
-                    "dur": max(record.wall, 0.0) * 1e6,
-                    "args": {"index": record.index, "estimated": record.estimated},
-                }
-            )
-        target = Path(path)
-        target.write_text(json.dumps({"traceEvents": events, "displayTimeUnit": "ms"}))
-        return target
+        return _write_trace(_trace_events(self, 1, f"parallax {self.mode}", self._origin), path)
 
     def plot_timeline(self, path: str | Path) -> Path:
-        """Write a PNG Gantt chart of tasks per worker (needs matplotlib)."""
-        try:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError as exc:
-            raise ImportError(
-                "plot_timeline needs matplotlib: pip install 'parallax[plot]' "
-                "(or pip install matplotlib)"
-            ) from exc
-        records = self.task_records
-        workers = sorted({record.worker for record in records})
-        rows = {name: row for row, name in enumerate(workers)}
-        figure, axes = plt.subplots(figsize=(10, 1 + 0.5 * max(1, len(workers))))
-        for record in records:
-            color = "tab:red" if record.outcome == "error" else "tab:blue"
-            axes.barh(
-                rows[record.worker], max(record.wall, 1e-6), left=record.started,
-                height=0.8, color=color, edgecolor="white", linewidth=0.3,
-            )
-        axes.set_yticks(range(len(workers)), workers)
-        axes.set_xlabel("seconds since the run started")
-        axes.set_title(f"parallax {self.mode}: {self.tasks} tasks on {self.workers} workers")
-        figure.tight_layout()
-        target = Path(path)
-        figure.savefig(target, format="png", dpi=100)
-        plt.close(figure)
-        return target
+        """Write a PNG Gantt chart of the run: a row per worker, idle ones
+        too; failed and retried items in colours of their own; time from 0
+        (needs matplotlib)."""
+        title = (f"parallax {self.mode}: {self.tasks} tasks on {self.workers} workers, "
+                 f"{self.wall_time:.3g} s")
+        return _plot_timeline([("", self)], path, title)
 
     @classmethod
     def combine(cls, runs: Sequence[Stats], *, mode: str, workers: int) -> Stats:
@@ -531,6 +489,32 @@ class Monitor:
         with self._lock:
             self.runs.append(stats)
 
+    def _snapshot(self) -> list[Stats]:
+        with self._lock:
+            return list(self.runs)
+
+    def to_chrome_trace(self, path: str | Path) -> Path:
+        """Write every run of the block as Trace Event JSON (Perfetto,
+        chrome://tracing): one process per run, a track per worker, all on
+        one clock (seconds since the first run started)."""
+        runs = self._snapshot()
+        origin = min((run._origin for run in runs), default=0.0)
+        events = [
+            event
+            for number, run in enumerate(runs, start=1)
+            for event in _trace_events(run, number, f"run {number}: parallax {run.mode}", origin)
+        ]
+        return _write_trace(events, path)
+
+    def plot_timeline(self, path: str | Path) -> Path:
+        """Write a PNG of every run of the block on one time axis: a group of
+        rows (its workers) per run (needs matplotlib)."""
+        runs = self._snapshot()
+        tasks = sum(run.tasks for run in runs)
+        title = f"parallax: {len(runs)} run{'s' * (len(runs) != 1)}, {tasks} tasks"
+        return _plot_timeline([(f"run {number}: ", run) for number, run in
+                               enumerate(runs, start=1)], path, title)
+
     def summary(self) -> str:
         """A table with one line per run."""
         lines = [
@@ -563,3 +547,188 @@ def monitor() -> Iterator[Monitor]:
     finally:
         with _monitors_lock:
             _monitors.remove(collected)
+
+
+# -- exports: trace events, the timeline picture -------------------------------------
+
+#: how each task record is drawn and named in the legend, by its kind
+_KINDS: dict[str, tuple[str, str]] = {
+    "ok": ("tab:blue", "ok"),
+    "recovered": ("tab:green", "ok after a retry"),
+    "retried": ("tab:orange", "failed, retried"),
+    "failed": ("tab:red", "failed"),
+}
+#: most idle workers drawn as a row each; more are one row
+_IDLE_ROWS = 16
+
+
+def _kinds(records: list[TaskRecord]) -> list[str]:
+    """Each record's kind: ``ok``, ``recovered`` (ok at a later attempt),
+    ``retried`` (failed, and run again) or ``failed`` (its final outcome)."""
+    kinds = []
+    for position, record in enumerate(records):
+        final = position + 1 == len(records) or records[position + 1].index != record.index
+        if record.outcome == "ok":
+            kinds.append("recovered" if record.attempt > 1 else "ok")
+        else:
+            kinds.append("failed" if final else "retried")
+    return kinds
+
+
+def _trace_events(stats: Stats, pid: int, name: str, origin: float) -> list[dict[str, Any]]:
+    """The run's Trace Event records as process ``pid``, timed from ``origin``."""
+    shift = (stats._origin - origin) * 1e6
+    workers = sorted({chunk.worker for chunk in stats._chunks})
+    tids = {worker: number for number, worker in enumerate(workers, start=1)}
+    events: list[dict[str, Any]] = [
+        {"name": "process_name", "ph": "M", "pid": pid, "args": {"name": name}},
+        {"name": "process_sort_index", "ph": "M", "pid": pid, "args": {"sort_index": pid}},
+        {"name": "thread_name", "ph": "M", "pid": pid, "tid": 0, "args": {"name": "run"}},
+        {"name": f"{stats.mode}: {stats.tasks} tasks", "cat": "run", "ph": "X", "pid": pid,
+         "tid": 0, "ts": shift, "dur": stats.wall_time * 1e6,
+         "args": {"reason": stats.reason, "workers": stats.workers, "failed": stats.failed,
+                  "retried": stats.retried}},
+    ]
+    for worker, tid in tids.items():
+        events.append(
+            {"name": "thread_name", "ph": "M", "pid": pid, "tid": tid, "args": {"name": worker}}
+        )
+    records = stats.task_records
+    for record, kind in zip(records, _kinds(records), strict=True):
+        events.append(
+            {
+                "name": f"item {record.index}",
+                "cat": record.outcome,
+                "ph": "X",
+                "pid": pid,
+                "tid": tids[record.worker],
+                "ts": shift + record.started * 1e6,
+                "dur": max(record.wall, 0.0) * 1e6,
+                "args": {"index": record.index, "estimated": record.estimated,
+                         "attempt": record.attempt, "outcome": _KINDS[kind][1]},
+            }
+        )
+    return events
+
+
+def _write_trace(events: list[dict[str, Any]], path: str | Path) -> Path:
+    target = Path(path)
+    target.write_text(json.dumps({"traceEvents": events, "displayTimeUnit": "ms"}))
+    return target
+
+
+@dataclass(slots=True)
+class _Row:
+    """One row of the timeline: a worker of a run, or idle workers."""
+
+    label: str
+    shift: float  # the run's start on the picture's clock
+    startup: float | None = None  # seconds from the run's start to the worker's first chunk
+    span: float | None = None  # a row without items: the run's wall time...
+    span_kind: str = "idle"  # ...drawn as "idle" workers, or "unrecorded" (no records kept)
+    bars: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+
+
+def _rows(prefix: str, stats: Stats, shift: float) -> list[_Row]:
+    """The rows of one run: the probe, each worker, then the workers that ran nothing."""
+    records = stats.task_records
+    by_worker: dict[str, _Row] = {}
+    for worker in stats.worker_records:
+        known = worker.name != PROBE_WORKER
+        by_worker[worker.name] = _Row(f"{prefix}{worker.name}", shift,
+                                      startup=worker.first_started if known else None)
+    for record, kind in zip(records, _kinds(records), strict=True):
+        bars = by_worker[record.worker].bars.setdefault(kind, [])
+        bars.append((shift + record.started, record.wall))
+    rows = sorted(by_worker.values(), key=lambda row: (row.startup is not None, row.label))
+    # A row per worker that ran nothing, from the run's worker count; not
+    # where one worker runs many items at once (asyncio: workers is the
+    # concurrency), nor when no records were kept.
+    concurrent = any(chunk.item_starts is not None for chunk in stats._chunks)
+    seen = sum(row.startup is not None for row in rows)
+    idle = stats.workers - seen if stats.records_kept and not concurrent else 0
+    if 0 < idle <= _IDLE_ROWS:
+        rows += [_Row(f"{prefix}worker {seen + number} (ran nothing)", shift,
+                      span=stats.wall_time) for number in range(1, idle + 1)]
+    elif idle > _IDLE_ROWS:
+        rows.append(_Row(f"{prefix}{idle} more workers (ran nothing)", shift,
+                         span=stats.wall_time))
+    if not rows:
+        rows.append(_Row(f"{prefix}{stats.mode}, {stats.tasks} tasks", shift,
+                         span=stats.wall_time, span_kind="unrecorded"))
+    return rows
+
+
+def _plot_timeline(runs: list[tuple[str, Stats]], path: str | Path, title: str) -> Path:
+    """Draw ``runs`` (label prefix, stats) on one time axis from 0, a row
+    group per run, and write the PNG."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from matplotlib.patches import Patch
+    except ImportError as exc:
+        raise ImportError(
+            "plot_timeline needs matplotlib: pip install 'parallax[plot]' "
+            "(or pip install matplotlib)"
+        ) from exc
+    origin = min((stats._origin for _, stats in runs), default=0.0)
+    groups = [_rows(prefix, stats, stats._origin - origin) for prefix, stats in runs]
+    rows = [row for group in groups for row in group]
+    end = max((stats._origin - origin + stats.wall_time for _, stats in runs), default=0.0)
+    figure, axes = plt.subplots(figsize=(11, 1.4 + 0.32 * max(1, len(rows))),
+                                layout="constrained")
+    used: set[str] = set()
+    for number, row in enumerate(rows):
+        if row.startup is not None and row.startup > 0:
+            axes.broken_barh([(row.shift, row.startup)], (number - 0.15, 0.3),
+                             facecolor="whitesmoke", edgecolor="grey", hatch="////",
+                             linewidth=0.3)
+            axes.plot([row.shift + row.startup], [number], marker="|", color="black",
+                      markersize=11)
+            used.add("startup")
+        if row.span is not None and row.span_kind == "idle":
+            axes.broken_barh([(row.shift, row.span)], (number - 0.05, 0.1),
+                             facecolor="lightgrey")
+            used.add("idle")
+        elif row.span is not None:
+            axes.broken_barh([(row.shift, row.span)], (number - 0.3, 0.6), facecolor="none",
+                             edgecolor="grey", hatch="..", linewidth=0.6)
+            used.add("unrecorded")
+        for kind, bars in row.bars.items():
+            # At least a sliver (1/2000 of the axis), so no item is invisible.
+            shown = [(start, max(width, end / 2000)) for start, width in bars]
+            axes.broken_barh(shown, (number - 0.4, 0.8), facecolor=_KINDS[kind][0],
+                             edgecolor="white", linewidth=0.3)
+            used.add(kind)
+    first = 0
+    for group in groups[:-1]:  # a line between two runs' rows
+        first += len(group)
+        axes.axhline(first - 0.5, color="black", linewidth=0.6, linestyle="--")
+    axes.set_yticks(range(len(rows)), [row.label for row in rows], fontsize=8)
+    axes.set_ylim(max(1, len(rows)) - 0.5, -0.5)  # the first row on top
+    if not rows:
+        axes.text(0.5, 0.5, "no runs", transform=axes.transAxes, ha="center", va="center")
+    axes.set_xlim(0, max(end, 1e-6) * 1.01)
+    axes.set_xlabel("seconds since the " + ("run" if len(runs) == 1 else "first run") +
+                    " started")
+    axes.set_title(title)
+    axes.grid(axis="x", color="lightgrey", linewidth=0.5)
+    axes.set_axisbelow(True)
+    handles = [Patch(facecolor=color, label=label)
+               for kind, (color, label) in _KINDS.items() if kind in used]
+    if "startup" in used:
+        handles.append(Patch(facecolor="whitesmoke", edgecolor="grey", hatch="////",
+                             label="start-up: run start to first chunk"))
+    if "idle" in used:
+        handles.append(Patch(facecolor="lightgrey", label="idle worker"))
+    if "unrecorded" in used:
+        handles.append(Patch(facecolor="none", edgecolor="grey", hatch="..",
+                             label="run without per-task records"))
+    if handles:
+        figure.legend(handles=handles, loc="outside right upper", fontsize=8)
+    target = Path(path)
+    figure.savefig(target, format="png", dpi=100)
+    plt.close(figure)
+    return target
