@@ -9,8 +9,8 @@ import pytest
 
 import parallax
 from helpers import busy_3ms, spin
+from parallax import _host
 from parallax._auto import Facts, decide
-from parallax._host import usable_cpus
 
 CPU20MS = 0  # calibrated below
 
@@ -27,6 +27,23 @@ def io_bound(_: int) -> None:
 async def coroutine(x: int) -> int:
     await asyncio.sleep(0)
     return x
+
+
+#: the CPU count the machine-pinning fixture reports
+PINNED_CPUS = 2
+
+
+@pytest.fixture
+def gil_build(monkeypatch: pytest.MonkeyPatch) -> int:
+    """Pin the machine facts auto mode reads to a GIL build with 2 CPUs; the CPU count.
+
+    CPU-bound work goes to processes only where the GIL is on and a second
+    core exists: a test that expects process mode states those facts rather
+    than reading them off the interpreter and machine it happens to run on.
+    """
+    monkeypatch.setattr(_host, "gil_enabled", lambda: True)
+    monkeypatch.setattr(_host, "usable_cpus", lambda: PINNED_CPUS)
+    return PINNED_CPUS
 
 
 @pytest.mark.parametrize(
@@ -75,6 +92,7 @@ def test_reason_names_the_measurements() -> None:
     assert "process, chunks of" in plan.reason
 
 
+@pytest.mark.usefixtures("gil_build")
 def test_plan_picks_process_for_cpu_work() -> None:
     plan = parallax.plan(cpu_bound, range(8))
     assert plan.mode == "process", plan.reason
@@ -180,26 +198,22 @@ def _initialized(_: int) -> bool:
     return _state.get("ready", False)
 
 
-def test_no_warm_up_when_the_workers_take_every_core() -> None:
+def test_no_warm_up_when_the_workers_take_every_core(gil_build: int) -> None:
     from parallax import _pools
-
-    if usable_cpus() < 2:
-        pytest.skip("auto picks serial on one core")
 
     _pools.shutdown_pools(wait=True)
     with parallax.monitor() as monitor:
-        parallax.map(busy_3ms, range(40), workers=usable_cpus())
+        parallax.map(busy_3ms, range(40), workers=gil_build)
     stats = monitor.runs[-1]
     assert stats.mode == "process"
     in_caller = [record for record in stats.task_records if record.worker.startswith("caller")]
     assert len(in_caller) == 1  # the probe's one item: booting workers need the cores
 
 
+@pytest.mark.usefixtures("gil_build")  # one worker leaves a core to spare
 def test_the_caller_works_while_a_cold_process_pool_boots() -> None:
     from parallax import _pools
 
-    if usable_cpus() < 2:
-        pytest.skip("needs a core to spare beside the pool's worker")
     _pools.shutdown_pools(wait=True)  # a cold pool: its interpreters take a while to start
     # busy_3ms lives in a light module, so a worker loads it fast even where
     # nothing is byte-compiled yet; 300 items of 3 ms outlast any boot.
@@ -219,11 +233,10 @@ def test_the_caller_works_while_a_cold_process_pool_boots() -> None:
     assert sorted(record.index for record in in_caller) == list(range(len(in_caller)))
 
 
+@pytest.mark.usefixtures("gil_build")  # one worker leaves a core to spare
 def test_the_caller_stops_warming_up_at_a_failure() -> None:
     from parallax import _pools
 
-    if usable_cpus() < 2:
-        pytest.skip("needs a core to spare beside the pool's worker")
     _pools.shutdown_pools(wait=True)
     ran: list[int] = []
 
@@ -241,6 +254,7 @@ def test_the_caller_stops_warming_up_at_a_failure() -> None:
     assert ran == [0, 1]
 
 
+@pytest.mark.usefixtures("gil_build")  # the payload check runs for process-bound work only
 def test_the_thread_overlap_probe_keeps_every_item_in_order() -> None:
     import hashlib
 
@@ -255,8 +269,6 @@ def test_the_thread_overlap_probe_keeps_every_item_in_order() -> None:
 
     items = [bytes([index]) * 300_000 for index in range(40)]  # big: the payload rule applies
     measured = probe(digest, iter(items), total=len(items))
-    if measured.facts.cpus < 2:
-        pytest.skip("the thread-overlap test needs 2 CPUs")
     assert measured.facts.item_bytes is not None and measured.facts.item_bytes >= 300_000
     assert measured.facts.thread_speedup is not None and measured.facts.thread_speedup > 0
     count = len(measured.items)
