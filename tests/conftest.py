@@ -99,6 +99,9 @@ def backend(request: pytest.FixtureRequest) -> Backend:
 DASK_CONFIG = {
     "distributed.deploy.lost-worker-timeout": "1h",
     "distributed.comm.timeouts.connect": "3s",
+    # Its sampling profiler reads other threads' running frames, which crashes
+    # a free-threaded interpreter (segfault in distributed/profile.py).
+    "distributed.worker.profile.enabled": False,
 }
 
 #: the session cluster, once a test has started it

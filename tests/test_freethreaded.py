@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
 import sys
 import sysconfig
+import textwrap
 import time
+import warnings
 from typing import Any
 
 import pytest
@@ -15,6 +19,11 @@ from helpers import spin
 from parallax import _auto, _host
 from parallax._auto import Facts, Probe, _overlap_speedup, decide
 from parallax.backends import _freethreaded
+
+#: the tests that only a free-threaded interpreter (3.13t) can run for real
+free_threaded_build = pytest.mark.skipif(
+    not sysconfig.get_config_var("Py_GIL_DISABLED"), reason="needs a free-threaded build (3.13t)"
+)
 
 
 def test_runs_on_threads_and_returns_correct_results() -> None:
@@ -127,3 +136,57 @@ def test_waiting_for_a_cpu_is_taken_out_of_the_overlap_measurement() -> None:
     assert _overlap_speedup(8, 0.005, 0.020, [0.0, 0.0]) == pytest.approx(2.0)
     # slower together than one alone (contended shared objects)
     assert _overlap_speedup(8, 0.005, 0.0667, [0.0, 0.0]) == pytest.approx(0.6, abs=0.01)
+
+
+# -- on a real free-threaded build ---------------------------------------------------------
+
+
+@free_threaded_build
+def test_auto_picks_free_threaded_on_this_build(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The GIL state is the interpreter's own here; a second core and the
+    # overlap measurement are pinned (a busy machine must not decide the test).
+    monkeypatch.setattr(_host, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(_auto, "_thread_overlap",
+                        lambda fn, result, facts, source: dataclasses.replace(
+                            facts, thread_speedup=1.9))
+    plan = parallax.plan(lambda x: spin(300_000), range(20))
+    assert plan.mode == "free-threaded", plan.reason
+    assert "GIL disabled" in plan.reason
+
+
+@free_threaded_build
+def test_no_warning_without_the_gil(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_freethreaded, "_warned", False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert parallax.map(spin, range(8), mode="free-threaded") == [spin(n) for n in range(8)]
+
+
+@free_threaded_build
+def test_the_gil_stays_off_through_every_local_mode() -> None:
+    """Nothing parallax imports turns the GIL back on.
+
+    An extension module that does not declare free-threading support would,
+    silently but for a RuntimeWarning, and every mode would then run with it.
+    In a fresh interpreter: this session's other imports must not mask it.
+    """
+    code = textwrap.dedent("""
+        import sys
+        import parallax
+
+        async def negate(x):
+            return -x
+
+        for mode in ("serial", "thread", "process", "free-threaded"):
+            assert parallax.map(abs, range(-20, 20), mode=mode) == [abs(x) for x in range(-20, 20)]
+        assert parallax.map(negate, range(5), mode="asyncio") == [0, -1, -2, -3, -4]
+        assert parallax.map(abs, range(-500, 500)) == [abs(x) for x in range(-500, 500)]
+        print(sys._is_gil_enabled())
+    """)
+    environment = {name: value for name, value in os.environ.items() if name != "PYTHON_GIL"}
+    done = subprocess.run(
+        [sys.executable, "-W", "error::RuntimeWarning", "-c", code],
+        capture_output=True, text=True, timeout=60, env=environment, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False"]
