@@ -18,14 +18,6 @@ from parallax._worker import inside_worker
 CPU20MS = 0  # calibrated below
 
 
-@pytest.fixture
-def gil_build(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The GIL on, whatever the build: for tests of what auto does with the
-    GIL (process pools, the payload rule); a free-threaded build would pick
-    free-threaded mode instead."""
-    monkeypatch.setattr(_host, "gil_enabled", lambda: True)
-
-
 def cpu_bound(_: int) -> int:
     # ~20 ms of pure Python on this class of machine; exact time does not matter
     return spin(600_000)
