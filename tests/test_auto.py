@@ -239,8 +239,7 @@ def _initialized(_: int) -> bool:
     return _state.get("ready", False)
 
 
-@pytest.mark.usefixtures("gil_build")
-def test_no_warm_up_when_the_workers_take_every_core() -> None:
+def test_no_warm_up_when_the_workers_take_every_core(gil_build: int) -> None:
     from parallax import _pools
 
     _pools.shutdown_pools(wait=True)

@@ -81,7 +81,7 @@ def test_check_pickle_option_catches_what_auto_mode_hides(pytester: pytest.Pytes
     pytester.runpytest_subprocess().assert_outcomes(passed=1)
     result = pytester.runpytest_subprocess("--parallax-check-pickle")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*SerializationError*argument*cannot be pickled*lock*"])
+    result.stdout.fnmatch_lines(["*CannotPickleError*argument*cannot be pickled*lock*"])
 
 
 @pytest.mark.parametrize(("value", "passed"), [("1", 0), ("true", 0), ("0", 1), ("", 1)])
