@@ -149,9 +149,17 @@ def run_once(workload: Workload, case_id: str, size: int, limit: float) -> dict[
     (``others_cpu``, a share of all cores): the whole machine's busy time,
     less the CPU time of the case's own process tree.
     """
+    command = [sys.executable, "-m", "benchmarks.case", workload.name, case_id, str(size)]
+    return measure_child(command, limit)
+
+
+def measure_child(command: list[str], limit: float) -> dict[str, Any]:
+    """Run ``command`` (a measuring child) and add the share of the machine's CPU
+    that other processes used meanwhile (``others_cpu``): the machine's busy
+    time less the CPU time of the child's own process tree."""
     busy, total = _machine_cpu()
     own = _own_cpu()
-    result = _run_case_process(workload, case_id, size, limit)
+    result = _run_child(command, limit)
     busy_after, total_after = _machine_cpu()
     if total_after > total:
         others = (busy_after - busy) - (_own_cpu() - own)
@@ -159,9 +167,8 @@ def run_once(workload: Workload, case_id: str, size: int, limit: float) -> dict[
     return result
 
 
-def _run_case_process(workload: Workload, case_id: str, size: int,
-                      limit: float) -> dict[str, Any]:
-    command = [sys.executable, "-m", "benchmarks.case", workload.name, case_id, str(size)]
+def _run_child(command: list[str], limit: float) -> dict[str, Any]:
+    """The child's result line, killed with its process group past ``limit``."""
     process = subprocess.Popen(
         command, cwd=ROOT, env=_child_environment(), stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True, start_new_session=True,

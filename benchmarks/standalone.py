@@ -22,7 +22,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -36,15 +35,11 @@ from .peers import ParallaxRunner, Runner
 from .run import (
     ROOT,
     Quiet,
-    _child_environment,
     _cpu_model,
-    _kill_group,
-    _machine_cpu,
-    _own_cpu,
     _table,
     _version,
-    _warning_in,
     divide,
+    measure_child,
     parallax_source,
     ratio,
     seconds,
@@ -199,33 +194,8 @@ def run_child(module: str, case: Case, peer: Peer, size: int, limit: float) -> d
     Also the share of the machine's CPU that other processes used meanwhile
     (``others_cpu``): the machine's busy time less this measurement's own.
     """
-    busy, total = _machine_cpu()
-    own = _own_cpu()
     command = [sys.executable, "-m", module, "--child", case.id, peer.id, str(size)]
-    process = subprocess.Popen(command, cwd=ROOT, env=_child_environment(),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
-    try:
-        stdout, stderr = process.communicate(timeout=limit)
-    except subprocess.TimeoutExpired:
-        _kill_group(process.pid)
-        process.communicate()
-        return {"status": "timeout", "note": f"over the {limit:.0f} s time limit"}
-    finally:
-        _kill_group(process.pid)
-    lines = [line for line in stdout.splitlines() if line.startswith(RESULT_PREFIX)]
-    if not lines:
-        tail = " | ".join(stderr.strip().splitlines()[-3:])
-        return {"status": "error", "note": f"exit code {process.returncode}: {tail}"}
-    result: dict[str, Any] = json.loads(lines[-1][len(RESULT_PREFIX):])
-    warning = _warning_in(stderr)
-    if warning and result.get("status") == "ok":
-        result["note"] = "; ".join(part for part in (result.get("note"), warning) if part)
-    busy_after, total_after = _machine_cpu()
-    if total_after > total:
-        others = (busy_after - busy) - (_own_cpu() - own)
-        result["others_cpu"] = min(1.0, max(0.0, others / (total_after - total)))
-    return result
+    return measure_child(command, limit)
 
 
 @dataclass
