@@ -95,3 +95,18 @@ def test_import_does_not_import_heavy_modules() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, timeout=60).stdout
     assert out.split()[0] == "False"
+
+
+def test_a_first_serial_call_does_not_import_multiprocessing() -> None:
+    """The stdlib-compatible errors subclass concurrent.futures.process's,
+    which pulls in multiprocessing: they are imported where they are raised,
+    not on every first call (tens of milliseconds of start-up)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, parallax; parallax.map(abs, range(10)); "
+            "parallax.map(abs, range(10), mode='thread'); "
+            "print(sorted(m for m in sys.modules if m.startswith('multiprocessing')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, timeout=60)
+    assert done.stdout.strip() == "[]"

@@ -23,7 +23,6 @@ from typing import Any, TypeVar
 from typing_extensions import ParamSpec
 
 from . import _pools
-from ._broken import WorkerCrashedError
 from ._calls import BoundCall, StarCall
 from ._config import (
     check_callable,
@@ -341,6 +340,8 @@ class Executor(_StdExecutor):
                 with contextlib.suppress(RuntimeError):  # (a worker's claim was first)
                     future.set_running_or_notify_cancel()
         self._backend.terminate(kill)
+        from ._broken import WorkerCrashedError  # multiprocessing: only when needed
+
         error = WorkerCrashedError(
             f"Executor.{'kill' if kill else 'terminate'}_workers() stopped the worker "
             "running this call"

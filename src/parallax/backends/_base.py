@@ -13,11 +13,16 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from .._broken import InitializerError
 from .._host import usable_cpus
 from .._units import EVERY_ITEM, Chunk, ChunkResult, Job
+
+if TYPE_CHECKING:
+    # Imported where an initializer fails, not here: its bases live in
+    # concurrent.futures.process, which pulls in multiprocessing, a cost
+    # the first call of every mode would otherwise pay.
+    from .._broken import InitializerError
 
 __all__ = ["Backend", "WorkerSetup", "failed_chunk", "initializer_error"]
 
@@ -31,7 +36,7 @@ class WorkerSetup:
     max_tasks_per_worker: int | None = None
 
     def initialize(
-        self, *, in_caller: bool = False, kind: type[InitializerError] = InitializerError
+        self, *, in_caller: bool = False, kind: type[InitializerError] | None = None
     ) -> InitializerError | None:
         """Run the initializer where a worker starts; the error (a ``kind``) if it failed.
 
@@ -145,12 +150,16 @@ def failed_chunk(chunk: Chunk, error: BaseException) -> ChunkResult:
 
 
 def initializer_error(
-    exc: BaseException, kind: type[InitializerError] = InitializerError
+    exc: BaseException, kind: type[InitializerError] | None = None
 ) -> InitializerError:
-    """The pool's error for an initializer that raised ``exc``, logged as the
-    standard library's executors log it (logger ``concurrent.futures``)."""
+    """The pool's error for an initializer that raised ``exc`` (a ``kind``, by
+    default :class:`InitializerError`), logged as the standard library's
+    executors log it (logger ``concurrent.futures``)."""
+    from .._broken import InitializerError
+
+    error_class = InitializerError if kind is None else kind
     logging.getLogger("concurrent.futures").critical("Exception in initializer:", exc_info=exc)
-    error = kind(
+    error = error_class(
         f"the worker initializer failed with {type(exc).__name__}: {exc}; "
         "no item can run in this pool"
     )

@@ -29,7 +29,6 @@ from concurrent.futures import CancelledError
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
-from .._broken import ThreadInitializerError
 from .._errors import ParallaxError
 from .._host import thread_pool_default
 from .._mark import new_mark
@@ -108,7 +107,11 @@ class ThreadBackend(Backend):
 
     def _work(self, worker: _ThreadWorker) -> None:
         setup = self._setup
-        failed = setup.initialize(kind=ThreadInitializerError)
+        failed = None
+        if setup.initializer is not None:
+            from .._broken import ThreadInitializerError  # multiprocessing: only when needed
+
+            failed = setup.initialize(kind=ThreadInitializerError)
         if failed is not None:
             self._broken = self._broken or failed
         try:
