@@ -19,7 +19,6 @@ can start then, and nothing would stop new workers.
 from __future__ import annotations
 
 import contextvars
-import difflib
 import inspect
 import math
 import os
@@ -111,6 +110,8 @@ def check_mode(mode: object, *, where: str = "mode") -> str:
 def closest(name: object, choices: Iterable[str]) -> str:
     """`` (did you mean 'x'?)`` naming the one or two choices most like
     ``name`` (case aside), or ``""`` if none is close."""
+    import difflib  # only when a name is wrong: not on every call
+
     if not isinstance(name, str):
         return ""
     lowered = {choice.lower(): choice for choice in choices}
