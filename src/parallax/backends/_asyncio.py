@@ -65,6 +65,9 @@ class AsyncioBackend(Backend):
     ) -> None:
         self.workers = workers or self.default_workers()
         self._setup = setup or WorkerSetup()
+        if self._setup.finalizer is not None:
+            # Not built yet: refused, rather than a finalizer that never runs.
+            raise ValueError("finalizer= is not supported in asyncio mode yet")
         self._external = loop
         self._loop: asyncio.AbstractEventLoop | None = loop
         self._thread: threading.Thread | None = None

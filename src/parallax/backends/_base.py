@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 from .._broken import InitializerError
 from .._host import usable_cpus
 from .._units import EVERY_ITEM, Chunk, ChunkResult, Job
+from .._worker import run_finalizer
 
 __all__ = ["Backend", "WorkerSetup", "failed_chunk", "initializer_error"]
 
@@ -29,6 +30,8 @@ class WorkerSetup:
     initializer: Callable[..., object] | None = None
     initargs: tuple[Any, ...] = ()
     max_tasks_per_worker: int | None = None
+    finalizer: Callable[..., object] | None = None
+    finalargs: tuple[Any, ...] = ()
 
     def initialize(
         self, *, in_caller: bool = False, kind: type[InitializerError] = InitializerError
@@ -46,6 +49,13 @@ class WorkerSetup:
                 raise
             return initializer_error(exc, kind)
         return None
+
+    def finalize(self, worker: str, *, in_caller: bool = False) -> None:
+        """Run the finalizer where a worker stops; an error is logged, never raised.
+
+        ``KeyboardInterrupt`` propagates only ``in_caller`` (serial mode).
+        """
+        run_finalizer(self.finalizer, self.finalargs, worker, in_caller=in_caller)
 
 
 class Backend(ABC):

@@ -201,6 +201,9 @@ class DaskBackend(Backend):
         if address is not None and not isinstance(address, str):
             raise TypeError(f"address= must be a scheduler address string, not {address!r}")
         self._setup = setup or WorkerSetup()
+        if self._setup.finalizer is not None:
+            # Not built yet: refused, rather than a finalizer that never runs.
+            raise ValueError("finalizer= is not supported in dask mode yet")
         if self._setup.max_tasks_per_worker is not None:
             logger.warning(
                 "parallax: max_tasks_per_worker is ignored in dask mode "
