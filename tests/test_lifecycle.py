@@ -9,6 +9,7 @@ named after the worker's token, so process workers can be counted too.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from pathlib import Path
@@ -20,7 +21,7 @@ import parallax
 from tests.conftest import Backend
 
 #: modes where the finalizer is not built yet: refused with a clear error
-NOT_YET = ("asyncio", "dask")
+NOT_YET = ("dask",)
 
 
 def open_state() -> None:
@@ -74,8 +75,8 @@ def test_initializer_tasks_and_finalizer_share_one_dict(backend: Backend, tmp_pa
 
 def test_finalizer_runs_when_a_worker_is_recycled(backend: Backend, tmp_path: Path) -> None:
     skip_not_yet(backend)
-    if backend.mode == "serial":
-        pytest.skip("serial mode has one worker per run: nothing to recycle")
+    if backend.mode in ("serial", "asyncio"):
+        pytest.skip(f"{backend.mode} mode has one worker (a run, a loop): nothing to recycle")
     results = backend.map(count_item, range(20), workers=2, chunksize=1,
                           max_tasks_per_worker=5, initializer=open_state,
                           finalizer=write_marker, finalargs=(str(tmp_path),))
@@ -120,6 +121,30 @@ def test_a_failing_finalizer_is_logged_and_fails_no_result(
     else:
         assert any("worker finalizer failed" in record.getMessage()
                    and "finalizer boom" in str(record.exc_info) for record in caplog.records)
+
+
+async def count_item_async(x: int) -> tuple[str, bool]:
+    return count_item(x)
+
+
+def test_amap_on_the_callers_loop_runs_the_finalizer_on_it(tmp_path: Path) -> None:
+    loops: list[asyncio.AbstractEventLoop] = []
+
+    def finalize(directory: str) -> None:
+        loops.append(asyncio.get_running_loop())
+        write_marker(directory)
+
+    async def main() -> tuple[list[tuple[str, bool]], asyncio.AbstractEventLoop]:
+        results = await parallax.amap(count_item_async, range(12), mode="asyncio",
+                                      initializer=open_state, finalizer=finalize,
+                                      finalargs=(str(tmp_path),))
+        await asyncio.sleep(0)  # a finalizer scheduled from another thread runs now
+        return results, asyncio.get_running_loop()
+
+    results, loop = asyncio.run(main())
+    assert all(same for _, same in results)
+    assert loops == [loop]  # once, on the caller's loop
+    assert markers(tmp_path) == {results[0][0]: [12]}
 
 
 @pytest.mark.parametrize("mode", NOT_YET)

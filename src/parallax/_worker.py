@@ -14,6 +14,7 @@ has run past its timeout.
 from __future__ import annotations
 
 import threading
+from contextvars import Context, ContextVar, copy_context
 from time import perf_counter, thread_time
 
 from ._mark import IDLE, MARK_POSITION, MARK_SOMEWHERE, MARK_STARTED, MARK_TOKEN, Mark
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from typing import Any, Final
 
-__all__ = ["STOP", "inside_worker", "run_chunk", "run_finalizer", "use_worker_state", "worker_loop", "worker_state"]
+__all__ = ["STOP", "inside_worker", "run_chunk", "run_finalizer", "state_context", "use_worker_state", "worker_loop", "worker_state"]
 
 #: The poison pill. ``None`` survives pickling unchanged, so the same sentinel
 #: stops a thread reading a queue and a process reading a pipe.
@@ -59,6 +60,11 @@ def mark_process_as_worker() -> None:
     _process_state = {}
 
 
+#: the worker state of an event loop's tasks (asyncio mode): a context
+#: variable, since a caller's loop runs the caller's own code on the same thread
+_loop_state: ContextVar[dict[str, Any] | None] = ContextVar("parallax_worker_state", default=None)
+
+
 def worker_state() -> dict[str, Any]:
     """The calling worker's own dict: the same object in the initializer, in
     every task the worker runs and in the finalizer.
@@ -70,7 +76,9 @@ def worker_state() -> dict[str, Any]:
     Raises:
         RuntimeError: called outside a parallax worker.
     """
-    state = getattr(_worker_state, "state", None)
+    state = _loop_state.get()
+    if state is None:
+        state = getattr(_worker_state, "state", None)
     if state is None:
         state = _process_state
     if state is None:
@@ -79,6 +87,14 @@ def worker_state() -> dict[str, Any]:
             "in an initializer, a task or a finalizer that parallax runs"
         )
     return state
+
+
+def state_context(state: dict[str, Any]) -> Context:
+    """A copy of the current context in which ``state`` is the worker state
+    (for an event loop's tasks, its initializer and its finalizer)."""
+    context = copy_context()
+    context.run(_loop_state.set, state)
+    return context
 
 
 def use_worker_state(state: dict[str, Any] | None) -> dict[str, Any] | None:
