@@ -28,7 +28,16 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from typing import Any, Final
 
-__all__ = ["STOP", "inside_worker", "run_chunk", "run_finalizer", "state_context", "use_worker_state", "worker_loop", "worker_state"]
+__all__ = [
+    "STOP",
+    "inside_worker",
+    "run_chunk",
+    "run_finalizer",
+    "state_context",
+    "use_worker_state",
+    "worker_loop",
+    "worker_state",
+]
 
 #: The poison pill. ``None`` survives pickling unchanged, so the same sentinel
 #: stops a thread reading a queue and a process reading a pipe.

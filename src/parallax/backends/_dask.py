@@ -108,7 +108,7 @@ from .._serialize import dumps_function
 from .._timeouts import timeout_error
 from .._units import SOMEWHERE, Chunk, ChunkResult, Job
 from . import Backend, WorkerSetup, failed_chunk, initializer_error
-from ._dask_task import Initializer, run_on_worker
+from ._dask_task import Lifecycle, run_on_worker
 
 __all__ = ["SCATTER_THRESHOLD", "DaskBackend"]
 
@@ -201,9 +201,6 @@ class DaskBackend(Backend):
         if address is not None and not isinstance(address, str):
             raise TypeError(f"address= must be a scheduler address string, not {address!r}")
         self._setup = setup or WorkerSetup()
-        if self._setup.finalizer is not None:
-            # Not built yet: refused, rather than a finalizer that never runs.
-            raise ValueError("finalizer= is not supported in dask mode yet")
         if self._setup.max_tasks_per_worker is not None:
             logger.warning(
                 "parallax: max_tasks_per_worker is ignored in dask mode "
@@ -439,11 +436,13 @@ class DaskBackend(Backend):
             loop=self._client.loop
         )
         setup = self._setup
-        if setup.initializer is not None:
+        if setup.initializer is not None or setup.finalizer is not None:
             name = f"parallax-initializer-{self._token}"
             try:
                 self._client.register_plugin(
-                    Initializer(setup.initializer, setup.initargs), name=name
+                    Lifecycle(self._token, setup.initializer, setup.initargs,
+                              setup.finalizer, setup.finalargs),
+                    name=name,
                 )
                 self._plugin = name
             except Exception as exc:
@@ -533,6 +532,7 @@ class DaskBackend(Backend):
                 items,
                 job.timeout,
                 job.stop_at_failure,
+                self._token,
                 key=key,
                 pure=False,
             )
