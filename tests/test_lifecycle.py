@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.conftest import Backend
+from conftest import Backend
 
 import parallax
 

@@ -62,7 +62,9 @@ Data flow::
   next task Dask gives that worker.
 * ``initializer`` runs once per worker, as a Dask worker plugin (workers that
   join later, or are restarted, run it as they start); on someone else's
-  cluster it is unregistered at shutdown. Dask manages its workers'
+  cluster it is unregistered at shutdown. The same plugin runs ``finalizer``
+  as the worker closes or the plugin is unregistered; ``worker_state()`` is
+  one dict per pool in each worker process. Dask manages its workers'
   lifetimes, so ``max_tasks_per_worker`` is ignored.
 
 ``distributed`` is an optional extra: this module is imported only when the
