@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Backend
 
 import parallax
+from conftest import Backend
 
 
 def open_state() -> None:
