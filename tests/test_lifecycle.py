@@ -137,6 +137,14 @@ def test_amap_on_the_callers_loop_runs_the_finalizer_on_it(tmp_path: Path) -> No
     assert markers(tmp_path) == {results[0][0]: [12]}
 
 
+def test_worker_state_in_auto_mode_items_the_caller_probes() -> None:
+    def remember(x: int) -> int:
+        parallax.worker_state()[x] = x
+        return x
+
+    assert parallax.map(remember, range(2000)) == list(range(2000))
+
+
 def test_worker_state_outside_a_worker_raises() -> None:
     with pytest.raises(RuntimeError, match="only available inside a parallax worker"):
         parallax.worker_state()
