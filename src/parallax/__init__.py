@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from ._executor import Executor
     from ._progress import ProgressUpdate
     from ._stats import Monitor, Stats, TaskRecord, WorkerRecord, monitor
+    from ._worker import worker_state
     from .backends import Backend, register_backend
 del TYPE_CHECKING
 
@@ -50,6 +51,7 @@ __all__ = (
     "register_backend",
     "starmap",
     "using",
+    "worker_state",
 )
 
 #: public name -> the private module that defines it
@@ -77,6 +79,7 @@ _HOME = {
     "register_backend": ".backends",
     "starmap": "._api",
     "using": "._config",
+    "worker_state": "._worker",
 }
 
 

@@ -48,6 +48,8 @@ def map(
     progress: bool | Callable[..., Any] = False,
     initializer: Callable[..., object] | None = None,
     initargs: tuple[Any, ...] = (),
+    finalizer: Callable[..., object] | None = None,
+    finalargs: tuple[Any, ...] = (),
     retries: int = 0,
     retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
     backoff: float = 0.0,
@@ -71,6 +73,8 @@ def map(
         progress: ``True`` for a progress bar, or a callable receiving
             :class:`~parallax.ProgressUpdate`.
         initializer, initargs: run in each worker as it starts.
+        finalizer, finalargs: run in each worker as it stops (shutdown,
+            recycling); an error is logged on the "parallax" logger.
         retries: run a failing item again up to this many times.
         retry_on: the exception type(s) worth a retry (default: any ``Exception``).
         backoff: seconds before the first retry, doubled for each further one
@@ -104,6 +108,8 @@ def imap(
     progress: bool | Callable[..., Any] = False,
     initializer: Callable[..., object] | None = None,
     initargs: tuple[Any, ...] = (),
+    finalizer: Callable[..., object] | None = None,
+    finalargs: tuple[Any, ...] = (),
     retries: int = 0,
     retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
     backoff: float = 0.0,
@@ -133,6 +139,8 @@ def starmap(
     progress: bool | Callable[..., Any] = False,
     initializer: Callable[..., object] | None = None,
     initargs: tuple[Any, ...] = (),
+    finalizer: Callable[..., object] | None = None,
+    finalargs: tuple[Any, ...] = (),
     retries: int = 0,
     retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
     backoff: float = 0.0,
@@ -157,6 +165,8 @@ async def amap(
     progress: bool | Callable[..., Any] = False,
     initializer: Callable[..., object] | None = None,
     initargs: tuple[Any, ...] = (),
+    finalizer: Callable[..., object] | None = None,
+    finalargs: tuple[Any, ...] = (),
     retries: int = 0,
     retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
     backoff: float = 0.0,
@@ -278,6 +288,8 @@ def parallel(
     progress: bool | Callable[..., Any] = ...,
     initializer: Callable[..., object] | None = ...,
     initargs: tuple[Any, ...] = ...,
+    finalizer: Callable[..., object] | None = ...,
+    finalargs: tuple[Any, ...] = ...,
     retries: int = ...,
     retry_on: type[BaseException] | tuple[type[BaseException], ...] = ...,
     backoff: float = ...,

@@ -31,7 +31,7 @@ from ._chunking import ChunkSizer
 from ._errors import describe_item
 from ._serialize import PROTOCOL, dumps
 from ._units import Failure
-from ._worker import set_inside_worker
+from ._worker import set_inside_worker, use_worker_state
 from .backends._registry import chunk_overhead
 
 __all__ = ["Facts", "Plan", "Probe", "decide", "probe", "probe_more"]
@@ -269,11 +269,14 @@ def _as_worker() -> Generator[None, None, None]:
     """This thread counts as a parallax worker meanwhile: the probed items are
     the run's first items, so a parallax call they make is a nested call and
     runs serially, as it would in the pool's workers (never starting a pool
-    of its own from the caller). Restored on the way out, on exceptions too."""
+    of its own from the caller), and ``worker_state()`` is a dict of its own.
+    Restored on the way out, on exceptions too."""
     previous = set_inside_worker(True)
+    previous_state = use_worker_state({})
     try:
         yield
     finally:
+        use_worker_state(previous_state)
         set_inside_worker(previous)
 
 
@@ -435,6 +438,7 @@ def _thread_overlap(
 
     def run() -> None:
         set_inside_worker(True)  # a thread of its own: it ends with the test
+        use_worker_state({})
         start_line.wait()
         runqueue_before = _runqueue_seconds()
         while (index := take()) is not None:

@@ -43,6 +43,7 @@ __all__ = [
     "check_chunksize",
     "check_common",
     "check_errors",
+    "check_finalizer",
     "check_flag",
     "check_initargs",
     "check_initializer",
@@ -238,10 +239,16 @@ def check_initializer(initializer: object, initargs: object) -> None:
     check_initargs(initargs)
 
 
-def check_initargs(initargs: object) -> tuple[Any, ...]:
+def check_initargs(initargs: object, *, name: str = "initargs") -> tuple[Any, ...]:
     if not isinstance(initargs, tuple):
-        raise TypeError(f"initargs must be a tuple, not {type(initargs).__name__}")
+        raise TypeError(f"{name} must be a tuple, not {type(initargs).__name__}")
     return initargs
+
+
+def check_finalizer(finalizer: object, finalargs: object) -> None:
+    if finalizer is not None:
+        check_callable(finalizer, name="finalizer")
+    check_initargs(finalargs, name="finalargs")
 
 
 def check_max_tasks(value: object) -> int | None:
@@ -310,6 +317,8 @@ COMMON_CHECKS: Final[tuple[tuple[str, Callable[[Any], Any]], ...]] = (
     ("errors", check_errors),
     ("initializer", lambda fn: None if fn is None else check_callable(fn, name="initializer")),
     ("initargs", check_initargs),
+    ("finalizer", lambda fn: None if fn is None else check_callable(fn, name="finalizer")),
+    ("finalargs", lambda args: check_initargs(args, name="finalargs")),
     ("ordered", lambda flag: check_flag(flag, name="ordered")),
     ("record_tasks", lambda flag: check_flag(flag, name="record_tasks")),
     ("progress", check_progress),

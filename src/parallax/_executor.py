@@ -28,6 +28,7 @@ from ._config import (
     check_callable,
     check_chunksize,
     check_errors,
+    check_finalizer,
     check_flag,
     check_initializer,
     check_iterable,
@@ -100,6 +101,8 @@ class Executor(_StdExecutor):
         chunksize: items per chunk for ``map``/``imap``, or ``"auto"``.
         timeout: seconds each task may run (``TaskTimeoutError`` past it).
         initializer, initargs: run once in every worker as it starts.
+        finalizer, finalargs: run once in every worker as it stops (shutdown,
+            recycling); an error is logged on the "parallax" logger.
         max_tasks_per_worker: recycle a worker after this many items.
         **backend_options: passed to the backend that runs (see its docs).
 
@@ -117,6 +120,8 @@ class Executor(_StdExecutor):
         timeout: float | None = None,
         initializer: Callable[..., object] | None = None,
         initargs: tuple[Any, ...] = (),
+        finalizer: Callable[..., object] | None = None,
+        finalargs: tuple[Any, ...] = (),
         max_tasks_per_worker: int | None = None,
         **backend_options: Any,
     ) -> None:
@@ -125,10 +130,11 @@ class Executor(_StdExecutor):
         self._chunksize = check_chunksize(chunksize)
         self._timeout = check_timeout(timeout)
         check_initializer(initializer, initargs)
+        check_finalizer(finalizer, finalargs)
         max_tasks = check_max_tasks(max_tasks_per_worker)
         options = merge_options(check_options(backend_options, keywords=(
             "mode", "workers", "chunksize", "timeout", "initializer", "initargs",
-            "max_tasks_per_worker")))
+            "finalizer", "finalargs", "max_tasks_per_worker")))
         # What a using() block forces (checked there) beats the arguments.
         forced = forced_common()
         workers = forced.get("workers", workers)
@@ -136,11 +142,14 @@ class Executor(_StdExecutor):
         self._timeout = forced.get("timeout", self._timeout)
         initializer = forced.get("initializer", initializer)
         initargs = forced.get("initargs", initargs)
+        finalizer = forced.get("finalizer", finalizer)
+        finalargs = forced.get("finalargs", finalargs)
         max_tasks = forced.get("max_tasks_per_worker", max_tasks)
         resolved, reason, workers = resolve_without_probe(mode, None, workers)
         # An executor always owns its pool: its workers are set up for it alone.
         self._engine = open_engine(resolved, reason, workers=workers, options=options,
-                                   setup=WorkerSetup(initializer, initargs, max_tasks))
+                                   setup=WorkerSetup(initializer, initargs, max_tasks,
+                                                     finalizer, finalargs))
         self._lock = threading.Lock()
         self._closed = False
         #: made while the interpreter shuts down (so serial, and not shut down by the exit hook)

@@ -103,6 +103,8 @@ class CallOptions:
     progress: Any = False
     initializer: Callable[..., object] | None = None
     initargs: tuple[Any, ...] = ()
+    finalizer: Callable[..., object] | None = None
+    finalargs: tuple[Any, ...] = ()
     retries: int = 0
     retry_on: tuple[type[BaseException], ...] = (Exception,)
     backoff: float = 0.0
@@ -142,9 +144,11 @@ class CallOptions:
     @property
     def setup(self) -> WorkerSetup | None:
         """How this call's workers start, when they need a pool of their own."""
-        if self.initializer is None and self.max_tasks_per_worker is None:
+        if (self.initializer is None and self.finalizer is None
+                and self.max_tasks_per_worker is None):
             return None
-        return WorkerSetup(self.initializer, self.initargs, self.max_tasks_per_worker)
+        return WorkerSetup(self.initializer, self.initargs, self.max_tasks_per_worker,
+                           self.finalizer, self.finalargs)
 
     @property
     def retry(self) -> RetryPolicy | None:
@@ -373,7 +377,7 @@ def launch(
     workers = options.workers
     measured: Probe | None = None
     source: Iterator[Any] = iter(())
-    if mode == "auto" and options.initializer is not None:
+    if mode == "auto" and (options.initializer is not None or options.finalizer is not None):
         # The probe runs items in the caller, which is no worker and has not
         # run the initializer: decide without measuring instead.
         mode, reason, workers = decide_unmeasured(workers, "initializer given, no probe")

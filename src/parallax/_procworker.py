@@ -45,7 +45,7 @@ from ._protocol import (
 from ._serialize import loads
 from ._units import Chunk, ChunkResult, Failure
 from ._wire import Channel
-from ._worker import STOP, mark_process_as_worker, worker_loop
+from ._worker import STOP, mark_process_as_worker, run_finalizer, worker_loop
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -199,9 +199,15 @@ def main() -> None:
         if recycled:
             conn.send_bytes(encode(Retire()))
     except (EOFError, OSError):
-        pass  # the pool is gone: nothing left to do
+        pass  # the pool is gone: nothing left to do but the finalizer
     finally:
         mark.release()
+    # After the worker said it leaves: the pool waits for the exit (and kills
+    # a worker that overstays its shutdown), so a finalizer cannot hang it.
+    finalizer, finalargs = hello.finalizer, hello.finalargs
+    if finalizer is not None and finalargs is not None:  # sent together
+        # Unpickled inside the guard too: its failure is logged like its run's.
+        run_finalizer(lambda: loads(finalizer)(*loads(finalargs)), (), hello.name)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 Process mode sends these messages over a worker's socket, one frame each
 (``_wire.Channel``); dask mode returns them from a chunk's task::
 
-    caller -> process worker   Hello        first: sys.path, name, initializer, limits
+    caller -> process worker   Hello        first: sys.path, name, initializer, finalizer, limits
                                Task         a chunk's header (job, function if new,
                                             flags), then one frame: its items
                                Preload      a job's function alone, its chunks later
@@ -119,12 +119,13 @@ class Hello(Message):
     other users of the machine could read it.
     """
 
-    __slots__ = ("authkey", "initargs", "initializer", "max_memory", "max_tasks", "name",
-                 "sys_path")
+    __slots__ = ("authkey", "finalargs", "finalizer", "initargs", "initializer", "max_memory",
+                 "max_tasks", "name", "sys_path")
 
     def __init__(self, sys_path: list[str], name: str, initializer: bytes | None,
                  initargs: bytes | None, max_tasks: int | None, max_memory: int | None,
-                 authkey: bytes) -> None:
+                 authkey: bytes, finalizer: bytes | None = None,
+                 finalargs: bytes | None = None) -> None:
         self.sys_path = sys_path
         self.name = name
         #: the pickled initializer and its arguments, or None for none
@@ -133,10 +134,14 @@ class Hello(Message):
         self.max_tasks = max_tasks
         self.max_memory = max_memory
         self.authkey = authkey
+        #: the pickled finalizer and its arguments, or None for none
+        self.finalizer = finalizer
+        self.finalargs = finalargs
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (Hello, (self.sys_path, self.name, self.initializer, self.initargs,
-                        self.max_tasks, self.max_memory, self.authkey))
+                        self.max_tasks, self.max_memory, self.authkey, self.finalizer,
+                        self.finalargs))
 
     def __repr__(self) -> str:
         return super().__repr__().replace(repr(self.authkey), "<hidden>")

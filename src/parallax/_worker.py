@@ -14,6 +14,7 @@ has run past its timeout.
 from __future__ import annotations
 
 import threading
+from contextvars import Context, ContextVar, copy_context
 from time import perf_counter, thread_time
 
 from ._mark import IDLE, MARK_POSITION, MARK_SOMEWHERE, MARK_STARTED, MARK_TOKEN, Mark
@@ -27,7 +28,16 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from typing import Any, Final
 
-__all__ = ["STOP", "inside_worker", "run_chunk", "worker_loop"]
+__all__ = [
+    "STOP",
+    "inside_worker",
+    "run_chunk",
+    "run_finalizer",
+    "state_context",
+    "use_worker_state",
+    "worker_loop",
+    "worker_state",
+]
 
 #: The poison pill. ``None`` survives pickling unchanged, so the same sentinel
 #: stops a thread reading a queue and a process reading a pipe.
@@ -41,6 +51,9 @@ _worker_state = threading.local()
 
 
 _process_is_worker = False
+#: a process worker's own state (every thread of it shares it); a thread
+#: worker's lives in ``_worker_state.state`` and wins over this one
+_process_state: dict[str, Any] | None = None
 
 
 def inside_worker() -> bool:
@@ -49,9 +62,55 @@ def inside_worker() -> bool:
 
 
 def mark_process_as_worker() -> None:
-    """Called once in a worker process: every thread of it counts as inside."""
-    global _process_is_worker
+    """Called once in a worker process: every thread of it counts as inside,
+    and every thread of it sees the process's one worker state."""
+    global _process_is_worker, _process_state
     _process_is_worker = True
+    _process_state = {}
+
+
+#: the worker state of an event loop's tasks (asyncio mode): a context
+#: variable, since a caller's loop runs the caller's own code on the same thread
+_loop_state: ContextVar[dict[str, Any] | None] = ContextVar("parallax_worker_state", default=None)
+
+
+def worker_state() -> dict[str, Any]:
+    """The calling worker's own dict: the same object in the initializer, in
+    every task the worker runs and in the finalizer.
+
+    One per thread worker, per process worker, per event loop (asyncio mode),
+    per run (serial mode). Keep per-worker resources in it (a connection, a
+    cache) that the initializer opens and the finalizer closes.
+
+    Raises:
+        RuntimeError: called outside a parallax worker.
+    """
+    state = _loop_state.get()
+    if state is None:
+        state = getattr(_worker_state, "state", None)
+    if state is None:
+        state = _process_state
+    if state is None:
+        raise RuntimeError(
+            "parallax.worker_state() is only available inside a parallax worker: "
+            "in an initializer, a task or a finalizer that parallax runs"
+        )
+    return state
+
+
+def state_context(state: dict[str, Any]) -> Context:
+    """A copy of the current context in which ``state`` is the worker state
+    (for an event loop's tasks, its initializer and its finalizer)."""
+    context = copy_context()
+    context.run(_loop_state.set, state)
+    return context
+
+
+def use_worker_state(state: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Make ``state`` this thread's worker state; returns the previous one."""
+    previous: dict[str, Any] | None = getattr(_worker_state, "state", None)
+    _worker_state.state = state
+    return previous
 
 
 def set_inside_worker(active: bool) -> bool:
@@ -59,6 +118,30 @@ def set_inside_worker(active: bool) -> bool:
     previous = inside_worker()
     _worker_state.active = active
     return previous
+
+
+def run_finalizer(
+    finalizer: Callable[..., object] | None, finalargs: tuple[Any, ...], worker: str,
+    *, in_caller: bool = False,
+) -> None:
+    """Run ``finalizer(*finalargs)``, logging what it raises on the "parallax"
+    logger: the worker is stopping, and no result is left to carry an error.
+
+    ``KeyboardInterrupt`` propagates only ``in_caller`` (serial mode).
+    """
+    if finalizer is None:
+        return
+    try:
+        finalizer(*finalargs)
+    except BaseException as exc:
+        if in_caller and isinstance(exc, KeyboardInterrupt):
+            raise
+        # Imported here: a process worker does not load logging to start.
+        import logging
+
+        logging.getLogger("parallax").error(
+            "parallax: the worker finalizer failed in %s", worker, exc_info=exc
+        )
 
 
 def run_chunk(

@@ -28,7 +28,7 @@ from typing import Any
 
 from .._timeouts import timeout_error
 from .._units import Chunk, ChunkResult, Failure, Job
-from .._worker import set_inside_worker
+from .._worker import set_inside_worker, state_context
 from ._base import Backend, WorkerSetup, failed_chunk
 from ._exit import finish_at_exit
 
@@ -74,6 +74,10 @@ class AsyncioBackend(Backend):
         self._closed = False
         self._broken: BaseException | None = None
         self._initialized = loop is None
+        #: the loop's worker state: its initializer, coroutines and finalizer see it
+        self._state: dict[str, Any] = {}
+        #: the initializer ran and succeeded: the finalizer runs at shutdown
+        self._started = False
         #: shut down with cancel_pending: chunks not yet taken are dropped
         self._dropping = False
         self._name = f"parallax-asyncio-{next(_loop_ids)}"
@@ -114,7 +118,8 @@ class AsyncioBackend(Backend):
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
         set_inside_worker(True)
-        self._broken = self._setup.initialize()
+        self._broken = state_context(self._state).run(self._setup.initialize)
+        self._started = self._broken is None
         ready.set_result(loop)
         try:
             loop.run_forever()
@@ -137,13 +142,17 @@ class AsyncioBackend(Backend):
             return
         if not self._initialized:  # external loop: initializer runs on it, once
             self._initialized = True
-            self._broken = self._setup.initialize()
+            self._broken = state_context(self._state).run(self._setup.initialize)
+            self._started = self._broken is None
             if self._broken is not None:
                 job.deliver(failed_chunk(chunk, self._broken))
                 return
         if self._semaphore is None:
             self._semaphore = asyncio.Semaphore(self.workers)
-        task = asyncio.ensure_future(self._run_chunk(job, chunk))
+        # The caller's context (as ensure_future would copy it) plus the state.
+        task = asyncio.get_running_loop().create_task(
+            self._run_chunk(job, chunk), context=state_context(self._state)
+        )
         tasks = self._tasks.setdefault(job, set())
         tasks.add(task)
         task.add_done_callback(lambda done: self._forget(job, done))
@@ -250,7 +259,15 @@ class AsyncioBackend(Backend):
             already = self._closed
             self._closed = True
             loop, thread = self._loop, self._thread
-        if already or loop is None or self._external is not None:
+        if already or loop is None:
+            return
+        if self._external is not None:
+            # The caller's loop is the caller's: only the finalizer runs on it.
+            if _on(loop):
+                self._finalize()
+            else:
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(self._finalize)
             return
         if cancel_pending:
             # Chunks not yet taken are dropped as they reach a slot; running
@@ -261,6 +278,7 @@ class AsyncioBackend(Backend):
             while self._tasks:
                 pending = [task for tasks in self._tasks.values() for task in tasks]
                 await asyncio.gather(*pending, return_exceptions=True)
+            self._finalize()  # on the loop, once its last coroutine is done
 
         def stop() -> None:
             asyncio.ensure_future(drain()).add_done_callback(lambda _: loop.stop())
@@ -269,3 +287,17 @@ class AsyncioBackend(Backend):
             loop.call_soon_threadsafe(stop)
         if wait and thread is not None and thread is not threading.current_thread():
             thread.join()
+
+    def _finalize(self) -> None:
+        """Run the finalizer on the loop, once, if the initializer ran and succeeded."""
+        if self._started:
+            self._started = False
+            state_context(self._state).run(self._setup.finalize, self._name)
+
+
+def _on(loop: asyncio.AbstractEventLoop) -> bool:
+    """True when called on ``loop``'s own thread while it runs."""
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from .._host import usable_cpus
 from .._units import EVERY_ITEM, Chunk, ChunkResult, Job
+from .._worker import run_finalizer
 
 if TYPE_CHECKING:
     # Imported where an initializer fails, not here: its bases live in
@@ -34,6 +35,8 @@ class WorkerSetup:
     initializer: Callable[..., object] | None = None
     initargs: tuple[Any, ...] = ()
     max_tasks_per_worker: int | None = None
+    finalizer: Callable[..., object] | None = None
+    finalargs: tuple[Any, ...] = ()
 
     def initialize(
         self, *, in_caller: bool = False, kind: type[InitializerError] | None = None
@@ -51,6 +54,13 @@ class WorkerSetup:
                 raise
             return initializer_error(exc, kind)
         return None
+
+    def finalize(self, worker: str, *, in_caller: bool = False) -> None:
+        """Run the finalizer where a worker stops; an error is logged, never raised.
+
+        ``KeyboardInterrupt`` propagates only ``in_caller`` (serial mode).
+        """
+        run_finalizer(self.finalizer, self.finalargs, worker, in_caller=in_caller)
 
 
 class Backend(ABC):

@@ -62,7 +62,9 @@ Data flow::
   next task Dask gives that worker.
 * ``initializer`` runs once per worker, as a Dask worker plugin (workers that
   join later, or are restarted, run it as they start); on someone else's
-  cluster it is unregistered at shutdown. Dask manages its workers'
+  cluster it is unregistered at shutdown. The same plugin runs ``finalizer``
+  as the worker closes or the plugin is unregistered; ``worker_state()`` is
+  one dict per pool in each worker process. Dask manages its workers'
   lifetimes, so ``max_tasks_per_worker`` is ignored.
 
 ``distributed`` is an optional extra: this module is imported only when the
@@ -108,7 +110,7 @@ from .._serialize import dumps_function
 from .._timeouts import timeout_error
 from .._units import SOMEWHERE, Chunk, ChunkResult, Job
 from . import Backend, WorkerSetup, failed_chunk, initializer_error
-from ._dask_task import Initializer, run_on_worker
+from ._dask_task import Lifecycle, run_on_worker
 
 __all__ = ["SCATTER_THRESHOLD", "DaskBackend"]
 
@@ -436,11 +438,13 @@ class DaskBackend(Backend):
             loop=self._client.loop
         )
         setup = self._setup
-        if setup.initializer is not None:
+        if setup.initializer is not None or setup.finalizer is not None:
             name = f"parallax-initializer-{self._token}"
             try:
                 self._client.register_plugin(
-                    Initializer(setup.initializer, setup.initargs), name=name
+                    Lifecycle(self._token, setup.initializer, setup.initargs,
+                              setup.finalizer, setup.finalargs),
+                    name=name,
                 )
                 self._plugin = name
             except Exception as exc:
@@ -530,6 +534,7 @@ class DaskBackend(Backend):
                 items,
                 job.timeout,
                 job.stop_at_failure,
+                self._token,
                 key=key,
                 pure=False,
             )

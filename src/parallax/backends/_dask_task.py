@@ -1,7 +1,7 @@
 """Dask mode's worker side: the task that runs a chunk on a Dask worker.
 
 Everything here runs inside a Dask worker process. Dask pickles
-:func:`run_on_worker` and :class:`Initializer` by reference, so a worker
+:func:`run_on_worker` and :class:`Lifecycle` by reference, so a worker
 imports this module (not the caller-side backend, ``_dask``); parallax must be
 importable there, the same version as the caller's. What a task returns is a
 :class:`~parallax._protocol.DaskOutcome`, made and read through ``_protocol``
@@ -29,9 +29,9 @@ from .._protocol import (
 )
 from .._timeouts import abandon, time_left
 from .._units import Chunk, ChunkResult, Failure
-from .._worker import run_chunk, set_inside_worker
+from .._worker import run_chunk, run_finalizer, set_inside_worker, use_worker_state
 
-__all__ = ["Initializer", "run_on_worker"]
+__all__ = ["Lifecycle", "run_on_worker"]
 
 #: functions this worker process has unpickled, by job token (a run's chunks
 #: share one; a few runs may interleave)
@@ -41,10 +41,21 @@ _jobs = JobCache()
 _WHERE = "on the dask worker"
 _HINT = " (is every module it needs installed there?)"
 
+#: each pool's worker state in this worker process, by the pool's token: the
+#: initializer, the pool's tasks (on any of the worker's threads) and the
+#: finalizer share it
+_states: dict[str, dict[str, Any]] = {}
+_states_lock = threading.Lock()
+
+
+def _state_of(pool: str) -> dict[str, Any]:
+    with _states_lock:
+        return _states.setdefault(pool, {})
+
 
 def run_on_worker(
     token: str, fn_blob: bytes, items_blob: bytes, timeout: float | None,
-    stop_at_failure: bool = False,
+    stop_at_failure: bool = False, pool: str = "",
 ) -> DaskOutcome:
     """The Dask task of one chunk: run its items, capture values and exceptions.
 
@@ -65,19 +76,24 @@ def run_on_worker(
         return DaskOutcome(encode(failed), name, time() - perf_counter())
     chunk = Chunk.fresh(0, 0, items)
     timed_out_at = -1
+    state = _state_of(pool)
     previous = set_inside_worker(True)  # nested parallax calls degrade to serial
+    previous_state = use_worker_state(state)
     try:
         if timeout is None:
             result = run_chunk(fn, chunk, new_mark(), [], watch_time=False, track_position=False,
                                stop_at_failure=stop_at_failure)
         else:
-            result, timed_out_at = _run_watched(fn, chunk, timeout)
+            result, timed_out_at = _run_watched(fn, chunk, timeout, state)
     finally:
+        use_worker_state(previous_state)
         set_inside_worker(previous)
     return DaskOutcome(encode(Result.of(result)), name, time() - perf_counter(), timed_out_at)
 
 
-def _run_watched(fn: Any, chunk: Chunk, timeout: float) -> tuple[ChunkResult, int]:
+def _run_watched(
+    fn: Any, chunk: Chunk, timeout: float, state: dict[str, Any]
+) -> tuple[ChunkResult, int]:
     """Run the chunk in a helper thread; abandon it at the first item past ``timeout``.
 
     Returns the chunk's result and the position of the abandoned item (-1 when
@@ -93,6 +109,7 @@ def _run_watched(fn: Any, chunk: Chunk, timeout: float) -> tuple[ChunkResult, in
 
     def target() -> None:
         previous = set_inside_worker(True)
+        use_worker_state(state)  # a thread of its own: nothing to restore
         try:
             done.append(run_chunk(fn, chunk, mark, values, watch_time=True, failures=failures))
         finally:
@@ -120,12 +137,33 @@ def _run_watched(fn: Any, chunk: Chunk, timeout: float) -> tuple[ChunkResult, in
 
 
 # (the ignores cover mypy runs with and without distributed's own hints installed)
-class Initializer(WorkerPlugin):  # type: ignore[misc,unused-ignore]
-    """Runs the pool's ``initializer(*initargs)`` once in every worker."""
+class Lifecycle(WorkerPlugin):  # type: ignore[misc,unused-ignore]
+    """Runs the pool's initializer as each worker starts (or joins) and its
+    finalizer as the worker closes or the plugin is unregistered, both with
+    the pool's worker state of that worker process."""
 
-    def __init__(self, initializer: Any, initargs: tuple[Any, ...]) -> None:
+    def __init__(self, pool: str, initializer: Any, initargs: tuple[Any, ...],
+                 finalizer: Any = None, finalargs: tuple[Any, ...] = ()) -> None:
+        self.pool = pool
         self.initializer = initializer
         self.initargs = initargs
+        self.finalizer = finalizer
+        self.finalargs = finalargs
 
     def setup(self, worker: Any) -> None:
-        self.initializer(*self.initargs)
+        if self.initializer is None:
+            return
+        previous = use_worker_state(_state_of(self.pool))
+        try:
+            self.initializer(*self.initargs)
+        finally:
+            use_worker_state(previous)
+
+    def teardown(self, worker: Any) -> None:
+        previous = use_worker_state(_state_of(self.pool))
+        try:
+            run_finalizer(self.finalizer, self.finalargs, str(getattr(worker, "address", worker)))
+        finally:
+            use_worker_state(previous)
+            with _states_lock:
+                _states.pop(self.pool, None)

@@ -246,6 +246,7 @@ class ProcessBackend(Backend):
         # First, before anything is held: it fails for an initializer that
         # cannot be pickled.
         self._initializer = self._encode_initializer()
+        self._finalizer = self._encode_finalizer()
         size = 8 * MARK_SIZE * self.workers
         with contextlib.ExitStack() as undo:  # should a step fail, close what is open
             self._wake_r, self._wake_w = os.pipe()
@@ -414,6 +415,13 @@ class ProcessBackend(Backend):
             return None, None
         return dumps_function(setup.initializer), dumps(setup.initargs)
 
+    def _encode_finalizer(self) -> tuple[bytes | None, bytes | None]:
+        """The pickled finalizer and its arguments (None, None without one)."""
+        setup = self._setup
+        if not setup.finalizer:
+            return None, None
+        return dumps_function(setup.finalizer), dumps(setup.finalargs)
+
     def _child_environment(self) -> dict[str, str]:
         env = dict(os.environ)
         path = env.get("PYTHONPATH")
@@ -454,7 +462,7 @@ class ProcessBackend(Backend):
         worker = _Worker(name, slot, popen, parent_end, mark)
         hello = Hello(list(sys.path), name, *self._initializer,
                       self._setup.max_tasks_per_worker, self._max_memory,
-                      bytes(multiprocessing.current_process().authkey))
+                      bytes(multiprocessing.current_process().authkey), *self._finalizer)
         with self._lock:
             self._workers[parent_end] = worker
         with contextlib.suppress(OSError):  # if it died already, the EOF says so next

@@ -10,12 +10,14 @@ cannot interrupt the caller's own thread: an item that ran longer than
 
 from __future__ import annotations
 
+from typing import Any
+
 from .._calls import CheckedCall
 from .._mark import new_mark
 from .._serialize import round_trip
 from .._timeouts import flag_overruns
 from .._units import Chunk, Job
-from .._worker import run_chunk, set_inside_worker
+from .._worker import run_chunk, set_inside_worker, use_worker_state
 from ._base import Backend, WorkerSetup, failed_chunk
 
 
@@ -39,6 +41,8 @@ class SerialBackend(Backend):
         self._setup = setup or WorkerSetup()
         self._check_pickle = check_pickle
         self._initialized = False
+        #: this run's worker state: the caller's thread is the one worker
+        self._state: dict[str, Any] = {}
         self._mark = new_mark()
         self._closed = False
         self._broken: BaseException | None = None
@@ -56,14 +60,15 @@ class SerialBackend(Backend):
             raise RuntimeError("cannot submit to a serial backend after shutdown")
         if not job.claim(chunk):
             return
-        if not self._initialized:
-            self._initialized = True
-            self._broken = self._setup.initialize(in_caller=True)
-        if self._broken is not None:
-            job.deliver(failed_chunk(chunk, self._broken))
-            return
         previous = set_inside_worker(True)
+        previous_state = use_worker_state(self._state)
         try:
+            if not self._initialized:
+                self._initialized = True
+                self._broken = self._setup.initialize(in_caller=True)
+            if self._broken is not None:
+                job.deliver(failed_chunk(chunk, self._broken))
+                return
             result = run_chunk(
                 job.fn,
                 chunk,
@@ -75,6 +80,7 @@ class SerialBackend(Backend):
                 stop_at_failure=job.stop_at_failure,
             )
         finally:
+            use_worker_state(previous_state)
             set_inside_worker(previous)
         result.worker = "the caller's thread"
         if job.timeout is not None:
@@ -86,4 +92,16 @@ class SerialBackend(Backend):
         return self._broken
 
     def shutdown(self, wait: bool = True, *, cancel_pending: bool = False) -> None:
+        if self._closed:
+            return
         self._closed = True
+        # The finalizer runs once, after the last item, if the initializer ran
+        # and succeeded (the one worker started).
+        if self._initialized and self._broken is None:
+            previous = set_inside_worker(True)
+            previous_state = use_worker_state(self._state)
+            try:
+                self._setup.finalize("the caller's thread", in_caller=True)
+            finally:
+                use_worker_state(previous_state)
+                set_inside_worker(previous)

@@ -34,7 +34,7 @@ from .._host import thread_pool_default
 from .._mark import new_mark
 from .._timeouts import ABANDONED_THREAD, abandon, time_left, timeout_error
 from .._units import Chunk, ChunkResult, Failure, Job
-from .._worker import STOP, worker_loop
+from .._worker import STOP, use_worker_state, worker_loop
 from ._base import Backend, WorkerSetup, failed_chunk
 from ._exit import finish_at_exit
 
@@ -107,6 +107,9 @@ class ThreadBackend(Backend):
 
     def _work(self, worker: _ThreadWorker) -> None:
         setup = self._setup
+        # This worker's own state: the initializer, its tasks and its
+        # finalizer see the same dict (a fresh one per thread, recycled or not).
+        use_worker_state({})
         failed = None
         if setup.initializer is not None:
             from .._broken import ThreadInitializerError  # multiprocessing: only when needed
@@ -134,6 +137,10 @@ class ThreadBackend(Backend):
                 # must run regardless, or shutdown waits for this worker forever.
                 with contextlib.suppress(BaseException):
                     current[0].deliver(failed_chunk(current[1], error))
+        # Before leaving ``_live``: shutdown(wait=True) waits for finalizers too.
+        if failed is None:
+            setup.finalize(worker.name)
+        use_worker_state(None)
         with self._lock:
             if recycle and not worker.abandoned:
                 # Replaced even after shutdown: chunks may still be queued, and
