@@ -173,3 +173,15 @@ def test_bad_finalizer_refused_before_any_work(keywords: dict[str, Any], message
     with pytest.raises(TypeError, match=message), parallax.using("thread", **keywords):
         pass
     assert ran == []
+
+
+def test_serial_mode_gives_each_run_its_own_state() -> None:
+    """One dict per run in serial mode, also on the shared serial pool."""
+
+    def count(_: int) -> int:
+        state = parallax.worker_state()
+        state["n"] = state.get("n", 0) + 1
+        return int(state["n"])
+
+    assert parallax.map(count, range(3), mode="serial") == [1, 2, 3]
+    assert parallax.map(count, range(3), mode="serial") == [1, 2, 3]

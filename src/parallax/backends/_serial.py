@@ -10,6 +10,7 @@ cannot interrupt the caller's own thread: an item that ran longer than
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 from .._calls import CheckedCall
@@ -41,8 +42,13 @@ class SerialBackend(Backend):
         self._setup = setup or WorkerSetup()
         self._check_pickle = check_pickle
         self._initialized = False
-        #: this run's worker state: the caller's thread is the one worker
+        #: the worker state of a backend with an initializer or finalizer,
+        #: which serves one run (the caller's thread is the one worker) ...
         self._state: dict[str, Any] = {}
+        #: ... and of each run of a shared backend: one dict per run
+        self._run_states: weakref.WeakKeyDictionary[Job, dict[str, Any]] = (
+            weakref.WeakKeyDictionary()
+        )
         self._mark = new_mark()
         self._closed = False
         self._broken: BaseException | None = None
@@ -61,7 +67,10 @@ class SerialBackend(Backend):
         if not job.claim(chunk):
             return
         previous = set_inside_worker(True)
-        previous_state = use_worker_state(self._state)
+        setup = self._setup
+        state = (self._state if setup.initializer is not None or setup.finalizer is not None
+                 else self._run_states.setdefault(job, {}))
+        previous_state = use_worker_state(state)
         try:
             if not self._initialized:
                 self._initialized = True
