@@ -15,7 +15,8 @@ tables, keyed by ``Class::test``, say what is not plainly expected to pass:
 * ``HANGS``: as ``KNOWN_FAILURES``, for tests that block; bounded by
   ``HANG_TIMEOUT``.
 * ``FLAKY``: fails only when a race inside parallax goes one way; a
-  non-strict xfail, each pointing at a strictly listed deterministic sibling.
+  non-strict xfail, each pointing at a strictly listed deterministic sibling
+  or saying why none can exist.
 
 Listed failures and hangs run in a child pytest process of their own, so a
 broken pool they leave behind cannot spill into the tests after them; the
@@ -155,37 +156,25 @@ SKIPS: dict[str, str] = {
         "parallax the mocks are inert (its public core, map over 100 items, is test_map)"),
 }
 
-_CRASH_TYPE = (
-    "WorkerCrashedError is not a BrokenProcessPool (parallax/_errors.py); "
-    "DESIGN.md stage 2 requires it to be"
-)
-_SERIALIZATION_TYPE = (
-    "SerializationError derives from pickle.PickleError, not PicklingError "
-    "(parallax/_errors.py); DESIGN.md stage 2 requires PicklingError / UnpicklingError"
-)
-
-_MAP_AFTER_SHUTDOWN = (
-    "iterating a map started before shutdown raises RuntimeError('cannot submit to a ... "
-    "backend after shutdown'): the lazy Run submits its later chunks to the closed backend"
-)
 _NO_FINALIZER = (
     "an executor dropped without shutdown() keeps its worker threads/processes forever: "
     "parallax.Executor has no finalizer (weakref callback) that shuts the backend down"
 )
-_EXIT_MESSAGE = (
-    "after the exit hook closed the backend, submit() raises the backend's own "
-    "'cannot submit to a ... backend after shutdown' (Executor._closed is still False)"
+_MAP_DROPPED = (
+    "a map iterator dropped unconsumed cancels the chunks not yet run "
+    "(_executor._abandoned -> Run.close); the stdlib's map submits every call at once"
 )
-_EXIT_DROPS = (
-    "work pending at interpreter exit is dropped: the exit hook terminates process "
-    "pools (kills workers, clears pending) instead of letting submitted futures finish"
+_BROKEN_INIT = (
+    "a pool broken by a failed initializer still accepts submit() (its future fails with "
+    "BrokenExecutor); the stdlib raises BrokenExecutor from submit() itself"
 )
-_STALE = (
-    "thread mode keeps the submitted callable referenced after its future is done"
+_SUBMIT_PICKLE = (
+    "an unpicklable argument makes submit() itself raise SerializationError (naming the "
+    "argument); the stdlib returns a future that fails with the PicklingError"
 )
-_DOUBLE_CLAIM = (
-    "a chunk a retiring worker got is put back by ProcessBackend._bury and claimed "
-    "again: set_running_or_notify_cancel raises in the manager thread, futures stay RUNNING"
+_UNPICKLE_TYPE = (
+    "a task or result that fails to unpickle (an exception or SystemExit in __reduce__'s "
+    "callable) fails its future with CannotUnpickleError; the stdlib raises BrokenProcessPool"
 )
 
 KNOWN_FAILURES: dict[str, str] = {
@@ -196,83 +185,41 @@ KNOWN_FAILURES: dict[str, str] = {
     "ProcessExecutorTest::test_max_workers_negative": (
         "naming: parallax says 'workers must be a positive integer ...' where the stdlib "
         "says 'max_workers must be greater than 0' (_config.check_workers)"),
-    "ThreadExecutorTest::test_free_reference": (
-        "Executor.map's iterator keeps delivered results alive: Run holds each batch list "
-        "until the whole batch is consumed (_run.py batches / _executor._unwrap)"),
-    "ProcessExecutorTest::test_free_reference": (
-        "Executor.map's iterator keeps delivered results alive: Run holds each batch list "
-        "until the whole batch is consumed (_run.py batches / _executor._unwrap)"),
-    "PortedThreadTest::test_shutdown_no_wait_long": _MAP_AFTER_SHUTDOWN,
-    "PortedProcessTest::test_shutdown_no_wait_long": _MAP_AFTER_SHUTDOWN,
     "PortedThreadTest::test_del_shutdown": _NO_FINALIZER,
     "PortedProcessTest::test_del_shutdown": _NO_FINALIZER,
-    "PortedThreadTest::test_submit_after_interpreter_shutdown": _EXIT_MESSAGE,
-    "PortedProcessTest::test_submit_after_interpreter_shutdown": _EXIT_MESSAGE,
-    "PortedThreadTest::test_failing_initializer": (
-        "a failed initializer surfaces as ParallaxError, not BrokenExecutor "
-        "(backends.initializer_error), and submit() on the broken pool does not raise"),
-    "PortedProcessTest::test_failing_initializer": (
-        "a failed initializer surfaces as ParallaxError, not BrokenExecutor "
-        "(backends.initializer_error), and submit() on the broken pool does not raise"),
-    "PortedProcessTest::test_interpreter_shutdown": _EXIT_DROPS,
-    "PortedProcessTest::test_hang_gh83386": _EXIT_DROPS,
-    "PortedThreadTest::test_done_future_does_not_keep_callable": _STALE,
+    "PortedThreadTest::test_failing_initializer": _BROKEN_INIT,
+    "PortedProcessTest::test_failing_initializer": _BROKEN_INIT,
+    "PortedThreadTest::test_map_submits_without_iteration_blocked": _MAP_DROPPED,
     # -- process mode -----------------------------------------------------------------
     "ProcessExecutorTest::test_ressources_gced_in_workers": (
-        "multiprocessing.Manager proxies fail in workers with AuthenticationError: "
-        "workers are plain subprocesses and never receive the parent's authkey"),
-    "ProcessShutdownTest::test_cancel_futures": (
-        "shutdown(cancel_futures=True) cancels every future: a future stays PENDING until "
-        "the manager thread hands its chunk to a booted worker, so none had started"),
-    "ProcessDeadlockTest::test_error_at_task_pickle": (
-        "submit() itself raises SerializationError (not PicklingError, and not through the "
-        "future), naming 'the function BoundCall': the arguments are pickled inside "
-        "_worker.BoundCall by ProcessBackend.prepare -> _serialize.dumps_function"),
-    "ProcessDeadlockTest::test_exit_at_task_unpickle": _CRASH_TYPE,
-    "ProcessDeadlockTest::test_error_at_task_unpickle": (
-        "a task that fails to unpickle in the worker raises SerializationError, "
-        "not BrokenProcessPool"),
-    "ProcessDeadlockTest::test_crash_at_task_unpickle": _CRASH_TYPE,
-    "ProcessDeadlockTest::test_crash_during_func_exec_on_worker": _CRASH_TYPE,
-    "ProcessDeadlockTest::test_crash_during_result_pickle_on_worker": _CRASH_TYPE,
-    "ProcessDeadlockTest::test_exit_during_result_pickle_on_worker": _CRASH_TYPE,
-    "ProcessDeadlockTest::test_error_during_result_pickle_on_worker": _SERIALIZATION_TYPE,
-    "ProcessDeadlockTest::test_error_during_result_unpickle_in_result_handler": (
-        "a result that fails to unpickle in the caller raises ParallaxError, not "
-        "BrokenProcessPool (ProcessBackend._handle)"),
-    "ProcessDeadlockTest::test_shutdown_deadlock": _CRASH_TYPE,
-    "ProcessDeadlockTest::test_crash_big_data": _CRASH_TYPE,
-    "PortedProcessTest::test_killed_child": _CRASH_TYPE,
-    "PortedProcessTest::test_shutdown_deadlock_pickle": (
-        "submit() itself raises SerializationError naming 'BoundCall' (see "
-        "ProcessDeadlockTest::test_error_at_task_pickle)"),
-    "PortedThreadTest::test_max_tasks_shutdown_while_busy": (
-        "a thread that retires (max_tasks_per_worker) after shutdown() is not replaced "
-        "(ThreadBackend._work: 'recycle and not self._closed'), so queued tasks strand"),
+        "the call's argument is not collected in the worker within 1 s of the result "
+        "(EventfulGCObj.__del__ never sets its Manager event): the worker keeps it alive"),
+    "ProcessDeadlockTest::test_error_at_task_pickle": _SUBMIT_PICKLE,
+    "PortedProcessTest::test_shutdown_deadlock_pickle": _SUBMIT_PICKLE,
+    "ProcessDeadlockTest::test_exit_at_task_unpickle": _UNPICKLE_TYPE,
+    "ProcessDeadlockTest::test_error_at_task_unpickle": _UNPICKLE_TYPE,
+    "ProcessDeadlockTest::test_error_during_result_unpickle_in_result_handler": _UNPICKLE_TYPE,
+    "ProcessDeadlockTest::test_exit_during_result_unpickle_in_result_handler": _UNPICKLE_TYPE,
+    "ProcessDeadlockTest::test_exit_during_result_pickle_on_worker": (
+        "SystemExit while pickling a result in the worker fails the future with "
+        "CannotPickleError; the stdlib's worker dies and it raises BrokenProcessPool"),
 }
 
-HANGS: dict[str, str] = {
-    "ThreadExecutorTest::test_no_stale_references": (
-        "the submitted callable stays referenced after its future is done (waits 30 s "
-        "for a collection that never comes)"),
-    "ProcessExecutorTest::test_no_stale_references": (
-        "the submitted callable stays referenced after its future is done (waits 30 s "
-        "for a collection that never comes)"),
-    "ProcessExecutorTest::test_max_tasks_early_shutdown": _DOUBLE_CLAIM,
-    "PortedProcessTest::test_max_tasks_early_shutdown": _DOUBLE_CLAIM,
-    "ProcessDeadlockTest::test_exit_during_result_unpickle_in_result_handler": (
-        "SystemExit while unpickling a result escapes ProcessBackend._handle's "
-        "'except Exception' and ends the manager thread; the future never settles"),
-}
+#: None today; a test that blocks goes here, bounded by HANG_TIMEOUT.
+HANGS: dict[str, str] = {}
 
 #: Fail or pass depending on a race inside parallax; ``xfail(strict=False)``
 #: (a strict mark would make CI flaky), run in a child with HANG_TIMEOUT.
-#: Each names a deterministic sibling test that is strictly listed above.
+#: Each names a deterministic sibling test that is strictly listed above, or says
+#: why none can exist without depending on wall-clock speed.
 FLAKY: dict[str, str] = {
-    "PortedProcessTest::test_max_tasks_per_worker": (
-        "races the double claim of KNOWN_FAILURES' test_max_tasks_early_shutdown: the 4th "
-        "submit, made right after the 3rd result, can reach the worker before its "
-        "'retire' message is read; its future then stays RUNNING"),
+    "ThreadExecutorTest::test_map_submits_without_iteration": (
+        "passes only when every chunk ran before the dropped iterator is collected; "
+        "deterministic sibling PortedThreadTest::test_map_submits_without_iteration_blocked"),
+    "ProcessShutdownTest::test_cancel_futures": (
+        "shutdown(cancel_futures=True) right after 50 submits cancels all 50 when no spawned "
+        "worker has booted and claimed a chunk yet (a future is RUNNING only once a worker "
+        "takes it); no deterministic sibling: it is worker start-up time against the caller"),
 }
 
 
@@ -610,6 +557,26 @@ class PortedTests:
             with pytest.raises(pickle.PicklingError):
                 f.result()
         assert wait_until(self.no_workers_left)
+
+    # ThreadPoolExecutorTest.test_map_submits_without_iteration, made deterministic:
+    # the first call blocks, so the iterator is dropped before any chunk finished.
+    def test_map_submits_without_iteration_blocked(self) -> None:
+        if self.mode != "thread":
+            self.skipTest("records calls in a list the workers share")
+        release = threading.Event()
+        finished: list[int] = []
+
+        def record_finished(n: int) -> None:
+            if n == 0:
+                release.wait(10)
+            finished.append(n)
+
+        executor = self.executor(workers=2)
+        executor.map(record_finished, range(10))
+        gc.collect()
+        release.set()
+        executor.shutdown(wait=True)
+        assert sorted(finished) == list(range(10))
 
     # ExecutorTest.test_no_stale_references, for the future's own callable
     def test_done_future_does_not_keep_callable(self) -> None:
