@@ -784,3 +784,16 @@ def test_a_process_pool_inherited_through_fork_is_left_to_the_parent(how: str) -
     assert set(parallax.map(_pid, range(8), mode="process", workers=2)) <= workers
     assert [pooled.backend for pooled in _pools._pools.values()] == [pool]
     assert pool.broken is None
+
+
+@pytest.mark.parametrize("mode", ["thread", "process"])
+def test_submit_to_a_pool_whose_initializer_failed_raises_the_broken_executor(
+    mode: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # As the stdlib's executors: once the pool is broken, submit() refuses.
+    with (caplog.at_level(logging.CRITICAL, logger="concurrent.futures"),
+          parallax.Executor(mode, workers=1, initializer=failing_initializer) as executor):
+        first = executor.submit(abs, -1)
+        assert isinstance(first.exception(timeout=60), concurrent.futures.BrokenExecutor)
+        with pytest.raises(concurrent.futures.BrokenExecutor, match="initializer failed"):
+            executor.submit(abs, -1)

@@ -164,10 +164,6 @@ _MAP_DROPPED = (
     "a map iterator dropped unconsumed cancels the chunks not yet run "
     "(_executor._abandoned -> Run.close); the stdlib's map submits every call at once"
 )
-_BROKEN_INIT = (
-    "a pool broken by a failed initializer still accepts submit() (its future fails with "
-    "BrokenExecutor); the stdlib raises BrokenExecutor from submit() itself"
-)
 _SUBMIT_PICKLE = (
     "an unpicklable argument makes submit() itself raise SerializationError (naming the "
     "argument); the stdlib returns a future that fails with the PicklingError"
@@ -187,8 +183,6 @@ KNOWN_FAILURES: dict[str, str] = {
         "says 'max_workers must be greater than 0' (_config.check_workers)"),
     "PortedThreadTest::test_del_shutdown": _NO_FINALIZER,
     "PortedProcessTest::test_del_shutdown": _NO_FINALIZER,
-    "PortedThreadTest::test_failing_initializer": _BROKEN_INIT,
-    "PortedProcessTest::test_failing_initializer": _BROKEN_INIT,
     "PortedThreadTest::test_map_submits_without_iteration_blocked": _MAP_DROPPED,
     # -- process mode -----------------------------------------------------------------
     "ProcessExecutorTest::test_ressources_gced_in_workers": (

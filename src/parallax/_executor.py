@@ -208,6 +208,11 @@ class Executor(_StdExecutor):
         future: Future[R] = Future()
         with self._lock:
             self._check_open()
+            broken = self._backend.broken
+            if isinstance(broken, concurrent.futures.BrokenExecutor):
+                # A failed initializer: as the stdlib's executors, refuse new
+                # work at once (the futures already submitted failed with it).
+                raise broken
             self._futures.add(future)
         future.add_done_callback(self._forget_future)
         try:
