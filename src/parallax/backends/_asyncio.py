@@ -275,8 +275,13 @@ class AsyncioBackend(Backend):
             self._dropping = True
 
         async def drain() -> None:
-            while self._tasks:
-                pending = [task for tasks in self._tasks.values() for task in tasks]
+            # Until no coroutine is left running: a job's entry may outlive
+            # its last task, and gathering nothing would spin this loop.
+            while True:
+                pending = [task for tasks in self._tasks.values() for task in tasks
+                           if not task.done()]
+                if not pending:
+                    break
                 await asyncio.gather(*pending, return_exceptions=True)
             self._finalize()  # on the loop, once its last coroutine is done
 
