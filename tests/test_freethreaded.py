@@ -115,14 +115,29 @@ def test_the_overlap_measurement_decides_between_free_threads_and_processes() ->
     facts = Facts(probed=5, item_wall=0.02, item_cpu=0.0199, total=100, cpus=2,
                   gil_enabled=False)
     assert decide(facts).mode == "free-threaded"  # not measured (few items left, Executor)
-    for speedup, mode in ((1.9, "free-threaded"), (1.3, "free-threaded"), (1.1, "process"),
-                          (0.6, "process")):
+    # Free threads must overlap nearly as well as processes would: at 1.3-1.4x
+    # (threads contending on shared objects) processes win.
+    for speedup, mode in ((1.9, "free-threaded"), (1.6, "free-threaded"), (1.4, "process"),
+                          (1.1, "process"), (0.6, "process")):
         plan = decide(dataclasses.replace(facts, thread_speedup=speedup))
         assert plan.mode == mode
         assert f"2 threads: {speedup:.2g}x -> {mode}" in plan.reason
     unpicklable = dataclasses.replace(facts, thread_speedup=0.6, picklable=False,
                                       unpicklable="the function f")
     assert decide(unpicklable).mode == "serial"
+    # Threads that overlap somewhat still beat serial when a process is no option.
+    some_overlap = decide(dataclasses.replace(unpicklable, thread_speedup=1.4))
+    assert some_overlap.mode == "free-threaded"
+    assert "the function f cannot be pickled" in some_overlap.reason
+
+
+def test_the_payload_rule_picks_free_threads_without_the_gil() -> None:
+    heavy = Facts(probed=5, item_wall=0.005, item_cpu=0.005, total=100, cpus=2,
+                  gil_enabled=False, item_bytes=8_000_000, thread_speedup=1.4)
+    plan = decide(heavy)
+    assert plan.mode == "free-threaded", plan.reason
+    assert "payload-heavy" in plan.reason and "(GIL disabled) -> free-threaded" in plan.reason
+    assert decide(dataclasses.replace(heavy, thread_speedup=1.0)).mode == "serial"
 
 
 def test_waiting_for_a_cpu_is_taken_out_of_the_overlap_measurement() -> None:

@@ -64,6 +64,11 @@ OVERLAP_MAX_ITEMS: Final = 64
 #: two threads must run items at least this much faster than one for threads
 #: to count as running in parallel (2.0 is perfect overlap)
 OVERLAP_SPEEDUP: Final = 1.3
+#: without the GIL, free threads win over processes only from this overlap on:
+#: processes reach ~1.9x on 2 cores, while threads contending on shared
+#: objects measured 1.3-1.4x in the probe and ran 1.25x over a whole run
+#: (benchmarks/bench_freethreaded.py, "shared"); work that overlaps well measures 1.8x
+FREE_THREADED_SPEEDUP: Final = 1.6
 #: longest the caller keeps working while a process pool boots (its workers
 #: import the caller's modules, which can take seconds)
 WARMUP_BUDGET: Final = 5.0
@@ -194,8 +199,9 @@ def _choose(facts: Facts, workers: int | None) -> Plan:
     overlap = "" if speedup is None else f", 2 threads: {speedup:.2g}x"
     # Without the GIL threads may still not overlap on this function (shared
     # reference counts, locks, an extension that takes a lock): the probe
-    # measured two threads on it when it could; if they did not, process.
-    if not facts.gil_enabled and (speedup is None or speedup >= OVERLAP_SPEEDUP):
+    # measured two threads on it when it could; if they did not overlap
+    # nearly as well as processes would, process.
+    if not facts.gil_enabled and (speedup is None or speedup >= FREE_THREADED_SPEEDUP):
         count = workers or cpus
         return Plan(
             "free-threaded", count, "auto",
@@ -209,12 +215,15 @@ def _choose(facts: Facts, workers: int | None) -> Plan:
                 f"CPU-bound but payload-heavy: shipping {facts.item_bytes / 1e6:.2g} MB per item "
                 f"costs ~{_duration(shipping)} vs {per_item} of work"
             )
-            if speedup >= OVERLAP_SPEEDUP:  # (without the GIL, rule 7 took it)
+            if speedup >= OVERLAP_SPEEDUP:
                 count = workers or cpus
+                # (with the GIL, the work releases it: hashing, compression, numpy)
+                threads, why = (("thread", "the work releases the GIL") if facts.gil_enabled
+                                else ("free-threaded", "GIL disabled"))
                 return Plan(
-                    "thread", count, "auto",
+                    threads, count, "auto",
                     f"{heavy}, and 2 threads ran {speedup:.2g}x faster than 1 "
-                    "(the work releases the GIL) -> thread",
+                    f"({why}) -> {threads}",
                 )
             return Plan(
                 "serial", 1, "auto",
@@ -222,6 +231,14 @@ def _choose(facts: Facts, workers: int | None) -> Plan:
                 "-> serial",
             )
     if not facts.picklable:
+        if not facts.gil_enabled and speedup is not None and speedup >= OVERLAP_SPEEDUP:
+            count = workers or cpus
+            return Plan(
+                "free-threaded", count, "auto",
+                f"{cpu_bound}, GIL disabled, {cpus} cores{overlap}, and "
+                f"{facts.unpicklable} cannot be pickled for a process -> free-threaded, "
+                f"{count} threads",
+            )
         return Plan(
             "serial", 1, "auto",
             f"CPU-bound but {facts.unpicklable} cannot be pickled for a process -> serial",
