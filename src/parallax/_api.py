@@ -242,16 +242,22 @@ class ParallelFunction(Generic[P, R]):
 
     def _launch(self, iterable: Iterable[Any], arguments: dict[str, Any], *,
                 star: bool = False) -> Launched:
-        """Start the run of a ``.map``-like call from its ``locals()``: every
-        keyword is there, the decorator's defaults filled in by :func:`_with_defaults`."""
-        keywords = {name: value for name, value in arguments.items()
-                    if name not in ("self", "iterable", "options")}
-        default_mode = self._defaults.get("mode")
-        if keywords["mode"] == (default_mode or "auto"):
-            # Not given (or given as it would be): the decorator's mode, or
-            # "auto", ranks as a default.
-            del keywords["mode"]
-        options = CallOptions.checked(**keywords, **arguments["options"])
+        """Start the run of a ``.map``-like call from its ``locals()``.
+
+        Every keyword is there: the call's, the decorator's defaults that
+        :func:`_with_defaults` filled in (the very objects given to the
+        decorator: checked then, not again) and the signature's defaults.
+        """
+        keywords = {**arguments, **arguments["options"]}
+        for name in ("self", "iterable", "options"):
+            del keywords[name]
+        decorator = self._defaults
+        overrides = {name: value for name, value in keywords.items()
+                     if name not in decorator or value is not decorator[name]}
+        if overrides.get("mode") == (decorator.get("mode") or "auto"):
+            # Not given (or given as it would be): "auto" ranks as the default.
+            del overrides["mode"]
+        options, default_mode = self._options(overrides)
         return launch(self.__wrapped__, iterable, options, star=star, default_mode=default_mode)
 
     @_with_defaults
