@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import pydoc
 import typing
 from pathlib import Path
 
@@ -68,6 +69,23 @@ def test_every_common_keyword_is_a_typed_parameter(api: str) -> None:
         if name != "mode":  # the call's "auto" is CallOptions' None (not given)
             assert parameter.default == getattr(defaults, name), name
     assert list(parameters)[-1] == "options"  # backend options still travel as **options
+
+
+@pytest.mark.parametrize("method", ["map", "imap", "starmap"])
+def test_parallel_function_methods_take_the_keywords_of_their_function(method: str) -> None:
+    """``@parallel``'s ``.map`` & co. show what ``parallax.map`` & co. do (IDEs, help())."""
+    from decorated import scored
+
+    bound = getattr(scored, method)
+    own = inspect.signature(bound).parameters
+    public = inspect.signature(getattr(parallax, method)).parameters
+    assert list(own) == list(public)[1:]  # all but fn
+    for name, parameter in own.items():
+        if parameter.kind is not inspect.Parameter.POSITIONAL_OR_KEYWORD:  # not the iterable
+            assert parameter == public[name], name  # kind, default and annotation
+    hints = typing.get_type_hints(bound)
+    assert {"mode", *COMMON_KEYWORDS} <= set(hints)
+    assert "max_tasks_per_worker: 'int | None' = None" in pydoc.render_doc(bound)
 
 
 def test_parallel_keyword_form_lists_every_common_keyword() -> None:

@@ -57,5 +57,21 @@ async def check_keywords() -> None:
                                  max_tasks_per_worker=5, record_tasks=False)
     assert_type(decorate(len), parallax.ParallelFunction[[Sized], int])
     parallax.parallel(retries="3")  # type: ignore[call-overload]
+    # and so is each keyword of a decorated function's .map, .imap and .starmap
+    assert_type(
+        called.map([1], mode="thread", workers=2, chunksize=4, ordered=False, timeout=1.0,
+                   errors="return", retries=2, retry_on=(ValueError, OSError), backoff=0.1,
+                   max_tasks_per_worker=10, record_tasks=False),
+        list[str],
+    )
+    for text in called.imap([1], retries=1, progress=True):
+        assert_type(text, str)
+    assert_type(bare.starmap([(1, "a")], initializer=print, initargs=("hi",)), list[float])
+    called.map([1], retries="2")  # type: ignore[arg-type]
+    called.map([1], errors="ignore")  # type: ignore[arg-type]
+    called.imap([1], workers="2")  # type: ignore[arg-type]
+    called.imap([1], retry_on=ValueError())  # type: ignore[arg-type]
+    bare.starmap([(1, "a")], record_tasks=None)  # type: ignore[arg-type]
+    bare.starmap([(1, "a")], max_tasks_per_worker="10")  # type: ignore[arg-type]
     # backend options still travel as keywords
     parallax.map(len, ["a"], mode="serial", check_pickle=True)

@@ -22,7 +22,7 @@ from typing_extensions import ParamSpec
 
 from ._auto import Plan
 from ._config import check_callable
-from ._launch import CallOptions, callable_name, launch, plan_call, submit_call
+from ._launch import CallOptions, Launched, callable_name, launch, plan_call, submit_call
 from ._run import ErrorPolicy
 
 __all__ = ["ParallelFunction", "amap", "imap", "map", "parallel", "plan", "starmap"]
@@ -197,6 +197,25 @@ def plan(fn: Callable[..., Any], sample: Iterable[Any], *, workers: int | None =
 
 # -- @parallel ------------------------------------------------------------------------------
 
+Method = TypeVar("Method", bound=Callable[..., Any])
+
+
+def _with_defaults(method: Method) -> Method:
+    """A ``ParallelFunction`` method whose keywords the call leaves out take
+    the decorator's defaults.
+
+    The method's own signature is :func:`map`'s, typed, so mypy, IDEs and
+    ``help()`` show every keyword (``help()`` finds it through ``__wrapped__``);
+    only its defaults give way to the decorator's, which the call fills in
+    here before the signature's apply.
+    """
+
+    @functools.wraps(method)
+    def with_defaults(self: ParallelFunction[Any, Any], /, *args: Any, **given: Any) -> Any:
+        return method(self, *args, **{**self._defaults, **given})
+
+    return cast(Method, with_defaults)
+
 
 class ParallelFunction(Generic[P, R]):
     """A function decorated with :func:`parallel`: callable as before, plus
@@ -217,25 +236,110 @@ class ParallelFunction(Generic[P, R]):
         defaults = self._checked_defaults
         if defaults is None:
             defaults = self._checked_defaults = CallOptions.checked(**self._defaults)
-        # The decorator's mode ranks below PARALLAX_MODE, the call's above it.
+        # The decorator's mode is a default of its own (the call's reason says so).
         base = replace(defaults, mode=None)
         return CallOptions.checked(base, **overrides), defaults.mode
 
-    def map(self, iterable: Iterable[Any], **options: Any) -> list[R]:
-        """:func:`parallax.map` of this function, with the decorator's defaults."""
-        checked, default_mode = self._options(options)
-        return launch(self.__wrapped__, iterable, checked, default_mode=default_mode).collect()
+    def _launch(self, iterable: Iterable[Any], arguments: dict[str, Any], *,
+                star: bool = False) -> Launched:
+        """Start the run of a ``.map``-like call from its ``locals()``.
 
-    def imap(self, iterable: Iterable[Any], **options: Any) -> Iterator[R]:
-        """:func:`parallax.imap` of this function, with the decorator's defaults."""
-        checked, default_mode = self._options(options)
-        return launch(self.__wrapped__, iterable, checked, default_mode=default_mode).iterate()
+        Every keyword is there: the call's, the decorator's defaults that
+        :func:`_with_defaults` filled in (the very objects given to the
+        decorator: checked then, not again) and the signature's defaults.
+        """
+        keywords = {**arguments, **arguments["options"]}
+        for name in ("self", "iterable", "options"):
+            del keywords[name]
+        decorator = self._defaults
+        overrides = {name: value for name, value in keywords.items()
+                     if name not in decorator or value is not decorator[name]}
+        if overrides.get("mode") == (decorator.get("mode") or "auto"):
+            # Not given (or given as it would be): "auto" ranks as the default.
+            del overrides["mode"]
+        options, default_mode = self._options(overrides)
+        return launch(self.__wrapped__, iterable, options, star=star, default_mode=default_mode)
 
-    def starmap(self, iterable: Iterable[Iterable[Any]], **options: Any) -> list[R]:
-        """:func:`parallax.starmap` of this function, with the decorator's defaults."""
-        checked, default_mode = self._options(options)
-        return launch(self.__wrapped__, iterable, checked, star=True,
-                      default_mode=default_mode).collect()
+    @_with_defaults
+    def map(
+        self,
+        iterable: Iterable[Any],
+        *,
+        mode: str = "auto",
+        workers: int | None = None,
+        chunksize: int | str = "auto",
+        ordered: bool = True,
+        timeout: float | None = None,
+        errors: ErrorPolicy = "raise",
+        progress: bool | Callable[..., Any] = False,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+        finalizer: Callable[..., object] | None = None,
+        finalargs: tuple[Any, ...] = (),
+        retries: int = 0,
+        retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
+        backoff: float = 0.0,
+        max_tasks_per_worker: int | None = None,
+        record_tasks: bool = True,
+        **options: Any,
+    ) -> list[R]:
+        """:func:`parallax.map` of this function: the same keywords; each one not
+        given takes the decorator's default, if it set one."""
+        return self._launch(iterable, locals()).collect()
+
+    @_with_defaults
+    def imap(
+        self,
+        iterable: Iterable[Any],
+        *,
+        mode: str = "auto",
+        workers: int | None = None,
+        chunksize: int | str = "auto",
+        ordered: bool = True,
+        timeout: float | None = None,
+        errors: ErrorPolicy = "raise",
+        progress: bool | Callable[..., Any] = False,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+        finalizer: Callable[..., object] | None = None,
+        finalargs: tuple[Any, ...] = (),
+        retries: int = 0,
+        retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
+        backoff: float = 0.0,
+        max_tasks_per_worker: int | None = None,
+        record_tasks: bool = True,
+        **options: Any,
+    ) -> Iterator[R]:
+        """:func:`parallax.imap` of this function: the same keywords; each one not
+        given takes the decorator's default, if it set one."""
+        return self._launch(iterable, locals()).iterate()
+
+    @_with_defaults
+    def starmap(
+        self,
+        iterable: Iterable[Iterable[Any]],
+        *,
+        mode: str = "auto",
+        workers: int | None = None,
+        chunksize: int | str = "auto",
+        ordered: bool = True,
+        timeout: float | None = None,
+        errors: ErrorPolicy = "raise",
+        progress: bool | Callable[..., Any] = False,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+        finalizer: Callable[..., object] | None = None,
+        finalargs: tuple[Any, ...] = (),
+        retries: int = 0,
+        retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
+        backoff: float = 0.0,
+        max_tasks_per_worker: int | None = None,
+        record_tasks: bool = True,
+        **options: Any,
+    ) -> list[R]:
+        """:func:`parallax.starmap` of this function: the same keywords; each one not
+        given takes the decorator's default, if it set one."""
+        return self._launch(iterable, locals(), star=True).collect()
 
     def submit(self, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
         """Run one call on the decorator's pool; returns a ``concurrent.futures.Future``."""

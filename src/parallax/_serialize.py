@@ -10,38 +10,102 @@ saying *what* could not be pickled (a :class:`CannotPickleError` or
 ``UnpicklingError``); this module is also what serial mode's
 ``check_pickle=True`` round-trips through, so fast unit tests catch the same
 problems process mode would.
+
+Code objects of functions sent by value keep their file name (cloudpickle
+writes ``"<dynamic-code>"`` there): a worker's traceback then names the
+caller's script, line and source line, as it would in the caller.
 """
 
 from __future__ import annotations
 
+import io
+import marshal
 import pickle
+import sys
 from collections.abc import Sequence
 
 from ._errors import CannotPickleError, CannotUnpickleError, describe_item
 
 TYPE_CHECKING = False  # not typing's: workers do not import typing
 if TYPE_CHECKING:
-    from types import ModuleType
-    from typing import Any
+    from collections.abc import Callable
+    from typing import Any, ClassVar
 
 PROTOCOL = 5
+#: the bytecode a code object is marshalled for: only this interpreter may load it
+_BYTECODE = sys.implementation.cache_tag
 
 __all__ = ["PROTOCOL", "dumps", "dumps_plain", "find_unpicklable", "loads", "round_trip"]
 
-_cloudpickle: ModuleType | None = None
+_pickler: type | None = None
 
 
 def dumps(obj: Any) -> bytes:
     """Pickle ``obj`` for another process, by value where it must be (cloudpickle)."""
-    global _cloudpickle
-    if _cloudpickle is None:
-        # Imported on first use: a worker that only returns plain values never
-        # pays for it (it also pulls in ``typing`` and more).
+    with io.BytesIO() as file:
+        _pickler_class()(file, protocol=PROTOCOL).dump(obj)
+        return file.getvalue()
+
+
+def _pickler_class() -> type:
+    """cloudpickle's pickler, with code objects that keep their file name.
+
+    Built on first use: cloudpickle is imported then, so a worker that only
+    returns plain values never pays for it (it also pulls in ``typing`` and more).
+    """
+    global _pickler
+    if _pickler is None:
+        from collections import ChainMap
+        from types import CodeType
+
         import cloudpickle
 
-        _cloudpickle = cloudpickle
-    data: bytes = _cloudpickle.dumps(obj, protocol=PROTOCOL)
-    return data
+        inherited = cloudpickle.Pickler.dispatch_table
+        by_fields = inherited[CodeType]  # cloudpickle's own reducer
+
+        def reduce_code(code: CodeType) -> tuple[Any, ...]:
+            return _reduce_code(code, by_fields)
+
+        class Pickler(cloudpickle.Pickler):  # type: ignore[misc]
+            dispatch_table: ClassVar[ChainMap[Any, Any]] = ChainMap({CodeType: reduce_code},
+                                                                    inherited)
+
+        _pickler = Pickler
+    return _pickler
+
+
+def _reduce_code(code: Any, by_fields: Callable[[Any], tuple[Any, ...]]) -> tuple[Any, ...]:
+    """A code object as its marshalled bytes, ``co_filename`` and all.
+
+    cloudpickle rebuilds code from its fields with the file name replaced by
+    ``"<dynamic-code>"`` (for byte-identical payloads wherever the code was
+    defined, which parallax does not need). A worker runs the caller's
+    interpreter, so the bytecode, and so marshal's format, is the same there:
+    its tracebacks name the caller's file and line, and ``linecache`` shows
+    the source line. A code object with a constant marshal refuses (only code
+    built by hand, ``code.replace(co_consts=...)``) keeps cloudpickle's way,
+    ``by_fields``, which pickles the constant.
+    """
+    try:
+        data = marshal.dumps(code)
+    except ValueError:
+        return by_fields(code)
+    return load_code, (_BYTECODE, data)
+
+
+def load_code(bytecode: str | None, data: bytes) -> Any:
+    """The code object :func:`_reduce_code` marshalled.
+
+    Raises:
+        CannotUnpickleError: another interpreter marshalled it (its bytecode
+            would not run here).
+    """
+    if bytecode != _BYTECODE:
+        raise CannotUnpickleError(
+            f"a function sent by value was compiled by {bytecode} and cannot run on "
+            f"{_BYTECODE}: the workers need the caller's Python version"
+        )
+    return marshal.loads(data)
 
 
 def dumps_plain(obj: Any) -> bytes:
