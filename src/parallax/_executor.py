@@ -2,7 +2,10 @@
 
 Lifecycle: an executor is *running* from construction (its workers start
 with the first task) until ``shutdown()``, after which it is *closed*: new
-work raises ``RuntimeError``; ``shutdown`` again is harmless. An executor
+work raises ``RuntimeError``; ``shutdown`` again is harmless. One dropped
+without ``shutdown()`` closes as with ``shutdown(wait=False)`` once it is
+garbage-collected: what its workers need lives in a ``_Lifecycle`` that
+nothing handed out holds the executor through. An executor
 owns its backend. Its backend and its runs come from ``_launch``, the path
 ``parallax.map`` and friends take too (over a pooled backend), so they share
 every behaviour documented here.
@@ -112,7 +115,7 @@ def _abandoned(iteration: _Iteration, life: _Lifecycle) -> None:
     """
     if iteration.started or not iteration.keep_running:
         iteration.run.close()
-    life.forget_run(iteration.run, finalizing=True)
+    life.forget_run(iteration.run)
 
 
 def _in_background(action: Callable[[], None]) -> None:
@@ -182,10 +185,11 @@ class _Lifecycle:
                 self.finished_runs.append(run.recorder.stats)
         self.forget_run(run)
 
-    def forget_run(self, run: Run, *, finalizing: bool = False) -> None:
+    def forget_run(self, run: Run) -> None:
         """``run`` ended; after ``shutdown()`` the last one closes the engine.
 
-        ``finalizing``: called by a finalizer (see :func:`_in_background`).
+        The run may have ended in a finalizer (its iterator was collected),
+        so the engine closes as from one (see :func:`_in_background`).
         """
         with self.lock:
             if run not in self.runs:
@@ -195,11 +199,7 @@ class _Lifecycle:
             if last:
                 self.close_after_runs = False
         if last:
-            close = functools.partial(self.engine.close, wait=False)
-            if finalizing:
-                _in_background(close)
-            else:
-                close()  # wait=False: this may be a garbage collection in any thread
+            _in_background(functools.partial(self.engine.close, wait=False))
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """``Executor.shutdown``; the executor's finalizer calls it with ``wait=False``."""
