@@ -4,8 +4,8 @@ Shows:
 
 * ``submit`` + ``concurrent.futures.as_completed``: handle results in the
   order they finish, with the stdlib's own helpers (``wait`` works too);
-* ``map`` with the stdlib's meaning (lazy, ordered, ``timeout=`` for the
-  whole iteration);
+* ``map`` with the stdlib's meaning (every call submitted at once, results
+  lazily and in order, ``timeout=`` for the whole iteration);
 * ``imap(..., ordered=False)`` and ``starmap``, which parallax adds;
 * ``executor.mode`` and ``executor.stats``: what ran, and how well;
 * the same code on threads and on processes: only the mode changes.

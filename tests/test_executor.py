@@ -6,6 +6,7 @@ import concurrent.futures
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -387,3 +388,149 @@ def test_submit_survives_recycled_workers() -> None:
     with parallax.Executor("process", workers=1, max_tasks_per_worker=1) as executor:
         futures = [executor.submit(double, number) for number in range(8)]
         assert [future.result(timeout=60) for future in futures] == [n * 2 for n in range(8)]
+
+
+# -- issue #12: the last gaps of the concurrent.futures conformance -----------------------
+
+
+def test_an_executor_dropped_without_shutdown_stops_its_workers(backend: Backend) -> None:
+    # The standard library's test_del_shutdown: the work submitted before the
+    # drop finishes, the future kept and the open map still deliver, then the
+    # workers go. Nothing it handed out keeps the executor itself alive.
+    import gc
+    import weakref
+
+    from conftest import parallax_threads
+
+    before = child_pids()
+    executor = backend.executor(workers=2)
+    future = executor.submit(backend.fn(double), 21)
+    results = executor.map(backend.fn(double), range(20))
+    dropped = weakref.ref(executor)
+    del executor
+    assert dropped() is None  # no reference cycle: collected at once, not at the next gc
+    gc.collect()
+    assert future.result(timeout=60) == 42
+    assert list(results) == [x * 2 for x in range(20)]
+    del results
+    assert wait_until(lambda: not parallax_threads() and not (child_pids() - before), 30)
+
+
+def test_an_executor_dropped_by_its_own_worker_shuts_down() -> None:
+    # The finalizer may run in any thread: here in one of the pool's own, as
+    # the task drops the last reference to its executor.
+    from conftest import parallax_threads
+
+    holder = [parallax.Executor("thread", workers=1)]
+    future = holder[0].submit(holder.clear)
+    assert future.result(timeout=30) is None
+    assert not holder
+    assert wait_until(lambda: not parallax_threads(), 30)
+
+
+def test_map_reads_its_input_and_submits_every_call_at_once() -> None:
+    # The standard library's test_map_submits_without_iteration, made certain:
+    # the first call blocks until the iterator was dropped, never started.
+    import gc
+
+    read: list[int] = []
+    finished: list[int] = []
+    release = threading.Event()
+
+    def source() -> Iterator[int]:
+        for number in range(10):
+            read.append(number)
+            yield number
+
+    def record(number: int) -> None:
+        if number == 0:
+            release.wait(10)
+        finished.append(number)
+
+    executor = parallax.Executor("thread", workers=2)
+    executor.map(record, source())
+    assert read == list(range(10))  # read at the call, as the stdlib's map does
+    gc.collect()
+    release.set()
+    executor.shutdown(wait=True)
+    assert sorted(finished) == list(range(10))
+
+
+def test_map_after_shutdown_raises_before_reading_its_input() -> None:
+    read: list[int] = []
+
+    def source() -> Iterator[int]:
+        read.append(0)
+        yield 0
+
+    executor = parallax.Executor("thread", workers=1)
+    executor.shutdown()
+    with pytest.raises(RuntimeError, match="cannot schedule new futures after shutdown"):
+        executor.map(double, source())
+    assert read == []
+
+
+def test_closing_a_started_map_cancels_the_calls_not_yet_running() -> None:
+    # The stdlib's result iterator cancels its remaining futures when it is closed.
+    ran: list[int] = []
+    release = threading.Event()
+
+    def record(number: int) -> int:
+        ran.append(number)
+        if number == 1:
+            release.wait(10)
+        return number
+
+    with parallax.Executor("thread", workers=1) as executor:
+        results = executor.map(record, range(10), chunksize=1)
+        assert next(results) == 0
+        assert wait_until(lambda: len(ran) == 2)  # the second call is running
+        results.close()  # type: ignore[attr-defined]
+        release.set()
+    assert ran == [0, 1]
+
+
+def test_map_auto_chunks_are_cut_for_the_whole_input_at_once() -> None:
+    # Nothing is measured before every chunk is submitted: about four per worker.
+    with parallax.Executor("thread", workers=2) as executor:
+        assert list(executor.map(double, range(80))) == [x * 2 for x in range(80)]
+        assert executor.stats.chunksize == 10
+        assert list(executor.map(double, [])) == []
+
+
+def test_a_cancelling_shutdown_of_a_cold_process_pool_runs_the_oldest_calls() -> None:
+    # As ProcessPoolExecutor's call queue: workers + 1 queued calls run even
+    # when no worker has booted yet (CPython's test_cancel_futures).
+    executor = parallax.Executor("process", workers=2)
+    futures = [executor.submit(double, number) for number in range(20)]
+    executor.shutdown(wait=True, cancel_futures=True)
+    assert not any(future.cancelled() for future in futures[:3])
+    for number, future in enumerate(futures):
+        assert future.cancelled() or future.result(timeout=0) == number * 2
+    assert any(future.cancelled() for future in futures)
+
+
+class CollectedElsewhere:
+    """Touches ``path`` when a copy of it is collected in another process."""
+
+    def __init__(self, path: str) -> None:
+        import os
+
+        self.path = path
+        self.maker = os.getpid()
+
+    def __del__(self) -> None:
+        import os
+
+        if os.getpid() != self.maker:
+            with open(self.path, "w"):
+                pass
+
+
+def test_a_process_worker_lets_go_of_a_calls_arguments_once_it_ran(tmp_path: Any) -> None:
+    # The standard library's test_ressources_gced_in_workers: not kept until
+    # the worker's next task, nor in its cache of recent functions.
+    marker = tmp_path / "collected"
+    with parallax.Executor("process", workers=1) as executor:
+        assert executor.submit(id, CollectedElsewhere(str(marker))).result(timeout=60)
+        assert wait_until(marker.exists, 30)

@@ -58,6 +58,21 @@ def test_stdlib_suite_available() -> None:
     if not STDLIB:
         pytest.skip(MISSING)
 
+@pytest.fixture(scope="module", autouse=True)
+def resource_tracker() -> None:
+    """Start multiprocessing's resource tracker before any test.
+
+    A spawn-context ``Manager`` or semaphore (the process tests build them
+    with ``self.get_context()``) starts it once, and it then lives as long as
+    this process: started by a test, the leak check would count it against
+    that test.
+    """
+    if STDLIB:
+        from multiprocessing import resource_tracker
+
+        resource_tracker.ensure_running()
+
+
 #: set in the child pytest process that runs one listed test on its own
 CHILD_VARIABLE = "PARALLAX_CONFORMANCE_CHILD"
 IN_CHILD = os.environ.get(CHILD_VARIABLE) == "1"
@@ -156,14 +171,6 @@ SKIPS: dict[str, str] = {
         "parallax the mocks are inert (its public core, map over 100 items, is test_map)"),
 }
 
-_NO_FINALIZER = (
-    "an executor dropped without shutdown() keeps its worker threads/processes forever: "
-    "parallax.Executor has no finalizer (weakref callback) that shuts the backend down"
-)
-_MAP_DROPPED = (
-    "a map iterator dropped unconsumed cancels the chunks not yet run "
-    "(_executor._abandoned -> Run.close); the stdlib's map submits every call at once"
-)
 _SUBMIT_PICKLE = (
     "an unpicklable argument makes submit() itself raise SerializationError (naming the "
     "argument); the stdlib returns a future that fails with the PicklingError"
@@ -181,13 +188,7 @@ KNOWN_FAILURES: dict[str, str] = {
     "ProcessExecutorTest::test_max_workers_negative": (
         "naming: parallax says 'workers must be a positive integer ...' where the stdlib "
         "says 'max_workers must be greater than 0' (_config.check_workers)"),
-    "PortedThreadTest::test_del_shutdown": _NO_FINALIZER,
-    "PortedProcessTest::test_del_shutdown": _NO_FINALIZER,
-    "PortedThreadTest::test_map_submits_without_iteration_blocked": _MAP_DROPPED,
     # -- process mode -----------------------------------------------------------------
-    "ProcessExecutorTest::test_ressources_gced_in_workers": (
-        "the call's argument is not collected in the worker within 1 s of the result "
-        "(EventfulGCObj.__del__ never sets its Manager event): the worker keeps it alive"),
     "ProcessDeadlockTest::test_error_at_task_pickle": _SUBMIT_PICKLE,
     "PortedProcessTest::test_shutdown_deadlock_pickle": _SUBMIT_PICKLE,
     "ProcessDeadlockTest::test_exit_at_task_unpickle": _UNPICKLE_TYPE,
@@ -206,15 +207,7 @@ HANGS: dict[str, str] = {}
 #: (a strict mark would make CI flaky), run in a child with HANG_TIMEOUT.
 #: Each names a deterministic sibling test that is strictly listed above, or says
 #: why none can exist without depending on wall-clock speed.
-FLAKY: dict[str, str] = {
-    "ThreadExecutorTest::test_map_submits_without_iteration": (
-        "passes only when every chunk ran before the dropped iterator is collected; "
-        "deterministic sibling PortedThreadTest::test_map_submits_without_iteration_blocked"),
-    "ProcessShutdownTest::test_cancel_futures": (
-        "shutdown(cancel_futures=True) right after 50 submits cancels all 50 when no spawned "
-        "worker has booted and claimed a chunk yet (a future is RUNNING only once a worker "
-        "takes it); no deterministic sibling: it is worker start-up time against the caller"),
-}
+FLAKY: dict[str, str] = {}
 
 
 # -- building the test classes ------------------------------------------------------------
@@ -327,8 +320,12 @@ class PortedTests:
     def executor(self, **kwargs: Any) -> parallax.Executor:
         return parallax.Executor(self.mode, **kwargs)
 
+    def setUp(self) -> None:
+        # (multiprocessing's resource tracker may be a child already: see resource_tracker)
+        self.children_before = child_pids()
+
     def no_workers_left(self) -> bool:
-        return not parallax_threads() and not child_pids()
+        return not parallax_threads() and not (child_pids() - self.children_before)
 
     def run_script(self, body: str) -> tuple[int, str, str]:
         script = _SCRIPT_HEAD + textwrap.dedent(body).format(mode=self.mode)

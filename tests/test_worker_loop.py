@@ -284,3 +284,35 @@ def test_code_run_by_the_loop_knows_it_is_inside_a_worker() -> None:
                 lambda result, tag: None, new_mark(), name="w")
     assert inside == [True]
     assert not inside_worker()
+
+
+def test_nothing_of_a_task_is_held_while_the_loop_waits_for_the_next() -> None:
+    # A submitted call (a BoundCall) is let go of once it ran, even though its
+    # job's function stays cached (a process worker's JobCache): CPython's
+    # test_ressources_gced_in_workers. A chunk's items and results go too.
+    import weakref
+
+    from parallax._calls import BoundCall
+
+    class Thing:
+        pass
+
+    argument, item = Thing(), Thing()
+    alive = [weakref.ref(argument), weakref.ref(item)]
+    call = BoundCall(lambda thing: thing, (argument,))
+    tasks: list[Any] = [(lambda thing: thing, Chunk.fresh(1, 1, [item]), False, False, None),
+                        (call, Chunk.fresh(0, 0, [None]), False, False, None)]
+    del argument, item
+    seen: list[list[bool]] = []
+
+    def next_task() -> Any:
+        seen.append([ref() is not None for ref in alive])
+        return tasks.pop() if tasks else STOP
+
+    worker_loop(next_task, lambda result, tag: None, new_mark(), name="w")
+    assert seen == [
+        [True, True],
+        [False, True],  # the call's argument, once the call ran
+        [False, False],  # the item (and the result it was), once its chunk ran
+    ]
+    assert call.args == ()

@@ -2,7 +2,10 @@
 
 Lifecycle: an executor is *running* from construction (its workers start
 with the first task) until ``shutdown()``, after which it is *closed*: new
-work raises ``RuntimeError``; ``shutdown`` again is harmless. An executor
+work raises ``RuntimeError``; ``shutdown`` again is harmless. One dropped
+without ``shutdown()`` closes as with ``shutdown(wait=False)`` once it is
+garbage-collected: what its workers need lives in a ``_Lifecycle`` that
+nothing handed out holds the executor through. An executor
 owns its backend. Its backend and its runs come from ``_launch``, the path
 ``parallax.map`` and friends take too (over a pooled backend), so they share
 every behaviour documented here.
@@ -12,6 +15,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import functools
+import math
 import threading
 import weakref
 from collections.abc import Callable, Generator, Iterable, Iterator
@@ -24,6 +29,7 @@ from typing_extensions import ParamSpec
 
 from . import _pools
 from ._calls import BoundCall, StarCall
+from ._chunking import BALANCE
 from ._config import (
     check_callable,
     check_chunksize,
@@ -42,6 +48,7 @@ from ._config import (
     merge_options,
 )
 from ._launch import (
+    Engine,
     collect,
     length_of,
     new_run,
@@ -60,7 +67,20 @@ R = TypeVar("R")
 T = TypeVar("T")
 
 
-def _results(run: Run, *, unwrap: bool) -> Generator[Any, None, None]:
+class _Iteration:
+    """What a result iterator's finalizer needs: its run, whether the iterator
+    was ever started, and what a drop before that means for the run."""
+
+    __slots__ = ("keep_running", "run", "started")
+
+    def __init__(self, run: Run, *, keep_running: bool) -> None:
+        self.run = run
+        self.started = False
+        #: a never-started iterator leaves the run going (``map``'s submitted work)
+        self.keep_running = keep_running
+
+
+def _results(iteration: _Iteration, *, unwrap: bool) -> Generator[Any, None, None]:
     """A run's results one by one, each forgotten as it is handed out.
 
     Each batch is emptied in place as it is consumed, so a result is alive
@@ -68,6 +88,8 @@ def _results(run: Run, *, unwrap: bool) -> Generator[Any, None, None]:
     its backend's list too. ``unwrap``: raise an item's :class:`Raised`
     exception at its turn (``Executor.map``).
     """
+    iteration.started = True
+    run = iteration.run
     try:
         for batch in run.batches():
             batch.reverse()
@@ -77,15 +99,134 @@ def _results(run: Run, *, unwrap: bool) -> Generator[Any, None, None]:
                     raise batch.pop().error
                 yield batch.pop()
     finally:
-        run.close()  # ends the run now (its stats too), not at garbage collection
+        # Closed or collected once started, as the stdlib's result iterator:
+        # what has not started is cancelled. Ends the run now (its stats
+        # too), not at garbage collection.
+        run.close()
 
 
-def _abandoned(run: Run, executor: weakref.ref[Executor]) -> None:
-    """A run's result iterator was garbage-collected: stop the run, let go of it."""
-    run.close()
-    owner = executor()
-    if owner is not None:
-        owner._forget_run(run)
+def _abandoned(iteration: _Iteration, life: _Lifecycle) -> None:
+    """A run's result iterator was garbage-collected: let go of the run.
+
+    Once started, the run stops (its iterator's ``finally`` closes it too:
+    weak references are cleared before a generator is finalized). Never
+    started, a ``map``'s run goes on: every call it submitted runs, as the
+    stdlib's do; an ``imap``'s stops.
+    """
+    if iteration.started or not iteration.keep_running:
+        iteration.run.close()
+    life.forget_run(iteration.run)
+
+
+def _in_background(action: Callable[[], None]) -> None:
+    """Run ``action`` (a shutdown without waiting) on a short thread of its own.
+
+    For finalizers: they may run inside a garbage collection, in any thread,
+    even a worker or manager thread of the very pool while it holds the
+    pool's lock, which the shutdown takes too. Where no thread can start any
+    more (the interpreter is exiting), it runs here: the exit hook has shut
+    every pool down or is about to.
+    """
+    try:
+        threading.Thread(target=action, name="parallax-executor-finalizer", daemon=True).start()
+    except RuntimeError:
+        with contextlib.suppress(Exception):
+            action()
+
+
+def _spared_at_cancel(mode: str, workers: int) -> int:
+    """How many queued calls ``shutdown(cancel_futures=True)`` lets run.
+
+    ``ProcessPoolExecutor`` moves up to ``max_workers + 1`` calls to its call
+    queue as they are submitted, marking them running, so a cancelling
+    shutdown always leaves some queued calls to finish (CPython's
+    test_cancel_futures counts on it), even before any worker has started.
+    A parallax process worker takes one chunk at a time, as it boots, so
+    process mode spares as many calls, the oldest first, whether or not a
+    worker has booted yet. ``ThreadPoolExecutor`` cancels every queued call;
+    so do the other modes.
+    """
+    return workers + 1 if mode == "process" else 0
+
+
+class _Lifecycle:
+    """An executor's engine and its open work: everything its workers need,
+    and nothing that holds the executor.
+
+    Futures' callbacks, runs' ``on_finish``, result iterators' finalizers and
+    the executor's own finalizer hold this, so an executor its user drops is
+    garbage at once; its finalizer then shuts the engine down as
+    ``shutdown(wait=False)`` would (the stdlib's executors do the same).
+    """
+
+    __slots__ = ("close_after_runs", "closed", "engine", "finished_runs", "futures", "lock",
+                 "made_at_exit", "runs")
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.lock = threading.Lock()
+        self.closed = False
+        #: made while the interpreter shuts down (so serial, and not shut down by the exit hook)
+        self.made_at_exit = _pools.exiting()
+        self.runs: set[Run] = set()
+        #: shutdown() came while runs were open: the last to end closes the engine
+        self.close_after_runs = False
+        #: the submitted futures not yet done, in submission order (a dict keeps it)
+        self.futures: dict[Future[Any], None] = {}
+        self.finished_runs: list[Stats] = []
+
+    def forget_future(self, future: Future[Any]) -> None:
+        with self.lock:
+            self.futures.pop(future, None)
+
+    def run_finished(self, run: Run) -> None:
+        with self.lock:
+            if run.recorder is not None and run in self.runs:
+                self.finished_runs.append(run.recorder.stats)
+        self.forget_run(run)
+
+    def forget_run(self, run: Run) -> None:
+        """``run`` ended; after ``shutdown()`` the last one closes the engine.
+
+        The run may have ended in a finalizer (its iterator was collected),
+        so the engine closes as from one (see :func:`_in_background`).
+        """
+        with self.lock:
+            if run not in self.runs:
+                return
+            self.runs.discard(run)
+            last = self.close_after_runs and not self.runs
+            if last:
+                self.close_after_runs = False
+        if last:
+            _in_background(functools.partial(self.engine.close, wait=False))
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """``Executor.shutdown``; the executor's finalizer calls it with ``wait=False``."""
+        with self.lock:
+            self.closed = True
+            futures = list(self.futures)
+            runs = list(self.runs)
+            # The last open run to end closes the engine (see forget_run).
+            self.close_after_runs = bool(runs) and not cancel_futures
+        sparing = 0
+        if cancel_futures:
+            backend = self.engine.backend
+            sparing = spare = _spared_at_cancel(backend.name, backend.workers)
+            for future in futures:
+                if spare and not (future.running() or future.done()):
+                    spare -= 1  # (claimed by a worker meanwhile: it runs anyway)
+                    continue
+                future.cancel()
+            for run in runs:
+                run.cancel()
+        elif runs:
+            if wait:
+                concurrent.futures.wait(futures)
+            return
+        # The pool drops its queue at once unless calls were spared, which
+        # are in it: the cancelled futures' calls are then skipped as they come.
+        self.engine.close(wait=wait, cancel_pending=cancel_futures and not sparing)
 
 
 class Executor(_StdExecutor):
@@ -147,24 +288,20 @@ class Executor(_StdExecutor):
         max_tasks = forced.get("max_tasks_per_worker", max_tasks)
         resolved, reason, workers = resolve_without_probe(mode, None, workers)
         # An executor always owns its pool: its workers are set up for it alone.
-        self._engine = open_engine(resolved, reason, workers=workers, options=options,
-                                   setup=WorkerSetup(initializer, initargs, max_tasks,
-                                                     finalizer, finalargs))
-        self._lock = threading.Lock()
-        self._closed = False
-        #: made while the interpreter shuts down (so serial, and not shut down by the exit hook)
-        self._made_at_exit = _pools.exiting()
-        self._runs: set[Run] = set()
-        #: shutdown() came while runs were open: the last to end closes the engine
-        self._close_after_runs = False
-        self._futures: set[Future[Any]] = set()
-        self._finished_runs: list[Stats] = []
+        engine = open_engine(resolved, reason, workers=workers, options=options,
+                             setup=WorkerSetup(initializer, initargs, max_tasks,
+                                               finalizer, finalargs))
+        self._life = _Lifecycle(engine)
+        # Dropped without shutdown(): its workers stop once the work submitted
+        # before is done, as the stdlib's (see _dropped). Not at exit: the
+        # exit hook shuts every pool down, waiting for that work.
+        weakref.finalize(self, _dropped, self._life).atexit = False
 
     # -- properties --------------------------------------------------------------
 
     @property
     def _backend(self) -> Backend:
-        return self._engine.backend
+        return self._life.engine.backend
 
     @property
     def mode(self) -> str:
@@ -187,44 +324,44 @@ class Executor(_StdExecutor):
     @property
     def stats(self) -> Stats:
         """The Stats of every ``map``/``imap``/``starmap`` run so far, combined."""
-        with self._lock:
-            runs = list(self._finished_runs)
+        life = self._life
+        with life.lock:
+            runs = list(life.finished_runs)
         return Stats.combine(runs, mode=self.mode, workers=self.workers)
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else "running"
+        state = "closed" if self._life.closed else "running"
         return f"<parallax.Executor mode={self.mode!r} workers={self.workers} {state}>"
 
     # -- concurrent.futures API ------------------------------------------------------
 
     def _check_open(self) -> None:
         # The exit hook shut the backend down under an executor made before it.
-        if self._closed or (_pools.exiting() and not self._made_at_exit):
+        if self._life.closed or (_pools.exiting() and not self._life.made_at_exit):
             raise RuntimeError("cannot schedule new futures after shutdown")
 
     def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
         """Run ``fn(*args, **kwargs)`` on a worker; returns its ``Future``."""
         check_callable(fn)
         future: Future[R] = Future()
-        with self._lock:
+        life = self._life
+        with life.lock:
             self._check_open()
             broken = self._backend.broken
             if isinstance(broken, concurrent.futures.BrokenExecutor):
                 # A failed initializer: as the stdlib's executors, refuse new
                 # work at once (the futures already submitted failed with it).
                 raise broken
-            self._futures.add(future)
-        future.add_done_callback(self._forget_future)
+            life.futures[future] = None
+        # The lifecycle's method, not the executor's: a future the user keeps
+        # must not keep the executor (and so its workers) alive.
+        future.add_done_callback(life.forget_future)
         try:
             start_future(self._backend, BoundCall(fn, args, kwargs), self._timeout, future)
         except BaseException:
-            self._forget_future(future)
+            life.forget_future(future)
             raise
         return future
-
-    def _forget_future(self, future: Future[Any]) -> None:
-        with self._lock:
-            self._futures.discard(future)
 
     def map(
         self,
@@ -236,17 +373,23 @@ class Executor(_StdExecutor):
     ) -> Iterator[R]:
         """Like ``concurrent.futures.Executor.map`` (3.14): ordered results, lazily.
 
-        ``timeout`` bounds the whole iteration from this call on
-        (``TimeoutError``); an item's exception is raised when its turn comes.
-        Work starts at once; the input is read ahead a bounded number of
-        chunks, or with ``buffersize=N`` at most N items ahead of the consumer
-        (chunks of at most N items; of 1 where the chunk size is ``"auto"``).
-        ``chunksize=None``: the executor's. A map started before
-        :meth:`shutdown` delivers all its results.
+        As the stdlib's: the input is read and every call submitted now, so
+        the work runs whether or not the results are ever iterated; with
+        ``buffersize=N`` the input is read lazily instead, at most N items
+        ahead of the consumer (chunks of at most N items; of 1 where the
+        chunk size is ``"auto"``). Closing the iterator once started (or
+        dropping it) cancels the calls not yet running. ``timeout`` bounds
+        the whole iteration from this call on (``TimeoutError``); an item's
+        exception is raised when its turn comes. ``chunksize=None``: the
+        executor's, where ``"auto"`` cuts the whole input into about four
+        chunks per worker (nothing is measured before they are all
+        submitted). A map started before :meth:`shutdown` delivers all its
+        results.
 
         Raises:
             TypeError: ``buffersize`` is not an integer or None.
             ValueError: ``buffersize`` is below 1.
+            RuntimeError: the executor is shut down (before the input is read).
         """
         if not iterables:
             raise TypeError("map() needs at least one iterable")
@@ -262,20 +405,28 @@ class Executor(_StdExecutor):
         call: Callable[[Any], Any] = check_callable(fn)
         for iterable in iterables:
             check_iterable(iterable)
+        self._check_open()
         source: Iterable[Any] = iterables[0]
         if len(iterables) > 1:
             call, source = StarCall(fn), zip(*iterables, strict=False)
         size = self._chunksize if chunksize is None else check_chunksize(chunksize)
         size = forced_common().get("chunksize", size)
-        if buffersize is not None:
+        if buffersize is None:
+            # Taken now, as the stdlib's calls are: later changes to a list
+            # the caller keeps do not reach the calls.
+            items = source if isinstance(source, tuple | range) else list(source)
+            size = _chunksize_at_once(size, len(items), self._backend)
+            # Every chunk is submitted at once (the window holds them all).
+            window, source = max(1, len(items)), items
+        else:
             size = 1 if isinstance(size, str) else min(size, buffersize)
+            # Chunks submitted or finished but not yet consumed: N items at most.
+            window = max(1, buffersize // size)
         run = self._new_run(call, source, chunksize=size, timeout=self._timeout, errors="wrap",
                             deadline=deadline)
-        if buffersize is not None:
-            # Chunks submitted or finished but not yet consumed: N items at most.
-            run.window = max(1, buffersize // int(size))
+        run.window = window
         run.start()
-        return self._iterate(run, unwrap=True)
+        return self._iterate(run, unwrap=True, keep_running=True)
 
     def imap(
         self,
@@ -313,25 +464,14 @@ class Executor(_StdExecutor):
         iterator (made before this call, not yet consumed to its end) still
         delivers all its results: the workers stay until it is consumed,
         closed or garbage-collected, then stop. With ``cancel_futures`` the
-        open iterators end with ``CancelledError`` instead (also when they
-        are being iterated in other threads). Safe to call more than once.
+        calls not yet running are cancelled (in process mode, as in
+        ``ProcessPoolExecutor``, the ``workers + 1`` oldest queued ones run
+        still), and open iterators end with ``CancelledError`` (also when
+        they are being iterated in other threads). Safe to call more than
+        once. An executor dropped without it shuts down as with
+        ``wait=False`` once it is garbage-collected.
         """
-        with self._lock:
-            self._closed = True
-            futures = list(self._futures)
-            runs = list(self._runs)
-            # The last open run to end closes the engine (see _forget_run).
-            self._close_after_runs = bool(runs) and not cancel_futures
-        if cancel_futures:
-            for future in futures:
-                future.cancel()
-            for run in runs:
-                run.cancel()
-        elif runs:
-            if wait:
-                concurrent.futures.wait(futures)
-            return
-        self._engine.close(wait=wait, cancel_pending=cancel_futures)
+        self._life.shutdown(wait, cancel_futures=cancel_futures)
 
     def terminate_workers(self) -> None:
         """Stop every worker now (SIGTERM for processes) and shut down, as in
@@ -345,10 +485,11 @@ class Executor(_StdExecutor):
         self._stop_workers(kill=True)
 
     def _stop_workers(self, *, kill: bool) -> None:
-        with self._lock:
-            self._closed = True
-            futures = list(self._futures)
-            runs = list(self._runs)
+        life = self._life
+        with life.lock:
+            life.closed = True
+            futures = list(life.futures)
+            runs = list(life.runs)
         for future in futures:
             if future.cancel():  # it had not started: let wait() and as_completed() know
                 with contextlib.suppress(RuntimeError):  # (a worker's claim was first)
@@ -365,7 +506,7 @@ class Executor(_StdExecutor):
                 future.set_exception(error)
         for run in runs:
             run.cancel()
-        self._engine.close(wait=False, cancel_pending=True)
+        life.engine.close(wait=False, cancel_pending=True)
 
     # -- runs --------------------------------------------------------------------------
 
@@ -407,10 +548,11 @@ class Executor(_StdExecutor):
         deadline: float | None = None,
     ) -> Run:
         total = length_of(iterable)
-        with self._lock:
+        life = self._life
+        with life.lock:
             self._check_open()
             run = new_run(
-                self._engine,
+                life.engine,
                 call,
                 iterable,
                 chunksize=chunksize,
@@ -419,34 +561,39 @@ class Executor(_StdExecutor):
                 timeout=timeout,
                 deadline=deadline,
                 total=total,
-                on_finish=self._run_finished,
+                on_finish=life.run_finished,
             )
-            self._runs.add(run)
+            life.runs.add(run)
         return run
 
-    def _iterate(self, run: Run, *, unwrap: bool) -> Iterator[Any]:
-        """The run's result iterator; dropping it unconsumed ends the run too."""
-        results = _results(run, unwrap=unwrap)
+    def _iterate(self, run: Run, *, unwrap: bool, keep_running: bool = False) -> Iterator[Any]:
+        """The run's result iterator. Dropping it ends the run, unless it was
+        never started and ``keep_running`` (``map``: its calls are submitted)."""
+        iteration = _Iteration(run, keep_running=keep_running)
+        results = _results(iteration, unwrap=unwrap)
         # A generator never started runs no ``finally`` when collected.
-        weakref.finalize(results, _abandoned, run, weakref.ref(self)).atexit = False
+        weakref.finalize(results, _abandoned, iteration, self._life).atexit = False
         return results
 
-    def _run_finished(self, run: Run) -> None:
-        with self._lock:
-            if run.recorder is not None and run in self._runs:
-                self._finished_runs.append(run.recorder.stats)
-        self._forget_run(run)
 
-    def _forget_run(self, run: Run) -> None:
-        """``run`` ended; after ``shutdown()`` the last one closes the engine."""
-        with self._lock:
-            if run not in self._runs:
-                return
-            self._runs.discard(run)
-            last = self._close_after_runs and not self._runs
-            if last:
-                self._close_after_runs = False
-        if last:
-            # wait=False: this may be a garbage collection in any thread
-            self._engine.close(wait=False)
+def _chunksize_at_once(size: int | str, total: int, backend: Backend) -> int | str:
+    """The chunk size of a ``map`` that submits its whole input at once.
 
+    ``"auto"`` sizes chunks by the item times measured as results come back;
+    cut all at once, nothing is measured yet, so a chunk gets the most items
+    the adaptive sizer would ever give it on an input this long: about
+    ``BALANCE`` (four) chunks per worker, enough to balance the pool with
+    little dispatch. An engine with a fixed size of its own keeps it.
+    """
+    if not isinstance(size, str) or backend.auto_chunksize() is not None:
+        return size
+    return max(1, math.ceil(total / (BALANCE * backend.chunk_slots)))
+
+
+def _dropped(life: _Lifecycle) -> None:
+    """An executor was garbage-collected without ``shutdown()``: shut it down
+    without waiting (the stdlib's executors do the same), so its workers stop
+    once the work submitted before is done; the futures its user keeps still
+    settle, and open ``map``/``imap`` iterators still deliver."""
+    if not life.closed:
+        _in_background(functools.partial(life.shutdown, wait=False))

@@ -17,6 +17,7 @@ import threading
 from contextvars import Context, ContextVar, copy_context
 from time import perf_counter, thread_time
 
+from ._calls import BoundCall, CheckedCall
 from ._mark import IDLE, MARK_POSITION, MARK_SOMEWHERE, MARK_STARTED, MARK_TOKEN, Mark
 from ._units import Chunk, ChunkResult, Failure
 
@@ -336,34 +337,74 @@ def worker_loop(
             task = next_task()
             if task is STOP:
                 return False
-            fn, chunk, watch_time, stop_at_failure, tag = task
             token += 1.0
-            mark[MARK_TOKEN] = token
-            values: list[Any] = []
-            failures: dict[int, Failure] | None = None
-            if partial is not None:
-                failures = {}
-                partial.clear()
-                partial.append((values, failures))
-            result = run_chunk(
-                fn,
-                chunk,
-                mark,
-                values,
-                watch_time=watch_time,
-                track_position=track_position,
-                failures=failures,
-                stop_at_failure=stop_at_failure,
-            )
-            mark[MARK_POSITION] = IDLE
-            result.worker = name
-            report(result, tag)
-            done += len(chunk.items)
+            done += _run_task(task, report, mark, token, name=name, partial=partial,
+                              track_position=track_position)
+            # Nothing of the task (its function, items, results) stays alive
+            # while the worker waits for the next one.
+            task = None
             if max_tasks is not None and done >= max_tasks:
                 return True
             if should_retire is not None and should_retire():
                 return True
     finally:
         set_inside_worker(previous)
+
+
+def _run_task(
+    task: Task,
+    report: Callable[[ChunkResult, Any], None],
+    mark: Mark,
+    token: float,
+    *,
+    name: str,
+    partial: list[tuple[list[Any], dict[int, Failure]]] | None,
+    track_position: bool,
+) -> int:
+    """Run one task of :func:`worker_loop` and report it; how many items it had.
+
+    Its own frame: the task's locals (function, items, results) go when it
+    returns, not when the worker's next task replaces them.
+    """
+    fn, chunk, watch_time, stop_at_failure, tag = task
+    mark[MARK_TOKEN] = token
+    values: list[Any] = []
+    failures: dict[int, Failure] | None = None
+    if partial is not None:
+        failures = {}
+        partial.clear()
+        partial.append((values, failures))
+    result = run_chunk(
+        fn,
+        chunk,
+        mark,
+        values,
+        watch_time=watch_time,
+        track_position=track_position,
+        failures=failures,
+        stop_at_failure=stop_at_failure,
+    )
+    mark[MARK_POSITION] = IDLE
+    # A submitted call runs once: its arguments go before its result does
+    # (a process worker would keep them in its cache of functions).
+    _release_call(fn)
+    result.worker = name
+    report(result, tag)
+    return len(chunk.items)
+
+
+def _release_call(fn: Callable[[Any], Any]) -> None:
+    """Let go of the function and arguments of ``fn`` if it is one ``submit``
+    call (a :class:`BoundCall`, perhaps inside a :class:`CheckedCall`).
+
+    Each runs exactly once, as a one-item chunk of its own job: so the
+    stdlib's promise holds in the worker too, where a process worker's
+    cache of recent functions would otherwise keep the last calls'
+    arguments alive (CPython's test_ressources_gced_in_workers).
+    """
+    if type(fn) is CheckedCall:
+        fn = fn.fn
+    if type(fn) is BoundCall:
+        fn.release()
 
 
