@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import subprocess
 import sys
@@ -64,7 +63,7 @@ def pin_overlap(monkeypatch: pytest.MonkeyPatch, speedup: float) -> list[Facts]:
 
     def measured(fn: Any, result: Probe, facts: Facts, source: Any) -> Facts:
         asked.append(facts)
-        return dataclasses.replace(facts, thread_speedup=speedup)
+        return facts.replace(thread_speedup=speedup)
 
     monkeypatch.setattr(_host, "gil_enabled", lambda: False)
     monkeypatch.setattr(_host, "usable_cpus", lambda: 4)
@@ -117,11 +116,11 @@ def test_the_overlap_measurement_decides_between_free_threads_and_processes() ->
     assert decide(facts).mode == "free-threaded"  # not measured (few items left, Executor)
     for speedup, mode in ((1.9, "free-threaded"), (1.3, "free-threaded"), (1.1, "process"),
                           (0.6, "process")):
-        plan = decide(dataclasses.replace(facts, thread_speedup=speedup))
+        plan = decide(facts.replace(thread_speedup=speedup))
         assert plan.mode == mode
         assert f"2 threads: {speedup:.2g}x -> {mode}" in plan.reason
-    unpicklable = dataclasses.replace(facts, thread_speedup=0.6, picklable=False,
-                                      unpicklable="the function f")
+    unpicklable = facts.replace(thread_speedup=0.6, picklable=False,
+                                unpicklable="the function f")
     assert decide(unpicklable).mode == "serial"
 
 
@@ -147,8 +146,7 @@ def test_auto_picks_free_threaded_on_this_build(monkeypatch: pytest.MonkeyPatch)
     # overlap measurement are pinned (a busy machine must not decide the test).
     monkeypatch.setattr(_host, "usable_cpus", lambda: 2)
     monkeypatch.setattr(_auto, "_thread_overlap",
-                        lambda fn, result, facts, source: dataclasses.replace(
-                            facts, thread_speedup=1.9))
+                        lambda fn, result, facts, source: facts.replace(thread_speedup=1.9))
     plan = parallax.plan(lambda x: spin(300_000), range(20))
     assert plan.mode == "free-threaded", plan.reason
     assert "GIL disabled" in plan.reason

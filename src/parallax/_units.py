@@ -19,8 +19,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EVERY_ITEM",
+    "PROBE_WORKER",
     "SOMEWHERE",
     "Chunk",
+    "ChunkRecord",
     "ChunkResult",
     "Failure",
     "Job",
@@ -209,6 +211,33 @@ class ChunkResult:
     @property
     def complete(self) -> bool:
         return self.interruption is None and len(self.values) == len(self.chunk.items)
+
+
+#: the worker name of the items the auto-selector ran in the caller: no pool worker
+PROBE_WORKER = "caller (auto-selector probe)"
+
+
+class ChunkRecord:
+    """What a run's stats keep of a finished chunk (about 330 bytes): who ran
+    its first ``done`` items, when, with how much CPU, and which failed."""
+
+    __slots__ = ("cpu", "done", "failed", "finished", "item_ends", "item_starts", "positions",
+                 "start", "started", "submitted", "worker")
+
+    def __init__(self, submitted: float, start: int, positions: Sequence[int], worker: str,
+                 started: float, finished: float, cpu: float, item_ends: list[float] | None,
+                 item_starts: list[float] | None, done: int, failed: frozenset[int]) -> None:
+        self.submitted = submitted
+        self.start = start
+        self.positions = positions
+        self.worker = worker
+        self.started = started
+        self.finished = finished
+        self.cpu = cpu
+        self.item_ends = item_ends
+        self.item_starts = item_starts
+        self.done = done
+        self.failed = failed
 
 
 class Job:
