@@ -9,6 +9,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
+
+import pytest
+
+import parallax
 
 #: modules a first auto ``map`` of a few small items does not need: each
 #: costs milliseconds to import (``dataclasses`` brings ``inspect``, ``ast``,
@@ -61,3 +66,64 @@ def test_the_lazy_names_are_still_there() -> None:
     )
     # Asking for them loads them, and their modules (that is the point).
     assert "parallax._stats" in loaded_by(script)
+
+
+# -- I/O auto: the probe's first item does not run alone --------------------------------
+
+
+def test_waiting_first_item_lets_the_rest_start_meanwhile_in_the_callers_thread() -> None:
+    # The probe's first item waits until another item runs: it only returns
+    # if auto started the rest while it waited (no clock involved).
+    caller = threading.current_thread()
+    others_ran = threading.Event()
+
+    def work(x: int) -> tuple[int, bool]:
+        if x == 0:
+            assert others_ran.wait(60), "nothing else started while the first item waited"
+        else:
+            others_ran.set()
+        return x, threading.current_thread() is caller
+
+    with parallax.monitor() as mon:
+        results = parallax.map(work, range(40))
+    assert [x for x, _ in results] == list(range(40))
+    assert results[0][1]  # the probed item ran in the caller's thread
+    assert not all(in_caller for _, in_caller in results[1:])
+    stats = mon.runs[0]
+    assert stats.mode == "thread"
+    assert "into the first item, which was waiting" in stats.reason
+    assert stats.tasks == 40
+
+
+def test_a_failing_waiting_first_item_raises_after_the_rest_started() -> None:
+    others_ran = threading.Event()
+
+    def work(x: int) -> int:
+        if x == 0:
+            assert others_ran.wait(60)
+            raise ValueError("first")
+        others_ran.set()
+        return x
+
+    with pytest.raises(ValueError, match="first"):
+        parallax.map(work, range(40))
+    assert parallax.map(work, range(1, 5)) == [1, 2, 3, 4]  # nothing left behind
+
+
+def test_a_waiting_first_item_of_unpicklable_work_gets_its_note() -> None:
+    lock = threading.Lock()
+    others_ran = threading.Event()
+
+    def work(x: int) -> int:
+        with lock:
+            pass
+        if x == 0:
+            assert others_ran.wait(60)
+        else:
+            others_ran.set()
+        return x
+
+    with parallax.monitor() as mon:
+        assert parallax.map(work, range(40)) == list(range(40))
+    assert "note: the function " in mon.runs[0].reason
+    assert "cannot be pickled" in mon.runs[0].reason

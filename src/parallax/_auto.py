@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import pickle
 import threading
 import time
@@ -36,7 +37,8 @@ from ._units import Failure
 from ._worker import set_inside_worker, use_worker_state
 from .backends._registry import chunk_overhead
 
-__all__ = ["Facts", "Plan", "Probe", "StartEarly", "decide", "probe", "probe_more"]
+__all__ = ["Facts", "Plan", "Probe", "StartEarly", "decide", "decide_early", "noted_reason",
+           "probe", "probe_more"]
 
 #: below this much total work, starting or even feeding a pool costs more
 SERIAL_BUDGET: Final = 0.005
@@ -56,6 +58,10 @@ PROBE_SECONDS: Final = 0.002
 PROBE_ITEMS: Final = 64
 #: ...but on a busy machine, never longer than this (wall time)
 PROBE_MAX_SECONDS: Final = 0.05
+#: an item faster than this is not timed alone: the next ones run with one
+#: CPU clock reading around them (a thread CPU clock read is a system call,
+#: slower than such an item), as the worker loop runs them
+FAST_ITEM_SECONDS: Final = 20e-6
 #: pickled items bigger than this make auto check how threads overlap
 LARGE_ITEM_BYTES: Final = 256 * 1024
 #: a first probed item still running this long is looked at from another
@@ -303,14 +309,14 @@ class Probe(Record):
     """The measured facts and the outcomes of the items run to measure them."""
 
     __match_args__ = ("facts", "items", "outcomes", "ends", "started", "cpu", "unchecked",
-                      "early")
+                      "early", "plan")
     __slots__ = __match_args__
 
     def __init__(self, facts: Facts, items: list[Any] | None = None,
                  outcomes: list[Any] | None = None, ends: list[float] | None = None,
                  started: float = 0.0, cpu: float = 0.0,
                  unchecked: tuple[Callable[[Any], Any], Any] | None = None,
-                 early: bool = False) -> None:
+                 early: bool = False, plan: Plan | None = None) -> None:
         self.facts = facts
         self.items: list[Any] = [] if items is None else items
         self.outcomes: list[Any] = [] if outcomes is None else outcomes  # values, or Failure
@@ -321,21 +327,14 @@ class Probe(Record):
         self.unchecked = unchecked
         #: the rest of the input started while the first item ran (``start_early``)
         self.early = early
+        #: ``decide(facts)``, when the probe made it of these very facts
+        self.plan = plan
 
     def noted(self, workers: int | None = None) -> Callable[[], str]:
         """The reason of the plan for these facts, checked for pickling when
         called (once): for a reason read later, if ever."""
-        unchecked = self.unchecked
-        facts = self.facts
-        memo: list[str] = []
+        return noted_reason(self.facts, workers, self.unchecked)
 
-        def reason() -> str:
-            if not memo:
-                checked = facts if unchecked is None else _check_pickles(*unchecked, facts)
-                memo.append(decide(checked, workers).reason)
-            return memo[0]
-
-        return reason
 
     def run_one(self, fn: Callable[[Any], Any], item: Any) -> tuple[Any, float]:
         """Run ``fn(item)`` in this thread and keep its outcome; its (outcome, wall time)."""
@@ -345,6 +344,62 @@ class Probe(Record):
         self.ends.append(perf_counter())
         self.cpu += cpu
         return outcome, wall
+
+    def run_fast(self, fn: Callable[[Any], Any], source: Iterator[Any], limit: int,
+                 budget: float) -> tuple[float, bool]:
+        """Run up to ``limit`` next items of ``source`` (tiny ones), for at
+        most about ``budget`` seconds, reading the CPU clock once around them
+        all; each item's end time is still kept. Their (wall time, whether
+        ``source`` ran out)."""
+        items, outcomes, ends = self.items, self.outcomes, self.ends
+        wanted = len(items) + limit
+        cpu_started = thread_time()
+        started = now = perf_counter()
+        stop = started + budget
+        for item in source:
+            try:
+                outcome = fn(item)
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:
+                outcome = Failure.capture(exc)
+            now = perf_counter()
+            items.append(item)
+            outcomes.append(outcome)
+            ends.append(now)
+            if len(items) >= wanted or now >= stop:
+                exhausted = False
+                break
+        else:
+            exhausted = True
+        self.cpu += thread_time() - cpu_started
+        return now - started, exhausted
+
+
+def noted_reason(facts: Facts, workers: int | None,
+                 unchecked: tuple[Callable[[Any], Any], Any] | None,
+                 *, early: bool = False) -> Callable[[], str]:
+    """The reason of :func:`decide` (``early``: of :func:`decide_early`) for
+    ``facts``, with the pickling note of ``unchecked`` (function, first item),
+    checked when the reason is first read."""
+    memo: list[str] = []
+
+    def reason() -> str:
+        if not memo:
+            checked = facts if unchecked is None else _check_pickles(*unchecked, facts)
+            memo.append((decide_early if early else decide)(checked, workers).reason)
+        return memo[0]
+
+    return reason
+
+
+def decide_early(facts: Facts, workers: int | None = None) -> Plan:
+    """:func:`decide` on what the first item showed while it still runs:
+    ``facts.item_wall`` is how long it has run so far (a lower bound). The
+    reason says so."""
+    chosen = decide(facts, workers)
+    return chosen.replace(reason=f"{chosen.reason} (decided {_duration(facts.item_wall or 0.0)} "
+                                 "into the first item, which was waiting)")
 
 
 #: called from another thread while the first probed item still runs and
@@ -407,6 +462,7 @@ class _FirstItemWatch:
             return None
         watch = cls(getclock(threading.get_ident()), facts, item, start_early)
         threading.Thread(target=watch._watch, name="parallax-probe-watch", daemon=True).start()
+        watch._begin()  # after the thread started: that CPU time is not the item's
         return watch
 
     def __init__(self, cpu_clock: int, facts: Facts, item: Any,
@@ -419,6 +475,11 @@ class _FirstItemWatch:
         self._lock = threading.Lock()
         self._ended = threading.Event()
         self.started_rest = False
+        self._runqueue_started = self._cpu_started = self._wall_started = 0.0
+        self._started = perf_counter()
+
+    def _begin(self) -> None:
+        """The item starts now (the watching thread reads these only later)."""
         self._runqueue_started = _runqueue_seconds()
         self._cpu_started = thread_time()
         self._wall_started = self._started = perf_counter()
@@ -522,6 +583,12 @@ def probe(
                     break
             if len(result.items) >= PROBE_ITEMS:
                 break
+            if wall_total < FAST_ITEM_SECONDS * len(result.items):
+                more, exhausted = result.run_fast(fn, source, PROBE_ITEMS - len(result.items),
+                                                  PROBE_SECONDS - wall_total)
+                wall_total += more
+                if exhausted or len(result.items) >= PROBE_ITEMS:
+                    break
             if wall_total >= PROBE_SECONDS:
                 # Time spent waiting for a CPU (a busy machine) is not the
                 # work's: probe on until the work itself took PROBE_SECONDS,
@@ -545,11 +612,13 @@ def probe(
     if result.early:
         result.facts = facts
         return result  # the rest runs already: nothing more to check
-    if check_threads and facts.cpus >= 2 and decide(facts).mode == "free-threaded":
+    if (check_threads and facts.cpus >= 2 and not facts.gil_enabled
+            and decide(facts).mode == "free-threaded"):
         # No GIL, CPU-bound: do two threads really run this function in
         # parallel? If not, the rules fall back to process mode.
         facts = _thread_overlap(fn, result, facts, source)
-    mode = decide(facts).mode
+    plan = decide(facts)
+    mode = plan.mode
     if mode == "process":
         # Only work bound for a process is pickled whole to see if it can go
         # (tiny work must not pay for a full check, or an import of cloudpickle).
@@ -559,6 +628,7 @@ def probe(
         # standard pickler first, cloudpickle only for what must go by value.
         if note_later:
             result.unchecked = (fn, result.items[0])
+            result.plan = plan  # the facts it was made of stay as they are
         else:
             facts = _check_pickles(fn, result.items[0], facts)
     result.facts = facts
@@ -747,8 +817,12 @@ def _runqueue_seconds(native_id: int | None = None) -> float:
     path = ("/proc/thread-self/schedstat" if native_id is None
             else f"/proc/self/task/{native_id}/schedstat")
     try:
-        with open(path, "rb") as schedstat:
-            return int(schedstat.read().split()[1]) / 1e9
+        # os.read, not open(): a buffered file object costs more than the read
+        descriptor = os.open(path, os.O_RDONLY)
+        try:
+            return int(os.read(descriptor, 128).split()[1]) / 1e9
+        finally:
+            os.close(descriptor)
     except (OSError, ValueError, IndexError):
         return 0.0
 

@@ -31,7 +31,16 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 from . import _host, _pools
-from ._auto import Facts, Plan, Probe, decide, probe, probe_more
+from ._auto import (
+    Facts,
+    Plan,
+    Probe,
+    decide,
+    decide_early,
+    noted_reason,
+    probe,
+    probe_more,
+)
 from ._calls import AsyncCheckedCall, AsyncStarCall, BoundCall, CheckedCall, RunCoroutine, StarCall
 from ._chunking import ChunkSizer
 from ._config import (
@@ -439,8 +448,19 @@ def launch(
         source = iter(iterable)
         if not isinstance(iterable, _SEQUENCES):
             iterable = source
-        measured = probe(call, source, total=total, coroutine=coroutine, note_later=True)
-        chosen = decide(measured.facts, workers)
+        early = _EarlyStart(call, iterable, options, backend_options, total, workers)
+        try:
+            measured = probe(call, source, total=total, coroutine=coroutine, note_later=True,
+                             start_early=None if coroutine else early)
+        except BaseException:
+            early.abandon()
+            raise
+        if early.launched is not None:
+            early.launched.run.finish_first(
+                probed_chunk(measured, options.timeout, early.launched.run.first_chunk))
+            return early.launched
+        chosen = (measured.plan if workers is None and measured.plan is not None
+                  else decide(measured.facts, workers))
         mode, reason = chosen.mode, chosen.reason
         if measured.unchecked is not None:
             # The run's reason, with its pickling note, made when it is read (Stats).
@@ -455,6 +475,22 @@ def launch(
         call = RunCoroutine(call)
     if loop is not None and mode == "asyncio":
         backend_options["loop"] = loop
+    launched = _open(mode, reason, workers, call, iterable, options, backend_options, total,
+                     noted)
+    if measured is not None and measured.items:
+        try:
+            hand_over(launched.run, measured, call, source, options.timeout)
+        except BaseException:
+            launched.run.close()
+            launched.engine.close(wait=False)
+            raise
+    return launched
+
+
+def _open(mode: str, reason: str, workers: int | None, call: Callable[[Any], Any],
+          iterable: Iterable[Any], options: CallOptions, backend_options: dict[str, Any],
+          total: int | None, noted: Callable[[], str] | None) -> Launched:
+    """The engine, progress reporter and run of a call whose mode is decided."""
     setup = options.setup
     if setup is None and "loop" in backend_options:
         setup = WorkerSetup()  # a pool bound to one event loop is no pool to share
@@ -475,16 +511,61 @@ def launch(
             record_tasks=options.record_tasks,
             reason=noted,
         )
-        if measured is not None and measured.items:
-            try:
-                hand_over(run, measured, call, source, options.timeout)
-            except BaseException:
-                run.close()
-                raise
     except BaseException:
         engine.close(wait=False)
         raise
     return Launched(run, engine, reporter)
+
+
+class _EarlyStart:
+    """Starts the rest of an auto call's input while the probe's first item
+    still runs in the caller and waits (called by the probe's watch, from
+    another thread; the caller is inside that item meanwhile, so nothing
+    else reads the input). Only for a thread plan: waiting work; anything
+    else waits for the probe, as before.
+    """
+
+    __slots__ = ("_backend_options", "_call", "_iterable", "_options", "_total", "_workers",
+                 "launched")
+
+    def __init__(self, call: Callable[[Any], Any], iterable: Iterable[Any],
+                 options: CallOptions, backend_options: dict[str, Any], total: int | None,
+                 workers: int | None) -> None:
+        self._call = call
+        self._iterable = iterable
+        self._options = options
+        self._backend_options = backend_options
+        self._total = total
+        self._workers = workers
+        self.launched: Launched | None = None
+
+    def __call__(self, facts: Facts, item: Any, started: float) -> bool:
+        workers = self._workers
+        chosen = decide_early(facts, workers)
+        if chosen.mode != "thread" or self._options.setup is not None:
+            return False
+        noted = noted_reason(facts, workers, (self._call, item), early=True)
+        try:
+            launched = _open("thread", chosen.reason, workers or chosen.workers, self._call,
+                             self._iterable, self._options, dict(self._backend_options),
+                             self._total, noted)
+        except Exception:
+            return False  # the caller, once its item is done, starts as usual (and says why not)
+        try:
+            launched.run.reserve_first(Chunk.fresh(0, 0, [item]), started)
+            launched.run.start()
+        except BaseException:
+            launched.run.close()
+            launched.engine.close(wait=False)
+            raise
+        self.launched = launched
+        return True
+
+    def abandon(self) -> None:
+        """The probe failed (Ctrl-C in the first item): stop what was started."""
+        if self.launched is not None:
+            self.launched.run.close()
+            self.launched.finish()
 
 
 def _reporter(progress: Any, total: int | None) -> Reporter | None:
@@ -512,13 +593,15 @@ def hand_over(run: Run, measured: Probe, call: Callable[[Any], Any],
     run.preload(probed_chunk(measured, timeout))
 
 
-def probed_chunk(measured: Probe, timeout: float | None) -> ChunkResult:
-    """The auto-selector's probed items as the run's first, already finished chunk."""
+def probed_chunk(measured: Probe, timeout: float | None,
+                 chunk: Chunk | None = None) -> ChunkResult:
+    """The auto-selector's probed items as the run's first, already finished
+    chunk (``chunk``: the one the run reserved for them)."""
     outcomes = measured.outcomes
     failures = {position: outcome for position, outcome in enumerate(outcomes)
                 if isinstance(outcome, Failure)}
     values = [None if position in failures else value for position, value in enumerate(outcomes)]
-    chunk = Chunk.fresh(0, 0, measured.items)
+    chunk = chunk or Chunk.fresh(0, 0, measured.items)
     chunk.submitted = measured.started
     result = ChunkResult(
         chunk,

@@ -24,6 +24,7 @@ from ._errors import ParallaxError
 from ._recorder import StatsRecorder
 from ._records import FrozenRecord
 from ._units import EVERY_ITEM, SOMEWHERE, Chunk, ChunkResult, Failure, Job
+from ._worker import PER_ITEM_TIMING_THRESHOLD
 from .backends import Backend
 
 __all__ = ["ErrorPolicy", "Raised", "RetryPolicy", "Run"]
@@ -203,6 +204,11 @@ class Run:
         self._source = chunks(self._iterable, self.sizer, first_index=len(chunk.items),
                               first_seq=1)
 
+    @property
+    def first_chunk(self) -> Chunk | None:
+        """The reserved first chunk (:meth:`reserve_first`), if any."""
+        return self._reserved
+
     def finish_first(self, result: ChunkResult) -> None:
         """The outcome of the reserved first chunk (any thread)."""
         self._inbox.put(result)
@@ -233,6 +239,13 @@ class Run:
             if (all_at_once and self.backend.runs_in_caller and self._on_progress is None
                     and not self._started):
                 self.sizer.rest_at_once = True
+                item_seconds = self.sizer.item_seconds
+                job = self.job
+                # A failure raises before any value is read (map), and the
+                # items were measured tiny: see Job.all_or_nothing.
+                job.all_or_nothing = (job.stop_at_failure and job.timeout is None
+                                      and item_seconds is not None
+                                      and item_seconds < PER_ITEM_TIMING_THRESHOLD)
             self._iterator = self._drive()
         return self._iterator
 

@@ -248,12 +248,17 @@ class Job:
     the run. ``cutoff`` lets the run drop chunks past a failure while the
     chunks before it still finish; ``stop_at_failure`` says the run wants
     nothing after a chunk's first failing item (``errors="raise"``, no
-    retries), so a backend may stop the chunk there.
+    retries), so a backend may stop the chunk there. ``all_or_nothing``
+    says more: its items are tiny (measured), and the run reads a chunk's
+    values only if every item succeeds (``map`` raising at its first failure),
+    so a backend running items in the caller may run them as one list
+    comprehension, which drops the values before a failure.
     """
 
     __slots__ = (
         "__weakref__",
         "_deliver",
+        "all_or_nothing",
         "cancelled",
         "cutoff",
         "fn",
@@ -276,6 +281,7 @@ class Job:
         self.cancelled = False
         self.cutoff: int | None = None
         self.stop_at_failure = False
+        self.all_or_nothing = False
         self._deliver = deliver
         #: the function serialized by a backend that needs it, cached per job
         self.payload: bytes | None = None
