@@ -308,7 +308,7 @@ def test_thread_timeout_keeps_the_failures_of_earlier_items() -> None:
 FORK_SCRIPT = r"""
 import os, sys, threading, time
 import parallax
-from parallax import _pools, _stats
+from parallax import _pools, _recorder
 
 def pid(_):
     return os.getpid()
@@ -317,7 +317,7 @@ parent = set(parallax.map(pid, range(8), mode="process", workers=2, chunksize=1)
 # Another thread holds the pools' and the monitors' locks at the fork.
 held, release = threading.Event(), threading.Event()
 def hold():
-    with _pools._lock, _stats._monitors_lock:
+    with _pools._lock, _recorder._monitors_lock:
         held.set()
         release.wait()
 holder = threading.Thread(target=hold)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import subprocess
 import sys
@@ -64,7 +63,7 @@ def pin_overlap(monkeypatch: pytest.MonkeyPatch, speedup: float) -> list[Facts]:
 
     def measured(fn: Any, result: Probe, facts: Facts, source: Any) -> Facts:
         asked.append(facts)
-        return dataclasses.replace(facts, thread_speedup=speedup)
+        return facts.replace(thread_speedup=speedup)
 
     monkeypatch.setattr(_host, "gil_enabled", lambda: False)
     monkeypatch.setattr(_host, "usable_cpus", lambda: 4)
@@ -119,14 +118,14 @@ def test_the_overlap_measurement_decides_between_free_threads_and_processes() ->
     # (threads contending on shared objects) processes win.
     for speedup, mode in ((1.9, "free-threaded"), (1.6, "free-threaded"), (1.4, "process"),
                           (1.1, "process"), (0.6, "process")):
-        plan = decide(dataclasses.replace(facts, thread_speedup=speedup))
+        plan = decide(facts.replace(thread_speedup=speedup))
         assert plan.mode == mode
         assert f"2 threads: {speedup:.2g}x -> {mode}" in plan.reason
-    unpicklable = dataclasses.replace(facts, thread_speedup=0.6, picklable=False,
-                                      unpicklable="the function f")
+    unpicklable = facts.replace(thread_speedup=0.6, picklable=False,
+                                unpicklable="the function f")
     assert decide(unpicklable).mode == "serial"
     # Threads that overlap somewhat still beat serial when a process is no option.
-    some_overlap = decide(dataclasses.replace(unpicklable, thread_speedup=1.4))
+    some_overlap = decide(unpicklable.replace(thread_speedup=1.4))
     assert some_overlap.mode == "free-threaded"
     assert "the function f cannot be pickled" in some_overlap.reason
 
@@ -137,7 +136,7 @@ def test_the_payload_rule_picks_free_threads_without_the_gil() -> None:
     plan = decide(heavy)
     assert plan.mode == "free-threaded", plan.reason
     assert "payload-heavy" in plan.reason and "(GIL disabled) -> free-threaded" in plan.reason
-    assert decide(dataclasses.replace(heavy, thread_speedup=1.0)).mode == "serial"
+    assert decide(heavy.replace(thread_speedup=1.0)).mode == "serial"
 
 
 def test_waiting_for_a_cpu_is_taken_out_of_the_overlap_measurement() -> None:
@@ -162,8 +161,7 @@ def test_auto_picks_free_threaded_on_this_build(monkeypatch: pytest.MonkeyPatch)
     # overlap measurement are pinned (a busy machine must not decide the test).
     monkeypatch.setattr(_host, "usable_cpus", lambda: 2)
     monkeypatch.setattr(_auto, "_thread_overlap",
-                        lambda fn, result, facts, source: dataclasses.replace(
-                            facts, thread_speedup=1.9))
+                        lambda fn, result, facts, source: facts.replace(thread_speedup=1.9))
     plan = parallax.plan(lambda x: spin(300_000), range(20))
     assert plan.mode == "free-threaded", plan.reason
     assert "GIL disabled" in plan.reason

@@ -18,14 +18,14 @@ PACKAGE = Path(parallax.__file__).parent
 FLOORS: dict[str, int] = {
     "": 1, "__main__": 1, "_api": 1, "_executor": 1, "_cli": 1, "_demo": 1, "testing": 1,
     "_launch": 2,
-    "_run": 3, "_auto": 3, "_config": 3, "_pools": 3, "_progress": 3, "_stats": 3,
+    "_run": 3, "_auto": 3, "_config": 3, "_pools": 3, "_progress": 3, "_stats": 3, "_recorder": 3,
     "_chunking": 3,
     "backends": 4, "backends._base": 4, "backends._registry": 4, "backends._serial": 4,
     "backends._thread": 4, "backends._freethreaded": 4, "backends._process": 4,
     "backends._asyncio": 4, "backends._dask": 4, "backends._dask_task": 4, "backends._exit": 4,
     "_worker": 5, "_timeouts": 5, "_mark": 5, "_protocol": 5, "_calls": 5,
     "_serialize": 5, "_wire": 5, "_procworker": 5, "_onimport": 5, "_logforward": 5,
-    "_units": 6, "_errors": 6, "_broken": 6, "_host": 6,
+    "_units": 6, "_errors": 6, "_broken": 6, "_host": 6, "_records": 6,
 }
 
 

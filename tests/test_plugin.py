@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -201,14 +200,14 @@ def test_decide_notes_unpicklable_work_kept_off_processes() -> None:
     assert chosen.reason.startswith("tiny input")
     assert "note: the function f cannot be pickled (TypeError: x)" in chosen.reason
     assert "would fail in process mode" in chosen.reason and "check_pickle" in chosen.reason
-    waiting = replace(tiny, item_wall=0.01, item_cpu=1e-5, total=1000)
+    waiting = tiny.replace(item_wall=0.01, item_cpu=1e-5, total=1000)
     assert decide(waiting).mode == "thread"
     assert "note: the function f cannot be pickled" in decide(waiting).reason
     # CPU-bound work already says why it is not in a process, once
-    heavy = replace(tiny, item_wall=0.01, item_cpu=0.01, total=1000)
+    heavy = tiny.replace(item_wall=0.01, item_cpu=0.01, total=1000)
     assert decide(heavy).mode == "serial"
     assert decide(heavy).reason.count("cannot be pickled") == 1
-    assert "note" not in decide(replace(tiny, picklable=True)).reason
+    assert "note" not in decide(tiny.replace(picklable=True)).reason
 
 
 def test_plan_names_an_unpicklable_first_item() -> None:

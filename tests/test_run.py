@@ -18,8 +18,8 @@ from helpers import Boom
 from parallax._broken import WorkerCrashedError
 from parallax._errors import ParallaxError
 from parallax._mark import new_mark
+from parallax._recorder import StatsRecorder
 from parallax._run import ErrorPolicy, RetryPolicy, Run
-from parallax._stats import StatsRecorder
 from parallax._units import SOMEWHERE, Chunk, ChunkResult, Job
 from parallax._worker import run_chunk
 from parallax.backends import Backend, failed_chunk

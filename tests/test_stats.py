@@ -130,7 +130,7 @@ def test_summary_without_task_records_still_adds_up() -> None:
 def test_a_recorder_publishes_its_records_once_when_the_run_ends() -> None:
     from time import perf_counter
 
-    from parallax._stats import StatsRecorder
+    from parallax._recorder import StatsRecorder
     from parallax._units import Chunk, ChunkResult
 
     recorder = StatsRecorder("serial", "because", 1, "auto")

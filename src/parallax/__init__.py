@@ -19,7 +19,8 @@ if TYPE_CHECKING:
     from ._errors import ParallaxError, SerializationError, TaskTimeoutError, WorkerTraceback
     from ._executor import Executor
     from ._progress import ProgressUpdate
-    from ._stats import Monitor, Stats, TaskRecord, WorkerRecord, monitor
+    from ._recorder import Monitor, monitor
+    from ._stats import Stats, TaskRecord, WorkerRecord
     from ._worker import worker_state
     from .backends import Backend, register_backend
 del TYPE_CHECKING
@@ -58,7 +59,7 @@ __all__ = (
 _HOME = {
     "Backend": ".backends",
     "Executor": "._executor",
-    "Monitor": "._stats",
+    "Monitor": "._recorder",
     "ParallaxError": "._errors",
     "ParallelFunction": "._api",
     "Plan": "._auto",
@@ -73,7 +74,7 @@ _HOME = {
     "amap": "._api",
     "imap": "._api",
     "map": "._api",
-    "monitor": "._stats",
+    "monitor": "._recorder",
     "parallel": "._api",
     "plan": "._api",
     "register_backend": ".backends",

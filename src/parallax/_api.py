@@ -14,16 +14,15 @@ import enum
 import functools
 import sys
 from collections.abc import Awaitable, Callable, Iterable, Iterator
-from concurrent.futures import Future
-from dataclasses import replace
-from typing import Any, Generic, Protocol, TypeVar, cast, overload
-
-from typing_extensions import ParamSpec
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar, cast, overload
 
 from ._auto import Plan
 from ._config import check_callable
 from ._launch import CallOptions, Launched, callable_name, launch, plan_call, submit_call
 from ._run import ErrorPolicy
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
 __all__ = ["ParallelFunction", "amap", "imap", "map", "parallel", "plan", "starmap"]
 
@@ -237,7 +236,7 @@ class ParallelFunction(Generic[P, R]):
         if defaults is None:
             defaults = self._checked_defaults = CallOptions.checked(**self._defaults)
         # The decorator's mode is a default of its own (the call's reason says so).
-        base = replace(defaults, mode=None)
+        base = defaults.replace(mode=None)
         return CallOptions.checked(base, **overrides), defaults.mode
 
     def _launch(self, iterable: Iterable[Any], arguments: dict[str, Any], *,

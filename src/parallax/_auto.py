@@ -11,13 +11,15 @@ results of the run: nothing is computed twice.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import pickle
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from time import perf_counter, thread_time
 from types import FunctionType
 from typing import TYPE_CHECKING, Any, Final
@@ -29,12 +31,14 @@ from . import _host
 from ._calls import CheckedCall, StarCall
 from ._chunking import ChunkSizer
 from ._errors import describe_item
+from ._records import FrozenRecord, Record
 from ._serialize import PROTOCOL, dumps
 from ._units import Failure
 from ._worker import set_inside_worker, use_worker_state
 from .backends._registry import chunk_overhead
 
-__all__ = ["Facts", "Plan", "Probe", "decide", "probe", "probe_more"]
+__all__ = ["Facts", "Plan", "Probe", "StartEarly", "decide", "decide_early", "noted_reason",
+           "probe", "probe_more"]
 
 #: below this much total work, starting or even feeding a pool costs more
 SERIAL_BUDGET: Final = 0.005
@@ -54,8 +58,15 @@ PROBE_SECONDS: Final = 0.002
 PROBE_ITEMS: Final = 64
 #: ...but on a busy machine, never longer than this (wall time)
 PROBE_MAX_SECONDS: Final = 0.05
+#: an item faster than this is not timed alone: the next ones run with one
+#: CPU clock reading around them (a thread CPU clock read is a system call,
+#: slower than such an item), as the worker loop runs them
+FAST_ITEM_SECONDS: Final = 20e-6
 #: pickled items bigger than this make auto check how threads overlap
 LARGE_ITEM_BYTES: Final = 256 * 1024
+#: a first probed item still running this long is looked at from another
+#: thread: if it waits, the rest of the input starts meanwhile
+WATCH_AFTER: Final = PROBE_SECONDS
 #: the thread-overlap test runs at least this long and this many items...
 OVERLAP_SECONDS: Final = 0.03
 OVERLAP_MIN_ITEMS: Final = 4
@@ -76,38 +87,89 @@ WARMUP_BUDGET: Final = 5.0
 _END: Final = object()
 
 
-@dataclass(frozen=True, slots=True)
-class Plan:
+class Plan(FrozenRecord):
     """The auto-selector's decision: mode, workers, chunk size, and why."""
 
+    __match_args__ = ("mode", "workers", "chunksize", "reason")  # the fields, in order
+    __slots__ = __match_args__
     mode: str
     workers: int
     chunksize: int | str
     reason: str
 
+    def __init__(self, mode: str, workers: int, chunksize: int | str, reason: str) -> None:
+        _set = object.__setattr__
+        _set(self, "mode", mode)
+        _set(self, "workers", workers)
+        _set(self, "chunksize", chunksize)
+        _set(self, "reason", reason)
 
-@dataclass(frozen=True, slots=True)
-class Facts:
-    """What was measured or known about a job, the input of :func:`decide`."""
 
-    coroutine: bool = False
-    probed: int = 0
-    item_wall: float | None = None  # mean seconds per probed item
-    item_cpu: float | None = None  # mean CPU seconds per probed item
-    #: mean seconds per item spent ready to run but waiting for a CPU (other
-    #: processes were busy); not waiting for I/O, so not counted as such
-    item_runqueue: float = 0.0
-    total: int | None = None  # items in the whole input, if known
-    gil_enabled: bool = True
-    cpus: int = 1
-    picklable: bool = True
-    unpicklable: str = ""  # what did not pickle
-    unpicklable_why: str = ""  # the pickling error, when known
-    item_bytes: int | None = None  # pickled size of an item
-    #: items on two threads at once vs one after another (2.0: perfect overlap);
-    #: measured for large items (the payload rule) and, without the GIL, for
-    #: CPU-bound work before free-threaded mode is picked
-    thread_speedup: float | None = None
+class Facts(FrozenRecord):
+    """What was measured or known about a job, the input of :func:`decide`.
+
+    - ``item_wall``, ``item_cpu``: mean seconds (wall, CPU) per probed item
+    - ``item_runqueue``: mean seconds per item spent ready to run but waiting
+      for a CPU (other processes were busy); not waiting for I/O, so not
+      counted as such
+    - ``total``: items in the whole input, if known
+    - ``unpicklable``: what did not pickle; ``unpicklable_why``: the pickling
+      error, when known
+    - ``item_bytes``: pickled size of an item
+    - ``thread_speedup``: items on two threads at once vs one after another
+      (2.0: perfect overlap); measured for large items (the payload rule)
+      and, without the GIL, for CPU-bound work before free-threaded mode is
+      picked
+    """
+
+    __match_args__ = ("coroutine", "probed", "item_wall", "item_cpu", "item_runqueue", "total",
+                      "gil_enabled", "cpus", "picklable", "unpicklable", "unpicklable_why",
+                      "item_bytes", "thread_speedup")  # the fields, in order
+    __slots__ = __match_args__
+    coroutine: bool
+    probed: int
+    item_wall: float | None
+    item_cpu: float | None
+    item_runqueue: float
+    total: int | None
+    gil_enabled: bool
+    cpus: int
+    picklable: bool
+    unpicklable: str
+    unpicklable_why: str
+    item_bytes: int | None
+    thread_speedup: float | None
+
+    def __init__(
+        self,
+        coroutine: bool = False,
+        probed: int = 0,
+        item_wall: float | None = None,
+        item_cpu: float | None = None,
+        item_runqueue: float = 0.0,
+        total: int | None = None,
+        gil_enabled: bool = True,
+        cpus: int = 1,
+        picklable: bool = True,
+        unpicklable: str = "",
+        unpicklable_why: str = "",
+        item_bytes: int | None = None,
+        thread_speedup: float | None = None,
+    ) -> None:
+        _set = object.__setattr__
+        _set(self, "coroutine", coroutine)
+        _set(self, "probed", probed)
+        _set(self, "item_wall", item_wall)
+        _set(self, "item_cpu", item_cpu)
+        _set(self, "item_runqueue", item_runqueue)
+        _set(self, "total", total)
+        _set(self, "gil_enabled", gil_enabled)
+        _set(self, "cpus", cpus)
+        _set(self, "picklable", picklable)
+        _set(self, "unpicklable", unpicklable)
+        _set(self, "unpicklable_why", unpicklable_why)
+        _set(self, "item_bytes", item_bytes)
+        _set(self, "thread_speedup", thread_speedup)
 
 
 def _duration(seconds: float) -> str:
@@ -260,16 +322,36 @@ def _choose(facts: Facts, workers: int | None) -> Plan:
     )
 
 
-@dataclass(slots=True)
-class Probe:
+class Probe(Record):
     """The measured facts and the outcomes of the items run to measure them."""
 
-    facts: Facts
-    items: list[Any] = field(default_factory=list)
-    outcomes: list[Any] = field(default_factory=list)  # values, or Failure
-    ends: list[float] = field(default_factory=list)
-    started: float = 0.0
-    cpu: float = 0.0
+    __match_args__ = ("facts", "items", "outcomes", "ends", "started", "cpu", "unchecked",
+                      "early", "plan")
+    __slots__ = __match_args__
+
+    def __init__(self, facts: Facts, items: list[Any] | None = None,
+                 outcomes: list[Any] | None = None, ends: list[float] | None = None,
+                 started: float = 0.0, cpu: float = 0.0,
+                 unchecked: tuple[Callable[[Any], Any], Any] | None = None,
+                 early: bool = False, plan: Plan | None = None) -> None:
+        self.facts = facts
+        self.items: list[Any] = [] if items is None else items
+        self.outcomes: list[Any] = [] if outcomes is None else outcomes  # values, or Failure
+        self.ends: list[float] = [] if ends is None else ends
+        self.started = started
+        self.cpu = cpu
+        #: (function, first item) not yet checked for pickling (``probe(note_later=True)``)
+        self.unchecked = unchecked
+        #: the rest of the input started while the first item ran (``start_early``)
+        self.early = early
+        #: ``decide(facts)``, when the probe made it of these very facts
+        self.plan = plan
+
+    def noted(self, workers: int | None = None) -> Callable[[], str]:
+        """The reason of the plan for these facts, checked for pickling when
+        called (once): for a reason read later, if ever."""
+        return noted_reason(self.facts, workers, self.unchecked)
+
 
     def run_one(self, fn: Callable[[Any], Any], item: Any) -> tuple[Any, float]:
         """Run ``fn(item)`` in this thread and keep its outcome; its (outcome, wall time)."""
@@ -279,6 +361,166 @@ class Probe:
         self.ends.append(perf_counter())
         self.cpu += cpu
         return outcome, wall
+
+    def run_fast(self, fn: Callable[[Any], Any], source: Iterator[Any], limit: int,
+                 budget: float) -> tuple[float, bool]:
+        """Run up to ``limit`` next items of ``source`` (tiny ones), for at
+        most about ``budget`` seconds, reading the CPU clock once around them
+        all; each item's end time is still kept. Their (wall time, whether
+        ``source`` ran out)."""
+        items, outcomes, ends = self.items, self.outcomes, self.ends
+        wanted = len(items) + limit
+        cpu_started = thread_time()
+        started = now = perf_counter()
+        stop = started + budget
+        for item in source:
+            try:
+                outcome = fn(item)
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:
+                outcome = Failure.capture(exc)
+            now = perf_counter()
+            items.append(item)
+            outcomes.append(outcome)
+            ends.append(now)
+            if len(items) >= wanted or now >= stop:
+                exhausted = False
+                break
+        else:
+            exhausted = True
+        self.cpu += thread_time() - cpu_started
+        return now - started, exhausted
+
+
+def noted_reason(facts: Facts, workers: int | None,
+                 unchecked: tuple[Callable[[Any], Any], Any] | None,
+                 *, early: bool = False) -> Callable[[], str]:
+    """The reason of :func:`decide` (``early``: of :func:`decide_early`) for
+    ``facts``, with the pickling note of ``unchecked`` (function, first item),
+    checked when the reason is first read."""
+    memo: list[str] = []
+
+    def reason() -> str:
+        if not memo:
+            checked = facts if unchecked is None else _check_pickles(*unchecked, facts)
+            memo.append((decide_early if early else decide)(checked, workers).reason)
+        return memo[0]
+
+    return reason
+
+
+def decide_early(facts: Facts, workers: int | None = None) -> Plan:
+    """:func:`decide` on what the first item showed while it still runs:
+    ``facts.item_wall`` is how long it has run so far (a lower bound). The
+    reason says so."""
+    chosen = decide(facts, workers)
+    return chosen.replace(reason=f"{chosen.reason} (decided {_duration(facts.item_wall or 0.0)} "
+                                 "into the first item, which was waiting)")
+
+
+#: called from another thread while the first probed item still runs and
+#: waits: (the facts so far, that item, when it started) -> whether the rest
+#: of the input was started
+StartEarly = Callable[[Facts, Any, float], bool]
+
+
+class _FirstItemSeconds:
+    """How long the first probed item of each function took last time: a
+    function whose first item was tiny is not watched again (the watching
+    thread would cost more than its items)."""
+
+    def __init__(self) -> None:
+        self._seconds: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
+
+    @staticmethod
+    def _key(fn: Callable[[Any], Any]) -> Any:
+        while isinstance(fn, StarCall | CheckedCall):
+            fn = fn.fn
+        return fn
+
+    def worth_watching(self, fn: Callable[[Any], Any]) -> bool:
+        try:
+            seconds = self._seconds.get(self._key(fn))
+        except TypeError:  # not weakly referable (a builtin): no history
+            return True
+        return seconds is None or seconds >= WATCH_AFTER / 4
+
+    def note(self, fn: Callable[[Any], Any], seconds: float) -> None:
+        with contextlib.suppress(TypeError):
+            self._seconds[self._key(fn)] = seconds
+
+
+_first_item_seconds = _FirstItemSeconds()
+
+
+class _FirstItemWatch:
+    """Another thread's look at the first probed item while the caller runs it.
+
+    After :data:`WATCH_AFTER`, if the item still runs and its thread spent
+    less than :data:`CPU_BOUND_SHARE` of that time on a CPU (time waiting
+    for a CPU, on a busy machine, is not counted either way), the item waits:
+    ``start_early`` starts the rest of the input there and then. The caller
+    keeps its item: probed items run in the caller's thread.
+    """
+
+    __slots__ = ("_cpu_clock", "_cpu_started", "_ended", "_facts", "_item", "_lock",
+                 "_native_id", "_runqueue_started", "_start_early", "_started", "_wall_started",
+                 "started_rest")
+
+    @classmethod
+    def arm(cls, fn: Callable[[Any], Any], item: Any, facts: Facts,
+            start_early: StartEarly) -> _FirstItemWatch | None:
+        """A watch of the caller's thread running ``item`` now, or None
+        where it cannot be watched (no per-thread CPU clock), or need not
+        be (this function's first item was tiny last time)."""
+        getclock = getattr(time, "pthread_getcpuclockid", None)
+        if getclock is None or not _first_item_seconds.worth_watching(fn):
+            return None
+        watch = cls(getclock(threading.get_ident()), facts, item, start_early)
+        threading.Thread(target=watch._watch, name="parallax-probe-watch", daemon=True).start()
+        watch._begin()  # after the thread started: that CPU time is not the item's
+        return watch
+
+    def __init__(self, cpu_clock: int, facts: Facts, item: Any,
+                 start_early: StartEarly) -> None:
+        self._cpu_clock = cpu_clock
+        self._native_id = threading.get_native_id()
+        self._facts = facts
+        self._item = item
+        self._start_early = start_early
+        self._lock = threading.Lock()
+        self._ended = threading.Event()
+        self.started_rest = False
+        self._runqueue_started = self._cpu_started = self._wall_started = 0.0
+        self._started = perf_counter()
+
+    def _begin(self) -> None:
+        """The item starts now (the watching thread reads these only later)."""
+        self._runqueue_started = _runqueue_seconds()
+        self._cpu_started = thread_time()
+        self._wall_started = self._started = perf_counter()
+
+    def _watch(self) -> None:
+        if self._ended.wait(WATCH_AFTER):
+            return
+        with self._lock:
+            if self._ended.is_set():
+                return
+            wall = perf_counter() - self._wall_started
+            cpu = time.clock_gettime(self._cpu_clock) - self._cpu_started
+            runqueue = max(0.0, _runqueue_seconds(self._native_id) - self._runqueue_started)
+            if cpu >= CPU_BOUND_SHARE * max(wall - runqueue, 1e-9):
+                return  # it computes: the probe goes on as usual
+            facts = self._facts.replace(probed=1, item_wall=wall, item_cpu=cpu,
+                                        item_runqueue=min(runqueue, wall))
+            self.started_rest = self._start_early(facts, self._item, self._started)
+
+    def end(self) -> bool:
+        """The item returned (or raised): whether the rest was started meanwhile."""
+        self._ended.set()
+        with self._lock:  # a start under way finishes first
+            return self.started_rest
 
 
 @contextmanager
@@ -316,8 +558,23 @@ def probe(
     total: int | None,
     coroutine: bool = False,
     check_threads: bool = True,
+    note_later: bool = False,
+    start_early: StartEarly | None = None,
 ) -> Probe:
-    """Run the first item(s) of ``source`` in the caller and measure them."""
+    """Run the first item(s) of ``source`` in the caller and measure them.
+
+    ``note_later``: work bound for the caller or threads is not checked for
+    pickling now (only the plan's note depends on it, and a check can cost
+    an import of cloudpickle, more than a small job): :meth:`Probe.noted`
+    does it, when the reason is read.
+
+    ``start_early``: while the first item runs, another thread looks at it
+    once :data:`WATCH_AFTER` has passed; if it is still running and mostly
+    waiting, ``start_early(facts so far, item, started)`` is called there to
+    start the rest of the input meanwhile, and returns whether it did. If it
+    did, the probe ends with that item (``Probe.early``): the rest of the
+    input is no longer the probe's to read.
+    """
     cpus = _host.usable_cpus()
     gil = _host.gil_enabled()
     if coroutine:
@@ -328,9 +585,27 @@ def probe(
     runqueue = 0.0
     with _as_worker():
         for item in source:
-            wall_total += result.run_one(fn, item)[1]
+            watch = None
+            if start_early is not None and not result.items:
+                watch = _FirstItemWatch.arm(fn, item, result.facts, start_early)
+            if watch is None:
+                wall_total += result.run_one(fn, item)[1]
+            else:
+                try:
+                    wall_total += result.run_one(fn, item)[1]
+                finally:
+                    result.early = watch.end()
+                _first_item_seconds.note(fn, wall_total)
+                if result.early:
+                    break
             if len(result.items) >= PROBE_ITEMS:
                 break
+            if wall_total < FAST_ITEM_SECONDS * len(result.items):
+                more, exhausted = result.run_fast(fn, source, PROBE_ITEMS - len(result.items),
+                                                  PROBE_SECONDS - wall_total)
+                wall_total += more
+                if exhausted or len(result.items) >= PROBE_ITEMS:
+                    break
             if wall_total >= PROBE_SECONDS:
                 # Time spent waiting for a CPU (a busy machine) is not the
                 # work's: probe on until the work itself took PROBE_SECONDS,
@@ -351,11 +626,16 @@ def probe(
         gil_enabled=gil,
         cpus=cpus,
     )
-    if check_threads and facts.cpus >= 2 and decide(facts).mode == "free-threaded":
+    if result.early:
+        result.facts = facts
+        return result  # the rest runs already: nothing more to check
+    if (check_threads and facts.cpus >= 2 and not facts.gil_enabled
+            and decide(facts).mode == "free-threaded"):
         # No GIL, CPU-bound: do two threads really run this function in
         # parallel? If not, the rules fall back to process mode.
         facts = _thread_overlap(fn, result, facts, source)
-    mode = decide(facts).mode
+    plan = decide(facts)
+    mode = plan.mode
     if mode == "process":
         # Only work bound for a process is pickled whole to see if it can go
         # (tiny work must not pay for a full check, or an import of cloudpickle).
@@ -363,7 +643,11 @@ def probe(
     elif mode in ("serial", "thread"):
         # Would it pickle, should it grow into process work? Cheap: the
         # standard pickler first, cloudpickle only for what must go by value.
-        facts = _check_pickles(fn, result.items[0], facts)
+        if note_later:
+            result.unchecked = (fn, result.items[0])
+            result.plan = plan  # the facts it was made of stay as they are
+        else:
+            facts = _check_pickles(fn, result.items[0], facts)
     result.facts = facts
     return result
 
@@ -540,23 +824,28 @@ def _pickling_error(obj: Any) -> str:
     return ""
 
 
-def _runqueue_seconds() -> float:
-    """Seconds this thread has spent runnable but not running (Linux schedstat).
+def _runqueue_seconds(native_id: int | None = None) -> float:
+    """Seconds this thread (or the thread ``native_id`` of this process) has
+    spent runnable but not running (Linux schedstat).
 
     On a busy machine a CPU-bound probe also waits for a CPU; counting that as
     "waiting" would make it look I/O-bound. Elsewhere this reads 0.
     """
+    path = ("/proc/thread-self/schedstat" if native_id is None
+            else f"/proc/self/task/{native_id}/schedstat")
     try:
-        with open("/proc/thread-self/schedstat", "rb") as schedstat:
-            return int(schedstat.read().split()[1]) / 1e9
+        # os.read, not open(): a buffered file object costs more than the read
+        descriptor = os.open(path, os.O_RDONLY)
+        try:
+            return int(os.read(descriptor, 128).split()[1]) / 1e9
+        finally:
+            os.close(descriptor)
     except (OSError, ValueError, IndexError):
         return 0.0
 
 
 def _replace(facts: Facts, **changes: Any) -> Facts:
-    from dataclasses import replace
-
-    return replace(facts, **changes)
+    return facts.replace(**changes)
 
 
 def _name(fn: Any) -> str:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import itertools
 import math
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Final, overload
 
 from ._units import Chunk
@@ -154,6 +154,15 @@ class Tail(Sequence[Any]):
         # Bounded (2% of the cost of x * 2): a live list iterator would run
         # on into items appended meanwhile.
         return itertools.islice(iterator, self._length)
+
+    def counted(self) -> tuple[Iterator[Any], Callable[[], int]]:
+        """Its items, and a function saying how many of them were taken so
+        far (read from the list iterator under the bound)."""
+        inner = iter(self._source)
+        inner.__setstate__(self._start)  # type: ignore[attr-defined]
+        source, start = self._source, self._start
+        return (itertools.islice(inner, self._length),
+                lambda: len(source) - inner.__length_hint__() - start)  # type: ignore[attr-defined]
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (list, (list(self),))

@@ -32,7 +32,8 @@ from ._api import map as parallel_map
 from ._api import plan
 from ._config import BUILTIN_MODES, ENVIRONMENT_VARIABLE, using
 from ._host import gil_enabled, usable_cpus
-from ._stats import Stats, monitor
+from ._recorder import monitor
+from ._stats import Stats
 from .backends import available_modes
 
 __all__ = ["main"]

@@ -19,15 +19,15 @@ can start then, and nothing would stop new workers.
 from __future__ import annotations
 
 import contextvars
-import inspect
 import math
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from types import BuiltinFunctionType, FunctionType, MethodWrapperType, WrapperDescriptorType
 from typing import Any, Final, Literal, get_args
 
 from . import _host, _pools
+from ._records import FrozenRecord
 from ._worker import inside_worker
 from .backends import available_modes, backend_options
 
@@ -78,14 +78,22 @@ ENVIRONMENT_VARIABLE: Final = "PARALLAX_MODE"
 ERROR_POLICIES: Final = ("raise", "return", "skip")
 
 
-@dataclass(frozen=True, slots=True)
-class Settings:
+class Settings(FrozenRecord):
     """What a ``using()`` block forces: the mode, the common keywords of a
     call (``common``, checked) and backend options (``options``)."""
 
+    __match_args__ = ("mode", "options", "common")  # the fields, in order
+    __slots__ = __match_args__
     mode: str
-    options: Mapping[str, Any] = field(default_factory=dict)
-    common: Mapping[str, Any] = field(default_factory=dict)
+    options: Mapping[str, Any]
+    common: Mapping[str, Any]
+
+    def __init__(self, mode: str, options: Mapping[str, Any] | None = None,
+                 common: Mapping[str, Any] | None = None) -> None:
+        _set = object.__setattr__
+        _set(self, "mode", mode)
+        _set(self, "options", {} if options is None else options)
+        _set(self, "common", {} if common is None else common)
 
 
 _forced: contextvars.ContextVar[Settings | None] = contextvars.ContextVar(
@@ -466,11 +474,32 @@ def is_coroutine_function(fn: object) -> bool:
     """True for ``async def`` functions, also behind partials and decorators."""
     target = fn
     for _ in range(8):
-        if inspect.iscoroutinefunction(target):
+        if _iscoroutinefunction(target):
             return True
         inner = getattr(target, "func", None) or getattr(target, "__wrapped__", None)
         if inner is None:  # a callable object: look at its __call__ method
             method = vars(type(target)).get("__call__")
-            return method is not None and inspect.iscoroutinefunction(method)
+            return method is not None and _iscoroutinefunction(method)
         target = inner
     return False
+
+
+#: ``inspect.CO_COROUTINE``, the code flag of an ``async def`` function
+_CO_COROUTINE: Final = 0x80
+#: C functions and slot wrappers (the ``__call__`` of a function's type): no
+#: coroutine functions, nor marked as such
+_NEVER_COROUTINES: Final = frozenset({BuiltinFunctionType, MethodWrapperType,
+                                      WrapperDescriptorType})
+
+
+def _iscoroutinefunction(obj: object) -> bool:
+    """``inspect.iscoroutinefunction``, without importing ``inspect`` (with
+    ``ast``, ``dis``, ``tokenize``: milliseconds) for the common callables:
+    plain functions and builtins."""
+    if type(obj) in _NEVER_COROUTINES:
+        return False
+    if type(obj) is FunctionType and not hasattr(obj, "_is_coroutine_marker"):
+        return bool(obj.__code__.co_flags & _CO_COROUTINE)
+    import inspect  # methods, partials, functions marked by markcoroutinefunction (3.12)
+
+    return inspect.iscoroutinefunction(obj)

@@ -20,7 +20,8 @@ from typing import Final, TextIO
 from ._api import map as parallel_map
 from ._config import using
 from ._host import gil_enabled, usable_cpus
-from ._stats import Monitor, Stats, monitor
+from ._recorder import Monitor, monitor
+from ._stats import Stats
 
 __all__ = ["CPU_ITEMS", "IO_ITEMS", "SLEEP_SECONDS", "run_demo", "sleepy", "spin"]
 

@@ -28,12 +28,19 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import Future, InvalidStateError
-from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Final
 
 from . import _host, _pools
-from ._auto import Facts, Plan, Probe, decide, probe, probe_more
+from ._auto import (
+    Facts,
+    Plan,
+    Probe,
+    decide,
+    decide_early,
+    noted_reason,
+    probe,
+    probe_more,
+)
 from ._calls import AsyncCheckedCall, AsyncStarCall, BoundCall, CheckedCall, RunCoroutine, StarCall
 from ._chunking import ChunkSizer
 from ._config import (
@@ -51,17 +58,20 @@ from ._config import (
     resolve,
 )
 from ._errors import SerializationError, describe_item
-from ._progress import Reporter, make_reporter
+from ._recorder import StatsRecorder
+from ._records import FrozenRecord
 from ._run import ErrorPolicy, RetryPolicy, Run
 from ._serialize import dumps, loads
-from ._stats import PROBE_WORKER, StatsRecorder
 from ._timeouts import flag_overruns
-from ._units import Chunk, ChunkResult, Failure, Job
+from ._units import PROBE_WORKER, Chunk, ChunkResult, Failure, Job
 from .backends import Backend, WorkerSetup
 from .backends._registry import chunk_overhead
 
 if TYPE_CHECKING:
     import asyncio
+    from concurrent.futures import Future
+
+    from ._progress import Reporter
 
 __all__ = [
     "CallOptions",
@@ -89,28 +99,70 @@ _SEQUENCES: Final = (list, tuple, range)
 # -- the checked call ---------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class CallOptions:
+class CallOptions(FrozenRecord):
     """The keywords shared by ``map``, ``imap``, ``starmap``, ``amap`` and ``@parallel``,
     checked. ``backend`` holds the rest: options for the backend that runs."""
 
-    mode: str | None = None
-    workers: int | None = None
-    chunksize: int | str = "auto"
-    ordered: bool = True
-    timeout: float | None = None
-    errors: ErrorPolicy = "raise"
-    progress: Any = False
-    initializer: Callable[..., object] | None = None
-    initargs: tuple[Any, ...] = ()
-    finalizer: Callable[..., object] | None = None
-    finalargs: tuple[Any, ...] = ()
-    retries: int = 0
-    retry_on: tuple[type[BaseException], ...] = (Exception,)
-    backoff: float = 0.0
-    max_tasks_per_worker: int | None = None
-    record_tasks: bool = True
-    backend: Mapping[str, Any] = field(default_factory=dict)
+    __match_args__ = ("mode", "workers", "chunksize", "ordered", "timeout", "errors", "progress",
+                      "initializer", "initargs", "finalizer", "finalargs", "retries", "retry_on",
+                      "backoff", "max_tasks_per_worker", "record_tasks", "backend")
+    __slots__ = __match_args__
+    mode: str | None
+    workers: int | None
+    chunksize: int | str
+    ordered: bool
+    timeout: float | None
+    errors: ErrorPolicy
+    progress: Any
+    initializer: Callable[..., object] | None
+    initargs: tuple[Any, ...]
+    finalizer: Callable[..., object] | None
+    finalargs: tuple[Any, ...]
+    retries: int
+    retry_on: tuple[type[BaseException], ...]
+    backoff: float
+    max_tasks_per_worker: int | None
+    record_tasks: bool
+    backend: Mapping[str, Any]
+
+    def __init__(
+        self,
+        mode: str | None = None,
+        workers: int | None = None,
+        chunksize: int | str = "auto",
+        ordered: bool = True,
+        timeout: float | None = None,
+        errors: ErrorPolicy = "raise",
+        progress: Any = False,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+        finalizer: Callable[..., object] | None = None,
+        finalargs: tuple[Any, ...] = (),
+        retries: int = 0,
+        retry_on: tuple[type[BaseException], ...] = (Exception,),
+        backoff: float = 0.0,
+        max_tasks_per_worker: int | None = None,
+        record_tasks: bool = True,
+        backend: Mapping[str, Any] | None = None,
+    ) -> None:
+        _set = object.__setattr__
+        _set(self, "mode", mode)
+        _set(self, "workers", workers)
+        _set(self, "chunksize", chunksize)
+        _set(self, "ordered", ordered)
+        _set(self, "timeout", timeout)
+        _set(self, "errors", errors)
+        _set(self, "progress", progress)
+        _set(self, "initializer", initializer)
+        _set(self, "initargs", initargs)
+        _set(self, "finalizer", finalizer)
+        _set(self, "finalargs", finalargs)
+        _set(self, "retries", retries)
+        _set(self, "retry_on", retry_on)
+        _set(self, "backoff", backoff)
+        _set(self, "max_tasks_per_worker", max_tasks_per_worker)
+        _set(self, "record_tasks", record_tasks)
+        _set(self, "backend", {} if backend is None else backend)
 
     @classmethod
     def from_call(cls, arguments: dict[str, Any]) -> CallOptions:
@@ -134,12 +186,12 @@ class CallOptions:
             if name in fields:
                 fields[name] = check(fields[name])
         base = base or _DEFAULTS
-        return replace(base, **fields, backend={**base.backend, **backend})
+        return base.replace(**fields, backend={**base.backend, **backend})
 
     def forced(self) -> CallOptions:
         """These options with what an active ``using()`` block forces on top."""
         forced = forced_common()
-        return replace(self, **forced) if forced else self
+        return self.replace(**forced) if forced else self
 
     @property
     def setup(self) -> WorkerSetup | None:
@@ -155,7 +207,7 @@ class CallOptions:
         return RetryPolicy(self.retries, self.retry_on, self.backoff) if self.retries else None
 
 
-_KEYWORDS: Final = frozenset(CallOptions.__dataclass_fields__) - {"backend"}
+_KEYWORDS: Final = frozenset(CallOptions.__slots__) - {"backend"}
 _DEFAULTS: Final = CallOptions()
 #: each keyword's check, in the order they are reported
 _CHECKS: Final[tuple[tuple[str, Callable[[Any], Any]], ...]] = (("mode", check_mode),
@@ -266,15 +318,17 @@ def new_run(
     on_progress: Callable[[int], None] | None = None,
     record_tasks: bool = True,
     on_finish: Callable[[Run], None] | None = None,
+    reason: Callable[[], str] | None = None,
 ) -> Run:
     """A run of ``call`` over ``iterable`` on the engine's backend, recording its stats.
 
-    Takes checked arguments: it checks nothing itself.
+    Takes checked arguments: it checks nothing itself. ``reason``: the
+    stats' reason, made when read (default: the engine's).
     """
     backend = engine.backend
     if pickle_checks():
         call = pickle_checked(call, awaits=backend.name == "asyncio")
-    recorder = StatsRecorder(backend.name, engine.reason, backend.workers, chunksize,
+    recorder = StatsRecorder(backend.name, reason or engine.reason, backend.workers, chunksize,
                              tasks=record_tasks)
     return Run(
         backend,
@@ -316,13 +370,15 @@ def collect(run: Run) -> list[Any]:
     return results
 
 
-@dataclass(slots=True)
 class Launched:
     """A started call: its run, and what to give back once it is consumed."""
 
-    run: Run
-    engine: Engine
-    reporter: Reporter | None
+    __slots__ = ("engine", "reporter", "run")
+
+    def __init__(self, run: Run, engine: Engine, reporter: Reporter | None) -> None:
+        self.run = run
+        self.engine = engine
+        self.reporter = reporter
 
     def finish(self) -> None:
         if self.reporter is not None:
@@ -376,6 +432,7 @@ def launch(
     total = length_of(iterable)
     workers = options.workers
     measured: Probe | None = None
+    noted: Callable[[], str] | None = None
     source: Iterator[Any] = iter(())
     if mode == "auto" and (options.initializer is not None or options.finalizer is not None):
         # The probe runs items in the caller, which is no worker and has not
@@ -391,9 +448,23 @@ def launch(
         source = iter(iterable)
         if not isinstance(iterable, _SEQUENCES):
             iterable = source
-        measured = probe(call, source, total=total, coroutine=coroutine)
-        chosen = decide(measured.facts, workers)
+        early = _EarlyStart(call, iterable, options, backend_options, total, workers)
+        try:
+            measured = probe(call, source, total=total, coroutine=coroutine, note_later=True,
+                             start_early=None if coroutine else early)
+        except BaseException:
+            early.abandon()
+            raise
+        if early.launched is not None:
+            early.launched.run.finish_first(
+                probed_chunk(measured, options.timeout, early.launched.run.first_chunk))
+            return early.launched
+        chosen = (measured.plan if workers is None and measured.plan is not None
+                  else decide(measured.facts, workers))
         mode, reason = chosen.mode, chosen.reason
+        if measured.unchecked is not None:
+            # The run's reason, with its pickling note, made when it is read (Stats).
+            noted = measured.noted(workers)
         workers = workers or chosen.workers
     if mode == "asyncio" and not coroutine:
         raise TypeError(
@@ -404,12 +475,28 @@ def launch(
         call = RunCoroutine(call)
     if loop is not None and mode == "asyncio":
         backend_options["loop"] = loop
+    launched = _open(mode, reason, workers, call, iterable, options, backend_options, total,
+                     noted)
+    if measured is not None and measured.items:
+        try:
+            hand_over(launched.run, measured, call, source, options.timeout)
+        except BaseException:
+            launched.run.close()
+            launched.engine.close(wait=False)
+            raise
+    return launched
+
+
+def _open(mode: str, reason: str, workers: int | None, call: Callable[[Any], Any],
+          iterable: Iterable[Any], options: CallOptions, backend_options: dict[str, Any],
+          total: int | None, noted: Callable[[], str] | None) -> Launched:
+    """The engine, progress reporter and run of a call whose mode is decided."""
     setup = options.setup
     if setup is None and "loop" in backend_options:
         setup = WorkerSetup()  # a pool bound to one event loop is no pool to share
     engine = open_engine(mode, reason, workers=workers, options=backend_options, setup=setup)
     try:
-        reporter = make_reporter(options.progress, total)
+        reporter = _reporter(options.progress, total)
         run = new_run(
             engine,
             call,
@@ -422,17 +509,72 @@ def launch(
             total=total,
             on_progress=reporter.advance if reporter else None,
             record_tasks=options.record_tasks,
+            reason=noted,
         )
-        if measured is not None and measured.items:
-            try:
-                hand_over(run, measured, call, source, options.timeout)
-            except BaseException:
-                run.close()
-                raise
     except BaseException:
         engine.close(wait=False)
         raise
     return Launched(run, engine, reporter)
+
+
+class _EarlyStart:
+    """Starts the rest of an auto call's input while the probe's first item
+    still runs in the caller and waits (called by the probe's watch, from
+    another thread; the caller is inside that item meanwhile, so nothing
+    else reads the input). Only for a thread plan: waiting work; anything
+    else waits for the probe, as before.
+    """
+
+    __slots__ = ("_backend_options", "_call", "_iterable", "_options", "_total", "_workers",
+                 "launched")
+
+    def __init__(self, call: Callable[[Any], Any], iterable: Iterable[Any],
+                 options: CallOptions, backend_options: dict[str, Any], total: int | None,
+                 workers: int | None) -> None:
+        self._call = call
+        self._iterable = iterable
+        self._options = options
+        self._backend_options = backend_options
+        self._total = total
+        self._workers = workers
+        self.launched: Launched | None = None
+
+    def __call__(self, facts: Facts, item: Any, started: float) -> bool:
+        workers = self._workers
+        chosen = decide_early(facts, workers)
+        if chosen.mode != "thread" or self._options.setup is not None:
+            return False
+        noted = noted_reason(facts, workers, (self._call, item), early=True)
+        try:
+            launched = _open("thread", chosen.reason, workers or chosen.workers, self._call,
+                             self._iterable, self._options, dict(self._backend_options),
+                             self._total, noted)
+        except Exception:
+            return False  # the caller, once its item is done, starts as usual (and says why not)
+        try:
+            launched.run.reserve_first(Chunk.fresh(0, 0, [item]), started)
+            launched.run.start()
+        except BaseException:
+            launched.run.close()
+            launched.engine.close(wait=False)
+            raise
+        self.launched = launched
+        return True
+
+    def abandon(self) -> None:
+        """The probe failed (Ctrl-C in the first item): stop what was started."""
+        if self.launched is not None:
+            self.launched.run.close()
+            self.launched.finish()
+
+
+def _reporter(progress: Any, total: int | None) -> Reporter | None:
+    """The call's progress reporter, if it asked for one (its module loads then)."""
+    if progress is False or progress is None:
+        return None
+    from ._progress import make_reporter
+
+    return make_reporter(progress, total)
 
 
 def hand_over(run: Run, measured: Probe, call: Callable[[Any], Any],
@@ -451,13 +593,15 @@ def hand_over(run: Run, measured: Probe, call: Callable[[Any], Any],
     run.preload(probed_chunk(measured, timeout))
 
 
-def probed_chunk(measured: Probe, timeout: float | None) -> ChunkResult:
-    """The auto-selector's probed items as the run's first, already finished chunk."""
+def probed_chunk(measured: Probe, timeout: float | None,
+                 chunk: Chunk | None = None) -> ChunkResult:
+    """The auto-selector's probed items as the run's first, already finished
+    chunk (``chunk``: the one the run reserved for them)."""
     outcomes = measured.outcomes
     failures = {position: outcome for position, outcome in enumerate(outcomes)
                 if isinstance(outcome, Failure)}
     values = [None if position in failures else value for position, value in enumerate(outcomes)]
-    chunk = Chunk.fresh(0, 0, measured.items)
+    chunk = chunk or Chunk.fresh(0, 0, measured.items)
     chunk.submitted = measured.started
     result = ChunkResult(
         chunk,
@@ -485,7 +629,7 @@ def plan_call(fn: Callable[..., Any], sample: Iterable[Any], workers: int | None
     measured = probe(fn, iter(sample), total=length_of(sample),
                      coroutine=is_coroutine_function(fn))
     chosen = decide(measured.facts, workers)
-    return replace(chosen, chunksize=planned_chunksize(chosen, measured.facts))
+    return chosen.replace(chunksize=planned_chunksize(chosen, measured.facts))
 
 
 def planned_chunksize(chosen: Plan, facts: Facts) -> int:
@@ -545,6 +689,8 @@ class FutureJob(Job):
             return False
 
     def _settle(self, result: ChunkResult) -> None:
+        from concurrent.futures import InvalidStateError  # loaded by the Future already
+
         future = self.future
         try:
             if result.failures:
@@ -645,6 +791,8 @@ def submit_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str,
     mode, reason, workers = resolve_without_probe(options.mode, default_mode, options.workers)
     engine = open_engine(mode, reason, workers=workers, options=merge_options(options.backend),
                          setup=options.setup, shared=True)
+    from concurrent.futures import Future
+
     future: Future[Any] = Future()
     try:
         start_future(engine.backend, BoundCall(fn, args, kwargs), options.timeout, future)

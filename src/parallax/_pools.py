@@ -12,20 +12,16 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import logging
 import math
 import os
 import sys
 import threading
 import weakref
 from collections.abc import Hashable
-from dataclasses import dataclass
 from time import monotonic
 from typing import Any
 
 from .backends import Backend, WorkerSetup, create_backend, default_workers
-
-logger = logging.getLogger("parallax")
 
 DEFAULT_IDLE_TIMEOUT = 300.0
 IDLE_TIMEOUT_VARIABLE = "PARALLAX_IDLE_TIMEOUT"
@@ -34,11 +30,15 @@ __all__ = ["acquire", "exiting", "idle_timeout", "new_backend", "reap_idle", "re
            "shutdown_pools"]
 
 
-@dataclass(slots=True)
 class _Pooled:
-    backend: Backend
-    leases: int = 0
-    last_used: float = 0.0
+    """A shared pool, with its leases and when it was last given back."""
+
+    __slots__ = ("backend", "last_used", "leases")
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.leases = 0
+        self.last_used = 0.0
 
 
 _lock = threading.Lock()
@@ -77,7 +77,7 @@ def idle_timeout() -> float:
 
 #: module-level locks of other parallax modules that a thread of the parent
 #: may hold at a fork; the child gets fresh ones (see _forget_after_fork)
-_FORK_LOCKS = (("parallax._stats", "_monitors_lock"), ("parallax.backends._registry", "_lock"),
+_FORK_LOCKS = (("parallax._recorder", "_monitors_lock"), ("parallax.backends._registry", "_lock"),
                ("parallax.backends._freethreaded", "_warn_lock"))
 
 
@@ -153,7 +153,7 @@ def _frozen(value: Any) -> Hashable:
 
 def _key(mode: str, workers: int | None, options: dict[str, Any],
          setup: WorkerSetup) -> Hashable:
-    how = tuple(_frozen(getattr(setup, name)) for name in setup.__dataclass_fields__)
+    how = tuple(_frozen(getattr(setup, name)) for name in setup.__match_args__)
     return (mode, workers, _frozen(options), how)
 
 
@@ -225,6 +225,10 @@ def reap_idle(limit: float | None = None) -> int:
             if pooled.leases == 0 and now - pooled.last_used > limit
         ]
         expired = [_pools.pop(key).backend for key in idle]
+    if expired:
+        import logging  # not on the way of a first call
+
+        logger = logging.getLogger("parallax")
     for backend in expired:
         logger.debug("parallax: shutting down idle %s pool", backend.name)
         backend.shutdown(wait=True)

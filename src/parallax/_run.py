@@ -15,17 +15,16 @@ Everything that must behave the same in every mode lives here, once:
 from __future__ import annotations
 
 import queue
-import random
 from collections.abc import Callable, Generator, Iterable, Iterator
-from concurrent.futures import CancelledError
-from dataclasses import dataclass, field
 from time import monotonic, perf_counter
 from typing import Any, Final, Literal
 
 from ._chunking import ChunkSizer, chunks
 from ._errors import ParallaxError
-from ._stats import StatsRecorder
+from ._recorder import StatsRecorder
+from ._records import FrozenRecord
 from ._units import EVERY_ITEM, SOMEWHERE, Chunk, ChunkResult, Failure, Job
+from ._worker import PER_ITEM_TIMING_THRESHOLD
 from .backends import Backend
 
 __all__ = ["ErrorPolicy", "Raised", "RetryPolicy", "Run"]
@@ -38,14 +37,24 @@ _LIVENESS_POLL: Final = 0.5
 _CANCELLED: Final = object()
 
 
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
+class RetryPolicy(FrozenRecord):
     """Which failures are run again, how often, and how long to wait between."""
 
-    retries: int = 0
-    retry_on: tuple[type[BaseException], ...] = (Exception,)
-    backoff: float = 0.0
-    max_backoff: float = 30.0
+    __match_args__ = ("retries", "retry_on", "backoff", "max_backoff")  # the fields, in order
+    __slots__ = __match_args__
+    retries: int
+    retry_on: tuple[type[BaseException], ...]
+    backoff: float
+    max_backoff: float
+
+    def __init__(self, retries: int = 0,
+                 retry_on: tuple[type[BaseException], ...] = (Exception,),
+                 backoff: float = 0.0, max_backoff: float = 30.0) -> None:
+        _set = object.__setattr__
+        _set(self, "retries", retries)
+        _set(self, "retry_on", retry_on)
+        _set(self, "backoff", backoff)
+        _set(self, "max_backoff", max_backoff)
 
     def allows(self, error: BaseException, attempt: int) -> bool:
         return attempt <= self.retries and isinstance(error, self.retry_on)
@@ -54,11 +63,12 @@ class RetryPolicy:
         """Exponential backoff with jitter, before attempt number ``attempt + 1``."""
         if self.backoff <= 0:
             return 0.0
+        import random  # only runs that back off need it
+
         base: float = min(self.max_backoff, self.backoff * 2 ** (attempt - 1))
         return base * (0.5 + random.random() / 2)
 
 
-@dataclass(slots=True)
 class _ChunkState:
     """A chunk in play: its items' outcomes so far, and how many are final.
 
@@ -70,14 +80,17 @@ class _ChunkState:
     every item is settled or dropped.
     """
 
-    chunk: Chunk
-    values: list[Any] | None = None
-    errors: dict[int, BaseException] = field(default_factory=dict)
-    attempts: dict[int, int] | None = None
-    #: items with a final outcome (they count as done in the run's progress)
-    settled: int = 0
-    #: items the run stopped wanting (after a failure under errors="raise")
-    dropped: int = 0
+    __slots__ = ("attempts", "chunk", "dropped", "errors", "settled", "values")
+
+    def __init__(self, chunk: Chunk) -> None:
+        self.chunk = chunk
+        self.values: list[Any] | None = None
+        self.errors: dict[int, BaseException] = {}
+        self.attempts: dict[int, int] | None = None
+        #: items with a final outcome (they count as done in the run's progress)
+        self.settled = 0
+        #: items the run stopped wanting (after a failure under errors="raise")
+        self.dropped = 0
 
     def settle(self, count: int = 1) -> None:
         self.settled += count
@@ -90,11 +103,15 @@ class _ChunkState:
         return self.settled + self.dropped == len(self.chunk.items)
 
 
-@dataclass(frozen=True, slots=True)
-class Raised:
+class Raised(FrozenRecord):
     """An item's exception, kept in its place (``Executor.map`` raises it there)."""
 
+    __match_args__ = ("error",)  # the fields, in order
+    __slots__ = __match_args__
     error: BaseException
+
+    def __init__(self, error: BaseException) -> None:
+        object.__setattr__(self, "error", error)
 
 
 class Run:
@@ -144,6 +161,9 @@ class Run:
         self.window = max(2, backend.chunk_slots * (2 + backend.prefetch))
         self._iterable = iterable
         self._preloaded: ChunkResult | None = None
+        #: the first chunk, still running in the caller (:meth:`reserve_first`)
+        self._reserved: Chunk | None = None
+        self._reserved_since: float | None = None
         self._source = chunks(iterable, self.sizer)
         self._on_progress = on_progress
         self._on_finish = on_finish
@@ -170,6 +190,29 @@ class Run:
             self._iterable, self.sizer, first_index=len(result.chunk.items), first_seq=1
         )
 
+    def reserve_first(self, chunk: Chunk, started: float) -> None:
+        """Make ``chunk`` the run's first, running since ``started`` (a
+        perf_counter() reading) elsewhere: in the caller, the auto probe's
+        item that showed it waits. The run goes on after its items and, in
+        order, delivers theirs once :meth:`finish_first` hands them over.
+        Only before the run starts.
+        """
+        if self._started:
+            raise RuntimeError("a run's first chunk can only be reserved before it starts")
+        self._reserved = chunk
+        self._reserved_since = started
+        self._source = chunks(self._iterable, self.sizer, first_index=len(chunk.items),
+                              first_seq=1)
+
+    @property
+    def first_chunk(self) -> Chunk | None:
+        """The reserved first chunk (:meth:`reserve_first`), if any."""
+        return self._reserved
+
+    def finish_first(self, result: ChunkResult) -> None:
+        """The outcome of the reserved first chunk (any thread)."""
+        self._inbox.put(result)
+
     # -- iteration -------------------------------------------------------------
 
     def start(self) -> None:
@@ -178,7 +221,10 @@ class Run:
             self._started = True
             if self.recorder is not None:
                 preloaded = self._preloaded
-                self.recorder.begin(preloaded.started if preloaded is not None else None)
+                self.recorder.begin(preloaded.started if preloaded is not None
+                                    else self._reserved_since)
+            if self._reserved is not None:
+                self._states[0] = _ChunkState(self._reserved)
             self._fill()
 
     def batches(self, *, all_at_once: bool = False) -> Generator[list[Any], None, None]:
@@ -193,6 +239,13 @@ class Run:
             if (all_at_once and self.backend.runs_in_caller and self._on_progress is None
                     and not self._started):
                 self.sizer.rest_at_once = True
+                item_seconds = self.sizer.item_seconds
+                job = self.job
+                # A failure raises before any value is read (map), and the
+                # items were measured tiny: see Job.all_or_nothing.
+                job.all_or_nothing = (job.stop_at_failure and job.timeout is None
+                                      and item_seconds is not None
+                                      and item_seconds < PER_ITEM_TIMING_THRESHOLD)
             self._iterator = self._drive()
         return self._iterator
 
@@ -263,7 +316,7 @@ class Run:
             if not completed:
                 self.backend.cancel(self.job, interrupt=interrupted)
             if self.recorder is not None:
-                self.recorder.end(self.items_done, chunksize=self._chunksize_used())
+                self.recorder.finish(self.items_done, chunksize=self._chunksize_used())
             if self._on_finish is not None:
                 self._on_finish(self)
 
@@ -327,6 +380,8 @@ class Run:
                     raise ParallaxError(f"the {self.backend.name} backend failed") from broken
                 continue
             if result is _CANCELLED:
+                from concurrent.futures import CancelledError  # only executors cancel runs
+
                 raise CancelledError("the run was cancelled (its executor was shut down)")
             assert isinstance(result, ChunkResult)
             return result

@@ -10,27 +10,17 @@ their records say ``estimated=True``.
 from __future__ import annotations
 
 import dataclasses
-import heapq
 import itertools
 import json
-import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from time import perf_counter, time
 from typing import Any
 
 from ._errors import describe_item
-from ._units import ChunkResult
+from ._units import PROBE_WORKER, ChunkRecord
 
-__all__ = [
-    "PROBE_WORKER", "Monitor", "Stats", "StatsRecorder", "TaskRecord", "WorkerRecord", "monitor",
-]
-
-#: the worker name of the items the auto-selector ran in the caller: no pool worker
-PROBE_WORKER = "caller (auto-selector probe)"
-
+__all__ = ["PROBE_WORKER", "Stats", "TaskRecord", "WorkerRecord", "plot_runs", "trace_runs"]
 
 @dataclass(frozen=True, slots=True)
 class TaskRecord:
@@ -66,21 +56,6 @@ class WorkerRecord:
     utilisation: float  # busy / run wall time
 
 
-@dataclass(frozen=True, slots=True)
-class _ChunkRecord:
-    submitted: float
-    start: int
-    positions: Sequence[int]
-    worker: str
-    started: float
-    finished: float
-    cpu: float
-    item_ends: list[float] | None
-    item_starts: list[float] | None
-    done: int
-    failed: frozenset[int]
-
-
 @dataclass
 class Stats:
     """The record of one run (or, for ``Executor.stats``, of several)."""
@@ -95,7 +70,7 @@ class Stats:
     wall_time: float = 0.0
     started_at: float = 0.0  # time.time() when the run began
     _origin: float = 0.0  # perf_counter() when the run began
-    _chunks: list[_ChunkRecord] = field(default_factory=list, repr=False)
+    _chunks: list[ChunkRecord] = field(default_factory=list, repr=False)
     _attempts: dict[int, int] = field(default_factory=dict, repr=False)
     #: heap of (seconds, index, tie-breaker, input) of the slowest timed items
     _slowest: list[tuple[float, int, int, Any]] = field(default_factory=list, repr=False)
@@ -169,7 +144,7 @@ class Stats:
 
     @property
     def worker_records(self) -> list[WorkerRecord]:
-        by_worker: dict[str, list[_ChunkRecord]] = {}
+        by_worker: dict[str, list[ChunkRecord]] = {}
         for chunk in self._chunks:
             by_worker.setdefault(chunk.worker, []).append(chunk)
         wall = self.wall_time or 1e-12
@@ -309,7 +284,7 @@ class Stats:
         )
 
 
-def _covered(chunks: list[_ChunkRecord]) -> float:
+def _covered(chunks: list[ChunkRecord]) -> float:
     """Seconds during which at least one of ``chunks`` ran (they may overlap:
     an asyncio loop runs several at once)."""
     total = 0.0
@@ -326,228 +301,24 @@ def _record_dict(record: TaskRecord | WorkerRecord) -> dict[str, Any]:
     return {name: getattr(record, name) for name in record.__slots__}
 
 
-_ties = itertools.count()
-
-#: chunk records a run keeps at most (about 330 bytes each): an endless
-#: ``imap`` keeps counting, but stops adding records past this
-MAX_CHUNK_RECORDS = 100_000
-
-
-class StatsRecorder:
-    """Collects one run's records while it goes; publishes a Stats at the end.
-
-    The recorder owns what it accumulates (chunk records, attempts, the
-    slowest items, counts); :meth:`end` hands them to the run's
-    :class:`Stats`, which only reads them.
-    """
-
-    def __init__(
-        self, mode: str, reason: str, workers: int, chunksize: int | str, *, tasks: bool = True
-    ) -> None:
-        self._mode = mode
-        self._reason = reason
-        self._workers = workers
-        self._chunksize = chunksize
-        self._keep_records = tasks
-        self._origin = 0.0  # perf_counter() when the run began
-        self._started_at = 0.0  # time.time() when the run began
-        self._busy = 0.0
-        self._chunks: list[_ChunkRecord] = []
-        self._truncated = False
-        self._attempts: dict[int, int] = {}
-        #: heap of (seconds, index, tie-breaker, input) of the slowest timed items
-        self._slowest: list[tuple[float, int, int, Any]] = []
-        self._failed = 0
-        self._retried = 0
-        self._lock = threading.Lock()
-        self._stats: Stats | None = None
-
-    @property
-    def stats(self) -> Stats:
-        """The run's Stats, once it ended.
-
-        Raises:
-            RuntimeError: the run has not ended yet.
-        """
-        if self._stats is None:
-            raise RuntimeError("a run's stats exist once it has ended")
-        return self._stats
-
-    def begin(self, origin: float | None = None) -> None:
-        """The run starts (or started at ``origin``, a perf_counter() reading:
-        the auto-selector's probe is part of the run)."""
-        now = perf_counter()
-        origin = now if origin is None else min(origin, now)
-        self._origin = origin
-        self._started_at = time() - (now - origin)
-
-    def add(self, result: ChunkResult) -> None:
-        done = len(result.values)
-        if not done:
-            return
-        self._busy += result.finished - result.started
-        if not self._keep_records:
-            return
-        if len(self._chunks) >= MAX_CHUNK_RECORDS:
-            self._truncated = True
-            return
-        if result.item_ends is not None:
-            self._note_slowest(result)
-        record = _ChunkRecord(
-            submitted=result.chunk.submitted,
-            start=result.chunk.start,
-            positions=result.chunk.positions,
-            worker=result.worker,
-            started=result.started,
-            finished=result.finished,
-            cpu=result.cpu,
-            item_ends=result.item_ends,
-            item_starts=result.item_starts,
-            done=done,
-            failed=frozenset(result.failures or ()),
-        )
-        self._chunks.append(record)
-
-    def _note_slowest(self, result: ChunkResult, keep: int = 5) -> None:
-        """Keep the few slowest items with a short repr of their input."""
-        ends = result.item_ends
-        assert ends is not None
-        starts = result.item_starts
-        previous = result.started
-        slowest = self._slowest
-        for offset, end in enumerate(ends):
-            begin = starts[offset] if starts is not None else previous
-            seconds = end - begin
-            previous = end
-            if len(slowest) < keep or seconds > slowest[0][0]:
-                chunk = result.chunk
-                # The input itself is kept (described only when read): a
-                # repr per candidate would cost more than the items it times.
-                entry = (seconds, chunk.index_of(offset), next(_ties),
-                         chunk.items[offset])
-                if len(slowest) < keep:
-                    heapq.heappush(slowest, entry)
-                else:
-                    heapq.heapreplace(slowest, entry)
-
-    def failed(self, index: int, error: BaseException) -> None:
-        self._failed += 1
-
-    def retried(self, index: int) -> None:
-        self._retried += 1
-        self._attempts[index] = self._attempts.get(index, 1) + 1
-
-    def end(self, items_done: int, *, chunksize: int | str | None = None) -> Stats:
-        """The run ended: its Stats, published to every active :func:`monitor`
-        the first time (a later call updates the same Stats)."""
-        with self._lock:
-            if chunksize is not None:
-                self._chunksize = chunksize
-            wall_time = perf_counter() - self._origin
-            stats = self._stats
-            if stats is None:
-                stats = self._stats = Stats(
-                    mode=self._mode,
-                    reason=self._reason,
-                    workers=self._workers,
-                    chunksize=self._chunksize,
-                    tasks=items_done,
-                    failed=self._failed,
-                    retried=self._retried,
-                    wall_time=wall_time,
-                    started_at=self._started_at,
-                    _origin=self._origin,
-                    _chunks=self._chunks,
-                    _attempts=self._attempts,
-                    _slowest=self._slowest,
-                    _busy=self._busy,
-                    records_kept=self._keep_records,
-                    records_truncated=self._truncated,
-                )
-                _publish(stats)
-            else:
-                stats.wall_time = wall_time
-                stats.tasks = items_done
-                stats.chunksize = self._chunksize
-        return stats
+def trace_runs(runs: list[Stats], path: str | Path) -> Path:
+    """Write ``runs`` as Trace Event JSON: one process per run, a track per
+    worker, all on one clock (seconds since the first run started)."""
+    origin = min((run._origin for run in runs), default=0.0)
+    events = [
+        event
+        for number, run in enumerate(runs, start=1)
+        for event in _trace_events(run, number, f"run {number}: parallax {run.mode}", origin)
+    ]
+    return _write_trace(events, path)
 
 
-# -- monitor() ----------------------------------------------------------------------
-
-_monitors: list[Monitor] = []
-_monitors_lock = threading.Lock()
-
-
-class Monitor:
-    """Collects the Stats of every run that ends while it is active (any thread)."""
-
-    def __init__(self) -> None:
-        self.runs: list[Stats] = []
-        self._lock = threading.Lock()
-
-    def _add(self, stats: Stats) -> None:
-        with self._lock:
-            self.runs.append(stats)
-
-    def _snapshot(self) -> list[Stats]:
-        with self._lock:
-            return list(self.runs)
-
-    def to_chrome_trace(self, path: str | Path) -> Path:
-        """Write every run of the block as Trace Event JSON (Perfetto,
-        chrome://tracing): one process per run, a track per worker, all on
-        one clock (seconds since the first run started)."""
-        runs = self._snapshot()
-        origin = min((run._origin for run in runs), default=0.0)
-        events = [
-            event
-            for number, run in enumerate(runs, start=1)
-            for event in _trace_events(run, number, f"run {number}: parallax {run.mode}", origin)
-        ]
-        return _write_trace(events, path)
-
-    def plot_timeline(self, path: str | Path) -> Path:
-        """Write a PNG of every run of the block on one time axis: a group of
-        rows (its workers) per run (needs matplotlib)."""
-        runs = self._snapshot()
-        tasks = sum(run.tasks for run in runs)
-        title = f"parallax: {len(runs)} run{'s' * (len(runs) != 1)}, {tasks} tasks"
-        return _plot_timeline([(f"run {number}: ", run) for number, run in
-                               enumerate(runs, start=1)], path, title)
-
-    def summary(self) -> str:
-        """A table with one line per run."""
-        lines = [
-            f"{'#':>3} {'mode':<14} {'tasks':>8} {'failed':>6} {'wall s':>9} "
-            f"{'items/s':>12} {'eff':>5}"
-        ]
-        for number, run in enumerate(self.runs, start=1):
-            lines.append(
-                f"{number:>3} {run.mode:<14} {run.tasks:>8} {run.failed:>6} "
-                f"{run.wall_time:>9.4f} {run.throughput:>12,.1f} {run.efficiency:>5.0%}"
-            )
-        return "\n".join(lines)
-
-
-def _publish(stats: Stats) -> None:
-    with _monitors_lock:
-        active = list(_monitors)
-    for active_monitor in active:
-        active_monitor._add(stats)
-
-
-@contextmanager
-def monitor() -> Iterator[Monitor]:
-    """Collect the Stats of every run inside the block: ``mon.runs``, ``mon.summary()``."""
-    collected = Monitor()
-    with _monitors_lock:
-        _monitors.append(collected)
-    try:
-        yield collected
-    finally:
-        with _monitors_lock:
-            _monitors.remove(collected)
-
+def plot_runs(runs: list[Stats], path: str | Path) -> Path:
+    """Write a PNG of ``runs`` on one time axis: a group of rows (its workers) per run."""
+    tasks = sum(run.tasks for run in runs)
+    title = f"parallax: {len(runs)} run{'s' * (len(runs) != 1)}, {tasks} tasks"
+    return _plot_timeline([(f"run {number}: ", run) for number, run in
+                           enumerate(runs, start=1)], path, title)
 
 # -- exports: trace events, the timeline picture -------------------------------------
 

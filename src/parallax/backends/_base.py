@@ -9,13 +9,12 @@ run driver (``parallax._run``) does all of that once for every backend.
 
 from __future__ import annotations
 
-import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from .._host import usable_cpus
+from .._records import FrozenRecord
 from .._units import EVERY_ITEM, Chunk, ChunkResult, Job
 from .._worker import run_finalizer
 
@@ -28,15 +27,32 @@ if TYPE_CHECKING:
 __all__ = ["Backend", "WorkerSetup", "failed_chunk", "initializer_error"]
 
 
-@dataclass(frozen=True, slots=True)
-class WorkerSetup:
+class WorkerSetup(FrozenRecord):
     """How every worker of a pool starts and when it is recycled."""
 
-    initializer: Callable[..., object] | None = None
-    initargs: tuple[Any, ...] = ()
-    max_tasks_per_worker: int | None = None
-    finalizer: Callable[..., object] | None = None
-    finalargs: tuple[Any, ...] = ()
+    __match_args__ = ("initializer", "initargs", "max_tasks_per_worker", "finalizer",
+                      "finalargs")  # the fields, in order
+    __slots__ = __match_args__
+    initializer: Callable[..., object] | None
+    initargs: tuple[Any, ...]
+    max_tasks_per_worker: int | None
+    finalizer: Callable[..., object] | None
+    finalargs: tuple[Any, ...]
+
+    def __init__(
+        self,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+        max_tasks_per_worker: int | None = None,
+        finalizer: Callable[..., object] | None = None,
+        finalargs: tuple[Any, ...] = (),
+    ) -> None:
+        _set = object.__setattr__
+        _set(self, "initializer", initializer)
+        _set(self, "initargs", initargs)
+        _set(self, "max_tasks_per_worker", max_tasks_per_worker)
+        _set(self, "finalizer", finalizer)
+        _set(self, "finalargs", finalargs)
 
     def initialize(
         self, *, in_caller: bool = False, kind: type[InitializerError] | None = None
@@ -168,6 +184,8 @@ def initializer_error(
     from .._broken import InitializerError
 
     error_class = InitializerError if kind is None else kind
+    import logging  # only a failed initializer logs
+
     logging.getLogger("concurrent.futures").critical("Exception in initializer:", exc_info=exc)
     error = error_class(
         f"the worker initializer failed with {type(exc).__name__}: {exc}; "

@@ -7,10 +7,8 @@ never imports dask. ``register_backend`` plugs in a new one.
 from __future__ import annotations
 
 import importlib
-import inspect
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from ._base import Backend, WorkerSetup
@@ -29,11 +27,17 @@ __all__ = [
 BackendFactory = Callable[..., Backend]
 
 
-@dataclass(slots=True)
 class _Entry:
-    loader: Callable[[], BackendFactory]
-    options: frozenset[str] | None  # None: accepts any keyword
-    factory: BackendFactory | None = None
+    """A registered mode: how to load its factory, the options it accepts
+    (None: any keyword), the factory once loaded."""
+
+    __slots__ = ("factory", "loader", "options")
+
+    def __init__(self, loader: Callable[[], BackendFactory], options: frozenset[str] | None,
+                 factory: BackendFactory | None = None) -> None:
+        self.loader = loader
+        self.options = options
+        self.factory = factory
 
     def load(self) -> BackendFactory:
         if self.factory is None:
@@ -49,6 +53,8 @@ _COMMON = frozenset({"workers", "setup"})
 
 
 def _options_of(factory: BackendFactory) -> frozenset[str] | None:
+    import inspect  # only plug-ins are registered by signature
+
     try:
         signature = inspect.signature(factory)
     except (TypeError, ValueError):

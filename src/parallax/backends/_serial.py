@@ -11,13 +11,15 @@ cannot interrupt the caller's own thread: an item that ran longer than
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable, Iterator
+from time import perf_counter, thread_time
 from typing import Any
 
 from .._calls import CheckedCall
 from .._mark import new_mark
 from .._serialize import round_trip
 from .._timeouts import flag_overruns
-from .._units import Chunk, Job
+from .._units import Chunk, ChunkResult, Failure, Job
 from .._worker import run_chunk, set_inside_worker, use_worker_state
 from ._base import Backend, WorkerSetup, failed_chunk
 
@@ -78,16 +80,20 @@ class SerialBackend(Backend):
             if self._broken is not None:
                 job.deliver(failed_chunk(chunk, self._broken))
                 return
-            result = run_chunk(
-                job.fn,
-                chunk,
-                self._mark,
-                [],
-                watch_time=job.timeout is not None,
-                track_position=False,
-                in_caller=True,
-                stop_at_failure=job.stop_at_failure,
-            )
+            counted = _counted(chunk.items) if job.all_or_nothing else None
+            if counted is not None:
+                result = _run_all_or_nothing(job.fn, chunk, *counted)
+            else:
+                result = run_chunk(
+                    job.fn,
+                    chunk,
+                    self._mark,
+                    [],
+                    watch_time=job.timeout is not None,
+                    track_position=False,
+                    in_caller=True,
+                    stop_at_failure=job.stop_at_failure,
+                )
         finally:
             use_worker_state(previous_state)
             set_inside_worker(previous)
@@ -114,3 +120,46 @@ class SerialBackend(Backend):
             finally:
                 use_worker_state(previous_state)
                 set_inside_worker(previous)
+
+
+def _counted(items: Any) -> tuple[Iterator[Any], Callable[[], int]] | None:
+    """The items, and how many were taken so far, for the inputs whose
+    iterator can say (the run's lists, ranges, and a list's tail, which has
+    ``counted()``: ``_chunking.Tail``); None otherwise."""
+    counted = getattr(items, "counted", None)
+    if counted is not None:
+        result: tuple[Iterator[Any], Callable[[], int]] = counted()
+        return result
+    if isinstance(items, list | range):
+        inner = iter(items)
+        total = len(items)
+        return inner, lambda: total - inner.__length_hint__()  # type: ignore[attr-defined]
+    return None
+
+
+def _run_all_or_nothing(fn: Callable[[Any], Any], chunk: Chunk, items: Iterator[Any],
+                        taken: Callable[[], int]) -> ChunkResult:
+    """A chunk of tiny items (``Job.all_or_nothing``) as one list comprehension.
+
+    On Python 3.11+ a comprehension calling a Python function runs the call
+    inside the interpreter loop; ``map`` (the worker loop's way) makes a C
+    call per item, about 10% slower on ``x * 2``: for tiny work, the whole gap
+    between parallax and a plain loop. A failure ends the comprehension and
+    its list with it: the result then holds None for the items before the
+    failing one, which the run never reads (it raises that failure, and
+    ``map`` returns nothing). Ctrl-C stops the caller, as ``run_chunk`` lets
+    it in the caller's thread.
+    """
+    started = perf_counter()
+    cpu_started = thread_time()
+    failures: dict[int, Failure] | None = None
+    try:
+        values = [fn(item) for item in items]
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:
+        position = taken() - 1  # the failing item was taken
+        values = [None] * (position + 1)
+        failures = {position: Failure.capture(exc)}
+    return ChunkResult(chunk, values, failures, started=started, finished=perf_counter(),
+                       cpu=thread_time() - cpu_started)

@@ -21,11 +21,9 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import logging
 import queue
 import threading
 import time
-from concurrent.futures import CancelledError
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
@@ -40,8 +38,6 @@ from ._exit import finish_at_exit
 
 if TYPE_CHECKING:
     from .._worker import Task
-
-logger = logging.getLogger("parallax")
 
 _pool_ids = itertools.count(1)
 
@@ -128,7 +124,10 @@ class ThreadBackend(Backend):
                 track_position=False,  # a thread cannot die under an item
             )
         except BaseException as exc:  # a bug of ours: never leave a chunk undelivered
-            logger.exception("parallax: worker thread %s failed", worker.name)
+            import logging  # only a failing worker thread logs
+
+            logging.getLogger("parallax").exception("parallax: worker thread %s failed",
+                                                    worker.name)
             recycle = True
             current = worker.current
             if current is not None and not worker.abandoned:
@@ -280,6 +279,8 @@ class ThreadBackend(Backend):
                 continue
             job, chunk = task
             if job.wants(chunk):
+                from concurrent.futures import CancelledError  # only a shutdown cancels
+
                 error = CancelledError(f"the {self.name} pool was shut down before it ran")
                 job.deliver(failed_chunk(chunk, error))
 

@@ -1,0 +1,240 @@
+"""Fixed costs of issue #17: a script's first call, tiny work, I/O auto's probe.
+
+    python benchmarks/bench_startup.py [--repeats K] [--interpreters N] [--only first,tiny,sleep]
+                                       [--src PATH]
+
+``--src``: measure the parallax of another source tree (a ``src`` directory,
+e.g. ``git archive <commit> src | tar -x -C /tmp/before`` for a "before" figure).
+
+- **first**: ``import parallax`` plus a first ``parallax.map(f, range(10))``
+  in auto mode (``f`` defined in the script, as in a script), timed inside
+  each of N fresh interpreters (median), against a first
+  ``ThreadPoolExecutor().map`` the same way; and the CPU time (getrusage) of
+  the whole interpreter over a bare ``python -c pass``. Bytecode is cached
+  (``PYTHONPYCACHEPREFIX``) and compiled by an untimed first run, as
+  ``benchmarks/run.py`` does.
+- **tiny**: ``x * 2`` over 100,000 and 1,000,000 items in one warm process:
+  auto mode against ``[double(x) for x in items]``, repeats interleaved,
+  medians; the target is >= 0.95x of the loop.
+- **sleep**: ``time.sleep(0.02)`` x 400 in auto mode against a
+  256-thread ``ThreadPoolExecutor``, each in a fresh interpreter (pool start
+  included, for both), repeats interleaved, medians; the target is <= 1.2x.
+
+Prints a markdown section (paste it into benchmarks/RESULTS.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PYCACHE = ROOT / "benchmarks" / ".results" / "pycache"
+#: the parallax source measured (``--src``)
+SOURCE = [ROOT / "src"]
+
+FIRST_PARALLAX = """
+import time
+started = time.perf_counter()
+import parallax
+
+def double(x):
+    return x * 2
+
+assert parallax.map(double, range(10)) == list(range(0, 20, 2))
+print((time.perf_counter() - started) * 1e3)
+"""
+
+FIRST_THREADS = """
+import time
+started = time.perf_counter()
+from concurrent.futures import ThreadPoolExecutor
+
+def double(x):
+    return x * 2
+
+with ThreadPoolExecutor() as pool:
+    assert list(pool.map(double, range(10))) == list(range(0, 20, 2))
+print((time.perf_counter() - started) * 1e3)
+"""
+
+SLEEP_PARALLAX = """
+import time
+import parallax
+
+# Imports done untimed, as the ThreadPoolExecutor's (the first call's
+# imports are measured above): a thread pool of another size loads them.
+parallax.map(abs, [1], mode="thread", workers=1)
+
+def nap(x):
+    time.sleep(0.02)
+    return x
+
+started = time.perf_counter()
+assert parallax.map(nap, range(400){keywords}) == list(range(400))
+print((time.perf_counter() - started) * 1e3)
+"""
+
+SLEEP_THREADS = """
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+def nap(x):
+    time.sleep(0.02)
+    return x
+
+started = time.perf_counter()
+with ThreadPoolExecutor(256) as pool:
+    assert list(pool.map(nap, range(400))) == list(range(400))
+print((time.perf_counter() - started) * 1e3)
+"""
+
+
+def _environment() -> dict[str, str]:
+    env = dict(os.environ, PYTHONPYCACHEPREFIX=str(PYCACHE))
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # a cached .pyc, as an installed package has
+    src = str(SOURCE[0])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
+    return env
+
+
+def _child(code: str) -> tuple[float, float]:
+    """(milliseconds the child printed, CPU milliseconds of the child)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out = subprocess.run([sys.executable, "-c", code], env=_environment(), check=True,
+                         capture_output=True, text=True, timeout=60).stdout
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) * 1e3
+    return float(out.split()[-1]) if out.strip() else 0.0, cpu
+
+
+def _interleaved(codes: dict[str, str], repeats: int) -> dict[str, list[tuple[float, float]]]:
+    for code in codes.values():
+        _child(code)  # compiles and caches the bytecode; untimed
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name in codes}
+    for _ in range(repeats):
+        for name, code in codes.items():
+            results[name].append(_child(code))
+    return results
+
+
+def first_call(interpreters: int) -> list[str]:
+    runs = _interleaved({"parallax": FIRST_PARALLAX, "threads": FIRST_THREADS,
+                         "bare": "print(0)"}, interpreters)
+    median = statistics.median
+    wall = {name: median(ms for ms, _ in rows) for name, rows in runs.items()}
+    cpu = {name: median(c for _, c in rows) for name, rows in runs.items()}
+    low = {name: min(ms for ms, _ in rows) for name, rows in runs.items()}
+    verdict = "met" if wall["parallax"] <= 15 else "**MISSED**"
+    return [
+        f"### first call: import + first map of 10 items, {interpreters} fresh interpreters",
+        "",
+        "| case | import + first call ms (median) | fastest ms | interpreter CPU ms over bare |",
+        "|---|---|---|---|",
+        f"| `import parallax; parallax.map(double, range(10))` (auto) | {wall['parallax']:.1f} "
+        f"| {low['parallax']:.1f} | {cpu['parallax'] - cpu['bare']:.1f} |",
+        f"| `ThreadPoolExecutor().map(double, range(10))` | {wall['threads']:.1f} "
+        f"| {low['threads']:.1f} | {cpu['threads'] - cpu['bare']:.1f} |",
+        "",
+        f"Target: <= 15 ms for parallax: {verdict}. (A bare interpreter's CPU time: "
+        f"{cpu['bare']:.1f} ms.)",
+        "",
+    ]
+
+
+def double(x: int) -> int:
+    return x * 2
+
+
+def tiny(repeats: int) -> list[str]:
+    import parallax
+
+    lines = [
+        f"### tiny: `x * 2` in auto mode against the loop, one warm process, {repeats} repeats",
+        "",
+        "| items | loop ms | parallax auto ms | loop / auto |",
+        "|---|---|---|---|",
+    ]
+    for size in (100_000, 1_000_000):
+        items = list(range(size))
+        expected = [double(x) for x in items]
+        assert parallax.map(double, items) == expected  # warm: pools, caches
+
+        def loop(items: list[int] = items) -> object:
+            return [double(x) for x in items]
+
+        def auto(items: list[int] = items) -> object:
+            return parallax.map(double, items)
+
+        times: dict[Callable[[], object], list[float]] = {loop: [], auto: []}
+        for _ in range(repeats):
+            for run in (loop, auto):
+                started = time.perf_counter()
+                run()
+                times[run].append(time.perf_counter() - started)
+        plain, ours = statistics.median(times[loop]), statistics.median(times[auto])
+        lines.append(f"| {size:,} | {plain * 1e3:.2f} | {ours * 1e3:.2f} | {plain / ours:.3f}x |")
+    lines += ["", "Target: >= 0.95x at both sizes.", ""]
+    return lines
+
+
+def sleep(repeats: int) -> list[str]:
+    runs = _interleaved({"parallax": SLEEP_PARALLAX.format(keywords=""),
+                         "parallax thread": SLEEP_PARALLAX.format(
+                             keywords=', mode="thread", workers=256'),
+                         "threads": SLEEP_THREADS}, repeats)
+    wall = {name: statistics.median(ms for ms, _ in rows) for name, rows in runs.items()}
+    share = wall["parallax"] / wall["threads"]
+    verdict = "met" if share <= 1.2 else "**MISSED**"
+    return [
+        f"### sleep: `time.sleep(0.02)` x 400, a fresh interpreter each, {repeats} repeats",
+        "",
+        "| case | ms (median; pool start included, imports not) |",
+        "|---|---|",
+        f"| parallax auto | {wall['parallax']:.1f} |",
+        f"| parallax thread (256 workers) | {wall['parallax thread']:.1f} |",
+        f"| ThreadPoolExecutor(256) | {wall['threads']:.1f} |",
+        "",
+        f"auto / ThreadPoolExecutor(256): {share:.2f}x; target <= 1.2x: {verdict}.",
+        "",
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--interpreters", type=int, default=30)
+    parser.add_argument("--only", default="first,tiny,sleep")
+    parser.add_argument("--src", type=Path, default=SOURCE[0])
+    args = parser.parse_args()
+    SOURCE[0] = args.src.resolve()
+    sys.path.insert(0, str(SOURCE[0]))  # before parallax is imported (tiny)
+    chosen = args.only.split(",")
+    load = os.getloadavg()[0]
+    lines = [
+        "## Start-up costs (issue #17): `python benchmarks/bench_startup.py`",
+        "",
+        f"- {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; Python "
+        f"{platform.python_version()}; {os.cpu_count()} CPUs; 1-minute load average "
+        f"{load:.2f} at the start; parallax from `{SOURCE[0]}`",
+        "",
+    ]
+    if "first" in chosen:
+        lines += first_call(args.interpreters)
+    if "tiny" in chosen:
+        lines += tiny(args.repeats)
+    if "sleep" in chosen:
+        lines += sleep(args.repeats)
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
