@@ -62,10 +62,12 @@ from .._protocol import (
     Task,
     decode,
     encode,
-    encode_items,
+    share_function,
+    share_items,
     unpicklable_items,
 )
 from .._serialize import dumps, dumps_function
+from .._shm import Segment
 from .._timeouts import time_left, timeout_error
 from .._units import SOMEWHERE, Chunk, ChunkResult, Job
 from .._wire import Channel
@@ -139,12 +141,14 @@ class _Queued:
     queued again (its worker retired before taking it) is never claimed twice.
     """
 
-    __slots__ = ("blob", "chunk", "claimed", "job")
+    __slots__ = ("blob", "chunk", "claimed", "job", "segment")
 
-    def __init__(self, job: Job, chunk: Chunk, blob: bytes) -> None:
+    def __init__(self, job: Job, chunk: Chunk, blob: bytes, segment: Segment | None = None) -> None:
         self.job = job
         self.chunk = chunk
         self.blob = blob
+        #: the items' large buffers, in shared memory; freed with the entry
+        self.segment = segment
         self.claimed = False
 
 
@@ -242,6 +246,9 @@ class ProcessBackend(Backend):
         self._first_loaded = threading.Event()
         #: jobs whose function goes to every idle worker before any chunk
         self._preloads: list[Job] = []
+        #: the shared-memory segment of a job's function (a bound array, say):
+        #: written once per job, every worker maps it; freed with the job
+        self._segments: weakref.WeakKeyDictionary[Job, Segment] = weakref.WeakKeyDictionary()
         self._preloading = False
         # First, before anything is held: it fails for an initializer that
         # cannot be pickled.
@@ -295,7 +302,17 @@ class ProcessBackend(Backend):
 
     def prepare(self, job: Job) -> None:
         if job.payload is None:
-            job.payload = dumps_function(job.fn)
+            payload, segment = share_function(job.fn)
+            if segment is not None:
+                with self._lock:
+                    self._segments[job] = segment
+            job.payload = payload
+
+    def _function_fds(self, job: Job) -> tuple[int, ...]:
+        """The descriptor of the job's function's segment, if it has one."""
+        with self._lock:
+            segment = self._segments.get(job)
+        return () if segment is None else (segment.fd,)
 
     def submit(self, job: Job, chunk: Chunk) -> None:
         if self._owner != os.getpid():
@@ -303,11 +320,11 @@ class ProcessBackend(Backend):
         if self._closed:
             raise RuntimeError("cannot submit to a process backend after shutdown")
         try:
-            blob = encode_items(chunk.items)
+            blob, segment = share_items(chunk.items)
         except Exception as exc:
             job.deliver(unpicklable_items(chunk, exc))
             return
-        entry = _Queued(job, chunk, blob)
+        entry = _Queued(job, chunk, blob, segment)
         with self._lock:
             # Under the lock the pool breaks under: a chunk is either failed
             # by _fail_outstanding or failed here, never neither.
@@ -527,11 +544,11 @@ class ProcessBackend(Backend):
             if worker.buried:
                 continue
             try:
-                message = worker.conn.recv_bytes()
+                message, fds = worker.conn.recv_frame()
             except (EOFError, OSError):
                 self._bury(worker)
                 continue
-            self._handle(worker, message)
+            self._handle(worker, message, fds)
         if unwatched:
             for worker in workers:
                 if worker.pidfd is None and not worker.buried and worker.popen.poll() is not None:
@@ -586,7 +603,8 @@ class ProcessBackend(Backend):
                     assert job.payload is not None  # preload() prepared it
                     worker.jobs.put(job.id, True)
                     try:
-                        worker.conn.send_bytes(encode(Preload(job.id, job.payload)))
+                        worker.conn.send_bytes(encode(Preload(job.id, job.payload)),
+                                               self._function_fds(job))
                     except OSError as exc:  # dead, or not reading: the EOF path replaces it
                         worker.kill(None, f"sending it a function failed ({exc!r})")
 
@@ -629,31 +647,48 @@ class ProcessBackend(Backend):
 
     def _send(self, worker: _Worker, entry: _Queued) -> None:
         # (the entry, not worker.busy: terminate() may clear that meanwhile)
-        job, blob = entry.job, entry.blob
+        job, blob, segment = entry.job, entry.blob, entry.segment
         function = None
+        function_fds: tuple[int, ...] = ()
         if worker.jobs.get(job.id) is None:  # (a hit makes it the newest, as in the worker)
             function = job.payload
+            function_fds = self._function_fds(job)
             worker.jobs.put(job.id, True)
         try:
             worker.conn.send_bytes(
-                encode(Task(job.id, function, job.timeout is not None, job.stop_at_failure))
+                encode(Task(job.id, function, job.timeout is not None, job.stop_at_failure)),
+                function_fds,
             )
-            worker.conn.send_bytes(blob)
+            worker.conn.send_bytes(blob, () if segment is None else (segment.fd,))
         except OSError as exc:  # dead, or not reading: the EOF path reports the chunk
             worker.kill(None, f"sending it a chunk failed ({exc!r})")
 
-    def _handle(self, worker: _Worker, frame: bytes | bytearray) -> None:
-        message = decode(frame, Message)
-        if isinstance(message, Result):
-            busy = worker.busy
-            worker.busy = None
-            if busy is None:
+    def _handle(self, worker: _Worker, frame: bytes | bytearray, fds: list[int]) -> None:
+        """Act on a worker's message; ``fds`` came with it (a result's shared
+        memory) and are closed here, whatever happens."""
+        fd = fds.pop() if fds else -1
+        try:
+            for extra in fds:
+                os.close(extra)
+            message = decode(frame, Message)
+            if isinstance(message, Result):
+                busy = worker.busy
+                worker.busy = None
+                if busy is None:
+                    return
+                # Hand the worker its next chunk before decoding this one, so it
+                # computes while the caller's side unpickles.
+                self._dispatch()
+                handed, fd = fd, -1  # to_chunk_result closes it
+                self._deliver(busy, message.to_chunk_result(busy.chunk, worker.name, fd=handed))
                 return
-            # Hand the worker its next chunk before decoding this one, so it
-            # computes while the caller's side unpickles.
-            self._dispatch()
-            self._deliver(busy, message.to_chunk_result(busy.chunk, worker.name))
-        elif isinstance(message, Ready):
+            self._handle_signal(worker, message)
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
+    def _handle_signal(self, worker: _Worker, message: Message) -> None:
+        if isinstance(message, Ready):
             worker.ready = True
             self._first_ready.set()
         elif isinstance(message, Loaded):
@@ -752,10 +787,10 @@ class ProcessBackend(Backend):
             os.set_blocking(worker.conn.fileno(), False)
         while True:
             try:
-                frame = worker.conn.recv_bytes()
+                frame, fds = worker.conn.recv_frame()
             except (EOFError, OSError):  # (BlockingIOError: nothing more, or half a frame)
                 return
-            self._handle(worker, frame)
+            self._handle(worker, frame, fds)
 
     def _death_error(
         self, worker: _Worker, chunk: Chunk, position: int, exitcode: int | None,

@@ -1,0 +1,257 @@
+"""Large buffers through shared memory: pickle protocol 5, out-of-band, in a memfd.
+
+What a process worker and its pool send each other (a chunk's items, its
+values, a job's function) is pickled with protocol 5 and a
+``buffer_callback``: every buffer the pickler hands out of band (numpy arrays
+and what is built on them, such as pandas frames; Arrow arrays;
+``pickle.PickleBuffer`` itself) of at least :data:`THRESHOLD` bytes is copied
+into one anonymous memory file (``os.memfd_create``) instead of the pickle
+stream. The file travels as a descriptor beside its frame (``SCM_RIGHTS``, in
+``_wire``); the receiver maps it copy-on-write (``mmap.ACCESS_COPY``) and
+unpickles the buffers straight from the mapping: no copy on that side, and an
+array whose function writes into it changes its own private pages only.
+
+Lifetime: a memfd has no name anywhere (nothing in ``/dev/shm``); the kernel
+frees it once the last descriptor and the last mapping are gone, whichever
+side dies, however. The sender closes its descriptor when the message is no
+longer needed (:class:`Segment`); the receiver closes its own right after
+mapping, and the mapping goes with the last object using it (an array keeps
+it alive through its ``base``).
+
+Where there is no ``memfd_create`` (macOS, Windows) every buffer stays in the
+pickle stream, as before: a documented platform difference
+(docs/large-data.md).
+
+Worker-light: a process worker imports this module.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import pickle
+import struct
+import sys
+
+from ._serialize import PROTOCOL
+
+TYPE_CHECKING = False  # not typing's: workers do not import typing
+if TYPE_CHECKING:
+    from typing import Any, Final
+
+__all__ = [
+    "ALIGNMENT",
+    "AVAILABLE",
+    "THRESHOLD",
+    "Segment",
+    "dumps",
+    "loads",
+    "measure",
+]
+
+#: out-of-band buffers of at least this many bytes go through shared memory;
+#: smaller ones stay in the pickle stream (a memfd, its pages and a mapping
+#: cost more than the socket for small sizes; see docs/large-data.md)
+THRESHOLD: Final = 1 << 20
+#: each buffer starts at a multiple of this in its segment (SIMD-friendly
+#: for the arrays mapped on it; the mapping itself is page-aligned)
+ALIGNMENT: Final = 64
+#: this platform has anonymous memory files (Linux); elsewhere all in-band
+AVAILABLE: Final = sys.platform.startswith("linux") and hasattr(os, "memfd_create")
+
+#: the first byte of a blob whose buffers are in a segment (a plain pickle
+#: of protocol 2 and over starts with the PROTO opcode, 0x80)
+_SHARED_TAG = b"S"
+_COUNT = struct.Struct("!I")
+_SIZE = struct.Struct("!Q")
+#: mmap's ``trackfd=False`` (3.13+): the mapping does not hold a descriptor
+_MAP_OPTIONS: dict[str, Any] = {"trackfd": False} if sys.version_info >= (3, 13) else {}
+
+
+class Segment:
+    """The sender's descriptor of a memfd holding a message's buffers.
+
+    Closed by :meth:`close`, or when dropped: a message queued and then
+    abandoned (its run cancelled, its pool broken) frees its memory with it.
+    """
+
+    __slots__ = ("fd", "size")
+
+    def __init__(self, fd: int, size: int) -> None:
+        self.fd = fd
+        #: bytes of buffers it holds
+        self.size = size
+
+    def close(self) -> None:
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    def __del__(self) -> None:
+        try:  # noqa: SIM105 (no contextlib: at interpreter exit, modules may be gone)
+            self.close()
+        except Exception:
+            pass
+
+    def __repr__(self) -> str:
+        return f"Segment(fd={self.fd}, size={self.size})"
+
+
+def _cloudpickle() -> Any:
+    # Imported on first use, as _serialize does: a worker that only returns
+    # plain values never loads it.
+    import cloudpickle
+
+    return cloudpickle
+
+
+def _pickle(obj: Any, by_value: bool, callback: Any) -> bytes:
+    """``obj`` pickled with ``callback`` as its buffer callback: by value
+    (cloudpickle) or plain first, cloudpickle if the plain pickler refuses."""
+    if not by_value:
+        try:
+            return pickle.dumps(obj, protocol=PROTOCOL, buffer_callback=callback)
+        except Exception:  # (a lambda, a class of the caller's __main__ ...): by value
+            if callback is not None:
+                callback.reset()  # what it kept of the refused attempt
+    data: bytes = _cloudpickle().dumps(obj, protocol=PROTOCOL, buffer_callback=callback)
+    return data
+
+
+class _Collector:
+    """The buffer callback: keeps the large contiguous buffers out of band."""
+
+    __slots__ = ("buffers", "threshold")
+
+    def __init__(self, threshold: int) -> None:
+        self.threshold = threshold
+        self.buffers: list[memoryview] = []
+
+    def __call__(self, buffer: pickle.PickleBuffer) -> bool:
+        """True: pickle ``buffer`` in-band; False: it is out of band, kept here."""
+        try:
+            raw = buffer.raw()
+        except BufferError:  # not contiguous: the pickle stream copies it
+            return True
+        if raw.nbytes < self.threshold:
+            raw.release()
+            return True
+        self.buffers.append(raw)
+        return False
+
+    def reset(self) -> None:
+        for raw in self.buffers:
+            raw.release()
+        self.buffers = []
+
+
+def _offsets(sizes: list[int]) -> tuple[list[int], int]:
+    """Where each buffer starts in its segment, and the segment's size."""
+    offsets = []
+    end = 0
+    for size in sizes:
+        start = -(-end // ALIGNMENT) * ALIGNMENT
+        offsets.append(start)
+        end = start + size
+    return offsets, end
+
+
+def _write(buffers: list[memoryview]) -> Segment:
+    """A new memfd holding ``buffers``, at their offsets."""
+    offsets, total = _offsets([raw.nbytes for raw in buffers])
+    fd = os.memfd_create("parallax", os.MFD_CLOEXEC)
+    segment = Segment(fd, total)  # closes fd should a write fail
+    os.ftruncate(fd, total)
+    for raw, offset in zip(buffers, offsets, strict=True):
+        done = 0
+        while done < raw.nbytes:
+            done += os.pwrite(fd, raw[done:], offset + done)
+    return segment
+
+
+def dumps(obj: Any, by_value: bool, threshold: int = THRESHOLD) -> tuple[bytes, Segment | None]:
+    """``obj`` pickled for another process, its large buffers in a segment.
+
+    ``by_value``: pickle with cloudpickle (what the caller sends); otherwise
+    with the standard pickler first (what a worker sends home). Returns the
+    blob for the frame and the segment to send beside it, or None when every
+    buffer stayed in-band (then the blob is a plain pickle).
+
+    Raises:
+        Exception: ``obj`` does not pickle (what the pickler raised).
+    """
+    if not AVAILABLE:
+        return _pickle(obj, by_value, None), None
+    collector = _Collector(threshold)
+    try:
+        try:
+            data = _pickle(obj, by_value, collector)
+        except BaseException:
+            collector.reset()
+            raise
+        if not collector.buffers:
+            return data, None
+        try:
+            segment = _write(collector.buffers)
+        except OSError:
+            # No shared memory to be had now (out of descriptors, of memory):
+            # this message travels in-band, through the socket, as off Linux.
+            collector.reset()
+            return _pickle(obj, by_value, None), None
+        sizes = [raw.nbytes for raw in collector.buffers]
+    finally:
+        collector.reset()
+    header = b"".join([_SHARED_TAG, _COUNT.pack(len(sizes)), *map(_SIZE.pack, sizes)])
+    return header + data, segment
+
+
+def loads(blob: bytes | bytearray, fd: int = -1) -> Any:
+    """Unpickle a blob of :func:`dumps`; ``fd`` is the segment's descriptor that
+    came with it (-1: none), owned from now on: always closed here.
+
+    Raises:
+        ValueError: a blob that names buffers came without a segment.
+        Exception: what unpickling raised.
+    """
+    try:
+        if blob[:1] != _SHARED_TAG:
+            return pickle.loads(blob)
+        if fd < 0:
+            raise ValueError("a message with out-of-band buffers came without its segment")
+        view = memoryview(blob)
+        (count,) = _COUNT.unpack_from(view, 1)
+        start = 1 + _COUNT.size
+        sizes = [_SIZE.unpack_from(view, start + _SIZE.size * index)[0]
+                 for index in range(count)]
+        data = view[start + _SIZE.size * count :]
+        offsets, total = _offsets(sizes)
+        # Copy-on-write: a function writing into its argument changes its own
+        # pages; the mapping lives as long as the objects built on it.
+        mapping = mmap.mmap(fd, total, access=mmap.ACCESS_COPY, **_MAP_OPTIONS)
+    finally:
+        if fd >= 0:
+            os.close(fd)
+    whole = memoryview(mapping)
+    buffers = [whole[offset : offset + size] for offset, size in zip(offsets, sizes, strict=True)]
+    whole.release()  # (the slices keep the mapping alive, not this view)
+    return pickle.loads(data, buffers=buffers)
+
+
+def measure(obj: Any, by_value: bool = True, threshold: int = THRESHOLD) -> tuple[int, int]:
+    """How many bytes ``obj`` would ship: ``(through the socket, through shared
+    memory)``. Cheap: the shared buffers are counted, not copied.
+
+    Off Linux everything goes through the socket, so the second is 0.
+
+    Raises:
+        Exception: ``obj`` does not pickle.
+    """
+    if not AVAILABLE:
+        return len(_pickle(obj, by_value, None)), 0
+    collector = _Collector(threshold)
+    try:
+        data = _pickle(obj, by_value, collector)
+        shared = sum(raw.nbytes for raw in collector.buffers)
+    finally:
+        collector.reset()
+    return len(data), shared
