@@ -43,6 +43,7 @@ from ._protocol import (
     encode,
 )
 from ._serialize import loads
+from ._shm import take_released
 from ._units import Chunk, ChunkResult, Failure
 from ._wire import Channel
 from ._worker import STOP, mark_process_as_worker, run_finalizer, worker_loop
@@ -207,7 +208,7 @@ def main() -> None:
     max_memory = hello.max_memory
 
     def report(result: ChunkResult, _tag: Any) -> None:
-        message, segment = Result.shared(result)
+        message, segment = Result.shared(result, take_released())
         if segment is None:
             conn.send_bytes(encode(message))
             return

@@ -58,7 +58,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from typing import Any, Final, TypeVar
 
-    from ._shm import Segment
+    from ._shm import Recycler, Segment
 
     M = TypeVar("M", bound="Message")
 
@@ -345,24 +345,27 @@ class Result(Message):
     (``perf_counter()`` readings of the worker).
 
     ``values`` is the values' payload (:func:`encode_values`); ``failures``
-    the captured exceptions by position in the chunk, or None.
+    the captured exceptions by position in the chunk, or None; ``released``
+    the keys of the caller's shared-memory segments this worker no longer
+    maps (``_shm.take_released``), for the caller to write into again.
     """
 
-    __slots__ = ("cpu", "failures", "finished", "item_ends", "started", "values")
+    __slots__ = ("cpu", "failures", "finished", "item_ends", "released", "started", "values")
 
     def __init__(self, values: bytes, failures: dict[int, PickledFailure] | None,
                  started: float, finished: float, cpu: float,
-                 item_ends: list[float] | None) -> None:
+                 item_ends: list[float] | None, released: list[int] | None = None) -> None:
         self.values = values
         self.failures = failures
         self.started = started
         self.finished = finished
         self.cpu = cpu
         self.item_ends = item_ends
+        self.released = released
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (Result, (self.values, self.failures, self.started, self.finished, self.cpu,
-                         self.item_ends))
+                         self.item_ends, self.released))
 
     @classmethod
     def of(cls, result: ChunkResult) -> Result:
@@ -371,11 +374,14 @@ class Result(Message):
         return cls._with(result, values, failures)
 
     @classmethod
-    def shared(cls, result: ChunkResult) -> tuple[Result, Segment | None]:
+    def shared(cls, result: ChunkResult,
+               released: list[int] | None = None) -> tuple[Result, Segment | None]:
         """The message of a chunk's result, its large buffers in a segment to send
-        beside it (in a process worker)."""
+        beside it (in a process worker); ``released``: see the class."""
         values, failures, segment = share_values(result.values, result.failures)
-        return cls._with(result, values, failures), segment
+        message = cls._with(result, values, failures)
+        message.released = released or None
+        return message, segment
 
     @classmethod
     def _with(cls, result: ChunkResult, values: bytes, failures: dict[int, Failure]) -> Result:
@@ -468,14 +474,15 @@ def unpicklable_items(chunk: Chunk, exc: BaseException) -> ChunkResult:
     )
 
 
-def share_items(items: Sequence[Any]) -> tuple[bytes, Segment | None]:
+def share_items(items: Sequence[Any],
+                recycler: Recycler | None = None) -> tuple[bytes, Segment | None]:
     """:func:`encode_items`, the large buffers in a segment to send beside the
-    blob (None: all in the blob).
+    blob (None: all in the blob), taken from ``recycler`` if given.
 
     Raises:
         Exception: an item does not pickle; :func:`unpicklable_items` says which.
     """
-    return _shm.dumps(items, by_value=True)
+    return _shm.dumps(items, by_value=True, recycler=recycler)
 
 
 def share_function(fn: Any) -> tuple[bytes, Segment | None]:

@@ -18,6 +18,14 @@ longer needed (:class:`Segment`); the receiver closes its own right after
 mapping, and the mapping goes with the last object using it (an array keeps
 it alive through its ``base``).
 
+Recycling (a chunk's items, caller -> worker): a fresh memfd costs its pages
+(allocated and zeroed by the kernel: most of the price of sending an array),
+so the pool writes the next chunks into segments its workers let go of.
+Such a segment carries a key; the worker watches its mapping and reports
+the key once the mapping is gone (:func:`take_released`: no object of the
+worker can see the memory any more), and only then may the caller
+(:class:`Recycler`) write into it again.
+
 Where there is no ``memfd_create`` (macOS, Windows) every buffer stays in the
 pickle stream, as before: a documented platform difference
 (docs/large-data.md).
@@ -43,10 +51,12 @@ __all__ = [
     "ALIGNMENT",
     "AVAILABLE",
     "THRESHOLD",
+    "Recycler",
     "Segment",
     "dumps",
     "loads",
     "measure",
+    "take_released",
 ]
 
 #: out-of-band buffers of at least this many bytes go through shared memory;
@@ -62,10 +72,15 @@ AVAILABLE: Final = sys.platform.startswith("linux") and hasattr(os, "memfd_creat
 #: the first byte of a blob whose buffers are in a segment (a plain pickle
 #: of protocol 2 and over starts with the PROTO opcode, 0x80)
 _SHARED_TAG = b"S"
+_KEY = struct.Struct("!Q")
 _COUNT = struct.Struct("!I")
 _SIZE = struct.Struct("!Q")
 #: mmap's ``trackfd=False`` (3.13+): the mapping does not hold a descriptor
 _MAP_OPTIONS: dict[str, Any] = {"trackfd": False} if sys.version_info >= (3, 13) else {}
+
+
+#: the keys of recyclable segments (0: not recyclable)
+_keys = iter(range(1, 1 << 63))
 
 
 class Segment:
@@ -75,12 +90,14 @@ class Segment:
     abandoned (its run cancelled, its pool broken) frees its memory with it.
     """
 
-    __slots__ = ("fd", "size")
+    __slots__ = ("fd", "key", "size")
 
-    def __init__(self, fd: int, size: int) -> None:
+    def __init__(self, fd: int, size: int, key: int = 0) -> None:
         self.fd = fd
-        #: bytes of buffers it holds
+        #: the file's size in bytes (a recycled one may hold less)
         self.size = size
+        #: names it to its receiver, which reports it released (0: never)
+        self.key = key
 
     def close(self) -> None:
         fd, self.fd = self.fd, -1
@@ -94,7 +111,60 @@ class Segment:
             pass
 
     def __repr__(self) -> str:
-        return f"Segment(fd={self.fd}, size={self.size})"
+        return f"Segment(fd={self.fd}, size={self.size}, key={self.key})"
+
+
+def _new_segment(size: int, key: int = 0) -> Segment:
+    segment = Segment(os.memfd_create("parallax", os.MFD_CLOEXEC), size, key)
+    os.ftruncate(segment.fd, size)  # (the segment closes its fd should this fail)
+    return segment
+
+
+class Recycler:
+    """The sender's segments that their receivers let go of, to write again.
+
+    A segment written once has its pages: writing into it again costs a
+    copy, a fresh one the kernel's page allocation besides (several times
+    the copy). Keeps at most ``keep`` segments and ``keep_bytes`` bytes;
+    thread-safe.
+    """
+
+    __slots__ = ("_free", "_keep", "_keep_bytes", "_lock")
+
+    def __init__(self, keep: int, keep_bytes: int) -> None:
+        import threading  # (the caller's side only)
+
+        self._free: list[Segment] = []
+        self._keep = keep
+        self._keep_bytes = keep_bytes
+        self._lock = threading.Lock()
+
+    def take(self, size: int) -> Segment:
+        """A segment of at least ``size`` bytes: a free one that fits best, else a new one."""
+        with self._lock:
+            fitting = [segment for segment in self._free if size <= segment.size <= 4 * size]
+            if fitting:
+                best = min(fitting, key=lambda segment: segment.size)
+                self._free.remove(best)
+                return best
+        return _new_segment(size, next(_keys))
+
+    def give(self, segment: Segment) -> None:
+        """``segment``'s receiver let go of it: keep it for a next message, or close it."""
+        with self._lock:
+            if segment.fd >= 0 and segment.size <= self._keep_bytes:
+                self._free.append(segment)
+                while (len(self._free) > self._keep
+                       or sum(kept.size for kept in self._free) > self._keep_bytes):
+                    self._free.pop(0).close()  # the oldest
+                return
+        segment.close()
+
+    def close(self) -> None:
+        with self._lock:
+            free, self._free = self._free, []
+        for segment in free:
+            segment.close()
 
 
 def _cloudpickle() -> Any:
@@ -156,26 +226,27 @@ def _offsets(sizes: list[int]) -> tuple[list[int], int]:
     return offsets, end
 
 
-def _write(buffers: list[memoryview]) -> Segment:
-    """A new memfd holding ``buffers``, at their offsets."""
+def _write(buffers: list[memoryview], recycler: Recycler | None) -> Segment:
+    """A segment holding ``buffers`` at their offsets: a recycled one, or a new memfd."""
     offsets, total = _offsets([raw.nbytes for raw in buffers])
-    fd = os.memfd_create("parallax", os.MFD_CLOEXEC)
-    segment = Segment(fd, total)  # closes fd should a write fail
-    os.ftruncate(fd, total)
+    segment = _new_segment(total) if recycler is None else recycler.take(total)
     for raw, offset in zip(buffers, offsets, strict=True):
         done = 0
         while done < raw.nbytes:
-            done += os.pwrite(fd, raw[done:], offset + done)
+            done += os.pwrite(segment.fd, raw[done:], offset + done)
     return segment
 
 
-def dumps(obj: Any, by_value: bool, threshold: int = THRESHOLD) -> tuple[bytes, Segment | None]:
+def dumps(obj: Any, by_value: bool, threshold: int = THRESHOLD,
+          recycler: Recycler | None = None) -> tuple[bytes, Segment | None]:
     """``obj`` pickled for another process, its large buffers in a segment.
 
     ``by_value``: pickle with cloudpickle (what the caller sends); otherwise
     with the standard pickler first (what a worker sends home). Returns the
     blob for the frame and the segment to send beside it, or None when every
-    buffer stayed in-band (then the blob is a plain pickle).
+    buffer stayed in-band (then the blob is a plain pickle). With a
+    ``recycler`` the segment comes from it and its receiver reports it
+    released (:func:`take_released`), to go back to the recycler.
 
     Raises:
         Exception: ``obj`` does not pickle (what the pickler raised).
@@ -192,7 +263,7 @@ def dumps(obj: Any, by_value: bool, threshold: int = THRESHOLD) -> tuple[bytes, 
         if not collector.buffers:
             return data, None
         try:
-            segment = _write(collector.buffers)
+            segment = _write(collector.buffers, recycler)
         except OSError:
             # No shared memory to be had now (out of descriptors, of memory):
             # this message travels in-band, through the socket, as off Linux.
@@ -201,7 +272,8 @@ def dumps(obj: Any, by_value: bool, threshold: int = THRESHOLD) -> tuple[bytes, 
         sizes = [raw.nbytes for raw in collector.buffers]
     finally:
         collector.reset()
-    header = b"".join([_SHARED_TAG, _COUNT.pack(len(sizes)), *map(_SIZE.pack, sizes)])
+    header = b"".join([_SHARED_TAG, _KEY.pack(segment.key), _COUNT.pack(len(sizes)),
+                       *map(_SIZE.pack, sizes)])
     return header + data, segment
 
 
@@ -219,8 +291,9 @@ def loads(blob: bytes | bytearray, fd: int = -1) -> Any:
         if fd < 0:
             raise ValueError("a message with out-of-band buffers came without its segment")
         view = memoryview(blob)
-        (count,) = _COUNT.unpack_from(view, 1)
-        start = 1 + _COUNT.size
+        (key,) = _KEY.unpack_from(view, 1)
+        (count,) = _COUNT.unpack_from(view, 1 + _KEY.size)
+        start = 1 + _KEY.size + _COUNT.size
         sizes = [_SIZE.unpack_from(view, start + _SIZE.size * index)[0]
                  for index in range(count)]
         data = view[start + _SIZE.size * count :]
@@ -231,10 +304,38 @@ def loads(blob: bytes | bytearray, fd: int = -1) -> Any:
     finally:
         if fd >= 0:
             os.close(fd)
+    if key:
+        _watch(mapping, key)
     whole = memoryview(mapping)
     buffers = [whole[offset : offset + size] for offset, size in zip(offsets, sizes, strict=True)]
     whole.release()  # (the slices keep the mapping alive, not this view)
     return pickle.loads(data, buffers=buffers)
+
+
+#: the keys of the mappings gone since the last take_released(), and the
+#: weak references watching the others
+_released: list[int] = []
+_watched: dict[int, Any] = {}
+
+
+def _watch(mapping: mmap.mmap, key: int) -> None:
+    """Report ``key`` released once ``mapping`` is gone (unmapped with its last user)."""
+    import weakref  # (only once a recyclable segment came: not at a worker's start)
+
+    def gone(_: Any, key: int = key) -> None:
+        _watched.pop(key, None)
+        _released.append(key)
+
+    _watched[key] = weakref.ref(mapping, gone)
+
+
+def take_released() -> list[int]:
+    """The keys of the recyclable segments whose mappings are gone since the last call."""
+    if not _released:
+        return []
+    taken = _released[:]
+    del _released[: len(taken)]
+    return taken
 
 
 def measure(obj: Any, by_value: bool = True, threshold: int = THRESHOLD) -> tuple[int, int]:

@@ -67,7 +67,7 @@ from .._protocol import (
     unpicklable_items,
 )
 from .._serialize import dumps, dumps_function
-from .._shm import Segment
+from .._shm import Recycler, Segment
 from .._timeouts import time_left, timeout_error
 from .._units import SOMEWHERE, Chunk, ChunkResult, Job
 from .._wire import Channel
@@ -94,6 +94,15 @@ BLAS_THREAD_VARIABLES = (
 #: a worker that dies this many times in a row before saying "ready" means
 #: workers cannot start at all; stop instead of respawning forever
 STARTUP_FAILURE_LIMIT = 3
+
+#: recycled shared-memory segments a pool keeps per worker, and in all at most
+#: this many bytes (memory the kernel would otherwise allocate again, page
+#: by page, for the next chunks' arrays)
+RECYCLED_PER_WORKER = 4
+RECYCLED_BYTES = 256 * 2**20
+#: segments a worker may hold without reporting them released (its function
+#: keeps its arguments): past this many, the oldest are no longer recycled
+LENT_LIMIT = 8
 
 #: how often (seconds) the manager looks whether a worker it cannot watch
 #: through a process descriptor (no ``os.pidfd_open``) has exited
@@ -160,6 +169,7 @@ class _Worker:
         "jobs",
         "kill_reason",
         "killed_because",
+        "lent",
         "mark",
         "name",
         "pidfd",
@@ -189,6 +199,16 @@ class _Worker:
         #: process it forked) keeps its socket open; None where unsupported
         self.pidfd = _open_pidfd(popen.pid)
         self.buried = False
+        #: the recyclable segments of chunks it ran, by key, until it reports
+        #: them released (oldest first)
+        self.lent: dict[int, Segment] = {}
+
+    def forget_lent(self) -> None:
+        """Close what it was lent: a dead worker reports nothing any more (and
+        a process it forked may still map them)."""
+        lent, self.lent = self.lent, {}
+        for segment in lent.values():
+            segment.close()
 
     def kill(self, reason: BaseException | None, because: str,
              how: signal.Signals = signal.SIGKILL) -> None:
@@ -249,6 +269,8 @@ class ProcessBackend(Backend):
         #: the shared-memory segment of a job's function (a bound array, say):
         #: written once per job, every worker maps it; freed with the job
         self._segments: weakref.WeakKeyDictionary[Job, Segment] = weakref.WeakKeyDictionary()
+        #: the items' segments that workers let go of, written again
+        self._recycler = Recycler(RECYCLED_PER_WORKER * self.workers, RECYCLED_BYTES)
         self._preloading = False
         # First, before anything is held: it fails for an initializer that
         # cannot be pickled.
@@ -320,7 +342,7 @@ class ProcessBackend(Backend):
         if self._closed:
             raise RuntimeError("cannot submit to a process backend after shutdown")
         try:
-            blob, segment = share_items(chunk.items)
+            blob, segment = share_items(chunk.items, self._recycler)
         except Exception as exc:
             job.deliver(unpicklable_items(chunk, exc))
             return
@@ -394,6 +416,7 @@ class ProcessBackend(Backend):
                     os.close(worker.pidfd)
             with contextlib.suppress(BufferError, ValueError):
                 worker.mark.release()
+            worker.forget_lent()
         self._release_resources()
 
     def terminate(self, kill: bool = False) -> None:
@@ -674,6 +697,13 @@ class ProcessBackend(Backend):
             if isinstance(message, Result):
                 busy = worker.busy
                 worker.busy = None
+                if busy is not None and busy.segment is not None:
+                    self._lend(worker, busy.segment)
+                    busy.segment = None
+                for key in message.released or ():
+                    released = worker.lent.pop(key, None)
+                    if released is not None:
+                        self._recycler.give(released)
                 if busy is None:
                     return
                 # Hand the worker its next chunk before decoding this one, so it
@@ -686,6 +716,17 @@ class ProcessBackend(Backend):
         finally:
             if fd >= 0:
                 os.close(fd)
+
+    def _lend(self, worker: _Worker, segment: Segment) -> None:
+        """``worker`` ran a chunk whose items were in ``segment``: it may still
+        map it, until it says otherwise (or dies)."""
+        if not segment.key:
+            segment.close()
+            return
+        worker.lent[segment.key] = segment
+        while len(worker.lent) > LENT_LIMIT:  # its function keeps its arguments
+            oldest = next(iter(worker.lent))
+            worker.lent.pop(oldest).close()  # the kernel frees it once unmapped
 
     def _handle_signal(self, worker: _Worker, message: Message) -> None:
         if isinstance(message, Ready):
@@ -731,6 +772,7 @@ class ProcessBackend(Backend):
             worker.kill(None, "it closed its connection but did not exit")
             exitcode = worker.popen.wait()
         worker.conn.close()
+        worker.forget_lent()
         if worker.pidfd is not None:
             os.close(worker.pidfd)
             worker.pidfd = None
@@ -879,6 +921,7 @@ class ProcessBackend(Backend):
                 worker.kill(None, "it did not stop within 10 s of the pool's shutdown")
                 worker.popen.wait()
             worker.conn.close()
+            worker.forget_lent()
             worker.mark.release()
             if worker.pidfd is not None:
                 os.close(worker.pidfd)
@@ -892,6 +935,7 @@ class ProcessBackend(Backend):
         with contextlib.suppress(BufferError):
             self._marks_map.close()  # else the map goes with its last view
         self._marks_file.close()
+        self._recycler.close()
         fds = (self._wake_r, self._wake_w)
         self._wake_r = self._wake_w = -1
         for fd in fds:
