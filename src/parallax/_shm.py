@@ -75,8 +75,11 @@ _SHARED_TAG = b"S"
 _KEY = struct.Struct("!Q")
 _COUNT = struct.Struct("!I")
 _SIZE = struct.Struct("!Q")
-#: mmap's ``trackfd=False`` (3.13+): the mapping does not hold a descriptor
-_MAP_OPTIONS: dict[str, Any] = {"trackfd": False} if sys.version_info >= (3, 13) else {}
+# mmap's ``trackfd=False`` (3.13+): the mapping holds no descriptor. Before
+# it, ``mmap.mmap`` keeps a duplicate open for as long as the mapping lives:
+# a caller keeping a thousand result arrays would hold a thousand
+# descriptors (and run out of them), so there the mapping is made with
+# ctypes instead (:func:`_map_private`).
 
 
 #: the keys of recyclable segments (0: not recyclable)
@@ -298,18 +301,59 @@ def loads(blob: bytes | bytearray, fd: int = -1) -> Any:
                  for index in range(count)]
         data = view[start + _SIZE.size * count :]
         offsets, total = _offsets(sizes)
-        # Copy-on-write: a function writing into its argument changes its own
-        # pages; the mapping lives as long as the objects built on it.
-        mapping = mmap.mmap(fd, total, access=mmap.ACCESS_COPY, **_MAP_OPTIONS)
+        mapping, whole = _map_private(fd, total)
     finally:
         if fd >= 0:
             os.close(fd)
     if key:
         _watch(mapping, key)
-    whole = memoryview(mapping)
     buffers = [whole[offset : offset + size] for offset, size in zip(offsets, sizes, strict=True)]
     whole.release()  # (the slices keep the mapping alive, not this view)
     return pickle.loads(data, buffers=buffers)
+
+
+def _map_private(fd: int, size: int) -> tuple[Any, memoryview]:
+    """A copy-on-write mapping of the file ``fd`` (which stays the caller's to
+    close) and a byte view of it; unmapped once nothing uses it.
+
+    Copy-on-write: a function writing into its argument changes its own
+    pages, nobody else's; the mapping lives as long as the objects built on
+    it (an array's ``base`` keeps the view).
+    """
+    if sys.version_info >= (3, 13):  # (mypy checks the branch of its target version)
+        mapping = mmap.mmap(fd, size, access=mmap.ACCESS_COPY, trackfd=False)
+        return mapping, memoryview(mapping)
+    import ctypes
+    import weakref
+
+    libc = _libc()
+    address = libc.mmap(None, size, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE, fd, 0)
+    if address is None or address == _MAP_FAILED:
+        error = ctypes.get_errno()
+        raise OSError(error, f"mapping shared memory failed: {os.strerror(error)}")
+    region = (ctypes.c_char * size).from_address(address)
+    unmap = weakref.finalize(region, libc.munmap, address, size)
+    unmap.atexit = False  # at exit, objects still using it may outlive the hook
+    return region, memoryview(region).cast("B")
+
+
+_MAP_FAILED = (1 << 64) - 1  # (void *) -1
+_libc_handle: Any = None
+
+
+def _libc() -> Any:
+    global _libc_handle
+    if _libc_handle is None:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.mmap.restype = ctypes.c_void_p
+        libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                              ctypes.c_int, ctypes.c_long]
+        libc.munmap.restype = ctypes.c_int
+        libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        _libc_handle = libc
+    return _libc_handle
 
 
 #: the keys of the mappings gone since the last take_released(), and the
@@ -318,7 +362,7 @@ _released: list[int] = []
 _watched: dict[int, Any] = {}
 
 
-def _watch(mapping: mmap.mmap, key: int) -> None:
+def _watch(mapping: Any, key: int) -> None:
     """Report ``key`` released once ``mapping`` is gone (unmapped with its last user)."""
     import weakref  # (only once a recyclable segment came: not at a worker's start)
 
