@@ -38,12 +38,28 @@ class Blob:
         return Blob, (pickle.PickleBuffer(self.data),)
 
 
-def is_open(fd: int) -> bool:
+class Opened:
+    """A descriptor and the file it is open on: closed, its number may be
+    reused at once by another thread of the session, for another file."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.file = _identity(fd)
+
+    def is_open(self) -> bool:
+        return _identity(self.fd) == self.file
+
+
+def _identity(fd: int) -> tuple[int, int] | None:
     try:
-        os.fstat(fd)
+        stat = os.fstat(fd)
     except OSError:
-        return False
-    return True
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def is_open(opened: Opened) -> bool:
+    return opened.is_open()
 
 
 def round_trip(obj: Any, by_value: bool = True, **options: Any) -> tuple[Any, bool]:
@@ -124,15 +140,18 @@ def test_loads_closes_the_descriptor_whatever_happens() -> None:
     blob, segment = _shm.dumps(Blob(bytearray(2 * THRESHOLD)), by_value=False)
     assert segment is not None
     fd = os.dup(segment.fd)
+    opened = Opened(fd)
     _shm.loads(blob, fd)
-    assert not is_open(fd)
+    assert not is_open(opened)
     fd = os.dup(segment.fd)
+    opened = Opened(fd)
     with pytest.raises(pickle.UnpicklingError):
         _shm.loads(blob[:-5] + b"junk!", fd)
-    assert not is_open(fd)
+    assert not is_open(opened)
     fd = os.dup(segment.fd)
+    opened = Opened(fd)
     _shm.loads(pickle.dumps(1), fd)  # a plain pickle came with a descriptor after all
-    assert not is_open(fd)
+    assert not is_open(opened)
     with pytest.raises(ValueError, match="without its segment"):
         _shm.loads(blob)
 
@@ -140,10 +159,10 @@ def test_loads_closes_the_descriptor_whatever_happens() -> None:
 def test_a_segment_closes_its_descriptor_when_dropped() -> None:
     _, segment = _shm.dumps(Blob(bytearray(THRESHOLD)), by_value=False)
     assert segment is not None
-    fd = segment.fd
+    opened = Opened(segment.fd)
     del segment
     gc.collect()
-    assert not is_open(fd)
+    assert not is_open(opened)
 
 
 def test_the_mapping_lives_as_long_as_what_was_built_on_it() -> None:
@@ -177,7 +196,7 @@ def test_a_receiver_reports_a_recyclable_segment_once_unmapped() -> None:
 def test_a_recycler_keeps_what_its_limits_allow() -> None:
     recycler = _shm.Recycler(keep=2, keep_bytes=3 * THRESHOLD)
     segments = [recycler.take(THRESHOLD) for _ in range(4)]
-    fds = [segment.fd for segment in segments]
+    fds = [Opened(segment.fd) for segment in segments]
     for segment in segments:
         recycler.give(segment)
     assert [is_open(fd) for fd in fds] == [False, False, True, True]  # the oldest went
@@ -185,7 +204,7 @@ def test_a_recycler_keeps_what_its_limits_allow() -> None:
     recycler.give(big)  # over keep_bytes alone: closed
     assert big.fd == -1
     small = recycler.take(THRESHOLD // 8)
-    assert small.fd not in fds[2:]  # a kept one is too large to spend on it
+    assert small.fd not in [opened.fd for opened in fds[2:]]  # a kept one is too large
     small.close()
     recycler.close()
     assert not any(is_open(fd) for fd in fds)
