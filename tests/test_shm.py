@@ -193,6 +193,22 @@ def test_a_receiver_reports_a_recyclable_segment_once_unmapped() -> None:
     recycler.close()
 
 
+def test_without_a_mapping_the_receiver_reads_a_copy(monkeypatch: pytest.MonkeyPatch) -> None:
+    # (the process's limit of mappings reached, say)
+    def refuse(fd: int, size: int) -> Any:
+        raise OSError(12, "Cannot allocate memory")
+
+    recycler = _shm.Recycler(keep=4, keep_bytes=1 << 30)
+    blob, segment = _shm.dumps(Blob(bytearray(b"c" * THRESHOLD)), False, recycler=recycler)
+    assert segment is not None
+    _shm.take_released()
+    monkeypatch.setattr(_shm, "_map_private", refuse)
+    back = _shm.loads(blob, os.dup(segment.fd))
+    assert bytes(back.data) == b"c" * THRESHOLD
+    assert _shm.take_released() == [segment.key]  # a copy: the segment is free again
+    recycler.close()
+
+
 def test_a_recycler_keeps_what_its_limits_allow() -> None:
     recycler = _shm.Recycler(keep=2, keep_bytes=3 * THRESHOLD)
     segments = [recycler.take(THRESHOLD) for _ in range(4)]
