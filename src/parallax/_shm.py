@@ -50,9 +50,9 @@ if TYPE_CHECKING:
 __all__ = [
     "ALIGNMENT",
     "AVAILABLE",
+    "SHARED_BANDWIDTH",
     "THRESHOLD",
     "Recycler",
-    "SHARED_BANDWIDTH",
     "Segment",
     "dumps",
     "loads",
