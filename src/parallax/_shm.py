@@ -7,9 +7,10 @@ and what is built on them, such as pandas frames; Arrow arrays;
 ``pickle.PickleBuffer`` itself) of at least :data:`THRESHOLD` bytes is copied
 into one anonymous memory file (``os.memfd_create``) instead of the pickle
 stream. The file travels as a descriptor beside its frame (``SCM_RIGHTS``, in
-``_wire``); the receiver maps it copy-on-write (``mmap.ACCESS_COPY``) and
-unpickles the buffers straight from the mapping: no copy on that side, and an
-array whose function writes into it changes its own private pages only.
+``_wire``); the receiver maps it copy-on-write (a private mapping,
+:func:`_map_private`) and unpickles the buffers straight from the mapping: no
+copy on that side, and an array whose function writes into it changes its own
+private pages only.
 
 Lifetime: a memfd has no name anywhere (nothing in ``/dev/shm``); the kernel
 frees it once the last descriptor and the last mapping are gone, whichever
