@@ -134,6 +134,39 @@ def test_a_function_writing_into_its_argument_changes_only_its_own_copy(executor
     assert [item.data[0] for item in items] == list(range(8))
 
 
+def keep_and_check(item: Blob) -> bool:
+    """Keep every argument in the worker, and check that none of those kept changed."""
+    kept = parallax.worker_state().setdefault("kept", [])
+    kept.append((item.data[0], item))
+    return all(value.data[0] == seed and value.data[-1] == seed for seed, value in kept)
+
+
+@pytest.mark.parametrize("chunksize", [1, 3])
+def test_segments_a_worker_still_maps_are_never_written_again(chunksize: int) -> None:
+    # Recycling writes new chunks into segments their worker let go of: never
+    # into one whose arrays the worker keeps (here, every one of them).
+    with parallax.Executor(mode="process", workers=2) as pool:
+        checks = list(pool.map(keep_and_check, [blob(seed) for seed in range(60)],
+                               chunksize=chunksize))
+    assert all(checks)
+
+
+def test_recycled_segments_carry_the_new_chunk_whole() -> None:
+    created: list[int] = []
+    original = _shm._new_segment
+
+    def counting(size: int, key: int = 0) -> _shm.Segment:
+        created.append(size)
+        return original(size, key)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_shm, "_new_segment", counting)
+        with parallax.Executor(mode="process", workers=2) as pool:
+            seen = list(pool.map(inspect_item, [blob(seed) for seed in range(80)]))
+    assert seen == [(seed, BIG, True) for seed in range(80)]
+    assert len(created) < 40  # most chunks went into segments written before
+
+
 def test_large_results_come_home_mapped_and_outlive_the_pool() -> None:
     with parallax.Executor(mode="process", workers=2) as pool:
         results = list(pool.map(make_blob, range(6)))
