@@ -36,6 +36,7 @@ Worker-light: a process worker imports this module.
 
 from __future__ import annotations
 
+import io
 import mmap
 import os
 import pickle
@@ -180,12 +181,14 @@ class Recycler:
             segment.close()
 
 
-def _cloudpickle() -> Any:
+def _by_value_pickler() -> Any:
+    """The pickler that sends functions and classes by value: the one
+    ``_serialize.dumps`` uses, for the same payloads."""
     # Imported on first use, as _serialize does: a worker that only returns
     # plain values never loads it.
     import cloudpickle
 
-    return cloudpickle
+    return cloudpickle.Pickler
 
 
 def _pickle(obj: Any, by_value: bool, callback: Any) -> bytes:
@@ -197,8 +200,9 @@ def _pickle(obj: Any, by_value: bool, callback: Any) -> bytes:
         except Exception:  # (a lambda, a class of the caller's __main__ ...): by value
             if callback is not None:
                 callback.reset()  # what it kept of the refused attempt
-    data: bytes = _cloudpickle().dumps(obj, protocol=PROTOCOL, buffer_callback=callback)
-    return data
+    with io.BytesIO() as file:
+        _by_value_pickler()(file, protocol=PROTOCOL, buffer_callback=callback).dump(obj)
+        return file.getvalue()
 
 
 class _Collector:
