@@ -127,7 +127,9 @@ def main(argv: list[str]) -> int:
         extra=["- ProcessPoolExecutor forks its workers (Linux default); joblib's loky and "
                "parallax start fresh interpreters. joblib memmaps every array over 1 MB it "
                "sends (arguments, and the array bound in the function); results come back "
-               "pickled through its pipes."],
+               "pickled through its pipes. parallax sends every buffer of 64 KiB or more "
+               "through shared memory (memfd), both ways, and the bound array once per run "
+               "(docs/large-data.md)."],
     )
     for table in tables:
         lines += case_table(table)

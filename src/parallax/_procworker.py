@@ -43,6 +43,7 @@ from ._protocol import (
     encode,
 )
 from ._serialize import loads
+from ._shm import take_released
 from ._units import Chunk, ChunkResult, Failure
 from ._wire import Channel
 from ._worker import STOP, mark_process_as_worker, run_finalizer, worker_loop
@@ -132,6 +133,20 @@ class _SetAuthkey:
         return getattr(self.loader, name)
 
 
+def _close(fds: list[int]) -> None:
+    for fd in fds:
+        if fd >= 0:
+            os.close(fd)
+
+
+def _decode_or_close(frame: bytearray, fd: int) -> Message:
+    try:
+        return decode(frame, Message)
+    except BaseException:
+        _close([fd])
+        raise
+
+
 def main() -> None:
     conn_fd, mark_fd, slot = (int(arg) for arg in sys.argv[1:4])
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the caller handles Ctrl-C
@@ -161,18 +176,29 @@ def main() -> None:
 
     def next_task() -> WorkerTask | None:
         while True:
-            message = decode(conn.recv_bytes(), Message)
+            frame, fds = conn.recv_frame()  # a shared-memory segment may come along
+            fd = fds.pop() if fds else -1
+            _close(fds)
+            message = _decode_or_close(frame, fd)
             if isinstance(message, Stop):
+                _close([fd])
                 return STOP
             if isinstance(message, Preload):  # the function only, its chunks follow
-                jobs.load(message.job_id, message.function, _WHERE)
+                jobs.load(message.job_id, message.function, _WHERE, fd=fd)
                 conn.send_bytes(encode(Loaded()))
                 continue
             if not isinstance(message, Task):
+                _close([fd])
                 raise TypeError(f"a process worker cannot take a {type(message).__name__}")
-            fn = jobs.load(message.job_id, message.function, _WHERE)
-            items_blob = conn.recv_bytes()
-            items = fn if isinstance(fn, BaseException) else decode_items(items_blob, _WHERE)
+            fn = jobs.load(message.job_id, message.function, _WHERE, fd=fd)
+            items_blob, item_fds = conn.recv_frame()
+            item_fd = item_fds.pop() if item_fds else -1
+            _close(item_fds)
+            if isinstance(fn, BaseException):
+                _close([item_fd])
+                items = fn
+            else:
+                items = decode_items(items_blob, _WHERE, fd=item_fd)
             if isinstance(items, BaseException):
                 # Nothing of the chunk can run: say so for the whole chunk.
                 conn.send_bytes(encode(ChunkFailed(PickledFailure.of(Failure(items, "")))))
@@ -182,7 +208,14 @@ def main() -> None:
     max_memory = hello.max_memory
 
     def report(result: ChunkResult, _tag: Any) -> None:
-        conn.send_bytes(encode(Result.of(result)))
+        message, segment = Result.shared(result, take_released())
+        if segment is None:
+            conn.send_bytes(encode(message))
+            return
+        try:  # the kernel holds the memory while the descriptor is in flight
+            conn.send_bytes(encode(message), (segment.fd,))
+        finally:
+            segment.close()
 
     def over_memory() -> bool:
         return max_memory is not None and _resident_bytes() > max_memory

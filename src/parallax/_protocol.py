@@ -21,8 +21,10 @@ Each message is a small ``__slots__`` class, pickled as its class and fields
 (``__reduce__``), and framed by :func:`encode` and :func:`decode` alone.
 Exceptions travel as :class:`PickledFailure`. The payload bytes inside the
 messages, a chunk's items and values, go through :func:`encode_items` /
-:func:`decode_items` and :func:`encode_values` / :func:`decode_values`: the
-one place where out-of-band buffers may plug in.
+:func:`decode_items` and :func:`encode_values` / :func:`decode_values`.
+Process mode uses their ``share_*`` twins, which put large out-of-band
+buffers in a shared-memory :class:`~parallax._shm.Segment` sent beside the
+frame (``_shm``); the decoders then take the segment's descriptor.
 
 A worker holds the functions of its recent jobs in a :class:`JobCache`; the
 process pool mirrors each worker's cache in one, to know when a chunk must
@@ -34,17 +36,29 @@ Worker-light: a process worker imports this module, so no ``typing`` or
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict
 
+from . import _shm
 from ._errors import CannotPickleError, CannotUnpickleError
-from ._serialize import argument_error, dumps, dumps_plain, find_unpicklable, loads, result_error
+from ._serialize import (
+    argument_error,
+    dumps,
+    dumps_function,
+    dumps_plain,
+    find_unpicklable,
+    loads,
+    result_error,
+)
 from ._units import Chunk, ChunkResult, Failure
 
 TYPE_CHECKING = False  # not typing's: workers do not import typing
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
     from typing import Any, Final, TypeVar
+
+    from ._shm import Recycler, Segment
 
     M = TypeVar("M", bound="Message")
 
@@ -71,6 +85,9 @@ __all__ = [
     "encode_items",
     "encode_values",
     "load_or_error",
+    "share_function",
+    "share_items",
+    "share_values",
     "unpicklable_items",
 ]
 
@@ -328,36 +345,55 @@ class Result(Message):
     (``perf_counter()`` readings of the worker).
 
     ``values`` is the values' payload (:func:`encode_values`); ``failures``
-    the captured exceptions by position in the chunk, or None.
+    the captured exceptions by position in the chunk, or None; ``released``
+    the keys of the caller's shared-memory segments this worker no longer
+    maps (``_shm.take_released``), for the caller to write into again.
     """
 
-    __slots__ = ("cpu", "failures", "finished", "item_ends", "started", "values")
+    __slots__ = ("cpu", "failures", "finished", "item_ends", "released", "started", "values")
 
     def __init__(self, values: bytes, failures: dict[int, PickledFailure] | None,
                  started: float, finished: float, cpu: float,
-                 item_ends: list[float] | None) -> None:
+                 item_ends: list[float] | None, released: list[int] | None = None) -> None:
         self.values = values
         self.failures = failures
         self.started = started
         self.finished = finished
         self.cpu = cpu
         self.item_ends = item_ends
+        self.released = released
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (Result, (self.values, self.failures, self.started, self.finished, self.cpu,
-                         self.item_ends))
+                         self.item_ends, self.released))
 
     @classmethod
     def of(cls, result: ChunkResult) -> Result:
         """The message of a chunk's result (in the worker)."""
         values, failures = encode_values(result.values, result.failures)
+        return cls._with(result, values, failures)
+
+    @classmethod
+    def shared(cls, result: ChunkResult,
+               released: list[int] | None = None) -> tuple[Result, Segment | None]:
+        """The message of a chunk's result, its large buffers in a segment to send
+        beside it (in a process worker); ``released``: see the class."""
+        values, failures, segment = share_values(result.values, result.failures)
+        message = cls._with(result, values, failures)
+        message.released = released or None
+        return message, segment
+
+    @classmethod
+    def _with(cls, result: ChunkResult, values: bytes, failures: dict[int, Failure]) -> Result:
         pickled = {position: PickledFailure.of(failure) for position, failure in failures.items()}
         return cls(values, pickled or None, result.started, result.finished, result.cpu,
                    result.item_ends)
 
-    def to_chunk_result(self, chunk: Chunk, worker: str, shift: float = 0.0) -> ChunkResult:
+    def to_chunk_result(self, chunk: Chunk, worker: str, shift: float = 0.0,
+                        fd: int = -1) -> ChunkResult:
         """The chunk's result again (in the caller), its timings moved by ``shift``
-        onto the caller's clock.
+        onto the caller's clock; ``fd`` is the segment that came with the
+        message, if any (closed here, whatever happens).
 
         Values that do not unpickle here fail the whole chunk: the result then
         holds no values and a CannotUnpickleError as its interruption (never set
@@ -365,7 +401,7 @@ class Result(Message):
         settle the chunk, not end the thread that reads results).
         """
         try:
-            values = decode_values(self.values)
+            values = decode_values(self.values, fd)
         except BaseException as exc:
             error = CannotUnpickleError(
                 f"the results of a chunk could not be unpickled in the caller: "
@@ -438,9 +474,35 @@ def unpicklable_items(chunk: Chunk, exc: BaseException) -> ChunkResult:
     )
 
 
-def decode_items(blob: bytes | bytearray, where: str, hint: str = "") -> Any:
-    """A chunk's items (in the worker), or the SerializationError saying why not."""
-    return load_or_error(blob, "arguments", where, hint)
+def share_items(items: Sequence[Any],
+                recycler: Recycler | None = None) -> tuple[bytes, Segment | None]:
+    """:func:`encode_items`, the large buffers in a segment to send beside the
+    blob (None: all in the blob), taken from ``recycler`` if given.
+
+    Raises:
+        Exception: an item does not pickle; :func:`unpicklable_items` says which.
+    """
+    return _shm.dumps(items, by_value=True, recycler=recycler)
+
+
+def share_function(fn: Any) -> tuple[bytes, Segment | None]:
+    """A job's function pickled by value, its large buffers (a bound array, a
+    model's weights) in a segment every worker maps.
+
+    Raises:
+        SerializationError: the function cannot be pickled (naming it).
+    """
+    try:
+        return _shm.dumps(fn, by_value=True)
+    except Exception:
+        dumps_function(fn)  # raises the SerializationError that names the function
+        raise
+
+
+def decode_items(blob: bytes | bytearray, where: str, hint: str = "", fd: int = -1) -> Any:
+    """A chunk's items (in the worker), or the SerializationError saying why not;
+    ``fd``: the segment that came with them (closed here)."""
+    return load_or_error(blob, "arguments", where, hint, fd)
 
 
 def encode_values(
@@ -451,9 +513,31 @@ def encode_values(
     A value that does not pickle becomes None and a failure of its own
     item: the rest of the chunk keeps its values.
     """
+    def plain(values: list[Any]) -> tuple[bytes, None]:
+        return dumps_plain(values), None
+
+    blob, failures, _ = _encode_values(values, failures, plain)
+    return blob, failures
+
+
+def share_values(
+    values: list[Any], failures: dict[int, Failure] | None
+) -> tuple[bytes, dict[int, Failure], Segment | None]:
+    """:func:`encode_values`, the large buffers in a segment to send beside the blob."""
+    def shared(values: list[Any]) -> tuple[bytes, Segment | None]:
+        return _shm.dumps(values, by_value=False)
+
+    return _encode_values(values, failures, shared)
+
+
+def _encode_values(
+    values: list[Any], failures: dict[int, Failure] | None,
+    dump: Callable[[list[Any]], tuple[bytes, Segment | None]],
+) -> tuple[bytes, dict[int, Failure], Segment | None]:
     failures = dict(failures or {})
     try:
-        return dumps_plain(values), failures
+        blob, segment = dump(values)
+        return blob, failures, segment
     except BaseException:  # (whatever a __reduce__ raises: the worker carries on)
         values = list(values)
         for position, value in enumerate(values):
@@ -462,21 +546,24 @@ def encode_values(
             except BaseException as exc:
                 values[position] = None
                 failures[position] = Failure(result_error(value, exc), "")
-        return dumps_plain(values), failures
+        blob, segment = dump(values)
+        return blob, failures, segment
 
 
-def decode_values(blob: bytes) -> list[Any]:
-    """A chunk's values (in the caller). Raises what unpickling raised."""
-    values: list[Any] = loads(blob)
+def decode_values(blob: bytes, fd: int = -1) -> list[Any]:
+    """A chunk's values (in the caller); ``fd``: the segment that came with them
+    (closed here). Raises what unpickling raised."""
+    values: list[Any] = _shm.loads(blob, fd)
     return values
 
 
-def load_or_error(blob: bytes | bytearray, what: str, where: str, hint: str = "") -> Any:
+def load_or_error(blob: bytes | bytearray, what: str, where: str, hint: str = "",
+                  fd: int = -1) -> Any:
     """Unpickle ``blob`` (in a worker), or return the SerializationError saying
     that ``what`` could not be unpickled ``where`` (whatever unpickling raised:
-    the worker carries on)."""
+    the worker carries on). ``fd``: the segment that came with it (closed here)."""
     try:
-        return loads(blob)
+        return _shm.loads(blob, fd)
     except BaseException as exc:
         error = CannotUnpickleError(
             f"the {what} could not be unpickled {where}: {type(exc).__name__}: {exc}{hint}"
@@ -526,19 +613,22 @@ class JobCache:
                 self._entries.popitem(last=False)
 
     def load(self, key: object, blob: bytes | bytearray | None, where: str,
-             hint: str = "") -> Any:
+             hint: str = "", fd: int = -1) -> Any:
         """The job's function: the one kept, else unpickled from ``blob`` and kept
-        (a SerializationError in its place if it does not unpickle).
+        (a SerializationError in its place if it does not unpickle). ``fd``:
+        the segment that came with the blob, closed here in any case.
 
         Raises:
             KeyError: the function is neither kept nor sent (a bug on one side).
         """
         fn = self.get(key)
-        if fn is not None:
-            return fn
-        if blob is None:
+        if fn is not None or blob is None:
+            if fd >= 0:
+                os.close(fd)
+            if fn is not None:
+                return fn
             raise KeyError(f"the function of job {key!r} was neither kept nor sent")
         # unpickled outside the lock: a large function takes a while
-        fn = load_or_error(blob, "function", where, hint)
+        fn = load_or_error(blob, "function", where, hint, fd)
         self.put(key, fn)
         return fn

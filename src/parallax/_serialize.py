@@ -35,7 +35,8 @@ PROTOCOL = 5
 #: the bytecode a code object is marshalled for: only this interpreter may load it
 _BYTECODE = sys.implementation.cache_tag
 
-__all__ = ["PROTOCOL", "dumps", "dumps_plain", "find_unpicklable", "loads", "round_trip"]
+__all__ = ["PROTOCOL", "by_value_pickler", "dumps", "dumps_plain", "find_unpicklable", "loads",
+           "round_trip"]
 
 _pickler: type | None = None
 
@@ -43,11 +44,11 @@ _pickler: type | None = None
 def dumps(obj: Any) -> bytes:
     """Pickle ``obj`` for another process, by value where it must be (cloudpickle)."""
     with io.BytesIO() as file:
-        _pickler_class()(file, protocol=PROTOCOL).dump(obj)
+        by_value_pickler()(file, protocol=PROTOCOL).dump(obj)
         return file.getvalue()
 
 
-def _pickler_class() -> type:
+def by_value_pickler() -> type:
     """cloudpickle's pickler, with code objects that keep their file name.
 
     Built on first use: cloudpickle is imported then, so a worker that only

@@ -62,10 +62,12 @@ from .._protocol import (
     Task,
     decode,
     encode,
-    encode_items,
+    share_function,
+    share_items,
     unpicklable_items,
 )
 from .._serialize import dumps, dumps_function
+from .._shm import Recycler, Segment
 from .._timeouts import time_left, timeout_error
 from .._units import SOMEWHERE, Chunk, ChunkResult, Job
 from .._wire import Channel
@@ -92,6 +94,15 @@ BLAS_THREAD_VARIABLES = (
 #: a worker that dies this many times in a row before saying "ready" means
 #: workers cannot start at all; stop instead of respawning forever
 STARTUP_FAILURE_LIMIT = 3
+
+#: recycled shared-memory segments a pool keeps per worker, and in all at most
+#: this many bytes (memory the kernel would otherwise allocate again, page
+#: by page, for the next chunks' arrays)
+RECYCLED_PER_WORKER = 4
+RECYCLED_BYTES = 256 * 2**20
+#: segments a worker may hold without reporting them released (its function
+#: keeps its arguments): past this many, the oldest are no longer recycled
+LENT_LIMIT = 8
 
 #: how often (seconds) the manager looks whether a worker it cannot watch
 #: through a process descriptor (no ``os.pidfd_open``) has exited
@@ -139,12 +150,14 @@ class _Queued:
     queued again (its worker retired before taking it) is never claimed twice.
     """
 
-    __slots__ = ("blob", "chunk", "claimed", "job")
+    __slots__ = ("blob", "chunk", "claimed", "job", "segment")
 
-    def __init__(self, job: Job, chunk: Chunk, blob: bytes) -> None:
+    def __init__(self, job: Job, chunk: Chunk, blob: bytes, segment: Segment | None = None) -> None:
         self.job = job
         self.chunk = chunk
         self.blob = blob
+        #: the items' large buffers, in shared memory; freed with the entry
+        self.segment = segment
         self.claimed = False
 
 
@@ -156,6 +169,7 @@ class _Worker:
         "jobs",
         "kill_reason",
         "killed_because",
+        "lent",
         "mark",
         "name",
         "pidfd",
@@ -185,6 +199,16 @@ class _Worker:
         #: process it forked) keeps its socket open; None where unsupported
         self.pidfd = _open_pidfd(popen.pid)
         self.buried = False
+        #: the recyclable segments of chunks it ran, by key, until it reports
+        #: them released (oldest first)
+        self.lent: dict[int, Segment] = {}
+
+    def forget_lent(self) -> None:
+        """Close what it was lent: a dead worker reports nothing any more (and
+        a process it forked may still map them)."""
+        lent, self.lent = self.lent, {}
+        for segment in lent.values():
+            segment.close()
 
     def kill(self, reason: BaseException | None, because: str,
              how: signal.Signals = signal.SIGKILL) -> None:
@@ -242,6 +266,11 @@ class ProcessBackend(Backend):
         self._first_loaded = threading.Event()
         #: jobs whose function goes to every idle worker before any chunk
         self._preloads: list[Job] = []
+        #: the shared-memory segment of a job's function (a bound array, say):
+        #: written once per job, every worker maps it; freed with the job
+        self._segments: weakref.WeakKeyDictionary[Job, Segment] = weakref.WeakKeyDictionary()
+        #: the items' segments that workers let go of, written again
+        self._recycler = Recycler(RECYCLED_PER_WORKER * self.workers, RECYCLED_BYTES)
         self._preloading = False
         # First, before anything is held: it fails for an initializer that
         # cannot be pickled.
@@ -295,7 +324,17 @@ class ProcessBackend(Backend):
 
     def prepare(self, job: Job) -> None:
         if job.payload is None:
-            job.payload = dumps_function(job.fn)
+            payload, segment = share_function(job.fn)
+            if segment is not None:
+                with self._lock:
+                    self._segments[job] = segment
+            job.payload = payload
+
+    def _function_fds(self, job: Job) -> tuple[int, ...]:
+        """The descriptor of the job's function's segment, if it has one."""
+        with self._lock:
+            segment = self._segments.get(job)
+        return () if segment is None else (segment.fd,)
 
     def submit(self, job: Job, chunk: Chunk) -> None:
         if self._owner != os.getpid():
@@ -303,11 +342,11 @@ class ProcessBackend(Backend):
         if self._closed:
             raise RuntimeError("cannot submit to a process backend after shutdown")
         try:
-            blob = encode_items(chunk.items)
+            blob, segment = share_items(chunk.items, self._recycler)
         except Exception as exc:
             job.deliver(unpicklable_items(chunk, exc))
             return
-        entry = _Queued(job, chunk, blob)
+        entry = _Queued(job, chunk, blob, segment)
         with self._lock:
             # Under the lock the pool breaks under: a chunk is either failed
             # by _fail_outstanding or failed here, never neither.
@@ -377,6 +416,7 @@ class ProcessBackend(Backend):
                     os.close(worker.pidfd)
             with contextlib.suppress(BufferError, ValueError):
                 worker.mark.release()
+            worker.forget_lent()
         self._release_resources()
 
     def terminate(self, kill: bool = False) -> None:
@@ -527,11 +567,11 @@ class ProcessBackend(Backend):
             if worker.buried:
                 continue
             try:
-                message = worker.conn.recv_bytes()
+                message, fds = worker.conn.recv_frame()
             except (EOFError, OSError):
                 self._bury(worker)
                 continue
-            self._handle(worker, message)
+            self._handle(worker, message, fds)
         if unwatched:
             for worker in workers:
                 if worker.pidfd is None and not worker.buried and worker.popen.poll() is not None:
@@ -586,7 +626,8 @@ class ProcessBackend(Backend):
                     assert job.payload is not None  # preload() prepared it
                     worker.jobs.put(job.id, True)
                     try:
-                        worker.conn.send_bytes(encode(Preload(job.id, job.payload)))
+                        worker.conn.send_bytes(encode(Preload(job.id, job.payload)),
+                                               self._function_fds(job))
                     except OSError as exc:  # dead, or not reading: the EOF path replaces it
                         worker.kill(None, f"sending it a function failed ({exc!r})")
 
@@ -629,31 +670,66 @@ class ProcessBackend(Backend):
 
     def _send(self, worker: _Worker, entry: _Queued) -> None:
         # (the entry, not worker.busy: terminate() may clear that meanwhile)
-        job, blob = entry.job, entry.blob
+        job, blob, segment = entry.job, entry.blob, entry.segment
         function = None
+        function_fds: tuple[int, ...] = ()
         if worker.jobs.get(job.id) is None:  # (a hit makes it the newest, as in the worker)
             function = job.payload
+            function_fds = self._function_fds(job)
             worker.jobs.put(job.id, True)
         try:
             worker.conn.send_bytes(
-                encode(Task(job.id, function, job.timeout is not None, job.stop_at_failure))
+                encode(Task(job.id, function, job.timeout is not None, job.stop_at_failure)),
+                function_fds,
             )
-            worker.conn.send_bytes(blob)
+            worker.conn.send_bytes(blob, () if segment is None else (segment.fd,))
         except OSError as exc:  # dead, or not reading: the EOF path reports the chunk
             worker.kill(None, f"sending it a chunk failed ({exc!r})")
 
-    def _handle(self, worker: _Worker, frame: bytes | bytearray) -> None:
-        message = decode(frame, Message)
-        if isinstance(message, Result):
-            busy = worker.busy
-            worker.busy = None
-            if busy is None:
+    def _handle(self, worker: _Worker, frame: bytes | bytearray, fds: list[int]) -> None:
+        """Act on a worker's message; ``fds`` came with it (a result's shared
+        memory) and are closed here, whatever happens."""
+        fd = fds.pop() if fds else -1
+        try:
+            for extra in fds:
+                os.close(extra)
+            message = decode(frame, Message)
+            if isinstance(message, Result):
+                busy = worker.busy
+                worker.busy = None
+                if busy is not None and busy.segment is not None:
+                    self._lend(worker, busy.segment)
+                    busy.segment = None
+                for key in message.released or ():
+                    released = worker.lent.pop(key, None)
+                    if released is not None:
+                        self._recycler.give(released)
+                if busy is None:
+                    return
+                # Hand the worker its next chunk before decoding this one, so it
+                # computes while the caller's side unpickles.
+                self._dispatch()
+                handed, fd = fd, -1  # to_chunk_result closes it
+                self._deliver(busy, message.to_chunk_result(busy.chunk, worker.name, fd=handed))
                 return
-            # Hand the worker its next chunk before decoding this one, so it
-            # computes while the caller's side unpickles.
-            self._dispatch()
-            self._deliver(busy, message.to_chunk_result(busy.chunk, worker.name))
-        elif isinstance(message, Ready):
+            self._handle_signal(worker, message)
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
+    def _lend(self, worker: _Worker, segment: Segment) -> None:
+        """``worker`` ran a chunk whose items were in ``segment``: it may still
+        map it, until it says otherwise (or dies)."""
+        if not segment.key:
+            segment.close()
+            return
+        worker.lent[segment.key] = segment
+        while len(worker.lent) > LENT_LIMIT:  # its function keeps its arguments
+            oldest = next(iter(worker.lent))
+            worker.lent.pop(oldest).close()  # the kernel frees it once unmapped
+
+    def _handle_signal(self, worker: _Worker, message: Message) -> None:
+        if isinstance(message, Ready):
             worker.ready = True
             self._first_ready.set()
         elif isinstance(message, Loaded):
@@ -696,6 +772,7 @@ class ProcessBackend(Backend):
             worker.kill(None, "it closed its connection but did not exit")
             exitcode = worker.popen.wait()
         worker.conn.close()
+        worker.forget_lent()
         if worker.pidfd is not None:
             os.close(worker.pidfd)
             worker.pidfd = None
@@ -752,10 +829,10 @@ class ProcessBackend(Backend):
             os.set_blocking(worker.conn.fileno(), False)
         while True:
             try:
-                frame = worker.conn.recv_bytes()
+                frame, fds = worker.conn.recv_frame()
             except (EOFError, OSError):  # (BlockingIOError: nothing more, or half a frame)
                 return
-            self._handle(worker, frame)
+            self._handle(worker, frame, fds)
 
     def _death_error(
         self, worker: _Worker, chunk: Chunk, position: int, exitcode: int | None,
@@ -844,6 +921,7 @@ class ProcessBackend(Backend):
                 worker.kill(None, "it did not stop within 10 s of the pool's shutdown")
                 worker.popen.wait()
             worker.conn.close()
+            worker.forget_lent()
             worker.mark.release()
             if worker.pidfd is not None:
                 os.close(worker.pidfd)
@@ -857,6 +935,7 @@ class ProcessBackend(Backend):
         with contextlib.suppress(BufferError):
             self._marks_map.close()  # else the map goes with its last view
         self._marks_file.close()
+        self._recycler.close()
         fds = (self._wake_r, self._wake_w)
         self._wake_r = self._wake_w = -1
         for fd in fds:

@@ -1,0 +1,406 @@
+"""Large buffers through shared memory (_shm) and descriptors over a channel (_wire).
+
+In one process: what process mode does on each side of its sockets, without
+the workers (tests/test_large_data.py runs them). numpy is optional: the
+mechanism is plain pickle protocol 5, tested here with a class of our own
+whose buffer pickles out of band; numpy's dtypes are tested where numpy is
+installed.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import pickle
+import socket
+import threading
+from typing import Any
+
+import pytest
+
+from parallax import _shm
+from parallax._protocol import Result, share_items, share_values
+from parallax._units import Chunk, ChunkResult
+from parallax._wire import MAX_FDS, Channel
+
+pytestmark = pytest.mark.skipif(not _shm.AVAILABLE, reason="no memfd_create on this platform")
+
+THRESHOLD = _shm.THRESHOLD
+
+
+class Blob:
+    """Bytes that pickle out of band (protocol 5), as numpy arrays do."""
+
+    def __init__(self, data: Any) -> None:
+        self.data = data
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        return Blob, (pickle.PickleBuffer(self.data),)
+
+
+class Opened:
+    """A descriptor and the file it is open on: closed, its number may be
+    reused at once by another thread of the session, for another file."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.file = _identity(fd)
+
+    def is_open(self) -> bool:
+        return _identity(self.fd) == self.file
+
+
+def _identity(fd: int) -> tuple[int, int] | None:
+    try:
+        stat = os.fstat(fd)
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def is_open(opened: Opened) -> bool:
+    return opened.is_open()
+
+
+def round_trip(obj: Any, by_value: bool = True, **options: Any) -> tuple[Any, bool]:
+    """``obj`` through dumps and loads, as the other side would see it; and
+    whether it travelled through a segment."""
+    blob, segment = _shm.dumps(obj, by_value, **options)
+    if segment is None:
+        return _shm.loads(blob), False
+    fd = os.dup(segment.fd)  # what SCM_RIGHTS hands the receiver
+    segment.close()
+    return _shm.loads(blob, fd), True
+
+
+@pytest.mark.parametrize("by_value", [True, False])
+@pytest.mark.parametrize(
+    ("size", "shared"),
+    [(0, False), (1, False), (THRESHOLD - 1, False), (THRESHOLD, True), (3 * THRESHOLD + 7, True)],
+)
+def test_buffers_from_the_threshold_on_travel_through_a_segment(
+    size: int, shared: bool, by_value: bool
+) -> None:
+    data = bytearray(os.urandom(size))
+    back, through_segment = round_trip(Blob(data), by_value)
+    assert through_segment is shared
+    assert bytes(back.data) == data
+
+
+def test_several_buffers_share_one_segment_each_at_an_aligned_offset() -> None:
+    parts = [bytearray(os.urandom(THRESHOLD + extra)) for extra in (1, 13, 0)]
+    blob, segment = _shm.dumps([Blob(part) for part in parts], by_value=False)
+    assert segment is not None
+    back = _shm.loads(blob, os.dup(segment.fd))
+    assert [bytes(blob.data) for blob in back] == parts
+    for item in back:
+        mapping = item.data.obj
+        offset = _address(item.data) - _address(mapping)
+        assert offset % _shm.ALIGNMENT == 0
+
+
+def _address(buffer: Any) -> int:
+    import ctypes
+
+    return ctypes.addressof(ctypes.c_char.from_buffer(buffer))
+
+
+@pytest.mark.parametrize(
+    "value",
+    [b"x" * (2 * THRESHOLD), bytearray(2 * THRESHOLD), "text", 12, None, [1, 2.5, b"x"]],
+    ids=["large-bytes", "large-bytearray", "str", "int", "none", "list"],
+)
+def test_plain_values_round_trip(value: Any) -> None:
+    # bytes and bytearray are pickled in-band by pickle itself: correct, no segment.
+    back, _ = round_trip(value)
+    assert back == value
+    assert type(back) is type(value)
+
+
+def test_a_read_only_buffer_arrives_read_only_and_a_writable_one_writable() -> None:
+    read_only, _ = round_trip(pickle.PickleBuffer(bytes(2 * THRESHOLD)))
+    writable, _ = round_trip(pickle.PickleBuffer(bytearray(2 * THRESHOLD)))
+    assert isinstance(read_only, memoryview) and read_only.readonly
+    assert isinstance(writable, memoryview) and not writable.readonly
+
+
+def test_writes_into_a_mapped_buffer_stay_private() -> None:
+    # Copy-on-write: a function writing into its argument changes its own
+    # pages, not the segment another worker maps.
+    blob, segment = _shm.dumps(Blob(bytearray(2 * THRESHOLD)), by_value=False)
+    assert segment is not None
+    first = _shm.loads(blob, os.dup(segment.fd))
+    second = _shm.loads(blob, os.dup(segment.fd))
+    first.data[:4] = b"\xff" * 4
+    assert bytes(second.data[:4]) == b"\0" * 4
+    assert bytes(first.data[:4]) == b"\xff" * 4
+
+
+def test_loads_closes_the_descriptor_whatever_happens() -> None:
+    blob, segment = _shm.dumps(Blob(bytearray(2 * THRESHOLD)), by_value=False)
+    assert segment is not None
+    fd = os.dup(segment.fd)
+    opened = Opened(fd)
+    _shm.loads(blob, fd)
+    assert not is_open(opened)
+    fd = os.dup(segment.fd)
+    opened = Opened(fd)
+    with pytest.raises(pickle.UnpicklingError):
+        _shm.loads(blob[:-5] + b"junk!", fd)
+    assert not is_open(opened)
+    fd = os.dup(segment.fd)
+    opened = Opened(fd)
+    _shm.loads(pickle.dumps(1), fd)  # a plain pickle came with a descriptor after all
+    assert not is_open(opened)
+    with pytest.raises(ValueError, match="without its segment"):
+        _shm.loads(blob)
+
+
+def test_a_segment_closes_its_descriptor_when_dropped() -> None:
+    _, segment = _shm.dumps(Blob(bytearray(THRESHOLD)), by_value=False)
+    assert segment is not None
+    opened = Opened(segment.fd)
+    del segment
+    gc.collect()
+    assert not is_open(opened)
+
+
+def test_the_mapping_lives_as_long_as_what_was_built_on_it() -> None:
+    blob, segment = _shm.dumps(Blob(bytearray(b"ab" * THRESHOLD)), by_value=False)
+    assert segment is not None
+    back = _shm.loads(blob, os.dup(segment.fd))
+    segment.close()  # the sender is gone: the receiver's mapping holds the memory
+    del segment, blob
+    gc.collect()
+    assert bytes(back.data[:4]) == b"abab"
+
+
+def test_a_receiver_reports_a_recyclable_segment_once_unmapped() -> None:
+    recycler = _shm.Recycler(keep=4, keep_bytes=1 << 30)
+    blob, segment = _shm.dumps(Blob(bytearray(2 * THRESHOLD)), False, recycler=recycler)
+    assert segment is not None and segment.key
+    _shm.take_released()
+    back = _shm.loads(blob, os.dup(segment.fd))
+    assert _shm.take_released() == []
+    del back
+    gc.collect()
+    assert _shm.take_released() == [segment.key]
+    recycler.give(segment)
+    blob, again = _shm.dumps(Blob(bytearray(b"z" * THRESHOLD)), False, recycler=recycler)
+    assert again is segment  # written into again: its pages are there already
+    assert bytes(_shm.loads(blob, os.dup(again.fd)).data[:3]) == b"zzz"
+    again.close()
+    recycler.close()
+
+
+def test_without_a_mapping_the_receiver_reads_a_copy(monkeypatch: pytest.MonkeyPatch) -> None:
+    # (the process's limit of mappings reached, say)
+    def refuse(fd: int, size: int) -> Any:
+        raise OSError(12, "Cannot allocate memory")
+
+    recycler = _shm.Recycler(keep=4, keep_bytes=1 << 30)
+    blob, segment = _shm.dumps(Blob(bytearray(b"c" * THRESHOLD)), False, recycler=recycler)
+    assert segment is not None
+    _shm.take_released()
+    monkeypatch.setattr(_shm, "_map_private", refuse)
+    back = _shm.loads(blob, os.dup(segment.fd))
+    assert bytes(back.data) == b"c" * THRESHOLD
+    assert _shm.take_released() == [segment.key]  # a copy: the segment is free again
+    recycler.close()
+
+
+def test_a_recycler_keeps_what_its_limits_allow() -> None:
+    recycler = _shm.Recycler(keep=2, keep_bytes=3 * THRESHOLD)
+    segments = [recycler.take(THRESHOLD) for _ in range(4)]
+    fds = [Opened(segment.fd) for segment in segments]
+    for segment in segments:
+        recycler.give(segment)
+    assert [is_open(fd) for fd in fds] == [False, False, True, True]  # the oldest went
+    big = recycler.take(4 * THRESHOLD)
+    recycler.give(big)  # over keep_bytes alone: closed
+    assert big.fd == -1
+    small = recycler.take(THRESHOLD // 8)
+    assert small.fd not in [opened.fd for opened in fds[2:]]  # a kept one is too large
+    small.close()
+    recycler.close()
+    assert not any(is_open(fd) for fd in fds)
+
+
+def test_measure_counts_without_copying() -> None:
+    items = [Blob(bytearray(2 * THRESHOLD)), Blob(bytearray(10)), "x" * 1000]
+    inband, shared = _shm.measure(items)
+    blob, segment = _shm.dumps(items, by_value=True)
+    assert shared == 2 * THRESHOLD
+    assert segment is not None
+    assert abs(inband - len(blob)) < 64  # the blob adds the segment's layout
+    assert _shm.measure([1, 2, 3]) == (len(_shm.dumps([1, 2, 3], True)[0]), 0)
+
+
+def test_a_plain_pickle_refusal_falls_back_to_cloudpickle_without_doubling_buffers() -> None:
+    # The standard pickler refuses the lambda after handing out the first buffer.
+    value = [Blob(bytearray(b"q" * THRESHOLD)), lambda: 3]
+    back, shared = round_trip(value, by_value=False)
+    assert shared
+    assert bytes(back[0].data[:2]) == b"qq" and back[1]() == 3
+
+
+def test_values_that_do_not_pickle_fail_alone_beside_shared_ones() -> None:
+    chunk = Chunk.fresh(0, 0, [0, 1])
+    lock = threading.Lock()
+    result = ChunkResult(chunk, [Blob(bytearray(b"v" * THRESHOLD)), lock])
+    _, failures, segment = share_values(result.values, result.failures)
+    assert segment is not None
+    assert list(failures) == [1]
+    message, segment = Result.shared(result, [7])
+    assert message.released == [7]
+    assert segment is not None
+    home = message.to_chunk_result(chunk, "w", fd=os.dup(segment.fd))
+    assert bytes(home.values[0].data[:1]) == b"v"
+    assert home.values[1] is None
+
+
+def test_share_items_names_what_does_not_pickle() -> None:
+    with pytest.raises(TypeError):
+        share_items([threading.Lock()])
+
+
+# -- descriptors over a channel ------------------------------------------------------------
+
+
+@pytest.fixture
+def channels() -> Any:
+    ours, theirs = socket.socketpair()
+    sender, receiver = Channel(ours.detach()), Channel(theirs.detach())
+    yield sender, receiver
+    sender.close()
+    receiver.close()
+
+
+@pytest.mark.parametrize("size", [0, 5, 1 << 16, 1 << 20])
+@pytest.mark.parametrize("count", [1, 2, MAX_FDS])
+def test_a_frame_carries_descriptors(channels: Any, size: int, count: int) -> None:
+    sender, receiver = channels
+    files = [os.memfd_create(f"test-{index}") for index in range(count)]
+    payload = os.urandom(size)
+    try:
+        for index, fd in enumerate(files):
+            os.write(fd, b"file %d" % index)
+        thread = threading.Thread(target=sender.send_bytes, args=(payload, files))
+        thread.start()
+        frame, received = receiver.recv_frame()
+        thread.join(timeout=30)
+        assert frame == payload
+        assert len(received) == count
+        for index, fd in enumerate(received):
+            assert os.pread(fd, 16, 0) == b"file %d" % index  # the same file
+            os.close(fd)
+        sender.send_bytes(b"plain")
+        assert receiver.recv_frame() == (bytearray(b"plain"), [])
+    finally:
+        for fd in files:
+            os.close(fd)
+
+
+def test_unexpected_descriptors_are_closed_and_refused(channels: Any) -> None:
+    sender, receiver = channels
+    fd = os.memfd_create("test")
+    before = set(os.listdir("/proc/self/fd"))
+    sender.send_bytes(b"x", [fd])
+    with pytest.raises(OSError, match="unexpected"):
+        receiver.recv_bytes()
+    os.close(fd)
+    assert set(os.listdir("/proc/self/fd")) <= before
+
+
+def test_too_many_descriptors_are_refused(channels: Any) -> None:
+    sender, _ = channels
+    with pytest.raises(ValueError, match="at most"):
+        sender.send_bytes(b"x", [0] * (MAX_FDS + 1))
+
+
+def test_a_closed_channel_drops_descriptors_in_flight() -> None:
+    ours, theirs = socket.socketpair()
+    sender, receiver = Channel(ours.detach()), Channel(theirs.detach())
+    fd = os.memfd_create("in-flight")
+    sender.send_bytes(b"x", [fd])
+    os.close(fd)
+    sender.close()
+    receiver.close()  # the kernel frees the unread descriptor with the socket
+    assert not [name for name in os.listdir("/proc/self/fd")
+                if _link(name).startswith("/memfd:in-flight")]
+
+
+def _link(name: str) -> str:
+    try:
+        return os.readlink(f"/proc/self/fd/{name}")
+    except OSError:
+        return ""
+
+
+# -- numpy, where installed ----------------------------------------------------------------
+
+DTYPES = [
+    "bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+    "float16", "float32", "float64", "longdouble", "complex64", "complex128", "clongdouble",
+    "datetime64[ns]", "timedelta64[s]", "U7", "S5", "V8", [("a", "<i4"), ("b", "<f8", (2,))],
+]
+
+
+def _array(numpy: Any, dtype: Any, shape: Any) -> Any:
+    dtype = numpy.dtype(dtype)
+    raw = numpy.frombuffer(os.urandom(int(numpy.prod(shape)) * dtype.itemsize), dtype=numpy.uint8)
+    array = raw.view(dtype).reshape(shape).copy()  # (frombuffer over bytes is read-only)
+    if dtype.kind in "fc":
+        array[numpy.isnan(array)] = 0  # (NaN != NaN would fail the comparison)
+    return array
+
+
+def _same(numpy: Any, a: Any, b: Any) -> bool:
+    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", ["large", "fortran", "strided", "read-only", "empty", "0-d"])
+def test_numpy_arrays_round_trip(dtype: Any, layout: str) -> None:
+    numpy = pytest.importorskip("numpy")
+    itemsize = numpy.dtype(dtype).itemsize
+    count = 2 * THRESHOLD // itemsize + 3
+    if layout == "empty":
+        array = _array(numpy, dtype, (0, 4))
+    elif layout == "0-d":
+        array = _array(numpy, dtype, ())
+    elif layout == "fortran":
+        array = numpy.asfortranarray(_array(numpy, dtype, (count // 4, 4)))
+    elif layout == "strided":
+        array = _array(numpy, dtype, (count,))[::3]
+    else:
+        array = _array(numpy, dtype, (count,))
+    if layout == "read-only":
+        array.flags.writeable = False
+    back, shared = round_trip(array)
+    assert _same(numpy, back, array)
+    # (numpy's own in-band pickle makes every array writable)
+    assert back.flags.writeable == (array.flags.writeable or not shared)
+    assert back.flags.f_contiguous or layout != "fortran"  # (a strided one comes back packed)
+    # numpy pickles dtypes with metadata (datetime units) in-band, and so
+    # arrays that are not contiguous, empty or 0-d: correct, but no segment.
+    out_of_band = numpy.dtype(dtype).kind not in "mM"
+    assert shared is (out_of_band and layout in ("large", "fortran", "read-only"))
+
+
+def test_numpy_object_arrays_stay_in_band() -> None:
+    numpy = pytest.importorskip("numpy")
+    array = numpy.array([{"a": 1}, "x", None, 2.5] * THRESHOLD, dtype=object)
+    back, shared = round_trip(array)
+    assert not shared
+    assert back.tolist() == array.tolist()
+
+
+def test_pandas_frames_round_trip() -> None:
+    pandas = pytest.importorskip("pandas")
+    numpy = pytest.importorskip("numpy")
+    frame = pandas.DataFrame({"x": numpy.arange(THRESHOLD // 2, dtype="float64"),
+                              "y": numpy.arange(THRESHOLD // 2, dtype="int64")})
+    back, shared = round_trip(frame)
+    assert shared
+    pandas.testing.assert_frame_equal(back, frame)
