@@ -55,3 +55,32 @@ def busy_3ms(x: int) -> int:
     while time.thread_time() - started < 0.003:
         pass
     return x
+
+
+def log_and_double(x: int) -> int:
+    """Logs a warning and an info record on the ``app.tasks`` logger."""
+    import logging
+
+    log = logging.getLogger("app.tasks")
+    log.warning("warning from item %d", x)
+    log.info("info from item %d", x)
+    return x * 2
+
+
+def log_failure(x: int) -> int:
+    """Logs a caught exception with its traceback."""
+    import logging
+
+    try:
+        raise ValueError(f"item {x} is odd")
+    except ValueError:
+        logging.getLogger("app.tasks").exception("item %d failed", x)
+    return x
+
+
+def configure_worker_logging() -> None:
+    """Initializer: the worker prints its own records to stdout."""
+    import logging
+    import sys
+
+    logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="WORKER %(message)s")

@@ -58,6 +58,13 @@ EXPECTED_OUTPUT: dict[str, list[str]] = {
         "exited with code 7",
         "the other 6 jobs succeeded: [0, 10, 20, 40, 60, 70]",
     ],
+    "worker_logging.py": [
+        "INFO    shop.orders [parallax-process-",
+        "WARNING shop.orders [parallax-process-",
+        "forwarded: 8 prices, total 360",
+        "with shop at WARNING: only the warnings above came back",
+        "forward_logs=False: 100",
+    ],
     "worker_resources.py": [
         "thread: 100 squares returned, 100 rows stored (sum 328350)",
         "process: 100 squares returned, 100 rows stored (sum 328350)",

@@ -12,6 +12,9 @@ from typing import Any
 
 import pytest
 
+import parallax
+from conftest import Backend
+from helpers import configure_worker_logging, double, log_and_double, log_failure
 from parallax import _logforward
 from parallax._logforward import lowest_level, replay
 
@@ -144,3 +147,66 @@ def test_the_lowest_level_any_caller_logger_takes() -> None:
 
 def test_lowest_level_here_is_an_int() -> None:
     assert isinstance(lowest_level(), int)
+
+
+# -- end to end ------------------------------------------------------------------------------
+
+
+def test_records_of_every_mode_reach_the_callers_handlers(
+    backend: Backend, caplog: pytest.LogCaptureFixture,
+) -> None:
+    if backend.mode == "dask":
+        pytest.skip("records stay in the dask workers' own logs (documented)")
+    with caplog.at_level(logging.WARNING, logger="app.tasks"):
+        assert backend.map(log_and_double, range(6)) == [0, 2, 4, 6, 8, 10]
+    forwarded = sorted(r.getMessage() for r in caplog.records if r.name == "app.tasks")
+    assert forwarded == [f"warning from item {x}" for x in range(6)]
+    if backend.processes:
+        assert all(r.processName.startswith("parallax-process-") for r in caplog.records)
+
+
+def test_a_process_workers_levels_follow_the_caller_at_its_start(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.INFO, logger="app.tasks"), \
+            parallax.Executor("process", workers=1) as executor:
+        assert list(executor.map(log_and_double, [1, 2])) == [2, 4]
+    messages = [r.getMessage() for r in caplog.records if r.name == "app.tasks"]
+    assert messages == ["warning from item 1", "info from item 1",
+                        "warning from item 2", "info from item 2"]
+
+
+def test_a_forwarded_exception_keeps_its_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="app.tasks"):
+        parallax.map(log_failure, [3], mode="process")
+    [record] = [r for r in caplog.records if r.name == "app.tasks"]
+    assert record.getMessage() == "item 3 failed" and record.levelno == logging.ERROR
+    assert "ValueError: item 3 is odd" in (record.exc_text or "")
+    assert "ValueError: item 3 is odd" in caplog.text  # the caller's formatter shows it
+
+
+def test_forward_logs_false_leaves_the_records_in_the_worker(
+    caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str],
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="app.tasks"):
+        assert parallax.map(log_and_double, [5], mode="process", forward_logs=False) == [10]
+    assert [r for r in caplog.records if r.name == "app.tasks"] == []
+    assert "warning from item 5" in capfd.readouterr().err  # the last-resort handler's
+
+
+def test_a_worker_that_configures_logging_keeps_its_records(
+    caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str],
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="app.tasks"):
+        assert parallax.map(log_and_double, [7], mode="process",
+                            initializer=configure_worker_logging) == [14]
+    assert [r for r in caplog.records if r.name == "app.tasks"] == []
+    out = capfd.readouterr().out
+    assert "WORKER warning from item 7" in out and "WORKER info from item 7" in out
+
+
+def test_forward_logs_must_be_a_bool() -> None:
+    with pytest.raises(TypeError, match="forward_logs must be True or False, not 'yes'"):
+        parallax.map(double, [1], mode="process", forward_logs="yes")
+    with pytest.raises(TypeError, match="did you mean 'forward_logs'"):
+        parallax.map(double, [1], mode="process", forward_log=False)

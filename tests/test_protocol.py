@@ -19,6 +19,7 @@ from parallax._protocol import (
     InitFailed,
     JobCache,
     Loaded,
+    Log,
     Message,
     PickledFailure,
     Preload,
@@ -37,6 +38,7 @@ FAILURE = PickledFailure(pickle.dumps(Boom("bad")), "Traceback ...", "helpers.Bo
 MESSAGES: list[Message] = [
     Hello(["/somewhere"], "worker-1", b"init", b"args", 10, 1 << 30, b"key"),
     Hello([], "worker-2", None, None, None, None, b""),
+    Hello([], "worker-3", None, None, None, None, b"", b"fin", b"args", 20),
     Task(3, b"function", True, False),
     Task(4, None, False, True),
     Preload(5, b"function"),
@@ -44,6 +46,7 @@ MESSAGES: list[Message] = [
     Ready(),
     Loaded(),
     Retire(),
+    Log({"name": "app", "msg": "hello", "levelno": 20, "args": None}),
     FAILURE,
     PickledFailure(None, "", "mod.Unpicklable: x"),
     ChunkFailed(FAILURE),

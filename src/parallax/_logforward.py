@@ -73,6 +73,8 @@ def forward_from_worker(send: Callable[[dict[str, Any]], None], level: int,
 
 def _install(logging: Any, send: Callable[[dict[str, Any]], None], level: int,
              worker_name: str) -> None:
+    last_resort = logging.lastResort
+
     class ForwardToCaller(logging.Handler):  # type: ignore[misc]  # (logging: a module)
         """Stands in for the last-resort handler: it sees exactly the records
         that found no handler in the worker."""
@@ -80,6 +82,9 @@ def _install(logging: Any, send: Callable[[dict[str, Any]], None], level: int,
         def emit(self, record: Any) -> None:
             try:
                 send(_portable(record, worker_name))
+            except OSError:  # the pool is gone (a finalizer logging at the end)
+                if last_resort is not None and record.levelno >= last_resort.level:
+                    last_resort.handle(record)
             except Exception:
                 self.handleError(record)
 

@@ -6,6 +6,7 @@ in the messages of ``_protocol``: a Hello first, answered by Ready (or
 InitFailed); then Task frames (each followed by its items), Preload frames
 (answered by Loaded) and finally Stop; each chunk is answered by a Result (or
 ChunkFailed), and a worker that reached its limits says Retire and exits.
+Log frames carry records no handler of the worker took (``_logforward``).
 
 It writes its position to a shared-memory mark the parent reads when the
 worker dies or overruns a timeout.
@@ -18,8 +19,11 @@ import mmap
 import os
 import signal
 import sys
+import threading
 
+from ._logforward import forward_from_worker
 from ._mark import MARK_SIZE, Mark
+from ._onimport import after_import
 
 # Everything a worker imports adds to its start-up, paid on every cold pool:
 # no typing, dataclasses, socket or cloudpickle here (cloudpickle is imported
@@ -30,6 +34,7 @@ from ._protocol import (
     InitFailed,
     JobCache,
     Loaded,
+    Log,
     Message,
     PickledFailure,
     Preload,
@@ -85,52 +90,14 @@ def _share_authkey(authkey: bytes) -> None:
     """Use the caller's ``multiprocessing`` authkey here, so the caller's Manager
     proxies (in arguments, closures, initargs) can connect to their manager.
 
-    ``multiprocessing`` is not imported now (it pulls in ``socket`` and more,
-    paid on every worker start): the key is set as soon as it is imported.
+    ``multiprocessing`` is not imported for it (it pulls in ``socket`` and
+    more, paid on every worker start): the key is set once it is imported.
     """
-    process = sys.modules.get("multiprocessing.process")
-    if process is not None:
+
+    def set_key(process: Any) -> None:
         process.current_process().authkey = authkey
-    else:
-        sys.meta_path.insert(0, _AuthkeyOnImport(authkey))
 
-
-class _AuthkeyOnImport:
-    """A finder that finds nothing itself: it wraps the loader of
-    ``multiprocessing.process`` so the key is set right after it loads."""
-
-    def __init__(self, authkey: bytes) -> None:
-        self.authkey = authkey
-
-    def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
-        if name != "multiprocessing.process":
-            return None
-        sys.meta_path.remove(self)
-        for finder in sys.meta_path:
-            find_spec = getattr(finder, "find_spec", None)
-            spec = find_spec(name, path, target) if find_spec is not None else None
-            if spec is not None:
-                spec.loader = _SetAuthkey(spec.loader, self.authkey)
-                return spec
-        return None
-
-
-class _SetAuthkey:
-    """A module's own loader, then the authkey set on the loaded module."""
-
-    def __init__(self, loader: Any, authkey: bytes) -> None:
-        self.loader = loader
-        self.authkey = authkey
-
-    def create_module(self, spec: Any) -> Any:
-        return self.loader.create_module(spec)
-
-    def exec_module(self, module: Any) -> None:
-        self.loader.exec_module(module)
-        module.current_process().authkey = self.authkey
-
-    def __getattr__(self, name: str) -> Any:  # get_source and the like
-        return getattr(self.loader, name)
+    after_import("multiprocessing.process", set_key)
 
 
 def _close(fds: list[int]) -> None:
@@ -162,15 +129,26 @@ def main() -> None:
     sys.path[:] = hello.sys_path
     _share_authkey(hello.authkey)
     mark_process_as_worker()
+    # Log records may come from any thread of the worker while a result goes
+    # out: one frame at a time.
+    sending = threading.Lock()
+
+    def send(frame: bytes, fds: tuple[int, ...] = ()) -> None:
+        with sending:
+            conn.send_bytes(frame, fds)
+
+    if hello.log_level is not None:
+        forward_from_worker(lambda fields: send(encode(Log(fields))), hello.log_level,
+                            hello.name)
 
     if hello.initializer is not None:
         assert hello.initargs is not None  # sent together
         try:
             loads(hello.initializer)(*loads(hello.initargs))
         except BaseException as exc:
-            conn.send_bytes(encode(InitFailed(PickledFailure.of(Failure.capture(exc)))))
+            send(encode(InitFailed(PickledFailure.of(Failure.capture(exc)))))
             sys.exit(3)
-    conn.send_bytes(encode(Ready()))
+    send(encode(Ready()))
 
     jobs = JobCache()
 
@@ -185,7 +163,7 @@ def main() -> None:
                 return STOP
             if isinstance(message, Preload):  # the function only, its chunks follow
                 jobs.load(message.job_id, message.function, _WHERE, fd=fd)
-                conn.send_bytes(encode(Loaded()))
+                send(encode(Loaded()))
                 continue
             if not isinstance(message, Task):
                 _close([fd])
@@ -201,7 +179,7 @@ def main() -> None:
                 items = decode_items(items_blob, _WHERE, fd=item_fd)
             if isinstance(items, BaseException):
                 # Nothing of the chunk can run: say so for the whole chunk.
-                conn.send_bytes(encode(ChunkFailed(PickledFailure.of(Failure(items, "")))))
+                send(encode(ChunkFailed(PickledFailure.of(Failure(items, "")))))
                 continue
             return fn, Chunk.fresh(0, 0, items), message.watch_time, message.stop_at_failure, None
 
@@ -210,10 +188,10 @@ def main() -> None:
     def report(result: ChunkResult, _tag: Any) -> None:
         message, segment = Result.shared(result, take_released())
         if segment is None:
-            conn.send_bytes(encode(message))
+            send(encode(message))
             return
         try:  # the kernel holds the memory while the descriptor is in flight
-            conn.send_bytes(encode(message), (segment.fd,))
+            send(encode(message), (segment.fd,))
         finally:
             segment.close()
 
@@ -230,7 +208,7 @@ def main() -> None:
             should_retire=over_memory if max_memory is not None else None,
         )
         if recycled:
-            conn.send_bytes(encode(Retire()))
+            send(encode(Retire()))
     except (EOFError, OSError):
         pass  # the pool is gone: nothing left to do but the finalizer
     finally:

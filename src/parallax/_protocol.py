@@ -3,7 +3,8 @@
 Process mode sends these messages over a worker's socket, one frame each
 (``_wire.Channel``); dask mode returns them from a chunk's task::
 
-    caller -> process worker   Hello        first: sys.path, name, initializer, finalizer, limits
+    caller -> process worker   Hello        first: sys.path, name, initializer, finalizer, limits,
+                                            the level to forward log records from
                                Task         a chunk's header (job, function if new,
                                             flags), then one frame: its items
                                Preload      a job's function alone, its chunks later
@@ -14,6 +15,7 @@ Process mode sends these messages over a worker's socket, one frame each
                                ChunkFailed  nothing of the chunk could run
                                InitFailed   the initializer raised; the worker exits
                                Retire       max tasks or memory reached; the worker exits
+                               Log          a record no handler of the worker took (``_logforward``)
     dask task -> caller        DaskOutcome  an encoded Result or ChunkFailed, and where
                                             and when it ran
 
@@ -70,6 +72,7 @@ __all__ = [
     "InitFailed",
     "JobCache",
     "Loaded",
+    "Log",
     "Message",
     "PickledFailure",
     "Preload",
@@ -136,13 +139,13 @@ class Hello(Message):
     other users of the machine could read it.
     """
 
-    __slots__ = ("authkey", "finalargs", "finalizer", "initargs", "initializer", "max_memory",
-                 "max_tasks", "name", "sys_path")
+    __slots__ = ("authkey", "finalargs", "finalizer", "initargs", "initializer", "log_level",
+                 "max_memory", "max_tasks", "name", "sys_path")
 
     def __init__(self, sys_path: list[str], name: str, initializer: bytes | None,
                  initargs: bytes | None, max_tasks: int | None, max_memory: int | None,
                  authkey: bytes, finalizer: bytes | None = None,
-                 finalargs: bytes | None = None) -> None:
+                 finalargs: bytes | None = None, log_level: int | None = None) -> None:
         self.sys_path = sys_path
         self.name = name
         #: the pickled initializer and its arguments, or None for none
@@ -154,11 +157,13 @@ class Hello(Message):
         #: the pickled finalizer and its arguments, or None for none
         self.finalizer = finalizer
         self.finalargs = finalargs
+        #: forward log records from this level on to the caller (None: do not)
+        self.log_level = log_level
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (Hello, (self.sys_path, self.name, self.initializer, self.initargs,
                         self.max_tasks, self.max_memory, self.authkey, self.finalizer,
-                        self.finalargs))
+                        self.finalargs, self.log_level))
 
     def __repr__(self) -> str:
         return super().__repr__().replace(repr(self.authkey), "<hidden>")
@@ -231,6 +236,19 @@ class Retire(_Signal):
     """Process worker -> caller: max tasks or memory reached; the worker exits."""
 
     __slots__ = ()
+
+
+class Log(Message):
+    """Process worker -> caller: a log record no handler of the worker took,
+    as ``_logforward`` prepared its fields; the caller's loggers handle it."""
+
+    __slots__ = ("fields",)
+
+    def __init__(self, fields: dict[str, Any]) -> None:
+        self.fields = fields
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Log, (self.fields,))
 
 
 class PickledFailure(Message):

@@ -46,6 +46,7 @@ from time import perf_counter
 from .._broken import ProcessInitializerError, WorkerCrashedError
 from .._errors import ParallaxError, describe_item
 from .._host import usable_cpus
+from .._logforward import lowest_level, replay
 from .._mark import MARK_POSITION, MARK_SIZE, Mark
 from .._protocol import (
     ChunkFailed,
@@ -53,6 +54,7 @@ from .._protocol import (
     InitFailed,
     JobCache,
     Loaded,
+    Log,
     Message,
     Preload,
     Ready,
@@ -232,7 +234,10 @@ class ProcessBackend(Backend):
         setup: WorkerSetup | None = None,
         *,
         max_worker_memory: int | None = None,
+        forward_logs: bool = True,
     ) -> None:
+        if not isinstance(forward_logs, bool):
+            raise TypeError(f"forward_logs must be True or False, not {forward_logs!r}")
         if max_worker_memory is not None and (
             isinstance(max_worker_memory, bool)
             or not isinstance(max_worker_memory, int)
@@ -250,6 +255,8 @@ class ProcessBackend(Backend):
         self._owner = os.getpid()
         self._setup = setup or WorkerSetup()
         self._max_memory = max_worker_memory
+        #: log records of the workers reach the caller's handlers (_logforward)
+        self._forward_logs = forward_logs
         self._prefix = f"parallax-process-{next(_pool_ids)}"
         self._names = itertools.count(1)
         self._lock = threading.Lock()
@@ -502,7 +509,8 @@ class ProcessBackend(Backend):
         worker = _Worker(name, slot, popen, parent_end, mark)
         hello = Hello(list(sys.path), name, *self._initializer,
                       self._setup.max_tasks_per_worker, self._max_memory,
-                      bytes(multiprocessing.current_process().authkey), *self._finalizer)
+                      bytes(multiprocessing.current_process().authkey), *self._finalizer,
+                      lowest_level() if self._forward_logs else None)
         with self._lock:
             self._workers[parent_end] = worker
         with contextlib.suppress(OSError):  # if it died already, the EOF says so next
@@ -729,7 +737,13 @@ class ProcessBackend(Backend):
             worker.lent.pop(oldest).close()  # the kernel frees it once unmapped
 
     def _handle_signal(self, worker: _Worker, message: Message) -> None:
-        if isinstance(message, Ready):
+        if isinstance(message, Log):
+            try:
+                replay(message.fields)
+            except Exception:  # a handler of the caller's failed: not the pool's
+                logger.exception("parallax: a log record of %s could not be handled",
+                                 worker.name)
+        elif isinstance(message, Ready):
             worker.ready = True
             self._first_ready.set()
         elif isinstance(message, Loaded):
