@@ -934,6 +934,9 @@ class ProcessBackend(Backend):
             except subprocess.TimeoutExpired:
                 worker.kill(None, "it did not stop within 10 s of the pool's shutdown")
                 worker.popen.wait()
+            # What it sent after the pill (its finalizer's log records): whole
+            # frames only now that it is gone, so nothing is read half.
+            self._drain(worker)
             worker.conn.close()
             worker.forget_lent()
             worker.mark.release()
