@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -388,3 +389,50 @@ def test_the_worker_flag_is_restored_when_an_item_interrupts(stage: str) -> None
     with pytest.raises(KeyboardInterrupt):
         run_stage()
     assert not inside_worker()
+
+
+# -- the cost of data (issue #15) ------------------------------------------------------------
+
+
+def test_shared_memory_makes_large_items_cheap_enough_for_processes() -> None:
+    """8 MB per item and 10 ms of work that threads do not speed up: through
+    the socket shipping costs more than half the work (serial); through
+    shared memory it does not (process)."""
+    work = Facts(probed=3, item_wall=0.01, item_cpu=0.01, total=200, cpus=2, thread_speedup=1.0)
+    through_socket = decide(work.replace(item_bytes=8_000_000))
+    assert through_socket.mode == "serial", through_socket.reason
+    assert "payload-heavy: shipping 8 MB per item" in through_socket.reason
+    shared = decide(work.replace(item_bytes=2_000, shared_bytes=8_000_000))
+    assert shared.mode == "process", shared.reason
+
+
+def test_a_bound_payload_is_paid_once_per_run() -> None:
+    """A 2.5 GB object bound into the function costs ~1 s to write once: over
+    10 items of 10 ms that is payload-heavy, over 100,000 items it is not."""
+    facts = Facts(probed=3, item_wall=0.01, item_cpu=0.01, total=10, cpus=2, item_bytes=100,
+                  payload_bytes=2_500_000_000, thread_speedup=1.0)
+    assert decide(facts).mode == "serial"
+    assert decide(facts.replace(total=100_000)).mode == "process"
+    assert facts.shipping_seconds(10) == pytest.approx(2 * 100 / 1e9 + 0.1)
+
+
+@pytest.mark.usefixtures("gil_build")
+def test_the_probe_counts_what_would_go_through_shared_memory() -> None:
+    numpy = pytest.importorskip("numpy")
+    import functools
+
+    from parallax import _shm
+
+    if not _shm.AVAILABLE:
+        pytest.skip("shared memory needs memfd (Linux)")
+    table = numpy.ones(1_000_000)  # 8 MB, bound into the function
+
+    def heavy(table: Any, x: int) -> Any:
+        busy_3ms(x)
+        return numpy.full(100_000, float(table[x]))  # 800 kB back
+
+    measured = probe(functools.partial(heavy, table), iter(range(20)), total=20)
+    facts = measured.facts
+    assert facts.payload_bytes >= table.nbytes  # counted, not shipped per item
+    assert facts.item_bytes is not None and facts.item_bytes < 1_000  # an int in
+    assert facts.shared_bytes >= 800_000  # the result's array

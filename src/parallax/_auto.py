@@ -46,6 +46,11 @@ SERIAL_BUDGET: Final = 0.005
 PROCESS_ITEM_COST: Final = 3e-6
 #: bytes per second a pipe to a worker moves, both ways counted once each
 PIPE_BANDWIDTH: Final = 1.0e9
+#: bytes per second process mode copies into shared memory (``_shm``: large
+#: out-of-band buffers; the receiver maps them, no copy there). Measured on the
+#: 2-core reference machine: ~2.5 GB/s into a fresh segment (a result, a bound
+#: object), 8 GB/s into a recycled one (a chunk's arguments once the pool runs)
+SHARED_BANDWIDTH: Final = 2.5e9
 #: CPU share of wall time above which work counts as CPU-bound
 CPU_BOUND_SHARE: Final = 0.5
 #: most threads auto mode starts for waiting work
@@ -115,7 +120,11 @@ class Facts(FrozenRecord):
     - ``total``: items in the whole input, if known
     - ``unpicklable``: what did not pickle; ``unpicklable_why``: the pickling
       error, when known
-    - ``item_bytes``: pickled size of an item
+    - ``item_bytes``: pickled size of an item, what goes through the socket
+    - ``shared_bytes``: what an item and its result send through shared
+      memory (process mode's large out-of-band buffers)
+    - ``payload_bytes``: what the function sends through shared memory (a
+      large object bound into it), once per run
     - ``thread_speedup``: items on two threads at once vs one after another
       (2.0: perfect overlap); measured for large items (the payload rule)
       and, without the GIL, for CPU-bound work before free-threaded mode is
@@ -124,7 +133,8 @@ class Facts(FrozenRecord):
 
     __match_args__ = ("coroutine", "probed", "item_wall", "item_cpu", "item_runqueue", "total",
                       "gil_enabled", "cpus", "picklable", "unpicklable", "unpicklable_why",
-                      "item_bytes", "thread_speedup")  # the fields, in order
+                      "item_bytes", "thread_speedup", "shared_bytes",
+                      "payload_bytes")  # the fields, in order
     __slots__ = __match_args__
     coroutine: bool
     probed: int
@@ -139,6 +149,8 @@ class Facts(FrozenRecord):
     unpicklable_why: str
     item_bytes: int | None
     thread_speedup: float | None
+    shared_bytes: int
+    payload_bytes: int
 
     def __init__(
         self,
@@ -155,6 +167,8 @@ class Facts(FrozenRecord):
         unpicklable_why: str = "",
         item_bytes: int | None = None,
         thread_speedup: float | None = None,
+        shared_bytes: int = 0,
+        payload_bytes: int = 0,
     ) -> None:
         _set = object.__setattr__
         _set(self, "coroutine", coroutine)
@@ -170,6 +184,16 @@ class Facts(FrozenRecord):
         _set(self, "unpicklable_why", unpicklable_why)
         _set(self, "item_bytes", item_bytes)
         _set(self, "thread_speedup", thread_speedup)
+        _set(self, "shared_bytes", shared_bytes)
+        _set(self, "payload_bytes", payload_bytes)
+
+    def shipping_seconds(self, items: int) -> float:
+        """What shipping one item to a process and its result back costs, of
+        ``items`` in all: the socket both ways, the shared memory written,
+        and the function's shared payload, written once, spread over them."""
+        through_socket = 2 * (self.item_bytes or 0) / PIPE_BANDWIDTH
+        shared = (self.shared_bytes + self.payload_bytes / max(items, 1)) / SHARED_BANDWIDTH
+        return through_socket + shared
 
 
 def _duration(seconds: float) -> str:
@@ -271,10 +295,11 @@ def _choose(facts: Facts, workers: int | None) -> Plan:
             f"{count} threads",
         )
     if facts.item_bytes is not None and speedup is not None:
-        shipping = 2 * facts.item_bytes / PIPE_BANDWIDTH
+        shipping = facts.shipping_seconds(facts.total or facts.probed)
         if shipping >= wall / 2:
+            size = (facts.item_bytes + facts.shared_bytes) / 1e6
             heavy = (
-                f"CPU-bound but payload-heavy: shipping {facts.item_bytes / 1e6:.2g} MB per item "
+                f"CPU-bound but payload-heavy: shipping {size:.2g} MB per item "
                 f"costs ~{_duration(shipping)} vs {per_item} of work"
             )
             if speedup >= OVERLAP_SPEEDUP:
@@ -682,17 +707,29 @@ def _check_shipping(
     *,
     check_threads: bool,
 ) -> Facts:
-    """Can the work go to a process, and would threads do as well?"""
+    """Can the work go to a process, what would shipping cost, and would
+    threads do as well?
+
+    Sizes are counted as process mode ships: large out-of-band buffers
+    (numpy arrays...) go through shared memory and are counted, not copied.
+    """
+    from ._shm import measure
+
     try:
-        dumps(fn)
+        payload_bytes = measure(fn)[1]
     except Exception:
         return _replace(facts, picklable=False, unpicklable=f"the function {_name(fn)}")
     try:
-        item_bytes = len(dumps(result.items[0]))
+        item_bytes, shared_bytes = measure(result.items[0], by_value=False)
     except Exception:
         return _replace(facts, picklable=False, unpicklable="the input items")
-    facts = _replace(facts, item_bytes=item_bytes)
-    if (not check_threads or item_bytes < LARGE_ITEM_BYTES or facts.cpus < 2
+    outcome = result.outcomes[0]
+    if not isinstance(outcome, Failure):
+        with contextlib.suppress(Exception):  # (a result that cannot go home fails later)
+            shared_bytes += measure(outcome, by_value=False)[1]
+    facts = _replace(facts, item_bytes=item_bytes, shared_bytes=shared_bytes,
+                     payload_bytes=payload_bytes)
+    if (not check_threads or item_bytes + shared_bytes < LARGE_ITEM_BYTES or facts.cpus < 2
             or facts.thread_speedup is not None):
         return facts
     # If the work releases the GIL (hashing, compression, numpy), threads

@@ -52,7 +52,6 @@ if TYPE_CHECKING:
 __all__ = [
     "ALIGNMENT",
     "AVAILABLE",
-    "SHARED_BANDWIDTH",
     "THRESHOLD",
     "Recycler",
     "Segment",
@@ -68,12 +67,6 @@ __all__ = [
 #: 16-32 KiB; at 64 KiB shared memory is 2.6x faster for arguments (recycled
 #: segments) and 1.8x for results (fresh ones); see docs/large-data.md
 THRESHOLD: Final = 64 << 10
-#: bytes per second a sender copies into a segment, the kernel's page
-#: allocation included (the receiver maps it: no copy there). Measured on the
-#: 2-core reference machine: about 2.5 GB/s into a fresh segment (what a
-#: result or a bound object costs), 8 GB/s into a recycled one (a chunk's
-#: arguments once the pool runs); the cost model of auto mode uses the first
-SHARED_BANDWIDTH: Final = 2.5e9
 #: each buffer starts at a multiple of this in its segment (SIMD-friendly
 #: for the arrays mapped on it; the mapping itself is page-aligned)
 ALIGNMENT: Final = 64
