@@ -583,7 +583,11 @@ def probe(
     wall_total = 0.0
     runqueue_before = _runqueue_seconds()
     runqueue = 0.0
-    with _as_worker():
+    # As _as_worker(), written out: a generator-based context manager costs
+    # more than a tiny call's probe
+    previous = set_inside_worker(True)
+    previous_state = use_worker_state({})
+    try:
         for item in source:
             watch = None
             if start_early is not None and not result.items:
@@ -613,6 +617,9 @@ def probe(
                 runqueue = max(0.0, _runqueue_seconds() - runqueue_before)
                 if wall_total - runqueue >= PROBE_SECONDS or wall_total >= PROBE_MAX_SECONDS:
                     break
+    finally:
+        use_worker_state(previous_state)
+        set_inside_worker(previous)
     count = len(result.items)
     if count == 0:
         return result

@@ -481,8 +481,10 @@ def launch(
     if mode == "auto":
         # Refused before the probe runs anything, by the costliest kind of
         # worker auto may pick for this function.
-        kind = "asyncio" if coroutine else "process" if _host.gil_enabled() else "free-threaded"
-        check_worker_bound(kind, workers, asked="auto")
+        if workers is not None:
+            kind = ("asyncio" if coroutine else "process" if _host.gil_enabled()
+                    else "free-threaded")
+            check_worker_bound(kind, workers, asked="auto")
         # The probe takes the first items; the run goes on from there (a
         # sequence from the index after them, anything else from the iterator).
         source = iter(iterable)
