@@ -395,6 +395,9 @@ def collect(run: Run) -> list[Any]:
     over its values without copying them. The batches are the run's own
     lists, no longer used once delivered.
     """
+    at_once = run.all_at_once()
+    if at_once is not None:
+        return at_once
     batches = [batch for batch in run.batches(all_at_once=True) if batch]
     if not batches:
         return []
