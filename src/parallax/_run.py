@@ -69,6 +69,10 @@ class RetryPolicy(FrozenRecord):
         return base * (0.5 + random.random() / 2)
 
 
+#: the policy of a run without retries (policies cannot change: one serves all)
+_NO_RETRIES: Final = RetryPolicy()
+
+
 class _ChunkState:
     """A chunk in play: its items' outcomes so far, and how many are final.
 
@@ -146,7 +150,7 @@ class Run:
         self.ordered = ordered
         self.errors = errors
         self.deadline = deadline
-        self.retry = retry or RetryPolicy()
+        self.retry = retry or _NO_RETRIES
         self.job.stop_at_failure = errors == "raise" and not self.retry.retries
         backend.prepare(self.job)
         self.recorder = recorder
