@@ -171,3 +171,20 @@ def test_an_iterator_is_read_lazily_from_where_it_stands() -> None:
 def test_an_empty_input_makes_no_chunk() -> None:
     assert list(chunks([], sizer(3))) == []
     assert list(chunks(iter([]), sizer(3))) == []
+
+
+def test_a_tuples_tail_counts_what_was_taken_and_ends_where_it_does() -> None:
+    data = tuple(range(10))
+    tail = Tail(data, 4)
+    items, taken = tail.counted()
+    assert (next(items), next(items), taken()) == (4, 5, 2)
+    assert list(items) == [6, 7, 8, 9] and taken() == 6
+    assert list(Tail(data, 4, 7)) == [4, 5, 6]  # a tail short of the end stays bounded
+
+
+def test_a_lists_tail_counts_what_was_taken_though_the_list_grows() -> None:
+    data = list(range(6))
+    items, taken = Tail(data, 2).counted()
+    assert next(items) == 2 and taken() == 1
+    data.extend([6, 7])
+    assert list(items) == [3, 4, 5] and taken() == 4

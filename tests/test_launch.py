@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 import parallax
-from helpers import double
+from helpers import Boom, double, fail_on
 from parallax import _pools
 from parallax._config import check_progress
 from parallax._launch import CallOptions, launch, open_engine, submit_call
@@ -328,3 +328,106 @@ def test_submit_pools_with_and_without_an_initializer_are_apart() -> None:
     set_up.submit(1).result(timeout=60)
     set_up.submit(2).result(timeout=60)
     assert len(_pools._pools) == 2
+
+
+# -- tiny work: what a call with every keyword at its default skips (issue #17) ----------------
+
+
+def test_the_signature_defaults_skipping_the_checks_are_the_api_signatures() -> None:
+    import inspect
+
+    from parallax._launch import _SIGNATURE
+
+    for function in (parallax.map, parallax.imap, parallax.starmap, parallax.amap):
+        defaults = {name: parameter.default
+                    for name, parameter in inspect.signature(function).parameters.items()
+                    if parameter.kind is inspect.Parameter.KEYWORD_ONLY}
+        assert defaults == _SIGNATURE, function.__name__
+
+
+def test_a_call_at_every_default_gets_the_options_the_checks_would_make() -> None:
+    from parallax._launch import _SIGNATURE, _SIGNATURE_DEFAULTS
+
+    arguments = {"fn": double, "iterable": [1], "options": {}, **_SIGNATURE}
+    assert CallOptions.from_call(arguments) is _SIGNATURE_DEFAULTS
+    assert CallOptions.checked(**_SIGNATURE) == _SIGNATURE_DEFAULTS
+    # Equal values of the caller's own objects count as the defaults too.
+    assert CallOptions.from_call({**arguments, "backoff": float("0"), "retry_on": (Exception,),
+                                  "mode": "".join(["au", "to"])}) is _SIGNATURE_DEFAULTS
+
+
+@pytest.mark.parametrize("changed", [
+    {"ordered": 1}, {"retries": False}, {"progress": 0}, {"backoff": 0},
+    {"retry_on": (ValueError,)}, {"initargs": (1,)}, {"chunksize": 4}, {"mode": "serial"},
+])
+def test_any_keyword_off_its_default_is_checked(changed: dict[str, Any]) -> None:
+    from parallax._launch import _SIGNATURE, _SIGNATURE_DEFAULTS
+
+    arguments = {"fn": double, "iterable": [1], "options": {}, **_SIGNATURE, **changed}
+    try:
+        options = CallOptions.from_call(arguments)
+    except (TypeError, ValueError):
+        return  # refused by its check, as it should be if it is not a valid value
+    assert options is not _SIGNATURE_DEFAULTS
+    assert options == CallOptions.checked(**{**_SIGNATURE, **changed})
+
+
+def test_a_backend_option_is_checked_even_with_every_keyword_at_its_default() -> None:
+    with pytest.raises(TypeError, match="'nonsense'"):
+        parallax.map(double, [1, 2], nonsense=1)
+
+
+def absorbed(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the chunk results the run driver merges (``Run._absorb``)."""
+    from parallax._run import Run
+
+    merged: list[int] = []
+    absorb = Run._absorb
+
+    def counting(self: Run, state: Any, result: Any) -> None:
+        merged.append(len(result.values))
+        absorb(self, state, result)
+
+    monkeypatch.setattr(Run, "_absorb", counting)
+    return merged
+
+
+@pytest.mark.parametrize("data", [list(range(3000)), tuple(range(3000)), range(3000)])
+def test_tiny_auto_work_is_collected_at_once_with_the_drivers_records(
+    monkeypatch: pytest.MonkeyPatch, data: Any,
+) -> None:
+    from parallax._units import PROBE_WORKER
+
+    merged = absorbed(monkeypatch)
+    with parallax.monitor() as seen:
+        assert parallax.map(double, data) == [x * 2 for x in data]
+    assert merged == []  # the driver did not run
+    (stats,) = seen.runs
+    assert (stats.mode, stats.tasks, stats.failed) == ("serial", 3000, 0)
+    chunks = stats._chunks
+    assert [record.worker for record in chunks] == [PROBE_WORKER, "the caller's thread"]
+    assert chunks[1].start == chunks[0].done and chunks[0].done + chunks[1].done == 3000
+    assert stats.chunksize == f"auto (up to {chunks[1].done})"
+
+
+def test_tiny_auto_work_failing_after_the_probe_raises_through_the_driver(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    merged = absorbed(monkeypatch)
+    with parallax.monitor() as seen, pytest.raises(Boom, match="bad item 2500") as raised:
+        parallax.map(fail_on({2500, 2700}), list(range(3000)))
+    assert "item 2500" in " ".join(raised.value.__notes__)
+    assert merged and merged[-1] < 3000  # the driver took over: the rest failed
+    (stats,) = seen.runs
+    assert stats.failed == 1
+
+
+@pytest.mark.parametrize("keywords", [{"ordered": False}, {"errors": "return"},
+                                      {"progress": lambda update: None}, {"retries": 1}])
+def test_other_tiny_auto_calls_go_through_the_driver(
+    monkeypatch: pytest.MonkeyPatch, keywords: dict[str, Any],
+) -> None:
+    merged = absorbed(monkeypatch)
+    assert sorted(parallax.map(double, list(range(3000)), **keywords)) == [
+        x * 2 for x in range(3000)]
+    assert merged

@@ -275,3 +275,53 @@ def test_timeline_axis_starts_at_zero_with_a_legend(
         assert len(rows) == sum(len(_rows("", run, 0.0)) for run in runs)
     assert all(row.startswith(("run 1: ", "run 2: "))
                for row in (label.get_text() for label in both.axes[0].get_yticklabels()))
+
+
+def _slowest_one_by_one(slowest: list[Any], result: Any, keep: int = 5) -> None:
+    """The recorder's rule, item by item: what ``StatsRecorder._note_slowest``
+    must keep the same items of (it skips the items that cannot stay)."""
+    import heapq
+
+    previous = result.started
+    for offset, end in enumerate(result.item_ends):
+        begin = result.item_starts[offset] if result.item_starts is not None else previous
+        seconds, previous = end - begin, end
+        if len(slowest) < keep or seconds > slowest[0][0]:
+            entry = (seconds, result.chunk.index_of(offset), 0, result.chunk.items[offset])
+            if len(slowest) < keep:
+                heapq.heappush(slowest, entry)
+            else:
+                heapq.heapreplace(slowest, entry)
+
+
+def test_the_slowest_items_kept_are_those_of_the_item_by_item_rule() -> None:
+    """Ties included (tiny items often end the same number of ns apart),
+    whose winner depends on the order the items come in."""
+    import random
+
+    from parallax._recorder import StatsRecorder
+    from parallax._units import Chunk, ChunkResult
+
+    generator = random.Random(17)
+    for _ in range(500):
+        recorder = StatsRecorder("serial", "test", 1, "auto")
+        expected: list[Any] = []
+        start = 0
+        for seq in range(generator.randint(1, 4)):
+            count = generator.randint(1, 30)
+            clock = generator.random()
+            began = clock
+            ends = []
+            for _ in range(count):
+                clock += generator.choice([0.25, 0.5, 1.0, 1.0, 2.0])
+                ends.append(clock)
+            starts = (None if generator.random() < 0.7
+                      else [end - generator.choice([0.5, 1.0]) for end in ends])
+            chunk = Chunk.fresh(seq, start, list(range(start, start + count)))
+            start += count
+            result = ChunkResult(chunk, list(range(count)), None, worker="w", started=began,
+                                 finished=clock, cpu=0.0, item_ends=ends, item_starts=starts)
+            _slowest_one_by_one(expected, result)
+            recorder._note_slowest(result)
+        kept = sorted((seconds, index, item) for seconds, index, _, item in recorder._slowest)
+        assert kept == sorted((seconds, index, item) for seconds, index, _, item in expected)

@@ -149,20 +149,21 @@ class Tail(Sequence[Any]):
         return self._source[self._start + index]
 
     def __iter__(self) -> Iterator[Any]:
-        iterator = iter(self._source)
-        iterator.__setstate__(self._start)  # type: ignore[attr-defined]
-        # Bounded (2% of the cost of x * 2): a live list iterator would run
-        # on into items appended meanwhile.
-        return itertools.islice(iterator, self._length)
+        return self.counted()[0]
 
     def counted(self) -> tuple[Iterator[Any], Callable[[], int]]:
         """Its items, and a function saying how many of them were taken so
-        far (read from the list iterator under the bound)."""
+        far (read from the source's iterator)."""
         inner = iter(self._source)
         inner.__setstate__(self._start)  # type: ignore[attr-defined]
         source, start = self._source, self._start
-        return (itertools.islice(inner, self._length),
-                lambda: len(source) - inner.__length_hint__() - start)  # type: ignore[attr-defined]
+        items: Iterator[Any] = inner
+        if not isinstance(source, tuple) or len(source) != start + self._length:
+            # Bounded (3-4% of the cost of x * 2 on Python 3.11): a live list
+            # iterator would run on into items appended meanwhile. A tuple
+            # cannot grow: its own iterator stops where the tail does.
+            items = itertools.islice(inner, self._length)
+        return items, lambda: len(source) - inner.__length_hint__() - start  # type: ignore[attr-defined]
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (list, (list(self),))

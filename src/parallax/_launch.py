@@ -27,6 +27,7 @@ way: ``submit_call`` -> ``resolve_without_probe`` -> ``open_engine`` ->
 from __future__ import annotations
 
 import builtins
+import itertools
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
@@ -167,6 +168,10 @@ class CallOptions(FrozenRecord):
     @classmethod
     def from_call(cls, arguments: dict[str, Any]) -> CallOptions:
         """The checked options of a ``map``-like call, from its ``locals()``."""
+        if not arguments["options"] and _untouched(arguments):
+            # Every keyword as the signature left it: the checks would
+            # change nothing (a tiny call's whole budget is tens of µs).
+            return _SIGNATURE_DEFAULTS
         given = {name: value for name, value in arguments.items()
                  if name not in ("fn", "iterable", "options")}
         return cls.checked(**given, **arguments["options"])
@@ -212,6 +217,42 @@ _DEFAULTS: Final = CallOptions()
 #: each keyword's check, in the order they are reported
 _CHECKS: Final[tuple[tuple[str, Callable[[Any], Any]], ...]] = (("mode", check_mode),
                                                                 *COMMON_CHECKS)
+#: the keywords of ``map``, ``imap``, ``starmap`` and ``amap`` as their
+#: signatures default them (``_api.py``); a call that leaves them all so gets
+#: :data:`_SIGNATURE_DEFAULTS` without running the checks again
+_SIGNATURE: Final[dict[str, Any]] = {
+    "mode": "auto", "workers": None, "chunksize": "auto", "ordered": True, "timeout": None,
+    "errors": "raise", "progress": False, "initializer": None, "initargs": (),
+    "finalizer": None, "finalargs": (), "retries": 0, "retry_on": (Exception,),
+    "backoff": 0.0, "max_tasks_per_worker": None, "record_tasks": True,
+}
+_SIGNATURE_DEFAULTS: Final = CallOptions.checked(**_SIGNATURE)
+#: values compared by equality (and exact type) rather than identity: a
+#: caller's ``backoff=0.0`` or ``mode="auto"`` is another object of equal value
+_PLAIN_VALUES: Final = (str, int, float, bool, type(None))
+
+
+def _untouched(arguments: dict[str, Any]) -> bool:
+    """Whether a ``map``-like call's ``locals()`` hold each keyword as its
+    signature defaults it (``fn``, ``iterable`` and ``options`` aside)."""
+    if len(arguments) != len(_SIGNATURE) + 3:
+        return False
+    for name, default in _SIGNATURE.items():
+        value = arguments.get(name, _SIGNATURE)  # _SIGNATURE: no such keyword
+        if value is default:
+            continue
+        kind = type(value)
+        if kind is not type(default):
+            return False
+        if kind is tuple:
+            # (Exception,) and () by their elements' identity: a tuple's ==
+            # would call the elements' own __eq__
+            if len(value) != len(default) or any(
+                    item is not expected for item, expected in zip(value, default, strict=True)):
+                return False
+        elif kind not in _PLAIN_VALUES or value != default:
+            return False
+    return True
 
 
 def length_of(iterable: Iterable[Any]) -> int | None:
@@ -355,6 +396,9 @@ def collect(run: Run) -> list[Any]:
     over its values without copying them. The batches are the run's own
     lists, no longer used once delivered.
     """
+    at_once = run.all_at_once()
+    if at_once is not None:
+        return at_once
     batches = [batch for batch in run.batches(all_at_once=True) if batch]
     if not batches:
         return []
@@ -441,8 +485,10 @@ def launch(
     if mode == "auto":
         # Refused before the probe runs anything, by the costliest kind of
         # worker auto may pick for this function.
-        kind = "asyncio" if coroutine else "process" if _host.gil_enabled() else "free-threaded"
-        check_worker_bound(kind, workers, asked="auto")
+        if workers is not None:
+            kind = ("asyncio" if coroutine else "process" if _host.gil_enabled()
+                    else "free-threaded")
+            check_worker_bound(kind, workers, asked="auto")
         # The probe takes the first items; the run goes on from there (a
         # sequence from the index after them, anything else from the iterator).
         source = iter(iterable)
@@ -598,9 +644,14 @@ def probed_chunk(measured: Probe, timeout: float | None,
     """The auto-selector's probed items as the run's first, already finished
     chunk (``chunk``: the one the run reserved for them)."""
     outcomes = measured.outcomes
-    failures = {position: outcome for position, outcome in enumerate(outcomes)
-                if isinstance(outcome, Failure)}
-    values = [None if position in failures else value for position, value in enumerate(outcomes)]
+    failures: dict[int, Failure] = {}
+    values = list(outcomes)
+    # Looked for at C speed first: most probes end without a failure.
+    if any(map(isinstance, outcomes, itertools.repeat(Failure))):
+        failures = {position: outcome for position, outcome in enumerate(outcomes)
+                    if isinstance(outcome, Failure)}
+        for position in failures:
+            values[position] = None
     chunk = chunk or Chunk.fresh(0, 0, measured.items)
     chunk.submitted = measured.started
     result = ChunkResult(

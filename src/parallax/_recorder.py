@@ -21,7 +21,7 @@ from ._units import ChunkRecord
 
 TYPE_CHECKING = False  # not typing's: keeps this module light
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Iterable, Iterator
     from pathlib import Path
     from typing import Any
 
@@ -141,13 +141,21 @@ class StatsRecorder:
         """Keep the few slowest items with a short repr of their input."""
         ends = result.item_ends
         assert ends is not None
-        starts = result.item_starts
-        previous = result.started
+        # Without start times, each item began when the one before it ended.
+        starts = result.item_starts if result.item_starts is not None else [result.started,
+                                                                             *ends[:-1]]
+        durations = [end - begin for begin, end in zip(starts, ends, strict=False)]
+        offsets: Iterable[int] = range(len(durations))
+        if len(durations) > keep:
+            # Only items at least as slow as the chunk's keep-th slowest can
+            # stay in the heap (ties included: which of equals stays depends
+            # on the order they come in, which is kept): the others are
+            # skipped before the heap is touched.
+            floor = heapq.nlargest(keep, durations)[-1]
+            offsets = [offset for offset, seconds in enumerate(durations) if seconds >= floor]
         slowest = self._slowest
-        for offset, end in enumerate(ends):
-            begin = starts[offset] if starts is not None else previous
-            seconds = end - begin
-            previous = end
+        for offset in offsets:
+            seconds = durations[offset]
             if len(slowest) < keep or seconds > slowest[0][0]:
                 chunk = result.chunk
                 # The input itself is kept (described only when read): a

@@ -69,6 +69,10 @@ class RetryPolicy(FrozenRecord):
         return base * (0.5 + random.random() / 2)
 
 
+#: the policy of a run without retries (policies cannot change: one serves all)
+_NO_RETRIES: Final = RetryPolicy()
+
+
 class _ChunkState:
     """A chunk in play: its items' outcomes so far, and how many are final.
 
@@ -146,7 +150,7 @@ class Run:
         self.ordered = ordered
         self.errors = errors
         self.deadline = deadline
-        self.retry = retry or RetryPolicy()
+        self.retry = retry or _NO_RETRIES
         self.job.stop_at_failure = errors == "raise" and not self.retry.retries
         backend.prepare(self.job)
         self.recorder = recorder
@@ -236,18 +240,85 @@ class Run:
         cutting it up would only cost time.
         """
         if self._iterator is None:
-            if (all_at_once and self.backend.runs_in_caller and self._on_progress is None
-                    and not self._started):
-                self.sizer.rest_at_once = True
-                item_seconds = self.sizer.item_seconds
-                job = self.job
-                # A failure raises before any value is read (map), and the
-                # items were measured tiny: see Job.all_or_nothing.
-                job.all_or_nothing = (job.stop_at_failure and job.timeout is None
-                                      and item_seconds is not None
-                                      and item_seconds < PER_ITEM_TIMING_THRESHOLD)
+            if all_at_once:
+                self._take_rest_at_once()
             self._iterator = self._drive()
         return self._iterator
+
+    def _take_rest_at_once(self) -> bool:
+        """For a caller that wants every result before using any: on a
+        backend that runs chunks in the caller's thread, with no progress to
+        report, the rest of the input goes as one chunk (cutting it up would
+        only cost time). Whether it does."""
+        if not (self.backend.runs_in_caller and self._on_progress is None
+                and not self._started):
+            return False
+        self.sizer.rest_at_once = True
+        item_seconds = self.sizer.item_seconds
+        job = self.job
+        # A failure raises before any value is read (map), and the
+        # items were measured tiny: see Job.all_or_nothing.
+        job.all_or_nothing = (job.stop_at_failure and job.timeout is None
+                              and item_seconds is not None
+                              and item_seconds < PER_ITEM_TIMING_THRESHOLD)
+        return True
+
+    def all_at_once(self) -> list[Any] | None:
+        """Every result as one list, for a run whose first chunk was
+        preloaded without a failure (the auto probe's) and whose rest goes
+        to the caller's thread as one chunk of tiny items (an auto ``map`` of
+        tiny work); None for any other run, which ``batches(all_at_once=True)``
+        then delivers.
+
+        The same chunks, records and outcome as the driver's, without its
+        machinery, which costs a tiny call as much as the items themselves.
+        If the rest fails, the driver takes over from there (and raises).
+        """
+        preloaded = self._preloaded
+        if (preloaded is None or preloaded.failures or preloaded.interruption is not None
+                or self._iterator is not None or not self.ordered or self.deadline is not None
+                or self._on_finish is not None or not self._take_rest_at_once()
+                or not self.job.all_or_nothing):
+            return None
+        self._iterator = self._drive()  # takes over should the rest not succeed
+        self._started = True
+        recorder = self.recorder
+        if recorder is not None:
+            recorder.begin(preloaded.started)
+        chunk = next(self._source, None)
+        result: ChunkResult | None = None
+        if chunk is not None:
+            self._states[chunk.seq] = _ChunkState(chunk)
+            self._submit(chunk)  # runs now, in this thread, and lands in the inbox
+            try:
+                received = self._inbox.get_nowait()
+            except queue.Empty:
+                return None  # not run (the backend refused it): the driver says why
+            if (not isinstance(received, ChunkResult) or received.failures
+                    or received.interruption is not None or not received.complete):
+                self._inbox.put(received)
+                return None
+            result = received
+            del self._states[chunk.seq]
+        self._exhausted = True
+        self._preloaded = None
+        self._iterator = None
+        values = preloaded.values
+        for done in (preloaded, result):
+            if done is None:
+                continue
+            if recorder is not None:
+                recorder.add(done)
+            if done.values:
+                self.sizer.observe(len(done.values), done.finished - done.started)
+            self.items_done += len(done.values)
+        if result is not None:
+            values = result.values
+            values[:0] = preloaded.values  # the probe's few values, moved in front
+        self.finished = True
+        if recorder is not None:
+            recorder.finish(self.items_done, chunksize=self._chunksize_used())
+        return values
 
     def __iter__(self) -> Generator[Any, None, None]:
         batches = self.batches()
