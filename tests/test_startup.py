@@ -40,8 +40,14 @@ def loaded_by(script: str) -> list[str]:
 def test_a_first_auto_map_loads_no_heavy_module() -> None:
     # f is defined in the script, as in a script: a by-value function, which
     # only cloudpickle could check for pickling (not needed to run serially).
+    # The first item's watch is pinned: a machine that stalls the caller for
+    # 2 ms (a busy disk under page faults, another thread holding the GIL)
+    # makes the tiny first item look like waiting, and the thread backend
+    # then loads rightly; this checks the path of an item that does not wait.
     script = (
         "import parallax\n"
+        "import parallax._auto\n"
+        "parallax._auto.WATCH_AFTER = 3600.0\n"
         "def f(x):\n"
         "    return x * 2\n"
         "assert parallax.map(f, range(10)) == list(range(0, 20, 2))\n"
