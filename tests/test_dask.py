@@ -307,6 +307,21 @@ def test_mode_dask_without_address_runs_its_own_local_cluster() -> None:
     assert client.status == "closed"  # no_leftovers checks its processes are gone
 
 
+def test_its_own_cluster_runs_without_the_sampling_profiler_when_the_gil_is_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The profiler reads other threads' frames, which crashes a free-threaded 3.13.
+    from parallax.backends import _dask
+
+    monkeypatch.setattr(_dask, "gil_enabled", lambda: False)
+    assert parallax.map(double, range(10), mode="dask") == [x * 2 for x in range(10)]
+    (backend,) = [pooled.backend for pooled in _pools._pools.values()]
+    assert isinstance(backend, DaskBackend)
+    profiling = backend.client.run(lambda: dask.config.get("distributed.worker.profile.enabled"))
+    _pools.shutdown_pools(wait=True)
+    assert profiling and set(profiling.values()) == {False}
+
+
 def test_existing_client_is_used_and_left_open(address: str) -> None:
     with distributed.Client(address, set_as_default=False) as client:
         assert parallax.map(double, range(500), mode="dask", client=client) == [

@@ -88,6 +88,7 @@ from time import perf_counter, time
 from typing import Any, Final
 
 try:
+    import dask
     import distributed
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess
     raise ImportError(
@@ -96,7 +97,7 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess
 
 from .._broken import WorkerCrashedError
 from .._errors import ParallaxError, describe_item
-from .._host import usable_cpus
+from .._host import gil_enabled, usable_cpus
 from .._protocol import (
     ChunkFailed,
     DaskOutcome,
@@ -154,6 +155,18 @@ class _Task:
     fetches: int = 0
     #: the scattered function it was sent with, if any
     shipped: Any = None
+
+
+def _local_cluster_config() -> dict[str, Any]:
+    """Dask settings for the local cluster parallax starts (its workers get them).
+
+    Without the GIL, dask's sampling profiler, which reads other threads'
+    running frames every few milliseconds, crashes the free-threaded
+    CPython 3.13 (a segfault in ``distributed/profile.py``): it is turned
+    off there. A cluster of the user's own (``address=``, ``client=``) keeps
+    its settings.
+    """
+    return {} if gil_enabled() else {"distributed.worker.profile.enabled": False}
 
 
 class DaskBackend(Backend):
@@ -413,16 +426,17 @@ class DaskBackend(Backend):
                 # Worker processes, one thread each: parallax's chunks are
                 # the unit of parallelism. Loopback only, no dashboard: a
                 # private pool, like process mode's.
-                self._cluster = distributed.LocalCluster(  # type: ignore[no-untyped-call,unused-ignore]
-                    n_workers=self.workers,
-                    threads_per_worker=1,
-                    processes=True,
-                    host="127.0.0.1",
-                    # Dask serves an HTTP endpoint even without a dashboard; on
-                    # its default port 8787 a second cluster (or a notebook's)
-                    # would clash, so any free port, loopback only.
-                    dashboard_address="127.0.0.1:0",
-                )
+                with dask.config.set(_local_cluster_config()):
+                    self._cluster = distributed.LocalCluster(  # type: ignore[no-untyped-call,unused-ignore]
+                        n_workers=self.workers,
+                        threads_per_worker=1,
+                        processes=True,
+                        host="127.0.0.1",
+                        # Dask serves an HTTP endpoint even without a dashboard; on
+                        # its default port 8787 a second cluster (or a notebook's)
+                        # would clash, so any free port, loopback only.
+                        dashboard_address="127.0.0.1:0",
+                    )
                 self._client = distributed.Client(  # type: ignore[no-untyped-call,unused-ignore]
                     self._cluster, set_as_default=False
                 )
