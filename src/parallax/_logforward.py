@@ -48,8 +48,12 @@ def lowest_level() -> int:
     if logging is None:  # nobody configured anything: the root's default
         return _DEFAULT_LEVEL
     manager = logging.Logger.manager
+    try:
+        loggers = list(manager.loggerDict.values())
+    except RuntimeError:  # another thread made a logger meanwhile: send every
+        return 1  # record; the caller's levels still decide when one arrives
     levels = [logging.getLogger().getEffectiveLevel()]
-    levels += [logger.level for logger in list(manager.loggerDict.values())
+    levels += [logger.level for logger in loggers
                if isinstance(logger, logging.Logger) and logger.level]
     return int(max(min(levels), manager.disable + 1 if manager.disable else 0))
 
