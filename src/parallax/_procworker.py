@@ -115,9 +115,18 @@ def _decode_or_close(frame: bytearray, fd: int) -> Message:
 
 
 def main() -> None:
+    """A fresh worker's entry: its descriptors and slot are its arguments."""
     conn_fd, mark_fd, slot = (int(arg) for arg in sys.argv[1:4])
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the caller handles Ctrl-C
     _die_with_parent()
+    run(conn_fd, mark_fd, slot)
+
+
+def run(conn_fd: int, mark_fd: int, slot: int) -> None:
+    """A worker's life, from the handshake to its finalizer: the one body of
+    fresh workers (``main``) and of workers forked by the template
+    (``_template``). ``conn_fd`` is its socket end, ``mark_fd`` the pool's
+    marks file, ``slot`` its mark in it; both descriptors are taken over."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the caller handles Ctrl-C
     # Not handed on to programs the user's code starts (a process it forks
     # keeps them, though: the pool watches the worker's process too).
     os.set_inheritable(conn_fd, False)
