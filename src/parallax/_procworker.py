@@ -1,7 +1,8 @@
 """The main program of a process worker (the child side of process mode).
 
-Started as a fresh interpreter (``python -c ...``), never forked, so it owns no
-copy of the parent's threads or locks. It speaks to its pool over one socket,
+Started as a fresh interpreter (``python -c ...``, :func:`main`) or forked by
+the single-threaded fork template (``_template``, :func:`run`), never forked
+from the caller, so it owns no copy of the caller's threads or locks. It speaks to its pool over one socket,
 in the messages of ``_protocol``: a Hello first, answered by Ready (or
 InitFailed); then Task frames (each followed by its items), Preload frames
 (answered by Loaded) and finally Stop; each chunk is answered by a Result (or

@@ -12,10 +12,12 @@ Data flow::
                     death (EOF), stuck item (timeout) ──► WorkerCrashedError /
                                         TaskTimeoutError for the item, new worker
 
-Workers are fresh interpreters started with ``subprocess`` (never ``fork``):
-forking a process that already runs threads can deadlock on a lock some
-other thread held at the fork, and a fresh interpreter does not re-import the
-caller's ``__main__`` either (functions travel by value with cloudpickle).
+Workers are never forks of the caller: forking a process that already runs
+threads can deadlock on a lock some other thread held at the fork. They are
+forks of the fork template (``_template``: single-threaded, started once per
+caller; the default on Linux) or fresh interpreters started with
+``subprocess`` (``start_method="fresh"``). Neither re-imports the caller's
+``__main__`` (functions travel by value with cloudpickle).
 
 Each worker has at most one chunk at a time, so the pool always knows what a
 dead worker was running; a shared-memory mark says which item. One manager
