@@ -2,12 +2,13 @@
 
 Started as a fresh interpreter (``python -c ...``, :func:`main`) or forked by
 the single-threaded fork template (``_template``, :func:`run`), never forked
-from the caller, so it owns no copy of the caller's threads or locks. It speaks to its pool over one socket,
-in the messages of ``_protocol``: a Hello first, answered by Ready (or
-InitFailed); then Task frames (each followed by its items), Preload frames
-(answered by Loaded) and finally Stop; each chunk is answered by a Result (or
-ChunkFailed), and a worker that reached its limits says Retire and exits.
-Log frames carry records no handler of the worker took (``_logforward``).
+from the caller, so it owns no copy of the caller's threads or locks. It
+speaks to its pool over one socket, in the messages of ``_protocol``: a Hello
+first, answered by Ready (or InitFailed); then Task frames (each followed by
+its items), Preload frames (answered by Loaded) and finally Stop; each chunk
+is answered by a Result (or ChunkFailed), and a worker that reached its
+limits says Retire and exits. Log frames carry records no handler of the
+worker took (``_logforward``).
 
 It writes its position to a shared-memory mark the parent reads when the
 worker dies or overruns a timeout.

@@ -92,7 +92,18 @@ def _prepare() -> Callable[[int, int], object]:
     from . import _procworker  # noqa: F401  (the worker tier, shared by every child)
 
     prctl: Callable[[int, int], object] = ctypes.CDLL(None, use_errno=True).prctl
+    _freeze()
     return prctl
+
+
+def _freeze() -> None:
+    """Keep the collector of each worker off what the template holds: its
+    objects go to the permanent generation, so a worker's first collections
+    do not write to (and so copy) the pages it shares with the template."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
 
 
 def _warm_up() -> None:
@@ -100,6 +111,7 @@ def _warm_up() -> None:
     sent by value, one defined in ``__main__`` say, would pay on its own)."""
     with contextlib.suppress(ImportError):
         import cloudpickle  # noqa: F401
+    _freeze()
 
 
 def serve(control_fd: int) -> None:
@@ -341,6 +353,15 @@ class TemplateWorker:
         self._done.set()
 
 
+def _is_open(fd: int) -> bool:
+    """Is ``fd`` open here (a caller may have closed its standard output)?"""
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
 def _exited_fd() -> int:
     """A descriptor that is readable at once (a pipe whose writer is closed)."""
     read_end, write_end = os.pipe()
@@ -394,10 +415,15 @@ class _Template:
             if not self.alive:
                 raise TemplateGone("the fork template has exited")
             request = marshal.dumps((slot, environment, cwd))
+            streams = [fd if _is_open(fd) else os.open(os.devnull, os.O_WRONLY) for fd in (1, 2)]
             try:
-                self._control.send_bytes(request, (conn_fd, mark_fd, 1, 2))
+                self._control.send_bytes(request, (conn_fd, mark_fd, *streams))
             except OSError as exc:
                 raise TemplateGone(f"the fork template stopped listening ({exc!r})") from exc
+            finally:
+                for ours, fd in zip((1, 2), streams, strict=True):
+                    if fd != ours:
+                        os.close(fd)
             try:
                 reply = self._replies.get(timeout=SPAWN_TIMEOUT)
             except queue.Empty:
@@ -529,11 +555,3 @@ def _forget_after_fork() -> None:
 if SUPPORTED:
     os.register_at_fork(after_in_child=_forget_after_fork)
 
-
-def stop() -> None:
-    """Stop this process's template, if any (its workers die with it); for
-    tests and for callers that want it gone before they exit."""
-    current = running_pid() and _current
-    if current:
-        current.kill()
-        current._reader.join(timeout=15)
