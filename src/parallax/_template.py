@@ -45,6 +45,7 @@ import marshal
 import os
 import signal
 import sys
+import threading  # (the worker tier has it anyway)
 
 from ._wire import Channel
 
@@ -52,7 +53,6 @@ TYPE_CHECKING = False  # not typing's: the template does not import typing
 if TYPE_CHECKING:
     import queue
     import subprocess
-    import threading
     from collections.abc import Callable
 
 #: forking a template, and signalling its children race-free, works here
@@ -261,7 +261,6 @@ def _run_worker(conn_fd: int, mark_fd: int, slot: int) -> int:
     """Run the worker body; end as an interpreter would: its exit code, the
     non-daemon threads joined, the ``atexit`` functions run."""
     import atexit
-    import threading
 
     from ._procworker import run
 
@@ -314,8 +313,6 @@ class TemplateWorker:
     __slots__ = ("_done", "_lock", "_pidfd", "pid", "returncode")
 
     def __init__(self, pid: int, pidfd: int) -> None:
-        import threading
-
         self.pid = pid
         self._pidfd = pidfd
         self.returncode: int | None = None
@@ -376,7 +373,6 @@ class _Template:
         import queue
         import socket
         import subprocess
-        import threading
 
         ours, theirs = socket.socketpair()
         try:
@@ -449,6 +445,11 @@ class _Template:
         self.alive = False
         with contextlib.suppress(OSError):
             self._control.close()
+        for worker in list(self._workers.values()):  # (their locks may be held: no locking)
+            pidfd, worker._pidfd = worker._pidfd, -1
+            if pidfd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(pidfd)
 
     def _read(self) -> None:
         """The reader thread: replies to spawns, and exit statuses."""
@@ -492,16 +493,8 @@ class _Template:
 
 #: the running template of this process, if any
 _current: _Template | None = None
-_starting: threading.Lock | None = None
-
-
-def _lock() -> threading.Lock:
-    global _starting
-    if _starting is None:
-        import threading
-
-        _starting = threading.Lock()
-    return _starting
+#: held while a template is looked up or started
+_starting = threading.Lock()
 
 
 def running_pid() -> int | None:
@@ -514,7 +507,7 @@ def running_pid() -> int | None:
 
 def _template(environment: dict[str, str]) -> _Template:
     global _current
-    with _lock():
+    with _starting:
         current = _current
         if current is None or not current.alive or current.owner != os.getpid():
             current = _current = _Template(environment)
@@ -546,7 +539,7 @@ def spawn_worker(conn_fd: int, mark_fd: int, slot: int,
 def _forget_after_fork() -> None:
     """In a forked child of the caller: the parent's template is not ours."""
     global _current, _starting
-    _starting = None
+    _starting = threading.Lock()  # another thread may have held it at the fork
     current, _current = _current, None
     if current is not None:
         current.forget()
