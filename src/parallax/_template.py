@@ -505,6 +505,12 @@ def running_pid() -> int | None:
     return current.pid
 
 
+def start(environment: dict[str, str]) -> None:
+    """Have this process's template running (started with ``environment``
+    if it is not): it boots while the pool gets ready."""
+    _template(environment)
+
+
 def _template(environment: dict[str, str]) -> _Template:
     global _current
     with _starting:

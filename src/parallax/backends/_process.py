@@ -347,6 +347,12 @@ class ProcessBackend(Backend):
             undo.callback(self._marks_map.close)
             self._marks: Mark = memoryview(self._marks_map).cast("d")
             undo.callback(self._marks.release)
+            if self._start_method == "template":
+                # Here, in the caller's thread, not in the manager's: at
+                # interpreter exit (work still queued) the manager may spawn
+                # when no thread can start any more, and the template's
+                # reader is one.
+                _template.start(self._child_environment())
             # Workers start now, not at the first chunk: a fresh interpreter
             # takes tens of milliseconds to boot, which overlaps with the
             # caller pickling the function and cutting the first chunks.
