@@ -1,7 +1,8 @@
 """Fixed costs of issue #17: a script's first call, tiny work, I/O auto's probe.
 
-    python benchmarks/bench_startup.py [--repeats K] [--interpreters N] [--only first,tiny,sleep]
-                                       [--src PATH]
+    python benchmarks/bench_startup.py [--repeats K] [--interpreters N]
+                                       [--only first,tiny,sleep,pool] [--src PATH]
+                                       [--methods template,fresh]
 
 ``--src``: measure the parallax of another source tree (a ``src`` directory,
 e.g. ``git archive <commit> src | tar -x -C /tmp/before`` for a "before" figure).
@@ -24,6 +25,17 @@ e.g. ``git archive <commit> src | tar -x -C /tmp/before`` for a "before" figure)
 - **sleep**: ``time.sleep(0.02)`` x 400 in auto mode against a
   256-thread ``ThreadPoolExecutor``, each in a fresh interpreter (pool start
   included, for both), repeats interleaved, medians; the target is <= 1.2x.
+
+- **pool**: process pools, each case in N fresh interpreters (median), parallax
+  imported untimed: a cold pool of 2 workers + its first map of 10 items (the
+  fork template's start included, for the template), a second cold pool in
+  the same script (the template already up), the cost of a worker start as
+  seen through ``max_tasks_per_worker=1`` (20 items, one worker, per item),
+  ``multiprocessing.Pool(2)`` the same way; and the proportional set size
+  (PSS, ``/proc/PID/smaps_rollup``: shared pages counted once) of two warm
+  workers (plus the template, which counts too) against the caller's.
+  ``--methods``: the start methods measured (``default`` passes none: for a
+  ``--src`` without the option).
 
 Prints a markdown section (paste it into benchmarks/RESULTS.md).
 """
@@ -104,6 +116,70 @@ print((time.perf_counter() - started) * 1e3)
 """
 
 
+POOL_PARALLAX = """
+import os, time
+import parallax
+
+def double(x):
+    return x * 2
+
+def pid(_):
+    return os.getpid()
+
+def pss(pid):
+    with open(f"/proc/{{pid}}/smaps_rollup") as rollup:
+        for line in rollup:
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+options = dict({options})
+started = time.perf_counter()
+with parallax.Executor("process", workers=2, **options) as pool:
+    assert list(pool.map(double, range(10))) == list(range(0, 20, 2))
+first = (time.perf_counter() - started) * 1e3
+started = time.perf_counter()
+with parallax.Executor("process", workers=2, **options) as pool:
+    assert list(pool.map(double, range(10))) == list(range(0, 20, 2))
+second = (time.perf_counter() - started) * 1e3
+with parallax.Executor("process", workers=1, max_tasks_per_worker=1, **options) as pool:
+    list(pool.map(double, range(2)))
+    started = time.perf_counter()
+    assert list(pool.map(double, range(20), chunksize=1)) == list(range(0, 40, 2))
+    respawn = (time.perf_counter() - started) * 1e3 / 20
+with parallax.Executor("process", workers=2, **options) as pool:
+    workers = set()
+    for _ in range(50):
+        workers |= set(pool.map(pid, range(40), chunksize=1))
+        if len(workers) >= 2:
+            break
+    time.sleep(0.2)
+    memory = sum(pss(worker) for worker in workers)
+    try:
+        from parallax import _template
+        template = _template.running_pid()
+    except ImportError:
+        template = None
+    memory_template = pss(template) if template else 0.0
+    caller = pss(os.getpid())
+print(first, second, respawn, memory, memory_template, caller, len(workers))
+"""
+
+POOL_MULTIPROCESSING = """
+import time
+import multiprocessing
+
+def double(x):
+    return x * 2
+
+if __name__ == "__main__":
+    started = time.perf_counter()
+    with multiprocessing.Pool(2) as pool:
+        assert pool.map(double, range(10)) == list(range(0, 20, 2))
+    print((time.perf_counter() - started) * 1e3)
+"""
+
+
 def _environment() -> dict[str, str]:
     env = dict(os.environ, PYTHONPYCACHEPREFIX=str(PYCACHE))
     env.pop("PYTHONDONTWRITEBYTECODE", None)  # a cached .pyc, as an installed package has
@@ -120,6 +196,12 @@ def _child(code: str) -> tuple[float, float]:
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) * 1e3
     return float(out.split()[-1]) if out.strip() else 0.0, cpu
+
+
+def _child_numbers(code: str) -> list[float]:
+    out = subprocess.run([sys.executable, "-c", code], env=_environment(), check=True,
+                         capture_output=True, text=True, timeout=120).stdout
+    return [float(word) for word in out.split()]
 
 
 def _interleaved(codes: dict[str, str], repeats: int) -> dict[str, list[tuple[float, float]]]:
@@ -234,12 +316,49 @@ def sleep(repeats: int) -> list[str]:
     ]
 
 
+def pools(interpreters: int, methods: list[str]) -> list[str]:
+    median = statistics.median
+    codes = {method: POOL_PARALLAX.format(
+        options="" if method == "default" else f"start_method={method!r}") for method in methods}
+    for code in codes.values():
+        _child_numbers(code)  # compiles and caches the bytecode; untimed
+    _child_numbers(POOL_MULTIPROCESSING)
+    rows: dict[str, list[list[float]]] = {method: [] for method in methods}
+    mp: list[float] = []
+    for _ in range(interpreters):
+        for method, code in codes.items():
+            rows[method].append(_child_numbers(code))
+        mp.append(_child_numbers(POOL_MULTIPROCESSING)[0])
+    lines = [
+        f"### pool: cold process pools, {interpreters} fresh interpreters (median)",
+        "",
+        "| start method | cold pool + map(10) ms | second cold pool ms | worker start "
+        "(max_tasks_per_worker=1) ms/item | PSS of 2 workers MB | + template MB "
+        "| caller MB |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for method, numbers in rows.items():
+        first, second, respawn, memory, template, caller = (
+            median(row[i] for row in numbers) for i in range(6))
+        lines.append(f"| {method} | {first:.1f} | {second:.1f} | {respawn:.2f} | {memory:.1f} "
+                     f"| {template:.1f} | {caller:.1f} |")
+    lines += [
+        f"| `multiprocessing.Pool(2)` (fork) | {median(mp):.1f} | | | | | |",
+        "",
+        "Targets: cold pool + map(10) <= 20 ms and <= 1.5x `multiprocessing.Pool`'s; "
+        "PSS of two workers <= 20 MB above the caller (the template's counted with them).",
+        "",
+    ]
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--interpreters", type=int, default=30)
     parser.add_argument("--only", default="first,tiny,sleep")
     parser.add_argument("--src", type=Path, default=SOURCE[0])
+    parser.add_argument("--methods", default="template,fresh")
     args = parser.parse_args()
     SOURCE[0] = args.src.resolve()
     sys.path.insert(0, str(SOURCE[0]))  # before parallax is imported (tiny)
@@ -259,6 +378,8 @@ def main() -> None:
         lines += tiny(args.repeats)
     if "sleep" in chosen:
         lines += sleep(args.repeats)
+    if "pool" in chosen:
+        lines += pools(args.repeats, args.methods.split(","))
     print("\n".join(lines))
 
 

@@ -159,8 +159,15 @@ def session_pids() -> set[int]:
 
 def child_pids() -> set[int]:
     """Live child processes of this process (Linux /proc), but for those of the
-    session's dask cluster (see :func:`session_pids`)."""
+    session's dask cluster (see :func:`session_pids`).
+
+    Process workers forked by the fork template (``parallax._template``) count
+    as children, the template itself (one per test session, kept) does not.
+    """
+    from parallax import _template
+
     me = os.getpid()
+    template = _template.running_pid()
     found = set()
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -171,16 +178,17 @@ def child_pids() -> set[int]:
         except OSError:
             continue
         state, parent = fields[0], int(fields[1])
-        if parent == me and state != b"Z":
+        if parent in (me, template) and state != b"Z":
             found.add(int(entry))
-    return found - session_pids()
+    return found - session_pids() - {template}
 
 
 def parallax_threads() -> list[threading.Thread]:
     return [
         thread
         for thread in threading.enumerate()
-        if thread.name.startswith("parallax-") and thread.name != "parallax-pool-reaper"
+        if thread.name.startswith("parallax-")
+        and thread.name not in ("parallax-pool-reaper", "parallax-template")
     ]
 
 

@@ -253,10 +253,14 @@ def test_no_warm_up_when_the_workers_take_every_core(gil_build: int) -> None:
 
 
 @pytest.mark.usefixtures("gil_build")
-def test_the_caller_works_while_a_cold_process_pool_boots() -> None:
+def test_the_caller_works_while_a_cold_process_pool_boots(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from parallax import _pools
 
     _pools.shutdown_pools(wait=True)  # a cold pool: its interpreters take a while to start
+    # (fresh ones: a running fork template makes a pool ready almost at once)
+    monkeypatch.setenv("PARALLAX_START_METHOD", "fresh")
     data = list(range(300))
 
     def warm_at_item_2() -> Iterator[int]:

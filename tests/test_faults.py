@@ -633,11 +633,15 @@ def test_a_recursion_error_arrives_as_itself(backend: Backend) -> None:
 
 def _stop_reading(_: int) -> int:
     """Shut the read side of this worker's socket: the pool's next write fails."""
+    import atexit
     import socket
 
     fd = int(sys.argv[1])  # (the worker's command line: its socket first)
     with socket.socket(fileno=os.dup(fd)) as sock:
         sock.shutdown(socket.SHUT_RD)
+    # It reads EOF next and would leave: stay until parallax's kill lands (a
+    # forked worker exits at once, faster than the kill otherwise).
+    atexit.register(time.sleep, 30)
     return os.getpid()
 
 

@@ -34,6 +34,22 @@ def test_a_process_worker_starts_without_heavy_modules() -> None:
     assert json.loads(out.stdout) == []
 
 
+def test_the_fork_template_holds_no_heavy_modules() -> None:
+    # What the template imports, every worker it forks has from the first
+    # instruction (shared pages, paid once per caller, not per worker): still
+    # no heavy module. ``socket`` (descriptors arrive with SCM_RIGHTS) and
+    # ``ctypes`` (PR_SET_PDEATHSIG for each child) are its own, on purpose.
+    heavy = ["cloudpickle", "typing", "dataclasses", "inspect", "asyncio",
+             "concurrent.futures", "logging", "traceback", "subprocess", "pickletools"]
+    script = (
+        "import json, sys; from parallax._template import _prepare; _prepare(); "
+        f"print(json.dumps([name for name in {heavy!r} if name in sys.modules]))"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         check=True, timeout=60)
+    assert json.loads(out.stdout) == []
+
+
 def test_results_of_classes_sent_by_value_come_home(backend: Backend) -> None:
     class Point:  # defined here: it travels to a worker by value
         def __init__(self, x: int) -> None:

@@ -1,12 +1,14 @@
 """The main program of a process worker (the child side of process mode).
 
-Started as a fresh interpreter (``python -c ...``), never forked, so it owns no
-copy of the parent's threads or locks. It speaks to its pool over one socket,
-in the messages of ``_protocol``: a Hello first, answered by Ready (or
-InitFailed); then Task frames (each followed by its items), Preload frames
-(answered by Loaded) and finally Stop; each chunk is answered by a Result (or
-ChunkFailed), and a worker that reached its limits says Retire and exits.
-Log frames carry records no handler of the worker took (``_logforward``).
+Started as a fresh interpreter (``python -c ...``, :func:`main`) or forked by
+the single-threaded fork template (``_template``, :func:`run`), never forked
+from the caller, so it owns no copy of the caller's threads or locks. It
+speaks to its pool over one socket, in the messages of ``_protocol``: a Hello
+first, answered by Ready (or InitFailed); then Task frames (each followed by
+its items), Preload frames (answered by Loaded) and finally Stop; each chunk
+is answered by a Result (or ChunkFailed), and a worker that reached its
+limits says Retire and exits. Log frames carry records no handler of the
+worker took (``_logforward``).
 
 It writes its position to a shared-memory mark the parent reads when the
 worker dies or overruns a timeout.
@@ -115,9 +117,18 @@ def _decode_or_close(frame: bytearray, fd: int) -> Message:
 
 
 def main() -> None:
+    """A fresh worker's entry: its descriptors and slot are its arguments."""
     conn_fd, mark_fd, slot = (int(arg) for arg in sys.argv[1:4])
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the caller handles Ctrl-C
     _die_with_parent()
+    run(conn_fd, mark_fd, slot)
+
+
+def run(conn_fd: int, mark_fd: int, slot: int) -> None:
+    """A worker's life, from the handshake to its finalizer: the one body of
+    fresh workers (``main``) and of workers forked by the template
+    (``_template``). ``conn_fd`` is its socket end, ``mark_fd`` the pool's
+    marks file, ``slot`` its mark in it; both descriptors are taken over."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the caller handles Ctrl-C
     # Not handed on to programs the user's code starts (a process it forks
     # keeps them, though: the pool watches the worker's process too).
     os.set_inheritable(conn_fd, False)

@@ -12,10 +12,12 @@ Data flow::
                     death (EOF), stuck item (timeout) ──► WorkerCrashedError /
                                         TaskTimeoutError for the item, new worker
 
-Workers are fresh interpreters started with ``subprocess`` (never ``fork``):
-forking a process that already runs threads can deadlock on a lock some
-other thread held at the fork, and a fresh interpreter does not re-import the
-caller's ``__main__`` either (functions travel by value with cloudpickle).
+Workers are never forks of the caller: forking a process that already runs
+threads can deadlock on a lock some other thread held at the fork. They are
+forks of the fork template (``_template``: single-threaded, started once per
+caller; the default on Linux) or fresh interpreters started with
+``subprocess`` (``start_method="fresh"``). Neither re-imports the caller's
+``__main__`` (functions travel by value with cloudpickle).
 
 Each worker has at most one chunk at a time, so the pool always knows what a
 dead worker was running; a shared-memory mark says which item. One manager
@@ -43,6 +45,7 @@ from multiprocessing.connection import wait
 from pathlib import Path
 from time import perf_counter
 
+from .. import _template
 from .._broken import ProcessInitializerError, WorkerCrashedError
 from .._errors import ParallaxError, describe_item
 from .._host import usable_cpus
@@ -163,6 +166,48 @@ class _Queued:
         self.claimed = False
 
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    class WorkerProcess(Protocol):
+        """A worker's process, whoever started it: a ``subprocess.Popen`` (a
+        fresh interpreter) or a ``_template.TemplateWorker`` (forked by the
+        template, not our child)."""
+
+        @property
+        def pid(self) -> int: ...
+        @property
+        def returncode(self) -> int | None: ...
+        def send_signal(self, signum: int, /) -> None: ...
+        def poll(self) -> int | None: ...
+        def wait(self, timeout: float | None = None) -> int | None: ...
+
+
+#: how workers start: forked by the template (Linux), or fresh interpreters
+START_METHODS = ("template", "fresh")
+
+
+def default_start_method() -> str:
+    """``PARALLAX_START_METHOD`` if set, else the template where it works."""
+    chosen = os.environ.get("PARALLAX_START_METHOD")
+    if chosen:
+        return _checked_start_method(chosen, "PARALLAX_START_METHOD")
+    return "template" if _template.SUPPORTED else "fresh"
+
+
+def _checked_start_method(method: object, what: str = "start_method") -> str:
+    if method not in START_METHODS:
+        raise ValueError(f"{what} must be 'template' or 'fresh', not {method!r}")
+    assert isinstance(method, str)
+    if method == "template" and not _template.SUPPORTED:
+        raise ValueError(
+            f"{what}='template' needs Linux (os.fork with pidfd_open); "
+            "use start_method='fresh' here"
+        )
+    return method
+
+
 class _Worker:
     __slots__ = (
         "buried",
@@ -181,7 +226,7 @@ class _Worker:
         "slot",
     )
 
-    def __init__(self, name: str, slot: int, popen: subprocess.Popen[bytes], conn: Channel,
+    def __init__(self, name: str, slot: int, popen: WorkerProcess, conn: Channel,
                  mark: Mark) -> None:
         self.name = name
         self.slot = slot
@@ -199,7 +244,8 @@ class _Worker:
         self.killed_because: str | None = None
         #: readable once the process exits, even while something else (a
         #: process it forked) keeps its socket open; None where unsupported
-        self.pidfd = _open_pidfd(popen.pid)
+        self.pidfd = (popen.open_pidfd() if isinstance(popen, _template.TemplateWorker)
+                      else _open_pidfd(popen.pid))
         self.buried = False
         #: the recyclable segments of chunks it ran, by key, until it reports
         #: them released (oldest first)
@@ -235,7 +281,11 @@ class ProcessBackend(Backend):
         *,
         max_worker_memory: int | None = None,
         forward_logs: bool = True,
+        start_method: str | None = None,
     ) -> None:
+        #: "template" (forked by the fork template) or "fresh" (interpreters)
+        self._start_method = (default_start_method() if start_method is None
+                              else _checked_start_method(start_method))
         if not isinstance(forward_logs, bool):
             raise TypeError(f"forward_logs must be True or False, not {forward_logs!r}")
         if max_worker_memory is not None and (
@@ -297,6 +347,12 @@ class ProcessBackend(Backend):
             undo.callback(self._marks_map.close)
             self._marks: Mark = memoryview(self._marks_map).cast("d")
             undo.callback(self._marks.release)
+            if self._start_method == "template":
+                # Here, in the caller's thread, not in the manager's: at
+                # interpreter exit (work still queued) the manager may spawn
+                # when no thread can start any more, and the template's
+                # reader is one.
+                _template.start(self._child_environment())
             # Workers start now, not at the first chunk: a fresh interpreter
             # takes tens of milliseconds to boot, which overlaps with the
             # caller pickling the function and cutting the first chunks.
@@ -486,19 +542,24 @@ class ProcessBackend(Backend):
         mark = self._marks[slot * MARK_SIZE : (slot + 1) * MARK_SIZE]
         mark[MARK_POSITION] = -1.0
         try:
-            popen = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-c",
-                    _WORKER_COMMAND,
-                    str(child_end),
-                    str(self._marks_file.fileno()),
-                    str(slot),
-                ],
-                pass_fds=(child_end, self._marks_file.fileno()),
-                stdin=subprocess.DEVNULL,
-                env=self._child_environment(),
-            )
+            popen: WorkerProcess
+            if self._start_method == "template":
+                popen = _template.spawn_worker(child_end, self._marks_file.fileno(), slot,
+                                               self._child_environment())
+            else:
+                popen = subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-c",
+                        _WORKER_COMMAND,
+                        str(child_end),
+                        str(self._marks_file.fileno()),
+                        str(slot),
+                    ],
+                    pass_fds=(child_end, self._marks_file.fileno()),
+                    stdin=subprocess.DEVNULL,
+                    env=self._child_environment(),
+                )
         except BaseException:
             os.close(child_end)
             parent_end.close()

@@ -102,7 +102,7 @@ def _register_builtin(name: str, target: str, options: frozenset[str]) -> None:
 _register_builtin("serial", "._serial:SerialBackend", frozenset({"check_pickle"}))
 _register_builtin("thread", "._thread:ThreadBackend", frozenset())
 _register_builtin("process", "._process:ProcessBackend",
-                  frozenset({"max_worker_memory", "forward_logs"}))
+                  frozenset({"max_worker_memory", "forward_logs", "start_method"}))
 _register_builtin("free-threaded", "._freethreaded:FreeThreadedBackend", frozenset())
 _register_builtin("asyncio", "._asyncio:AsyncioBackend", frozenset({"loop"}))
 _register_builtin("dask", "._dask:DaskBackend", frozenset({"address", "client"}))

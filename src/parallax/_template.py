@@ -1,0 +1,556 @@
+"""The fork template: a small process that forks process workers on request.
+
+A fresh worker pays an interpreter start and the import of the worker modules,
+on every cold pool and every respawn. The template pays them once: started
+(lazily, by the first pool that needs it) as a fresh interpreter, it imports
+the worker modules and waits on a control socket; each request makes it fork,
+and the child runs the same worker body as a fresh worker
+(``_procworker.run``). Forking is safe here where forking the caller is not:
+the template never runs a thread, so no lock can be held at the fork. Its
+workers share its read-only pages.
+
+Both sides live here:
+
+- the template's main program (:func:`serve`), which imports only the worker
+  tier plus ``select``, ``socket`` (descriptors arrive with ``SCM_RIGHTS``) and
+  ``ctypes`` (``PR_SET_PDEATHSIG`` for its children), all paid once;
+- the caller's client (:func:`spawn_worker`, :class:`TemplateWorker`), which
+  imports ``subprocess``, ``socket`` and ``queue`` only when first used.
+
+The messages over the control socket are ``marshal``-ed tuples in
+``_wire`` frames:
+
+- caller -> template: ``(slot, environment, cwd)`` with four descriptors (the
+  worker's socket end, the marks file, standard output and error);
+- template -> caller: ``("spawned", pid)`` with a pidfd of the child (opened by
+  the template before it can reap the child: no PID-reuse race), or
+  ``("failed", reason)``; later ``("exit", pid, exitcode)`` for each child it
+  reaped (``exitcode`` as ``Popen.returncode``: negative for a signal).
+
+No orphans: the template reads EOF when the caller dies (even by SIGKILL), and
+then SIGKILLs its children and exits; it also checks its parent every second
+(a process the caller forked may hold the socket). Its children die with it
+(``PR_SET_PDEATHSIG``). When the template dies, its workers' sockets close,
+their pools replace them, and the next spawn starts a new template.
+
+Linux only (``os.fork`` next to ``os.pidfd_open`` and
+``signal.pidfd_send_signal``); elsewhere process mode starts fresh
+interpreters (:data:`SUPPORTED`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import marshal
+import os
+import signal
+import sys
+import threading  # (the worker tier has it anyway)
+
+from ._wire import Channel
+
+TYPE_CHECKING = False  # not typing's: the template does not import typing
+if TYPE_CHECKING:
+    import queue
+    import subprocess
+    from collections.abc import Callable
+
+#: forking a template, and signalling its children race-free, works here
+SUPPORTED = (
+    sys.platform.startswith("linux")
+    and hasattr(os, "fork")
+    and hasattr(os, "pidfd_open")
+    and hasattr(signal, "pidfd_send_signal")
+)
+
+#: how the caller starts a template
+_TEMPLATE_COMMAND = "import sys; from parallax._template import serve; serve(int(sys.argv[1]))"
+
+#: seconds a spawn request waits for the template's answer (its own start
+#: included) before the template counts as hung and is replaced
+SPAWN_TIMEOUT = 60.0
+
+#: seconds between the template's checks that its caller still lives
+_PARENT_CHECK = 1.0
+#: seconds without a request after its first fork before it warms up
+_WARM_AFTER = 0.05
+
+
+class TemplateGone(OSError):
+    """The template died (or could not start) before it answered."""
+
+
+# -- the template's side ---------------------------------------------------------
+
+
+def _prepare() -> Callable[[int, int], object]:
+    """Import what every worker needs, once, before any fork; return prctl."""
+    import ctypes
+    import select  # noqa: F401  (the loop's; imported here to be shared)
+    import socket  # noqa: F401  (descriptors arrive with SCM_RIGHTS)
+
+    from . import _procworker  # noqa: F401  (the worker tier, shared by every child)
+
+    prctl: Callable[[int, int], object] = ctypes.CDLL(None, use_errno=True).prctl
+    _freeze()
+    return prctl
+
+
+def _freeze() -> None:
+    """Keep the collector of each worker off what the template holds: its
+    objects go to the permanent generation, so a worker's first collections
+    do not write to (and so copy) the pages it shares with the template."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+
+
+def _warm_up() -> None:
+    """Import cloudpickle (about 20 ms, which every worker running a function
+    sent by value, one defined in ``__main__`` say, would pay on its own)."""
+    with contextlib.suppress(ImportError):
+        import cloudpickle  # noqa: F401
+    _freeze()
+
+
+def serve(control_fd: int) -> None:
+    """The template's main program: fork a worker per request until the caller goes."""
+    import select
+
+    prctl = _prepare()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the caller handles Ctrl-C
+    control = Channel(control_fd)
+    caller = os.getppid()
+    me = os.getpid()
+    # SIGCHLD wakes the loop through this pipe (the handler itself does nothing).
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda _signum, _frame: None)
+    children: set[int] = set()
+    warmed = served = False
+    try:
+        while os.getppid() == caller:
+            # Once it has served and is idle, it loads what by-value functions
+            # need, so the workers it forks later share it (not before: the
+            # first workers must not wait for it).
+            idle = _WARM_AFTER if served and not warmed else _PARENT_CHECK
+            ready, _, _ = select.select([control_fd, wake_r], [], [], idle)
+            if not ready and served and not warmed:
+                _warm_up()
+                warmed = True
+            if wake_r in ready:
+                while True:
+                    try:
+                        if not os.read(wake_r, 4096):
+                            break
+                    except BlockingIOError:
+                        break
+            _reap(control, children)
+            if control_fd not in ready:
+                continue
+            try:
+                frame, fds = control.recv_frame()
+            except (EOFError, OSError):
+                break  # the caller is gone
+            pid = _fork(control, frame, fds, prctl, me, (control_fd, wake_r, wake_w))
+            served = True
+            if pid is not None:
+                children.add(pid)
+    except OSError:
+        pass  # the caller stopped listening: it is gone
+    finally:
+        for pid in children:
+            with contextlib.suppress(OSError):  # not reaped yet: the pid is still theirs
+                os.kill(pid, signal.SIGKILL)
+        os._exit(0)
+
+
+def _reap(control: Channel, children: set[int]) -> None:
+    """Collect every child that exited and tell the caller how it ended."""
+    while children:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        children.discard(pid)
+        control.send_bytes(marshal.dumps(("exit", pid, os.waitstatus_to_exitcode(status))))
+
+
+def _fork(control: Channel, frame: bytearray, fds: list[int],
+          prctl: Callable[[int, int], object], template: int,
+          own_fds: tuple[int, ...]) -> int | None:
+    """Fork one worker for a request; answer it; return the child's pid."""
+    try:
+        slot, environment, cwd = marshal.loads(frame)
+        conn_fd, mark_fd, out_fd, err_fd = fds
+    except (ValueError, TypeError, EOFError) as exc:
+        for fd in fds:
+            os.close(fd)
+        control.send_bytes(marshal.dumps(("failed", f"a malformed request: {exc!r}")))
+        return None
+    try:
+        pid = os.fork()
+    except OSError as exc:
+        for fd in fds:
+            os.close(fd)
+        control.send_bytes(marshal.dumps(("failed", f"fork failed: {exc!r}")))
+        return None
+    if pid == 0:
+        _child(conn_fd, mark_fd, out_fd, err_fd, slot, environment, cwd, prctl, template,
+               own_fds)
+    for fd in fds:
+        os.close(fd)
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError as exc:
+        os.kill(pid, signal.SIGKILL)  # reaped and reported as usual
+        control.send_bytes(marshal.dumps(("failed", f"pidfd_open failed: {exc!r}")))
+        return pid
+    try:
+        control.send_bytes(marshal.dumps(("spawned", pid)), (pidfd,))
+    finally:
+        os.close(pidfd)
+    return pid
+
+
+def _child(conn_fd: int, mark_fd: int, out_fd: int, err_fd: int, slot: int,
+           environment: dict[str, str], cwd: str | None,
+           prctl: Callable[[int, int], object], template: int,
+           own_fds: tuple[int, ...]) -> None:
+    """In the forked worker: become what a fresh worker would be, run, and
+    leave with ``os._exit`` (never through the template's own code)."""
+    code = 1
+    try:
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        for fd in own_fds:
+            os.close(fd)
+        pr_set_pdeathsig = 1
+        prctl(pr_set_pdeathsig, signal.SIGKILL)  # die with the template
+        if os.getppid() != template:  # it died before the line above
+            os._exit(1)
+        # The caller's standard streams as they are now, stdin /dev/null: as a
+        # fresh worker started now would have them.
+        os.dup2(out_fd, 1)
+        os.dup2(err_fd, 2)
+        os.close(out_fd)
+        os.close(err_fd)
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.close(devnull)
+        os.environ.clear()
+        os.environ.update(environment)
+        if cwd is not None:
+            os.chdir(cwd)
+        # The command line a fresh worker has (code may look at it).
+        sys.argv[:] = ["-c", str(conn_fd), str(mark_fd), str(slot)]
+        code = _run_worker(conn_fd, mark_fd, slot)
+    except BaseException:
+        sys.excepthook(*sys.exc_info())
+    finally:
+        _flush()
+        os._exit(code)
+
+
+def _run_worker(conn_fd: int, mark_fd: int, slot: int) -> int:
+    """Run the worker body; end as an interpreter would: its exit code, the
+    non-daemon threads joined, the ``atexit`` functions run."""
+    import atexit
+
+    from ._procworker import run
+
+    try:
+        run(conn_fd, mark_fd, slot)
+        code = 0
+    except SystemExit as exc:
+        code = _exit_code(exc.code)
+    except BaseException:
+        sys.excepthook(*sys.exc_info())
+        code = 1
+    main = threading.main_thread()
+    for thread in threading.enumerate():
+        if thread is not main and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    return code
+
+
+def _exit_code(value: object) -> int:
+    """``sys.exit(value)``'s status, as the interpreter makes it."""
+    if value is None:
+        return 0
+    if isinstance(value, int):
+        return value & 0xFF
+    print(value, file=sys.stderr)
+    return 1
+
+
+def _flush() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a closed stream: nothing to save
+            if stream is not None:
+                stream.flush()
+
+
+# -- the caller's side -------------------------------------------------------------
+
+
+class TemplateWorker:
+    """A worker forked by the template: not the caller's child, so not a
+    ``subprocess.Popen``, but used as one (pid, send_signal, poll, wait,
+    returncode). Its exit status comes from the template; signals go through
+    a pidfd.
+
+    ``returncode`` stays None when the template died before reporting it
+    (the worker then died with it, by ``PR_SET_PDEATHSIG``).
+    """
+
+    __slots__ = ("_done", "_lock", "_pidfd", "pid", "returncode")
+
+    def __init__(self, pid: int, pidfd: int) -> None:
+        self.pid = pid
+        self._pidfd = pidfd
+        self.returncode: int | None = None
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+
+    def open_pidfd(self) -> int:
+        """A duplicate of its pidfd (readable once it exits), for the caller to close."""
+        with self._lock:
+            if self._pidfd < 0:  # gone already: a descriptor that reads as exited
+                return _exited_fd()
+            return os.dup(self._pidfd)
+
+    def send_signal(self, signum: int) -> None:
+        with self._lock:
+            if self._pidfd >= 0:
+                signal.pidfd_send_signal(self._pidfd, signum)
+
+    def poll(self) -> int | None:
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        if not self._done.wait(timeout):
+            import subprocess
+
+            raise subprocess.TimeoutExpired(f"worker {self.pid}", timeout or 0.0)
+        return self.returncode
+
+    def _ended(self, exitcode: int | None) -> None:
+        with self._lock:
+            self.returncode = exitcode
+            pidfd, self._pidfd = self._pidfd, -1
+            if pidfd >= 0:
+                os.close(pidfd)
+        self._done.set()
+
+
+def _is_open(fd: int) -> bool:
+    """Is ``fd`` open here (a caller may have closed its standard output)?"""
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+def _exited_fd() -> int:
+    """A descriptor that is readable at once (a pipe whose writer is closed)."""
+    read_end, write_end = os.pipe()
+    os.close(write_end)
+    return read_end
+
+
+class _Template:
+    """The caller's end of one running template."""
+
+    def __init__(self, environment: dict[str, str]) -> None:
+        import queue
+        import socket
+        import subprocess
+
+        ours, theirs = socket.socketpair()
+        try:
+            self.process: subprocess.Popen[bytes] = subprocess.Popen(
+                [sys.executable, "-c", _TEMPLATE_COMMAND, str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+                env=environment,
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self.owner = os.getpid()
+        self._control = Channel(ours.detach())
+        self.alive = True
+        self._replies: queue.SimpleQueue[tuple[object, ...]] = queue.SimpleQueue()
+        self._spawning = threading.Lock()
+        self._state = threading.Lock()
+        self._workers: dict[int, TemplateWorker] = {}
+        self._reader: threading.Thread = threading.Thread(
+            target=self._read, name="parallax-template", daemon=True
+        )
+        self._reader.start()
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def spawn(self, conn_fd: int, mark_fd: int, slot: int, environment: dict[str, str],
+              cwd: str | None) -> TemplateWorker:
+        import queue
+
+        with self._spawning:
+            if not self.alive:
+                raise TemplateGone("the fork template has exited")
+            request = marshal.dumps((slot, environment, cwd))
+            streams = [fd if _is_open(fd) else os.open(os.devnull, os.O_WRONLY) for fd in (1, 2)]
+            try:
+                self._control.send_bytes(request, (conn_fd, mark_fd, *streams))
+            except OSError as exc:
+                raise TemplateGone(f"the fork template stopped listening ({exc!r})") from exc
+            finally:
+                for ours, fd in zip((1, 2), streams, strict=True):
+                    if fd != ours:
+                        os.close(fd)
+            try:
+                reply = self._replies.get(timeout=SPAWN_TIMEOUT)
+            except queue.Empty:
+                self.kill()
+                raise TemplateGone(
+                    f"the fork template did not answer within {SPAWN_TIMEOUT:g} s; killed"
+                ) from None
+        if reply[0] == "spawned":
+            worker = reply[1]
+            assert isinstance(worker, TemplateWorker)
+            return worker
+        if reply[0] == "gone":
+            raise TemplateGone("the fork template exited before it answered")
+        raise OSError(f"the fork template could not start a worker: {reply[1]}")
+
+    def kill(self) -> None:
+        """Stop the template (its workers die with it); the reader reaps it."""
+        with contextlib.suppress(OSError):
+            self.process.kill()
+
+    def forget(self) -> None:
+        """In a forked child of the caller: drop this copy, touching nothing."""
+        self.alive = False
+        with contextlib.suppress(OSError):
+            self._control.close()
+        for worker in list(self._workers.values()):  # (their locks may be held: no locking)
+            pidfd, worker._pidfd = worker._pidfd, -1
+            if pidfd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(pidfd)
+
+    def _read(self) -> None:
+        """The reader thread: replies to spawns, and exit statuses."""
+        try:
+            while True:
+                frame, fds = self._control.recv_frame()
+                message = marshal.loads(frame)
+                kind = message[0]
+                if kind == "exit":
+                    with self._state:
+                        worker = self._workers.pop(message[1], None)
+                    for fd in fds:
+                        os.close(fd)
+                    if worker is not None:
+                        worker._ended(message[2])
+                elif kind == "spawned":
+                    worker = TemplateWorker(message[1], fds.pop())
+                    for fd in fds:
+                        os.close(fd)
+                    with self._state:
+                        self._workers[worker.pid] = worker
+                    self._replies.put(("spawned", worker))
+                else:
+                    for fd in fds:
+                        os.close(fd)
+                    self._replies.put(message)
+        except (EOFError, OSError, ValueError):
+            pass  # the template is gone (or said nonsense: it is killed below)
+        finally:
+            self.alive = False
+            self.kill()
+            with self._state:
+                workers, self._workers = list(self._workers.values()), {}
+            for worker in workers:
+                worker._ended(None)  # died with the template; how, nobody saw
+            self._replies.put(("gone",))
+            with contextlib.suppress(Exception):  # killed above; init reaps it if not
+                self.process.wait(timeout=10)
+            self._control.close()
+
+
+#: the running template of this process, if any
+_current: _Template | None = None
+#: held while a template is looked up or started
+_starting = threading.Lock()
+
+
+def running_pid() -> int | None:
+    """The pid of this process's template, or None (none started, or gone)."""
+    current = _current
+    if current is None or not current.alive or current.owner != os.getpid():
+        return None
+    return current.pid
+
+
+def start(environment: dict[str, str]) -> None:
+    """Have this process's template running (started with ``environment``
+    if it is not): it boots while the pool gets ready."""
+    _template(environment)
+
+
+def _template(environment: dict[str, str]) -> _Template:
+    global _current
+    with _starting:
+        current = _current
+        if current is None or not current.alive or current.owner != os.getpid():
+            current = _current = _Template(environment)
+        return current
+
+
+def spawn_worker(conn_fd: int, mark_fd: int, slot: int,
+                 environment: dict[str, str]) -> TemplateWorker:
+    """Fork a worker from this process's template (started now if it is not
+    running); ``conn_fd`` and ``mark_fd`` are duplicated into it, the
+    caller's copies stay open.
+
+    A template that died since the last spawn is replaced, once.
+    """
+    try:
+        cwd: str | None = os.getcwd()
+    except OSError:  # deleted: the worker keeps the template's
+        cwd = None
+    for attempt in range(2):
+        template = _template(environment)
+        try:
+            return template.spawn(conn_fd, mark_fd, slot, environment, cwd)
+        except TemplateGone:
+            if attempt:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _forget_after_fork() -> None:
+    """In a forked child of the caller: the parent's template is not ours."""
+    global _current, _starting
+    _starting = threading.Lock()  # another thread may have held it at the fork
+    current, _current = _current, None
+    if current is not None:
+        current.forget()
+
+
+if SUPPORTED:
+    os.register_at_fork(after_in_child=_forget_after_fork)
+
