@@ -195,13 +195,13 @@ def test_an_unknown_start_method_is_refused(bad: object) -> None:
 def test_the_environment_knob_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     from parallax.backends._process import default_start_method
 
-    monkeypatch.setenv("PARALLAX_START_METHOD", "fresh")
-    assert default_start_method() == "fresh"
+    monkeypatch.setenv("PARALLAX_START_METHOD", "template")
+    assert default_start_method() == "template"
     monkeypatch.setenv("PARALLAX_START_METHOD", "forkserver")
     with pytest.raises(ValueError, match="PARALLAX_START_METHOD must be"):
         default_start_method()
     monkeypatch.delenv("PARALLAX_START_METHOD")
-    assert default_start_method() == "template"
+    assert default_start_method() == "fresh"  # the template is opt-in
 
 
 def test_template_workers_see_the_callers_cwd_and_environment(

@@ -189,11 +189,17 @@ START_METHODS = ("template", "fresh")
 
 
 def default_start_method() -> str:
-    """``PARALLAX_START_METHOD`` if set, else the template where it works."""
+    """``PARALLAX_START_METHOD`` if set, else fresh interpreters.
+
+    The template is opt-in for now: it makes later pools and replaced
+    workers start about twice as fast, but not a script's first pool (its
+    own interpreter start is on that path), and with two workers it holds
+    more memory than it shares (docs/backends/process.md, measured).
+    """
     chosen = os.environ.get("PARALLAX_START_METHOD")
     if chosen:
         return _checked_start_method(chosen, "PARALLAX_START_METHOD")
-    return "template" if _template.SUPPORTED else "fresh"
+    return "fresh"
 
 
 def _checked_start_method(method: object, what: str = "start_method") -> str:
