@@ -877,65 +877,21 @@ def _runqueue_seconds(native_id: int | None = None) -> float:
     spent runnable but not running (Linux schedstat).
 
     On a busy machine a CPU-bound probe also waits for a CPU; counting that as
-    "waiting" would make it look I/O-bound. Elsewhere this reads 0.
+    "waiting" would make it look I/O-bound. Elsewhere this reads 0. The file
+    is opened for each read (about 6 µs): a descriptor kept per thread would
+    outlive the call in the user's process.
     """
+    path = ("/proc/thread-self/schedstat" if native_id is None
+            else f"/proc/self/task/{native_id}/schedstat")
     try:
-        if native_id is None:
-            # This thread's file, kept open: opening it costs 5-8 µs, a
-            # read 1 µs, and each probe reads it twice.
-            return int(_own_schedstat().read().split()[1]) / 1e9
         # os.read, not open(): a buffered file object costs more than the read
-        descriptor = os.open(f"/proc/self/task/{native_id}/schedstat", os.O_RDONLY)
+        descriptor = os.open(path, os.O_RDONLY)
         try:
             return int(os.read(descriptor, 128).split()[1]) / 1e9
         finally:
             os.close(descriptor)
     except (OSError, ValueError, IndexError):
         return 0.0
-
-
-class _Schedstat:
-    """The calling thread's ``/proc/thread-self/schedstat``, open. The file
-    stays bound to the thread that opened it; one per thread
-    (:data:`_schedstats`), closed when the thread ends and its thread-local
-    data goes, reopened in a forked child (which is another task)."""
-
-    __slots__ = ("_descriptor", "_pid")
-    #: kept here: at interpreter exit the module's globals may be gone first
-    _close = staticmethod(os.close)
-
-    def __init__(self, descriptor: int) -> None:
-        self._descriptor = descriptor
-        self._pid = os.getpid()
-
-    def read(self) -> bytes:
-        return os.pread(self._descriptor, 128, 0)
-
-    def current(self) -> bool:
-        return self._pid == os.getpid()
-
-    def __del__(self) -> None:
-        # not contextlib.suppress: at interpreter exit the module's globals may be gone
-        try:  # noqa: SIM105
-            self._close(self._descriptor)
-        except OSError:
-            pass  # closed already
-
-
-_schedstats = threading.local()
-
-
-def _own_schedstat() -> _Schedstat:
-    """This thread's open schedstat file (opened on first use).
-
-    Raises:
-        OSError: there is none (not Linux).
-    """
-    kept: _Schedstat | None = getattr(_schedstats, "file", None)
-    if kept is None or not kept.current():
-        kept = _schedstats.file = _Schedstat(os.open("/proc/thread-self/schedstat",
-                                                     os.O_RDONLY))
-    return kept
 
 
 def _replace(facts: Facts, **changes: Any) -> Facts:
