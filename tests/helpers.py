@@ -42,6 +42,15 @@ def where(_: Any) -> tuple[int, str]:
     return os.getpid(), threading.current_thread().name
 
 
+def process_alive(pid: int) -> bool:
+    """Running (a zombie waiting for its reaper counts as gone); Linux ``/proc``."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except OSError:
+        return False
+
+
 def spin(n: int) -> int:
     total = 0
     for i in range(n):

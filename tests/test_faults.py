@@ -34,7 +34,7 @@ from faults import (
     raise_unprintable_unpicklable,
     record_pid,
 )
-from helpers import double
+from helpers import double, process_alive
 
 CHUNK = 5
 ITEMS = 15
@@ -237,13 +237,6 @@ print("finished", flush=True)
 """
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except OSError:
-        return False
-
 
 def test_ctrl_c_stops_the_run_and_leaves_no_worker(tmp_path: Path) -> None:
     script = tmp_path / "run.py"
@@ -270,9 +263,9 @@ def test_ctrl_c_stops_the_run_and_leaves_no_worker(tmp_path: Path) -> None:
     assert "KeyboardInterrupt" in stderr
     assert process.returncode != 0
     deadline = time.monotonic() + 5
-    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+    while any(process_alive(pid) for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not [pid for pid in workers if _alive(pid)], "orphaned workers"
+    assert not [pid for pid in workers if process_alive(pid)], "orphaned workers"
     assert not child_pids() - {process.pid}
 
 

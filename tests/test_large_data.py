@@ -26,6 +26,7 @@ import pytest
 
 import parallax
 from conftest import child_pids
+from helpers import process_alive
 from parallax import _pools, _shm
 
 pytestmark = pytest.mark.skipif(not _shm.AVAILABLE, reason="no memfd_create on this platform")
@@ -358,16 +359,9 @@ def test_a_caller_killed_with_sigkill_leaves_no_worker_and_nothing_in_dev_shm(
     # The workers follow their caller (the kernel kills them), and with the
     # last process mapping them the segments are gone: memfds have no name.
     deadline = time.monotonic() + 10
-    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+    while any(process_alive(pid) for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not [pid for pid in workers if _alive(pid)]
+    assert not [pid for pid in workers if process_alive(pid)]
     assert dev_shm() <= shm_before
     assert not child_pids()
 
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except OSError:
-        return False

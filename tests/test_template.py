@@ -18,6 +18,7 @@ import pytest
 
 import parallax
 from conftest import wait_until
+from helpers import process_alive
 from parallax import _template
 
 pytestmark = pytest.mark.skipif(not _template.SUPPORTED, reason="the fork template needs Linux")
@@ -30,15 +31,6 @@ def _pid(_: int) -> int:
 def _parent_of(pid: int) -> int:
     with open(f"/proc/{pid}/stat", "rb") as stat:
         return int(stat.read().rsplit(b")", 1)[1].split()[1])
-
-
-def _alive(pid: int) -> bool:
-    """Running (a zombie waiting for its reaper counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except OSError:
-        return False
 
 
 def _exit_with(code: int) -> int:
@@ -82,7 +74,7 @@ def test_a_killed_template_is_replaced() -> None:
         template = _template.running_pid()
         assert template is not None
         os.kill(template, signal.SIGKILL)
-        assert wait_until(lambda: not _alive(worker))  # its workers die with it
+        assert wait_until(lambda: not process_alive(worker))  # its workers die with it
         assert wait_until(lambda: _template.running_pid() != template)
         # The pool replaced its worker through a new template.
         (replacement,) = set(executor.map(_pid, range(3)))
@@ -112,14 +104,14 @@ def test_a_sigkilled_caller_leaves_no_template_and_no_worker(tmp_path: object) -
         assert caller.stdout is not None
         pids = [int(word) for word in caller.stdout.readline().split()]
         assert len(pids) >= 2
-        assert all(_alive(pid) for pid in pids)
+        assert all(process_alive(pid) for pid in pids)
     finally:
         os.kill(caller.pid, signal.SIGKILL)
         caller.wait(timeout=30)
         if caller.stdout is not None:
             caller.stdout.close()
-    assert wait_until(lambda: not any(_alive(pid) for pid in pids), 30), [
-        pid for pid in pids if _alive(pid)
+    assert wait_until(lambda: not any(process_alive(pid) for pid in pids), 30), [
+        pid for pid in pids if process_alive(pid)
     ]
 
 
@@ -149,7 +141,7 @@ def test_a_forked_caller_starts_a_template_of_its_own() -> None:
             said = pipe.read()
         _, status = os.waitpid(child, 0)
     finally:
-        if _alive(child):
+        if process_alive(child):
             os.kill(child, signal.SIGKILL)
     assert os.waitstatus_to_exitcode(status) == 0
     assert said == b"ok"
@@ -183,7 +175,7 @@ def test_terminate_signals_template_workers_through_their_pidfd() -> None:
     with parallax.Executor("process", workers=1, start_method="template") as executor:
         (pid,) = set(executor.map(_pid, range(2)))
         executor.terminate_workers()
-        assert wait_until(lambda: not _alive(pid))
+        assert wait_until(lambda: not process_alive(pid))
 
 
 @pytest.mark.parametrize("bad", ["spawn", "", 1])
