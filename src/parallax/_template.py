@@ -46,6 +46,7 @@ import os
 import signal
 import sys
 import threading  # (the worker tier has it anyway)
+import time
 
 from ._wire import Channel
 
@@ -63,6 +64,13 @@ SUPPORTED = (
     and hasattr(signal, "pidfd_send_signal")
 )
 
+#: the start method of a process pool that names none (``PARALLAX_START_METHOD``
+#: unset): see ``backends._process.default_start_method``
+DEFAULT_START_METHOD = "fresh"
+
+#: where the parallax package is imported from: the template's ``PYTHONPATH``
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 #: how the caller starts a template
 _TEMPLATE_COMMAND = "import sys; from parallax._template import serve; serve(int(sys.argv[1]))"
 
@@ -72,8 +80,16 @@ SPAWN_TIMEOUT = 60.0
 
 #: seconds between the template's checks that its caller still lives
 _PARENT_CHECK = 1.0
-#: seconds without a request after its first fork before it warms up
-_WARM_AFTER = 0.05
+
+#: what the template imports while idle, one module per step, so that the
+#: workers it forks later share them: cloudpickle (about 10-20 ms, which
+#: every worker running a function sent by value, one defined in
+#: ``__main__`` say, would pay on its own), its heaviest imports first, each
+#: a step of its own (at most a few ms): a request waits for one step at most
+_WARM_UP = ("inspect", "dataclasses", "logging", "typing", "platform", "cloudpickle")
+#: seconds after a fork before it warms up again: the next request of the
+#: same pool (the next worker) is usually this close behind
+_BURST_GAP = 0.01
 
 
 class TemplateGone(OSError):
@@ -106,12 +122,14 @@ def _freeze() -> None:
     gc.freeze()
 
 
-def _warm_up() -> None:
-    """Import cloudpickle (about 20 ms, which every worker running a function
-    sent by value, one defined in ``__main__`` say, would pay on its own)."""
-    with contextlib.suppress(ImportError):
-        import cloudpickle  # noqa: F401
-    _freeze()
+def _warm_up_step(step: int) -> None:
+    """Import the ``step``-th module of :data:`_WARM_UP`; freeze after the last."""
+    import importlib
+
+    with contextlib.suppress(ImportError):  # cloudpickle is optional
+        importlib.import_module(_WARM_UP[step])
+    if step == len(_WARM_UP) - 1:
+        _freeze()
 
 
 def serve(control_fd: int) -> None:
@@ -130,17 +148,22 @@ def serve(control_fd: int) -> None:
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda _signum, _frame: None)
     children: set[int] = set()
-    warmed = served = False
+    warm_step = 0
+    forked = -_BURST_GAP  # when it last forked (a monotonic time)
     try:
         while os.getppid() == caller:
-            # Once it has served and is idle, it loads what by-value functions
-            # need, so the workers it forks later share it (not before: the
-            # first workers must not wait for it).
-            idle = _WARM_AFTER if served and not warmed else _PARENT_CHECK
+            # Whenever no request waits, it takes one step of the warm-up (a
+            # request waits for one step at most, never for the whole of it):
+            # started ahead of its first pool, it is often done before the
+            # first request; if not, the first workers fork without it.
+            if warm_step == len(_WARM_UP):
+                idle = _PARENT_CHECK
+            else:  # a pool asks for its workers one by one: not between them
+                idle = max(0.0, forked + _BURST_GAP - time.monotonic())
             ready, _, _ = select.select([control_fd, wake_r], [], [], idle)
-            if not ready and served and not warmed:
-                _warm_up()
-                warmed = True
+            if not ready and warm_step < len(_WARM_UP):
+                _warm_up_step(warm_step)
+                warm_step += 1
             if wake_r in ready:
                 while True:
                     try:
@@ -156,7 +179,7 @@ def serve(control_fd: int) -> None:
             except (EOFError, OSError):
                 break  # the caller is gone
             pid = _fork(control, frame, fds, prctl, me, (control_fd, wake_r, wake_w))
-            served = True
+            forked = time.monotonic()
             if pid is not None:
                 children.add(pid)
     except OSError:
@@ -508,6 +531,24 @@ def running_pid() -> int | None:
 def start(environment: dict[str, str]) -> None:
     """Have this process's template running (started with ``environment``
     if it is not): it boots while the pool gets ready."""
+    _template(environment)
+
+
+def start_ahead(start_method: object) -> None:
+    """Have the template booting now if a process pool about to be made will
+    use it (``start_method`` is its option; None: the environment's or the
+    default): called before the process backend is imported, so the
+    template's start overlaps with that import and the pool's setup, and it
+    can warm up before its first request."""
+    if not SUPPORTED:
+        return
+    chosen = (start_method if start_method is not None
+              else os.environ.get("PARALLAX_START_METHOD") or DEFAULT_START_METHOD)
+    if chosen != "template":
+        return  # (a wrong value: the pool says so)
+    environment = dict(os.environ)
+    path = environment.get("PYTHONPATH")
+    environment["PYTHONPATH"] = _PACKAGE_ROOT + (os.pathsep + path if path else "")
     _template(environment)
 
 

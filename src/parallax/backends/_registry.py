@@ -103,6 +103,8 @@ _register_builtin("serial", "._serial:SerialBackend", frozenset({"check_pickle"}
 _register_builtin("thread", "._thread:ThreadBackend", frozenset())
 _register_builtin("process", "._process:ProcessBackend",
                   frozenset({"max_worker_memory", "forward_logs", "start_method"}))
+#: the built-in process mode (its fork template boots ahead of its import)
+_BUILTIN_PROCESS = _entries["process"]
 _register_builtin("free-threaded", "._freethreaded:FreeThreadedBackend", frozenset())
 _register_builtin("asyncio", "._asyncio:AsyncioBackend", frozenset({"loop"}))
 _register_builtin("dask", "._dask:DaskBackend", frozenset({"address", "client"}))
@@ -153,6 +155,10 @@ def create_backend(
     """A new backend of mode ``name``, given only the options it accepts."""
     with _lock:
         entry = _entries[name]
+    if entry is _BUILTIN_PROCESS:
+        from .._template import start_ahead  # boots while the backend is imported
+
+        start_ahead(options.get("start_method"))
     factory = entry.load()
     accepted = entry.options
     if accepted is not None:
