@@ -193,7 +193,7 @@ def test_the_environment_knob_is_checked(monkeypatch: pytest.MonkeyPatch) -> Non
     with pytest.raises(ValueError, match="PARALLAX_START_METHOD must be"):
         default_start_method()
     monkeypatch.delenv("PARALLAX_START_METHOD")
-    assert default_start_method() == "fresh"  # the template is opt-in
+    assert default_start_method() == "template"  # the default where it works
 
 
 def test_template_workers_see_the_callers_cwd_and_environment(
@@ -210,3 +210,23 @@ def test_template_workers_see_the_callers_cwd_and_environment(
         cwd, probe = executor.submit(where, 0).result(timeout=60)
     assert os.path.samefile(cwd, tmp_path)
     assert probe == "seen"
+
+
+def test_the_template_boots_ahead_only_for_a_pool_that_uses_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Started before the process backend is imported (create_backend), for
+    # the pools that fork from it, and for no other.
+    booted: list[dict[str, str]] = []
+    monkeypatch.setattr(_template, "_template", booted.append)
+    monkeypatch.delenv("PARALLAX_START_METHOD", raising=False)
+    _template.start_ahead("fresh")
+    _template.start_ahead("forkserver")  # refused by the pool, not booted for
+    monkeypatch.setenv("PARALLAX_START_METHOD", "fresh")
+    _template.start_ahead(None)
+    assert booted == []
+    _template.start_ahead("template")
+    monkeypatch.delenv("PARALLAX_START_METHOD")
+    _template.start_ahead(None)  # the default
+    assert len(booted) == 2
+    assert booted[0]["PYTHONPATH"].split(os.pathsep)[0] == _template._PACKAGE_ROOT

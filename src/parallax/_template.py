@@ -2,12 +2,15 @@
 
 A fresh worker pays an interpreter start and the import of the worker modules,
 on every cold pool and every respawn. The template pays them once: started
-(lazily, by the first pool that needs it) as a fresh interpreter, it imports
+as a fresh interpreter by the first pool that needs it (:func:`start_ahead`:
+before the process backend is even imported, so the two overlap), it imports
 the worker modules and waits on a control socket; each request makes it fork,
 and the child runs the same worker body as a fresh worker
 (``_procworker.run``). Forking is safe here where forking the caller is not:
 the template never runs a thread, so no lock can be held at the fork. Its
-workers share its read-only pages.
+workers share its read-only pages. Whenever no request waits it imports
+what functions sent by value need (cloudpickle), a module at a time, so later
+workers share that too while the first ones never wait for all of it.
 
 Both sides live here:
 
@@ -65,8 +68,8 @@ SUPPORTED = (
 )
 
 #: the start method of a process pool that names none (``PARALLAX_START_METHOD``
-#: unset): see ``backends._process.default_start_method``
-DEFAULT_START_METHOD = "fresh"
+#: unset): the template where it works (``backends._process.default_start_method``)
+DEFAULT_START_METHOD = "template" if SUPPORTED else "fresh"
 
 #: where the parallax package is imported from: the template's ``PYTHONPATH``
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
