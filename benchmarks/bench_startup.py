@@ -35,7 +35,9 @@ e.g. ``git archive <commit> src | tar -x -C /tmp/before`` for a "before" figure)
   (PSS, ``/proc/PID/smaps_rollup``: shared pages counted once) of two warm
   workers (plus the template, which counts too) against the caller's.
   ``--methods``: the start methods measured (``default`` passes none: for a
-  ``--src`` without the option).
+  ``--src`` without the option); ``--before PATH``: the same cases for
+  another source tree, repeats interleaved with this tree's (before/after
+  figures from one run).
 
 Prints a markdown section (paste it into benchmarks/RESULTS.md).
 """
@@ -180,10 +182,10 @@ if __name__ == "__main__":
 """
 
 
-def _environment() -> dict[str, str]:
+def _environment(source: Path | None = None) -> dict[str, str]:
     env = dict(os.environ, PYTHONPYCACHEPREFIX=str(PYCACHE))
     env.pop("PYTHONDONTWRITEBYTECODE", None)  # a cached .pyc, as an installed package has
-    src = str(SOURCE[0])
+    src = str(source or SOURCE[0])
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
     return env
 
@@ -198,8 +200,8 @@ def _child(code: str) -> tuple[float, float]:
     return float(out.split()[-1]) if out.strip() else 0.0, cpu
 
 
-def _child_numbers(code: str) -> list[float]:
-    out = subprocess.run([sys.executable, "-c", code], env=_environment(), check=True,
+def _child_numbers(code: str, source: Path | None = None) -> list[float]:
+    out = subprocess.run([sys.executable, "-c", code], env=_environment(source), check=True,
                          capture_output=True, text=True, timeout=120).stdout
     return [float(word) for word in out.split()]
 
@@ -316,18 +318,23 @@ def sleep(repeats: int) -> list[str]:
     ]
 
 
-def pools(interpreters: int, methods: list[str]) -> list[str]:
+def pools(interpreters: int, methods: list[str], before: Path | None = None) -> list[str]:
+    """``before``: another source tree, measured in the same run, its repeats
+    interleaved with this one's (rows "before: METHOD")."""
     median = statistics.median
-    codes = {method: POOL_PARALLAX.format(
-        options="" if method == "default" else f"start_method={method!r}") for method in methods}
-    for code in codes.values():
-        _child_numbers(code)  # compiles and caches the bytecode; untimed
+    sources = [(f"before: {method}" if source else method, method, source)
+               for source in ([before] if before else []) + [None] for method in methods]
+    codes = {name: (POOL_PARALLAX.format(
+        options="" if method == "default" else f"start_method={method!r}"), source)
+        for name, method, source in sources}
+    for code, source in codes.values():
+        _child_numbers(code, source)  # compiles and caches the bytecode; untimed
     _child_numbers(POOL_MULTIPROCESSING)
-    rows: dict[str, list[list[float]]] = {method: [] for method in methods}
+    rows: dict[str, list[list[float]]] = {name: [] for name in codes}
     mp: list[float] = []
     for _ in range(interpreters):
-        for method, code in codes.items():
-            rows[method].append(_child_numbers(code))
+        for name, (code, source) in codes.items():
+            rows[name].append(_child_numbers(code, source))
         mp.append(_child_numbers(POOL_MULTIPROCESSING)[0])
     lines = [
         f"### pool: cold process pools, {interpreters} fresh interpreters (median)",
@@ -359,6 +366,8 @@ def main() -> None:
     parser.add_argument("--only", default="first,tiny,sleep")
     parser.add_argument("--src", type=Path, default=SOURCE[0])
     parser.add_argument("--methods", default="template,fresh")
+    parser.add_argument("--before", type=Path, default=None,
+                        help="pool: also measure this source tree, interleaved")
     args = parser.parse_args()
     SOURCE[0] = args.src.resolve()
     sys.path.insert(0, str(SOURCE[0]))  # before parallax is imported (tiny)
@@ -379,7 +388,8 @@ def main() -> None:
     if "sleep" in chosen:
         lines += sleep(args.repeats)
     if "pool" in chosen:
-        lines += pools(args.repeats, args.methods.split(","))
+        lines += pools(args.repeats, args.methods.split(","),
+                       args.before.resolve() if args.before else None)
     print("\n".join(lines))
 
 
