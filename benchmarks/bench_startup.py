@@ -33,7 +33,9 @@ e.g. ``git archive <commit> src | tar -x -C /tmp/before`` for a "before" figure)
   seen through ``max_tasks_per_worker=1`` (20 items, one worker, per item),
   ``multiprocessing.Pool(2)`` the same way; and the proportional set size
   (PSS, ``/proc/PID/smaps_rollup``: shared pages counted once) of two warm
-  workers (plus the template, which counts too) against the caller's.
+  workers (plus the template, which counts too) against the caller's, in
+  the script's first pool (after its timed map) and in a later one, each
+  after a function sent by value (defined in the script) ran on both.
   ``--methods``: the start methods measured (``default`` passes none: for a
   ``--src`` without the option); ``--before PATH``: the same cases for
   another source tree, repeats interleaved with this tree's (before/after
@@ -135,11 +137,28 @@ def pss(pid):
                 return int(line.split()[1]) / 1024
     return 0.0
 
+def memory_of(pool):
+    # Both workers, warm, then the proportional set size of the pool's processes.
+    workers = set()
+    for _ in range(50):
+        workers |= set(pool.map(pid, range(40), chunksize=1))
+        if len(workers) >= 2:
+            break
+    time.sleep(0.2)
+    try:
+        from parallax import _template
+        template = _template.running_pid()
+    except ImportError:
+        template = None
+    return (sum(pss(worker) for worker in workers), pss(template) if template else 0.0,
+            pss(os.getpid()))
+
 options = dict({options})
 started = time.perf_counter()
 with parallax.Executor("process", workers=2, **options) as pool:
     assert list(pool.map(double, range(10))) == list(range(0, 20, 2))
-first = (time.perf_counter() - started) * 1e3
+    first = (time.perf_counter() - started) * 1e3
+    memory, memory_template, caller = memory_of(pool)  # a script's first pool
 started = time.perf_counter()
 with parallax.Executor("process", workers=2, **options) as pool:
     assert list(pool.map(double, range(10))) == list(range(0, 20, 2))
@@ -150,21 +169,8 @@ with parallax.Executor("process", workers=1, max_tasks_per_worker=1, **options) 
     assert list(pool.map(double, range(20), chunksize=1)) == list(range(0, 40, 2))
     respawn = (time.perf_counter() - started) * 1e3 / 20
 with parallax.Executor("process", workers=2, **options) as pool:
-    workers = set()
-    for _ in range(50):
-        workers |= set(pool.map(pid, range(40), chunksize=1))
-        if len(workers) >= 2:
-            break
-    time.sleep(0.2)
-    memory = sum(pss(worker) for worker in workers)
-    try:
-        from parallax import _template
-        template = _template.running_pid()
-    except ImportError:
-        template = None
-    memory_template = pss(template) if template else 0.0
-    caller = pss(os.getpid())
-print(first, second, respawn, memory, memory_template, caller, len(workers))
+    later = memory_of(pool)  # a later pool's
+print(first, second, respawn, memory, memory_template, caller, *later)
 """
 
 POOL_MULTIPROCESSING = """
@@ -340,15 +346,17 @@ def pools(interpreters: int, methods: list[str], before: Path | None = None) -> 
         f"### pool: cold process pools, {interpreters} fresh interpreters (median)",
         "",
         "| start method | cold pool + map(10) ms | second cold pool ms | worker start "
-        "(max_tasks_per_worker=1) ms/item | PSS of 2 workers MB | + template MB "
-        "| caller MB |",
+        "(max_tasks_per_worker=1) ms/item | first pool: PSS of 2 workers + template MB "
+        "| a later pool's | caller MB |",
         "|---|---|---|---|---|---|---|",
     ]
     for method, numbers in rows.items():
-        first, second, respawn, memory, template, caller = (
-            median(row[i] for row in numbers) for i in range(6))
-        lines.append(f"| {method} | {first:.1f} | {second:.1f} | {respawn:.2f} | {memory:.1f} "
-                     f"| {template:.1f} | {caller:.1f} |")
+        first, second, respawn, memory, template, caller, later, later_template = (
+            median(row[i] for row in numbers) for i in range(8))
+        lines.append(f"| {method} | {first:.1f} | {second:.1f} | {respawn:.2f} "
+                     f"| {memory:.1f} + {template:.1f} = {memory + template:.1f} "
+                     f"| {later:.1f} + {later_template:.1f} = {later + later_template:.1f} "
+                     f"| {caller:.1f} |")
     lines += [
         f"| `multiprocessing.Pool(2)` (fork) | {median(mp):.1f} | | | | | |",
         "",

@@ -8,9 +8,8 @@ the worker modules and waits on a control socket; each request makes it fork,
 and the child runs the same worker body as a fresh worker
 (``_procworker.run``). Forking is safe here where forking the caller is not:
 the template never runs a thread, so no lock can be held at the fork. Its
-workers share its read-only pages. Whenever no request waits it imports
-what functions sent by value need (cloudpickle), a module at a time, so later
-workers share that too while the first ones never wait for all of it.
+workers share its read-only pages, cloudpickle included: it imports that
+before its first fork (:func:`_warm_up`).
 
 Both sides live here:
 
@@ -49,7 +48,6 @@ import os
 import signal
 import sys
 import threading  # (the worker tier has it anyway)
-import time
 
 from ._wire import Channel
 
@@ -84,16 +82,6 @@ SPAWN_TIMEOUT = 60.0
 #: seconds between the template's checks that its caller still lives
 _PARENT_CHECK = 1.0
 
-#: what the template imports while idle, one module per step, so that the
-#: workers it forks later share them: cloudpickle (about 10-20 ms, which
-#: every worker running a function sent by value, one defined in
-#: ``__main__`` say, would pay on its own), its heaviest imports first, each
-#: a step of its own (at most a few ms): a request waits for one step at most
-_WARM_UP = ("inspect", "dataclasses", "logging", "typing", "platform", "cloudpickle")
-#: seconds after a fork before it warms up again: the next request of the
-#: same pool (the next worker) is usually this close behind
-_BURST_GAP = 0.01
-
 
 class TemplateGone(OSError):
     """The template died (or could not start) before it answered."""
@@ -111,7 +99,6 @@ def _prepare() -> Callable[[int, int], object]:
     from . import _procworker  # noqa: F401  (the worker tier, shared by every child)
 
     prctl: Callable[[int, int], object] = ctypes.CDLL(None, use_errno=True).prctl
-    _freeze()
     return prctl
 
 
@@ -125,14 +112,21 @@ def _freeze() -> None:
     gc.freeze()
 
 
-def _warm_up_step(step: int) -> None:
-    """Import the ``step``-th module of :data:`_WARM_UP`; freeze after the last."""
-    import importlib
+def _warm_up() -> None:
+    """Import cloudpickle (with ``typing``, ``dataclasses``, ``inspect``,
+    ``logging``: about 11 ms) before the first fork, so that every worker
+    shares it instead of importing its own copy when a function comes by
+    value (one defined in ``__main__``, a lambda, a closure).
 
+    Measured on a script's first pool of 2 workers (docs/backends/process.md):
+    forking first and warming up after saved a function sent by reference
+    about 8 ms, but cost a function sent by value 8 ms and 7.5 MB of
+    proportional set size (each worker's own cloudpickle), and that cost grows
+    with every worker; warmed first, the first pool takes less memory than
+    fresh interpreters either way.
+    """
     with contextlib.suppress(ImportError):  # cloudpickle is optional
-        importlib.import_module(_WARM_UP[step])
-    if step == len(_WARM_UP) - 1:
-        _freeze()
+        import cloudpickle  # noqa: F401
 
 
 def serve(control_fd: int) -> None:
@@ -140,6 +134,8 @@ def serve(control_fd: int) -> None:
     import select
 
     prctl = _prepare()
+    _warm_up()
+    _freeze()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the caller handles Ctrl-C
     control = Channel(control_fd)
     caller = os.getppid()
@@ -151,22 +147,9 @@ def serve(control_fd: int) -> None:
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda _signum, _frame: None)
     children: set[int] = set()
-    warm_step = 0
-    forked = -_BURST_GAP  # when it last forked (a monotonic time)
     try:
         while os.getppid() == caller:
-            # Whenever no request waits, it takes one step of the warm-up (a
-            # request waits for one step at most, never for the whole of it):
-            # started ahead of its first pool, it is often done before the
-            # first request; if not, the first workers fork without it.
-            if warm_step == len(_WARM_UP):
-                idle = _PARENT_CHECK
-            else:  # a pool asks for its workers one by one: not between them
-                idle = max(0.0, forked + _BURST_GAP - time.monotonic())
-            ready, _, _ = select.select([control_fd, wake_r], [], [], idle)
-            if not ready and warm_step < len(_WARM_UP):
-                _warm_up_step(warm_step)
-                warm_step += 1
+            ready, _, _ = select.select([control_fd, wake_r], [], [], _PARENT_CHECK)
             if wake_r in ready:
                 while True:
                     try:
@@ -182,7 +165,6 @@ def serve(control_fd: int) -> None:
             except (EOFError, OSError):
                 break  # the caller is gone
             pid = _fork(control, frame, fds, prctl, me, (control_fd, wake_r, wake_w))
-            forked = time.monotonic()
             if pid is not None:
                 children.add(pid)
     except OSError:
@@ -541,8 +523,8 @@ def start_ahead(start_method: object) -> None:
     """Have the template booting now if a process pool about to be made will
     use it (``start_method`` is its option; None: the environment's or the
     default): called before the process backend is imported, so the
-    template's start overlaps with that import and the pool's setup, and it
-    can warm up before its first request."""
+    template's start (and its warm-up) overlaps with that import and the
+    pool's setup."""
     if not SUPPORTED:
         return
     chosen = (start_method if start_method is not None
