@@ -230,3 +230,17 @@ def test_the_template_boots_ahead_only_for_a_pool_that_uses_it(
     _template.start_ahead(None)  # the default
     assert len(booted) == 2
     assert booted[0]["PYTHONPATH"].split(os.pathsep)[0] == _template._PACKAGE_ROOT
+
+
+def _collector_state(_: int) -> tuple[bool, bool]:
+    import gc
+    import sys
+
+    return gc.isenabled(), "cloudpickle" in sys.modules
+
+
+def test_template_workers_start_with_the_collector_on_and_cloudpickle_shared() -> None:
+    # The template imports with the collector off, and cloudpickle before its
+    # first fork (every worker shares it): its workers get the collector back.
+    with parallax.Executor("process", workers=1, start_method="template") as executor:
+        assert executor.submit(_collector_state, 0).result(timeout=60) == (True, True)
