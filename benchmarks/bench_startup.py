@@ -29,13 +29,15 @@ e.g. ``git archive <commit> src | tar -x -C /tmp/before`` for a "before" figure)
 - **pool**: process pools, each case in N fresh interpreters (median), parallax
   imported untimed: a cold pool of 2 workers + its first map of 10 items (the
   fork template's start included, for the template), a second cold pool in
-  the same script (the template already up), the cost of a worker start as
+  the same script right after it (the template already up; the first pool
+  still open), the cost of a worker start as
   seen through ``max_tasks_per_worker=1`` (20 items, one worker, per item),
   ``multiprocessing.Pool(2)`` the same way; and the proportional set size
   (PSS, ``/proc/PID/smaps_rollup``: shared pages counted once) of two warm
   workers (plus the template, which counts too) against the caller's, in
-  the script's first pool (after its timed map) and in a later one, each
-  after a function sent by value (defined in the script) ran on both.
+  the script's first pool (after its timed map) and in a later one. Each
+  case twice: with functions defined in the script (sent by value, with
+  cloudpickle) and with importable ones (sent by reference).
   ``--methods``: the start methods measured (``default`` passes none: for a
   ``--src`` without the option); ``--before PATH``: the same cases for
   another source tree, repeats interleaved with this tree's (before/after
@@ -124,11 +126,7 @@ POOL_PARALLAX = """
 import os, time
 import parallax
 
-def double(x):
-    return x * 2
-
-def pid(_):
-    return os.getpid()
+{functions}
 
 def pss(pid):
     with open(f"/proc/{{pid}}/smaps_rollup") as rollup:
@@ -141,7 +139,7 @@ def memory_of(pool):
     # Both workers, warm, then the proportional set size of the pool's processes.
     workers = set()
     for _ in range(50):
-        workers |= set(pool.map(pid, range(40), chunksize=1))
+        workers |= set(pool.map(pid, PID_ITEMS, chunksize=1))
         if len(workers) >= 2:
             break
     time.sleep(0.2)
@@ -158,11 +156,12 @@ started = time.perf_counter()
 with parallax.Executor("process", workers=2, **options) as pool:
     assert list(pool.map(double, range(10))) == list(range(0, 20, 2))
     first = (time.perf_counter() - started) * 1e3
+    # Right after the first (no idle time for a template to use in between).
+    started = time.perf_counter()
+    with parallax.Executor("process", workers=2, **options) as other:
+        assert list(other.map(double, range(10))) == list(range(0, 20, 2))
+    second = (time.perf_counter() - started) * 1e3
     memory, memory_template, caller = memory_of(pool)  # a script's first pool
-started = time.perf_counter()
-with parallax.Executor("process", workers=2, **options) as pool:
-    assert list(pool.map(double, range(10))) == list(range(0, 20, 2))
-second = (time.perf_counter() - started) * 1e3
 with parallax.Executor("process", workers=1, max_tasks_per_worker=1, **options) as pool:
     list(pool.map(double, range(2)))
     started = time.perf_counter()
@@ -172,6 +171,28 @@ with parallax.Executor("process", workers=2, **options) as pool:
     later = memory_of(pool)  # a later pool's
 print(first, second, respawn, memory, memory_template, caller, *later)
 """
+
+#: the pool cases' functions: defined in the script (sent by value, with
+#: cloudpickle, which the worker then needs too) or importable ones (sent by
+#: reference, plain pickle: no cloudpickle anywhere)
+FUNCTIONS = {
+    "by value": """
+def double(x):
+    return x * 2
+
+def pid(_):
+    return os.getpid()
+
+PID_ITEMS = range(40)
+""",
+    "by reference": """
+import functools, operator
+
+double = functools.partial(operator.mul, 2)
+pid = operator.call
+PID_ITEMS = [os.getpid] * 40
+""",
+}
 
 POOL_MULTIPROCESSING = """
 import time
@@ -328,11 +349,13 @@ def pools(interpreters: int, methods: list[str], before: Path | None = None) -> 
     """``before``: another source tree, measured in the same run, its repeats
     interleaved with this one's (rows "before: METHOD")."""
     median = statistics.median
-    sources = [(f"before: {method}" if source else method, method, source)
-               for source in ([before] if before else []) + [None] for method in methods]
+    sources = [(f"{'before: ' if source else ''}{method}, {kind}", method, kind, source)
+               for source in ([before] if before else []) + [None] for kind in FUNCTIONS
+               for method in methods]
     codes = {name: (POOL_PARALLAX.format(
-        options="" if method == "default" else f"start_method={method!r}"), source)
-        for name, method, source in sources}
+        options="" if method == "default" else f"start_method={method!r}",
+        functions=FUNCTIONS[kind]), source)
+        for name, method, kind, source in sources}
     for code, source in codes.values():
         _child_numbers(code, source)  # compiles and caches the bytecode; untimed
     _child_numbers(POOL_MULTIPROCESSING)
