@@ -244,3 +244,18 @@ def test_template_workers_start_with_the_collector_on_and_cloudpickle_shared() -
     # first fork (every worker shares it): its workers get the collector back.
     with parallax.Executor("process", workers=1, start_method="template") as executor:
         assert executor.submit(_collector_state, 0).result(timeout=60) == (True, True)
+
+
+def test_the_template_holds_no_random_state_its_workers_would_share() -> None:
+    # Every worker forked from it would draw the same numbers from a
+    # generator the template had seeded: it never imports one (the guide
+    # promises different streams per worker).
+    script = (
+        "import json, sys; from parallax._template import _prepare, _warm_up; "
+        "_prepare(); _warm_up(); "
+        "print(json.dumps([name for name in ('random', 'numpy', 'secrets') "
+        "if name in sys.modules]))"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         check=True, timeout=60)
+    assert out.stdout.strip() == "[]"
