@@ -30,10 +30,20 @@ from .workloads import WORKLOADS, Workload
 
 RESULT_PREFIX = "RESULT "
 SAMPLE_SECONDS = 0.005
+#: proportional set size is read every this many samples (reading
+#: ``smaps_rollup`` walks a process's mappings: dearer than its RSS)
+PSS_EVERY = 4
 
 
 class MemorySampler:
-    """Peak resident memory of this process and its children, sampled in a thread."""
+    """Peak resident memory of this process and its children, sampled in a thread.
+
+    Two views: resident set size (RSS) of the parent and of parent + children,
+    where a page shared by several processes (a fork's, a library's) counts
+    once per process; and the children's proportional set size (PSS, Linux
+    ``/proc/PID/smaps_rollup``), where a shared page is split between the
+    processes sharing it: what the issue #17 memory target measures.
+    """
 
     def __init__(self) -> None:
         import psutil
@@ -42,6 +52,9 @@ class MemorySampler:
         self.process = psutil.Process(os.getpid())
         self.baseline = self.process.memory_info().rss
         self.peak_total = self.peak_parent = self.baseline
+        #: peak PSS of the children together (None: not readable here)
+        self.peak_children_pss: int | None = None
+        self._samples = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
 
@@ -57,17 +70,36 @@ class MemorySampler:
     def sample(self) -> None:
         parent = self.process.memory_info().rss
         total = parent
-        for child in self.process.children(recursive=True):
+        children = self.process.children(recursive=True)
+        for child in children:
             try:
                 total += child.memory_info().rss
             except (self.psutil.NoSuchProcess, self.psutil.AccessDenied):
                 continue
         self.peak_parent = max(self.peak_parent, parent)
         self.peak_total = max(self.peak_total, total)
+        self._samples += 1
+        if self._samples % PSS_EVERY == 1 or self._stop.is_set():
+            proportional = sum(_pss(child.pid) or 0 for child in children)
+            if children and (self.peak_children_pss is None
+                             or proportional > self.peak_children_pss):
+                self.peak_children_pss = proportional
 
     def _run(self) -> None:
         while not self._stop.wait(SAMPLE_SECONDS):
             self.sample()
+
+
+def _pss(pid: int) -> int | None:
+    """Proportional set size of process ``pid`` in bytes (None: gone, or not Linux)."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as rollup:
+            for line in rollup:
+                if line.startswith(b"Pss:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        return None
+    return None
 
 
 def _mismatch(got: Any, expected: Any) -> str | None:
@@ -150,6 +182,8 @@ def measure(workload: Workload, runner: Runner, size: int,
     if sampler is not None:
         result["rss_growth"] = sampler.peak_total - sampler.baseline
         result["parent_growth"] = sampler.peak_parent - sampler.baseline
+        if sampler.peak_children_pss is not None:
+            result["children_pss"] = sampler.peak_children_pss
     return result
 
 
