@@ -23,9 +23,7 @@ from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Executor as _StdExecutor
 from concurrent.futures import Future
 from time import monotonic
-from typing import Any, TypeVar
-
-from typing_extensions import ParamSpec
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from . import _pools
 from ._calls import BoundCall, StarCall
@@ -57,8 +55,10 @@ from ._launch import (
     start_future,
 )
 from ._run import ErrorPolicy, Raised, Run
-from ._stats import Stats
 from .backends import Backend, WorkerSetup
+
+if TYPE_CHECKING:
+    from ._stats import Stats  # imported when read: json, pathlib and the views cost a pool's start
 
 __all__ = ["Executor"]
 
@@ -327,6 +327,8 @@ class Executor(_StdExecutor):
         life = self._life
         with life.lock:
             runs = list(life.finished_runs)
+        from ._stats import Stats
+
         return Stats.combine(runs, mode=self.mode, workers=self.workers)
 
     def __repr__(self) -> str:

@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._errors import describe_item
 from ._units import PROBE_WORKER, ChunkRecord
+
+if TYPE_CHECKING:
+    from pathlib import Path  # imported by the writers: a run's stats are built at its end
 
 __all__ = ["PROBE_WORKER", "Stats", "TaskRecord", "WorkerRecord", "plot_runs", "trace_runs"]
 
@@ -383,6 +384,9 @@ def _trace_events(stats: Stats, pid: int, name: str, origin: float) -> list[dict
 
 
 def _write_trace(events: list[dict[str, Any]], path: str | Path) -> Path:
+    import json
+    from pathlib import Path
+
     target = Path(path)
     target.write_text(json.dumps({"traceEvents": events, "displayTimeUnit": "ms"}))
     return target
@@ -499,6 +503,8 @@ def _plot_timeline(runs: list[tuple[str, Stats]], path: str | Path, title: str) 
                              label="run without per-task records"))
     if handles:
         figure.legend(handles=handles, loc="outside right upper", fontsize=8)
+    from pathlib import Path
+
     target = Path(path)
     figure.savefig(target, format="png", dpi=100)
     plt.close(figure)
