@@ -64,11 +64,12 @@ def test_an_executor_loads_what_it_subclasses_and_not_the_stats_views() -> None:
     # A cold pool's time starts with these imports, before any worker is
     # asked for: concurrent.futures (and its logging) it must have, typing's
     # ParamSpec needs no typing_extensions, and the stats views (json,
-    # pathlib) wait until stats are read.
+    # pathlib, the Stats dataclasses) wait until stats are read.
     script = (
         "import parallax\n"
         "with parallax.Executor('thread', workers=2) as pool:\n"
         "    assert pool.submit(abs, -3).result() == 3\n"
+        "    assert list(pool.map(abs, [-1, 2])) == [1, 2]\n"
     )
     loaded = loaded_by(script)
     assert "concurrent.futures" in loaded  # (the check sees what it loads)

@@ -58,7 +58,10 @@ from ._run import ErrorPolicy, Raised, Run
 from .backends import Backend, WorkerSetup
 
 if TYPE_CHECKING:
-    from ._stats import Stats  # imported when read: json, pathlib and the views cost a pool's start
+    # _stats is imported when stats are read: its dataclasses would cost a
+    # pool's first map milliseconds
+    from ._recorder import StatsRecorder
+    from ._stats import Stats
 
 __all__ = ["Executor"]
 
@@ -173,7 +176,8 @@ class _Lifecycle:
         self.close_after_runs = False
         #: the submitted futures not yet done, in submission order (a dict keeps it)
         self.futures: dict[Future[Any], None] = {}
-        self.finished_runs: list[Stats] = []
+        #: the ended runs' recorders: their Stats are made when read (``stats``)
+        self.finished_runs: list[StatsRecorder] = []
 
     def forget_future(self, future: Future[Any]) -> None:
         with self.lock:
@@ -182,7 +186,7 @@ class _Lifecycle:
     def run_finished(self, run: Run) -> None:
         with self.lock:
             if run.recorder is not None and run in self.runs:
-                self.finished_runs.append(run.recorder.stats)
+                self.finished_runs.append(run.recorder)
         self.forget_run(run)
 
     def forget_run(self, run: Run) -> None:
@@ -326,10 +330,11 @@ class Executor(_StdExecutor):
         """The Stats of every ``map``/``imap``/``starmap`` run so far, combined."""
         life = self._life
         with life.lock:
-            runs = list(life.finished_runs)
+            recorders = list(life.finished_runs)
         from ._stats import Stats
 
-        return Stats.combine(runs, mode=self.mode, workers=self.workers)
+        return Stats.combine([recorder.stats for recorder in recorders], mode=self.mode,
+                             workers=self.workers)
 
     def __repr__(self) -> str:
         state = "closed" if self._life.closed else "running"
