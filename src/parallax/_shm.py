@@ -53,11 +53,13 @@ __all__ = [
     "ALIGNMENT",
     "AVAILABLE",
     "THRESHOLD",
+    "Pickled",
     "Recycler",
     "Segment",
     "dumps",
     "loads",
     "measure",
+    "pickle_shared",
     "take_released",
 ]
 
@@ -147,13 +149,32 @@ class Recycler:
         self._lock = threading.Lock()
 
     def take(self, size: int) -> Segment:
-        """A segment of at least ``size`` bytes: a free one that fits best, else a new one."""
+        """A segment of at least ``size`` bytes: a free one that fits best, else
+        the largest free one grown to ``size``, else a new one.
+
+        Grown, not replaced: a chunk somewhat larger than the last (chunk sizes
+        vary within a run) keeps the pages already there and pays the
+        kernel's allocation for the difference only.
+        """
         with self._lock:
             fitting = [segment for segment in self._free if size <= segment.size <= 4 * size]
             if fitting:
                 best = min(fitting, key=lambda segment: segment.size)
                 self._free.remove(best)
                 return best
+            grown = max(self._free, key=lambda segment: segment.size, default=None)
+            if grown is not None and grown.size < size:
+                self._free.remove(grown)
+            else:
+                grown = None  # (every free one is more than 4 times too large)
+        if grown is not None:
+            try:
+                os.ftruncate(grown.fd, size)
+            except OSError:
+                grown.close()
+            else:
+                grown.size = size
+                return grown
         return _new_segment(size, next(_keys))
 
     def give(self, segment: Segment) -> None:
@@ -237,6 +258,90 @@ def _write(buffers: list[memoryview], recycler: Recycler | None) -> Segment:
     return segment
 
 
+class Pickled:
+    """An object pickled for another process, its large buffers not copied yet.
+
+    :func:`dumps` in two steps: :func:`pickle_shared` pickles at once (and
+    fails at once, for an object that does not pickle); :meth:`write` copies
+    the large buffers into a segment when the message is about to go, so
+    that a sender with many messages queued holds shared memory for the few
+    in flight only, and writes the later ones into the segments the earlier
+    ones freed. Until then it holds views of the object's buffers (the
+    object's exporters cannot be resized meanwhile); a write made later
+    sends the buffers' bytes as they are then.
+    """
+
+    __slots__ = ("_buffers", "_by_value", "_data", "_obj")
+
+    def __init__(self, obj: Any, by_value: bool, data: bytes, buffers: list[memoryview]) -> None:
+        self._obj = obj
+        self._by_value = by_value
+        self._data = data
+        self._buffers = buffers
+
+    @property
+    def shared_bytes(self) -> int:
+        """The bytes :meth:`write` will copy into shared memory."""
+        return sum(raw.nbytes for raw in self._buffers)
+
+    def write(self, recycler: Recycler | None = None) -> tuple[bytes, Segment | None]:
+        """The blob for the frame and the segment to send beside it (None: every
+        buffer stayed in-band); once only. See :func:`dumps`.
+
+        Raises:
+            Exception: no segment could be had, and pickling ``obj`` in-band
+                again failed (what the pickler raised).
+        """
+        buffers, self._buffers = self._buffers, []
+        obj, self._obj = self._obj, None
+        if not buffers:
+            return self._data, None
+        try:
+            try:
+                segment = _write(buffers, recycler)
+            except OSError:
+                # No shared memory to be had now (out of descriptors, of memory):
+                # this message travels in-band, through the socket, as off Linux.
+                _release(buffers)
+                return _pickle(obj, self._by_value, None), None
+            sizes = [raw.nbytes for raw in buffers]
+        finally:
+            _release(buffers)
+        header = b"".join([_SHARED_TAG, _KEY.pack(segment.key), _COUNT.pack(len(sizes)),
+                           *map(_SIZE.pack, sizes)])
+        return header + self._data, segment
+
+    def release(self) -> None:
+        """Let go of the object's buffers without writing them (a message dropped)."""
+        buffers, self._buffers = self._buffers, []
+        self._obj = None
+        _release(buffers)
+
+
+def _release(buffers: list[memoryview]) -> None:
+    for raw in buffers:
+        raw.release()
+
+
+def pickle_shared(obj: Any, by_value: bool, threshold: int = THRESHOLD) -> Pickled:
+    """``obj`` pickled for another process, its large buffers to be written
+    into a segment later (:meth:`Pickled.write`).
+
+    Raises:
+        Exception: ``obj`` does not pickle (what the pickler raised).
+    """
+    if not AVAILABLE:
+        return Pickled(None, by_value, _pickle(obj, by_value, None), [])
+    collector = _Collector(threshold)
+    try:
+        data = _pickle(obj, by_value, collector)
+    except BaseException:
+        collector.reset()
+        raise
+    buffers, collector.buffers = collector.buffers, []
+    return Pickled(obj if buffers else None, by_value, data, buffers)
+
+
 def dumps(obj: Any, by_value: bool, threshold: int = THRESHOLD,
           recycler: Recycler | None = None) -> tuple[bytes, Segment | None]:
     """``obj`` pickled for another process, its large buffers in a segment.
@@ -251,30 +356,7 @@ def dumps(obj: Any, by_value: bool, threshold: int = THRESHOLD,
     Raises:
         Exception: ``obj`` does not pickle (what the pickler raised).
     """
-    if not AVAILABLE:
-        return _pickle(obj, by_value, None), None
-    collector = _Collector(threshold)
-    try:
-        try:
-            data = _pickle(obj, by_value, collector)
-        except BaseException:
-            collector.reset()
-            raise
-        if not collector.buffers:
-            return data, None
-        try:
-            segment = _write(collector.buffers, recycler)
-        except OSError:
-            # No shared memory to be had now (out of descriptors, of memory):
-            # this message travels in-band, through the socket, as off Linux.
-            collector.reset()
-            return _pickle(obj, by_value, None), None
-        sizes = [raw.nbytes for raw in collector.buffers]
-    finally:
-        collector.reset()
-    header = b"".join([_SHARED_TAG, _KEY.pack(segment.key), _COUNT.pack(len(sizes)),
-                       *map(_SIZE.pack, sizes)])
-    return header + data, segment
+    return pickle_shared(obj, by_value, threshold).write(recycler)
 
 
 def loads(blob: bytes | bytearray, fd: int = -1) -> Any:

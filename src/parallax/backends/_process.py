@@ -68,11 +68,10 @@ from .._protocol import (
     decode,
     encode,
     share_function,
-    share_items,
     unpicklable_items,
 )
 from .._serialize import dumps, dumps_function
-from .._shm import Recycler, Segment
+from .._shm import Pickled, Recycler, Segment, pickle_shared
 from .._timeouts import time_left, timeout_error
 from .._units import SOMEWHERE, Chunk, ChunkResult, Job
 from .._wire import Channel
@@ -153,16 +152,25 @@ class _Queued:
 
     ``claimed``: ``job.claim`` said yes once (a future is running); a chunk
     queued again (its worker retired before taking it) is never claimed twice.
+
+    Its items are pickled when it is submitted (an item that does not pickle
+    fails there and then), their large buffers copied into shared memory
+    only when it is about to go (:meth:`ProcessBackend._encode`): the pool
+    holds segments for the chunks in flight only, and a run's later chunks
+    go into the segments its earlier ones freed.
     """
 
-    __slots__ = ("blob", "chunk", "claimed", "job", "segment")
+    __slots__ = ("blob", "chunk", "claimed", "job", "pickled", "segment")
 
-    def __init__(self, job: Job, chunk: Chunk, blob: bytes, segment: Segment | None = None) -> None:
+    def __init__(self, job: Job, chunk: Chunk, pickled: Pickled) -> None:
         self.job = job
         self.chunk = chunk
-        self.blob = blob
+        #: the items, pickled, until written (then None)
+        self.pickled: Pickled | None = pickled
+        #: the frame of the items, once written
+        self.blob: bytes | None = None
         #: the items' large buffers, in shared memory; freed with the entry
-        self.segment = segment
+        self.segment: Segment | None = None
         self.claimed = False
 
 
@@ -411,11 +419,12 @@ class ProcessBackend(Backend):
         if self._closed:
             raise RuntimeError("cannot submit to a process backend after shutdown")
         try:
-            blob, segment = share_items(chunk.items, self._recycler)
+            # (what _protocol.share_items sends, in two steps: see _Queued)
+            pickled = pickle_shared(chunk.items, by_value=True)
         except Exception as exc:
             job.deliver(unpicklable_items(chunk, exc))
             return
-        entry = _Queued(job, chunk, blob, segment)
+        entry = _Queued(job, chunk, pickled)
         with self._lock:
             # Under the lock the pool breaks under: a chunk is either failed
             # by _fail_outstanding or failed here, never neither.
@@ -612,6 +621,7 @@ class ProcessBackend(Backend):
         # nothing pending, and the pool must then notice it is done rather
         # than wait for a wake-up that will never come.
         self._dispatch()
+        self._encode_ahead()
         with self._lock:
             workers = list(self._workers.values())
             closing = self._closed
@@ -743,9 +753,45 @@ class ProcessBackend(Backend):
             self._outstanding.discard(entry)
         entry.job.deliver(result)
 
+    def _encode(self, entry: _Queued) -> bool:
+        """Write ``entry``'s items into shared memory, if not done yet (manager
+        thread only); False if they could not be (the chunk is failed then).
+        """
+        pickled = entry.pickled
+        if pickled is None:
+            return True
+        entry.pickled = None
+        try:
+            entry.blob, entry.segment = pickled.write(self._recycler)
+        except Exception as exc:  # no segment, and the in-band pickle refused
+            with self._lock, contextlib.suppress(ValueError):  # (written ahead: queued)
+                self._pending.remove(entry)
+            self._deliver(entry, unpicklable_items(entry.chunk, exc))
+            return False
+        return True
+
+    def _encode_ahead(self) -> None:
+        """Write the next queued chunks' items into shared memory, one per
+        worker at most: a worker that reports a result gets its next chunk
+        at once, not after a copy, while the pool holds segments for a
+        bounded window of chunks (its workers' and these)."""
+        with self._lock:
+            ahead = [entry for entry in itertools.islice(self._pending, self.workers)
+                     if entry.pickled is not None and (entry.claimed
+                                                       or entry.job.wants(entry.chunk))]
+        for entry in ahead:
+            self._encode(entry)  # (one that fails is delivered: dispatch drops it)
+
     def _send(self, worker: _Worker, entry: _Queued) -> None:
         # (the entry, not worker.busy: terminate() may clear that meanwhile)
+        if not self._encode(entry):
+            with self._lock:
+                if worker.busy is entry:
+                    worker.busy = None
+            self._wake()  # the worker is idle again: another turn hands it a chunk
+            return
         job, blob, segment = entry.job, entry.blob, entry.segment
+        assert blob is not None  # written by _encode
         function = None
         function_fds: tuple[int, ...] = ()
         if worker.jobs.get(job.id) is None:  # (a hit makes it the newest, as in the worker)
