@@ -53,6 +53,7 @@ __all__ = [
     "ALIGNMENT",
     "AVAILABLE",
     "THRESHOLD",
+    "Keeper",
     "Pickled",
     "Recycler",
     "Segment",
@@ -99,7 +100,7 @@ class Segment:
     abandoned (its run cancelled, its pool broken) frees its memory with it.
     """
 
-    __slots__ = ("fd", "key", "size")
+    __slots__ = ("_writer", "fd", "filled", "key", "size")
 
     def __init__(self, fd: int, size: int, key: int = 0) -> None:
         self.fd = fd
@@ -107,8 +108,36 @@ class Segment:
         self.size = size
         #: names it to its receiver, which reports it released (0: never)
         self.key = key
+        #: bytes from the start that were written before: their pages exist
+        self.filled = 0
+        #: the sender's shared mapping of them, kept while the segment is
+        self._writer: mmap.mmap | None = None
+
+    def writer(self) -> mmap.mmap | None:
+        """A shared mapping of the bytes written before (None if there are none,
+        or no mapping could be made), kept for the next writes.
+
+        Writing into a segment again through a mapping whose pages are all
+        mapped is a plain memory copy, about 4 times faster than ``pwrite``
+        (measured: 16 MB in 0.7 ms, against 3.3 ms); into fresh pages
+        ``pwrite`` is faster (no page fault per page), hence only the bytes
+        written before.
+        """
+        if self.filled and (self._writer is None or len(self._writer) < self.filled):
+            self._unmap()
+            try:
+                self._writer = _map_shared(self.fd, self.filled)
+            except OSError:  # (out of mappings, say): pwrite does it, slower
+                return None
+        return self._writer
+
+    def _unmap(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()
 
     def close(self) -> None:
+        self._unmap()
         fd, self.fd = self.fd, -1
         if fd >= 0:
             os.close(fd)
@@ -123,8 +152,18 @@ class Segment:
         return f"Segment(fd={self.fd}, size={self.size}, key={self.key})"
 
 
-def _new_segment(size: int, key: int = 0) -> Segment:
-    segment = Segment(os.memfd_create("parallax", os.MFD_CLOEXEC), size, key)
+def _map_shared(fd: int, size: int) -> mmap.mmap:
+    """A shared mapping of ``size`` bytes of ``fd``, every page mapped at once
+    (one pass of the kernel, not a fault per page)."""
+    flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+    if sys.version_info >= (3, 13):
+        return mmap.mmap(fd, size, flags=flags, trackfd=False)
+    return mmap.mmap(fd, size, flags=flags)  # (holds a duplicate of fd until closed)
+
+
+def _new_segment(size: int, key: int = 0, sealable: bool = False) -> Segment:
+    flags = os.MFD_CLOEXEC | (os.MFD_ALLOW_SEALING if sealable else 0)
+    segment = Segment(os.memfd_create("parallax", flags), size, key)
     os.ftruncate(segment.fd, size)  # (the segment closes its fd should this fail)
     return segment
 
@@ -247,14 +286,24 @@ def _offsets(sizes: list[int]) -> tuple[list[int], int]:
     return offsets, end
 
 
-def _write(buffers: list[memoryview], recycler: Recycler | None) -> Segment:
-    """A segment holding ``buffers`` at their offsets: a recycled one, or a new memfd."""
+def _write(buffers: list[memoryview], recycler: Recycler | None,
+           sealable: bool = False) -> Segment:
+    """A segment holding ``buffers`` at their offsets: a recycled one, or a new
+    memfd (``sealable``: one that :func:`_seal` can seal)."""
     offsets, total = _offsets([raw.nbytes for raw in buffers])
-    segment = _new_segment(total) if recycler is None else recycler.take(total)
+    segment = (_new_segment(total, sealable=sealable) if recycler is None
+               else recycler.take(total))
+    writer = segment.writer()
+    mapped = 0 if writer is None else len(writer)
     for raw, offset in zip(buffers, offsets, strict=True):
-        done = 0
+        # Through the mapping up to where it ends, the rest (fresh pages) by pwrite.
+        done = max(0, min(raw.nbytes, mapped - offset))
+        if done:
+            assert writer is not None
+            writer[offset : offset + done] = raw[:done]
         while done < raw.nbytes:
             done += os.pwrite(segment.fd, raw[done:], offset + done)
+    segment.filled = max(segment.filled, total)
     return segment
 
 
@@ -307,9 +356,13 @@ class Pickled:
             sizes = [raw.nbytes for raw in buffers]
         finally:
             _release(buffers)
-        header = b"".join([_SHARED_TAG, _KEY.pack(segment.key), _COUNT.pack(len(sizes)),
+        return self._blob(segment.key, sizes), segment
+
+    def _blob(self, key: int, sizes: list[int]) -> bytes:
+        """The frame: the header naming the segment's buffers, then the pickle."""
+        header = b"".join([_SHARED_TAG, _KEY.pack(key), _COUNT.pack(len(sizes)),
                            *map(_SIZE.pack, sizes)])
-        return header + self._data, segment
+        return header + self._data
 
     def release(self) -> None:
         """Let go of the object's buffers without writing them (a message dropped)."""
@@ -357,6 +410,212 @@ def dumps(obj: Any, by_value: bool, threshold: int = THRESHOLD,
         Exception: ``obj`` does not pickle (what the pickler raised).
     """
     return pickle_shared(obj, by_value, threshold).write(recycler)
+
+
+class Keeper:
+    """Segments of function payloads kept for a next run over the same objects.
+
+    A run's function (a ``partial`` over a large array, a model's method) is
+    written to a segment once per run. Writing it again for the next run
+    over the same, unchanged object costs the full copy into fresh pages
+    (256 MB: about 95 ms); comparing the object's bytes with a kept copy
+    costs a read of both (about a third of that). So a payload segment is
+    sealed (``F_SEAL_WRITE`` and the rest: its bytes can never change, and
+    every worker's copy-on-write mapping of it still works) and kept, and a
+    next payload whose large buffers come from the same objects (by
+    identity), of the same sizes and the same bytes (compared, ``memcmp``)
+    is sent with the kept segment instead of a new one.
+
+    Kept while every object its buffers came from lives (weak references:
+    one dies, the segment goes) and within ``keep`` segments and
+    ``keep_bytes`` bytes (the oldest go first): a kept copy doubles the
+    memory of its object while both live. Thread-safe.
+    """
+
+    __slots__ = ("_entries", "_keep", "_keep_bytes", "_lock")
+
+    def __init__(self, keep: int, keep_bytes: int) -> None:
+        import threading  # (the caller's side only)
+
+        self._entries: list[_Kept] = []
+        self._keep = keep
+        self._keep_bytes = keep_bytes
+        self._lock = threading.Lock()
+
+    def write(self, pickled: Pickled) -> tuple[bytes, Segment | None]:
+        """:meth:`Pickled.write`, with a kept segment if one holds the same bytes
+        (the segment returned is the caller's own, to close, either way).
+
+        Raises:
+            Exception: as :meth:`Pickled.write`.
+        """
+        buffers = pickled._buffers
+        if not buffers:
+            return pickled.write()
+        sizes = [raw.nbytes for raw in buffers]
+        exporters = [raw.obj for raw in buffers]
+        with self._lock:
+            candidates = [entry for entry in self._entries if entry.holds(sizes, exporters)]
+        for entry in candidates:
+            try:
+                same = entry.same_bytes(buffers)
+                fd = os.dup(entry.segment.fd) if same else -1
+            except (OSError, ValueError):  # (closed meanwhile, out of mappings ...)
+                same = False
+            if same:
+                blob = pickled._blob(0, sizes)
+                pickled.release()
+                return blob, Segment(fd, entry.segment.size)
+            self._drop(entry)  # its objects changed since: a stale copy
+        try:
+            segment = _write(buffers, None, sealable=True)
+        except OSError:
+            return pickled.write()  # (in-band, as without a keeper)
+        blob = pickled._blob(0, sizes)
+        pickled.release()
+        self._keep_copy(segment, sizes, exporters)
+        return blob, segment
+
+    def _keep_copy(self, segment: Segment, sizes: list[int], exporters: list[Any]) -> None:
+        """Keep a copy of ``segment`` (sealed first) for as long as ``exporters`` live."""
+        if segment.size > self._keep_bytes:
+            return
+        import weakref
+
+        def dead(_: Any) -> None:
+            self._drop(entry)
+
+        try:
+            refs = [weakref.ref(exporter, dead) for exporter in exporters]
+        except TypeError:  # (a bytearray, say): no way to tell when it goes
+            return
+        try:
+            _seal(segment.fd)
+            kept = Segment(os.dup(segment.fd), segment.size)
+        except OSError:  # (a kernel without seals): not kept
+            return
+        entry = _Kept(kept, sizes, refs)
+        with self._lock:
+            self._entries.append(entry)
+            dropped = []
+            while (len(self._entries) > self._keep
+                   or sum(kept.segment.size for kept in self._entries) > self._keep_bytes):
+                dropped.append(self._entries.pop(0))  # the oldest
+        for old in dropped:
+            old.close()
+
+    def _drop(self, entry: _Kept) -> None:
+        with self._lock:
+            if entry not in self._entries:
+                return
+            self._entries.remove(entry)
+        entry.close()
+
+    def close(self) -> None:
+        """Let every kept segment go (the pool shuts down)."""
+        with self._lock:
+            entries, self._entries = self._entries, []
+        for entry in entries:
+            entry.close()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class _Kept:
+    """A sealed payload segment of :class:`Keeper`, and what its bytes came from."""
+
+    __slots__ = ("_reader", "exporters", "segment", "sizes")
+
+    def __init__(self, segment: Segment, sizes: list[int], exporters: list[Any]) -> None:
+        self.segment = segment
+        self.sizes = sizes
+        #: weak references to the objects whose buffers it holds
+        self.exporters = exporters
+        #: a read-only mapping of it, made at the first comparison, kept
+        self._reader: mmap.mmap | None = None
+
+    def holds(self, sizes: list[int], exporters: list[Any]) -> bool:
+        """Did it come from these very objects, with buffers of these sizes?"""
+        return sizes == self.sizes and all(
+            ref() is exporter for ref, exporter in zip(self.exporters, exporters, strict=True))
+
+    def same_bytes(self, buffers: list[memoryview]) -> bool:
+        """Do ``buffers`` hold the bytes it holds? (reads both: about 25 ms per
+        256 MB here)."""
+        if self._reader is None:
+            self._reader = mmap.mmap(self.segment.fd, self.segment.size,
+                                     flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+        offsets, _ = _offsets(self.sizes)
+        return all(_same(self._reader, offset, raw)
+                   for offset, raw in zip(offsets, buffers, strict=True))
+
+    def close(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.close()
+        self.segment.close()
+
+
+def _seal(fd: int) -> None:
+    """Make the memfd ``fd``'s bytes final: no write, no resize, no other seal."""
+    import fcntl
+
+    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK
+                | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE)
+
+
+def _same(mapping: mmap.mmap, offset: int, raw: memoryview) -> bool:
+    """Are ``raw``'s bytes those of ``mapping`` from ``offset`` on? (``memcmp``,
+    without the GIL; read-only buffers too, which ctypes cannot address)."""
+    import ctypes
+
+    api = _buffer_api()
+    ours, theirs = _PyBuffer(), _PyBuffer()
+    api.get(mapping, ctypes.byref(ours), 0)
+    try:
+        api.get(raw, ctypes.byref(theirs), 0)
+        try:
+            if ours.len < offset + theirs.len:
+                return False
+            return bool(api.memcmp(ours.buf + offset, theirs.buf, theirs.len) == 0)
+        finally:
+            api.release(ctypes.byref(theirs))
+    finally:
+        api.release(ctypes.byref(ours))
+
+
+_PyBuffer: Any = None
+_buffer_api_handle: Any = None
+
+
+def _buffer_api() -> Any:
+    """``PyObject_GetBuffer``, ``PyBuffer_Release`` and libc's ``memcmp``, through ctypes."""
+    global _PyBuffer, _buffer_api_handle
+    if _buffer_api_handle is None:
+        import ctypes
+        import types
+
+        class PyBuffer(ctypes.Structure):
+            _fields_ = [("buf", ctypes.c_void_p), ("obj", ctypes.c_void_p),
+                        ("len", ctypes.c_ssize_t), ("itemsize", ctypes.c_ssize_t),
+                        ("readonly", ctypes.c_int), ("ndim", ctypes.c_int),
+                        ("format", ctypes.c_char_p), ("shape", ctypes.c_void_p),
+                        ("strides", ctypes.c_void_p), ("suboffsets", ctypes.c_void_p),
+                        ("internal", ctypes.c_void_p)]
+
+        get = ctypes.pythonapi.PyObject_GetBuffer
+        get.argtypes = [ctypes.py_object, ctypes.POINTER(PyBuffer), ctypes.c_int]
+        get.restype = ctypes.c_int
+        release = ctypes.pythonapi.PyBuffer_Release
+        release.argtypes = [ctypes.POINTER(PyBuffer)]
+        release.restype = None
+        memcmp = ctypes.CDLL(None).memcmp  # (a CDLL function: called without the GIL)
+        memcmp.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+        memcmp.restype = ctypes.c_int
+        _PyBuffer = PyBuffer
+        _buffer_api_handle = types.SimpleNamespace(get=get, release=release, memcmp=memcmp)
+    return _buffer_api_handle
 
 
 def loads(blob: bytes | bytearray, fd: int = -1) -> Any:

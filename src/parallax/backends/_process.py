@@ -67,11 +67,10 @@ from .._protocol import (
     Task,
     decode,
     encode,
-    share_function,
     unpicklable_items,
 )
 from .._serialize import dumps, dumps_function
-from .._shm import Pickled, Recycler, Segment, pickle_shared
+from .._shm import Keeper, Pickled, Recycler, Segment, pickle_shared
 from .._timeouts import time_left, timeout_error
 from .._units import SOMEWHERE, Chunk, ChunkResult, Job
 from .._wire import Channel
@@ -104,6 +103,11 @@ STARTUP_FAILURE_LIMIT = 3
 #: by page, for the next chunks' arrays)
 RECYCLED_PER_WORKER = 4
 RECYCLED_BYTES = 256 * 2**20
+#: function payloads (a bound array, a model) a pool keeps in shared memory
+#: for a next run over the same objects, and their bytes in all at most
+#: (each doubles the memory of its object while both live; docs/large-data.md)
+KEPT_PAYLOADS = 4
+KEPT_BYTES = 1 << 30
 #: segments a worker may hold without reporting them released (its function
 #: keeps its arguments): past this many, the oldest are no longer recycled
 LENT_LIMIT = 8
@@ -342,6 +346,8 @@ class ProcessBackend(Backend):
         self._segments: weakref.WeakKeyDictionary[Job, Segment] = weakref.WeakKeyDictionary()
         #: the items' segments that workers let go of, written again
         self._recycler = Recycler(RECYCLED_PER_WORKER * self.workers, RECYCLED_BYTES)
+        #: the functions' segments, kept for a next run over the same objects
+        self._keeper = Keeper(KEPT_PAYLOADS, KEPT_BYTES)
         self._preloading = False
         # First, before anything is held: it fails for an initializer that
         # cannot be pickled.
@@ -401,7 +407,14 @@ class ProcessBackend(Backend):
 
     def prepare(self, job: Job) -> None:
         if job.payload is None:
-            payload, segment = share_function(job.fn)
+            try:
+                # (what _protocol.share_function sends: the keeper may send a
+                # segment kept from an earlier run instead of writing a new one)
+                pickled = pickle_shared(job.fn, by_value=True)
+            except Exception:
+                dumps_function(job.fn)  # raises the SerializationError naming the function
+                raise
+            payload, segment = self._keeper.write(pickled)
             if segment is not None:
                 with self._lock:
                     self._segments[job] = segment
@@ -1066,6 +1079,7 @@ class ProcessBackend(Backend):
             self._marks_map.close()  # else the map goes with its last view
         self._marks_file.close()
         self._recycler.close()
+        self._keeper.close()
         fds = (self._wake_r, self._wake_w)
         self._wake_r = self._wake_w = -1
         for fd in fds:
