@@ -158,7 +158,8 @@ def main(argv: list[str]) -> int:
                "parallax start fresh interpreters. joblib memmaps every array over 1 MB it "
                "sends (arguments, and the array bound in the function); results come back "
                "pickled through its pipes. parallax sends every buffer of 64 KiB or more "
-               "through shared memory (memfd), both ways, and the bound array once per run "
+               "through shared memory (memfd), both ways, and the array bound in the function "
+               "once per run, kept for a next run over the same unchanged array "
                "(docs/large-data.md).",
                f"- bound_array's pure Python: {iterations:,} loop iterations per item, "
                f"calibrated to {arrays.BOUND_SPIN_SECONDS * 1e3:g} ms on this machine at the "
