@@ -281,6 +281,25 @@ def test_a_kept_segment_goes_with_its_object_and_with_the_pool() -> None:
     del kept
 
 
+def test_a_large_bound_object_goes_in_pieces_to_every_worker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_shm, "PIECES_FROM", BIG // 2)  # (the caller decides; workers follow)
+    gc.collect()
+    before = len(mapped_memfds()), len(memfds())
+    bound = Bound(3 * BIG)
+    with parallax.Executor(mode="process", workers=2) as pool:
+        for _ in range(2):  # written in pieces, then the kept pieces sent again
+            seen = list(pool.map(functools.partial(slice_of, bound), range(0, 3 * BIG, BIG // 10),
+                                 chunksize=1))
+            assert [value for value, _, _ in seen] == [
+                index % 256 for index in range(0, 3 * BIG, BIG // 10)]
+            assert all(was_mapped for _, was_mapped, _ in seen)
+    del bound, seen
+    gc.collect()
+    assert (len(mapped_memfds()), len(memfds())) == before
+
+
 def test_chunks_written_as_they_go_arrive_whole_and_in_order_past_crashes() -> None:
     # Arguments are copied into shared memory one chunk ahead of each worker,
     # into the segments earlier chunks freed: every result still comes, in

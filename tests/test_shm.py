@@ -315,7 +315,7 @@ def test_a_kept_segment_is_sealed_and_goes_with_its_object() -> None:
         os.pwrite(segment.fd, b"x", 0)
     back = _shm.loads(blob, os.dup(segment.fd))
     back.data[0] = 7  # a receiver's copy-on-write mapping still works
-    kept = keeper._entries[0].segment
+    kept = keeper._entries[0].segments[0]
     watched = Opened(kept.fd)
     segment.close()
     del bound
@@ -537,4 +537,53 @@ def test_a_keeper_compares_numpy_arrays_writable_or_not(writeable: bool) -> None
         bound.flags.writeable = False
     changed, new_file = kept_write(keeper, bound)
     assert new_file != file and changed[-1] == -1.0 and first[-1] == THRESHOLD - 1
+    keeper.close()
+
+
+def test_a_large_payload_goes_in_pieces_mapped_side_by_side(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Three buffers, the middle one across the cut between the two files.
+    monkeypatch.setattr(_shm, "PIECES_FROM", THRESHOLD)
+    keeper = _shm.Keeper(keep=4, keep_bytes=1 << 30)
+    parts = [Exported(THRESHOLD + 100, 1), Exported(3 * THRESHOLD, 2), Exported(THRESHOLD, 3)]
+    blob, sent = keeper.write(_shm.pickle_shared(parts, True))
+    assert isinstance(sent, _shm.Pieces) and len(sent.segments) == _shm.PIECES
+    assert all(segment.size % os.sysconf("SC_PAGE_SIZE") == 0 for segment in sent.segments[:-1])
+    pieces = [Opened(segment.fd) for segment in sent.segments]
+    back = _shm.loads(blob, sent.bundle())  # (loads closes the bundle it is given)
+    assert [bytes(part.data) for part in back] == [bytes(part.data) for part in parts]
+    back[1].data[0] = 9  # copy-on-write, as one file
+    assert parts[1].data[0] == 2
+    sent.close()
+    again_blob, again = keeper.write(_shm.pickle_shared(parts, True))  # the kept pieces
+    assert isinstance(again, _shm.Pieces)
+    assert [_identity(segment.fd) for segment in again.segments] == [
+        piece.file for piece in pieces]
+    assert bytes(_shm.loads(again_blob, again.bundle())[2].data) == bytes(parts[2].data)
+    again.close()
+    parts[1].data[-1] = 7  # in the second file: found, a new payload written
+    changed_blob, changed = keeper.write(_shm.pickle_shared(parts, True))
+    assert isinstance(changed, _shm.Pieces)
+    assert _identity(changed.segments[1].fd) != pieces[1].file
+    assert _shm.loads(changed_blob, changed.bundle())[1].data[-1] == 7
+    changed.close()
+    del back
+    keeper.close()
+    gc.collect()
+    assert not any(piece.is_open() for piece in pieces)
+
+
+def test_pieces_that_cannot_be_mapped_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(fds: Any, total: int) -> Any:
+        raise OSError(12, "Cannot allocate memory")
+
+    monkeypatch.setattr(_shm, "PIECES_FROM", THRESHOLD)
+    keeper = _shm.Keeper(keep=4, keep_bytes=1 << 30)
+    bound = Exported(5 * THRESHOLD + 3, 4)
+    blob, sent = keeper.write(_shm.pickle_shared(bound, True))
+    assert isinstance(sent, _shm.Pieces)
+    monkeypatch.setattr(_shm, "_map_pieces", refuse)
+    assert bytes(_shm.loads(blob, sent.bundle()).data) == bytes(bound.data)
+    sent.close()
     keeper.close()

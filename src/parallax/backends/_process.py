@@ -70,7 +70,7 @@ from .._protocol import (
     unpicklable_items,
 )
 from .._serialize import dumps, dumps_function
-from .._shm import Keeper, Pickled, Recycler, Segment, pickle_shared
+from .._shm import Keeper, Pickled, Pieces, Recycler, Segment, pickle_shared
 from .._timeouts import time_left, timeout_error
 from .._units import SOMEWHERE, Chunk, ChunkResult, Job
 from .._wire import Channel
@@ -343,7 +343,8 @@ class ProcessBackend(Backend):
         self._preloads: list[Job] = []
         #: the shared-memory segment of a job's function (a bound array, say):
         #: written once per job, every worker maps it; freed with the job
-        self._segments: weakref.WeakKeyDictionary[Job, Segment] = weakref.WeakKeyDictionary()
+        self._segments: weakref.WeakKeyDictionary[Job, Segment | Pieces] = (
+            weakref.WeakKeyDictionary())
         #: the items' segments that workers let go of, written again
         self._recycler = Recycler(RECYCLED_PER_WORKER * self.workers, RECYCLED_BYTES)
         #: the functions' segments, kept for a next run over the same objects
@@ -420,11 +421,25 @@ class ProcessBackend(Backend):
                     self._segments[job] = segment
             job.payload = payload
 
-    def _function_fds(self, job: Job) -> tuple[int, ...]:
-        """The descriptor of the job's function's segment, if it has one."""
+    def _send_function(self, worker: _Worker, frame: bytes, job: Job | None) -> None:
+        """Send ``frame`` to ``worker``, with the descriptor of ``job``'s function
+        segment if it has one (``job`` None: the frame carries no function).
+
+        Raises:
+            OSError: sending failed.
+        """
         with self._lock:
-            segment = self._segments.get(job)
-        return () if segment is None else (segment.fd,)
+            shared = None if job is None else self._segments.get(job)
+        if shared is None:
+            worker.conn.send_bytes(frame)
+        elif isinstance(shared, Pieces):
+            bundle = shared.bundle()  # (one per send: the worker takes the pieces out)
+            try:
+                worker.conn.send_bytes(frame, (bundle,))
+            finally:
+                os.close(bundle)
+        else:
+            worker.conn.send_bytes(frame, (shared.fd,))
 
     def submit(self, job: Job, chunk: Chunk) -> None:
         if self._owner != os.getpid():
@@ -724,8 +739,7 @@ class ProcessBackend(Backend):
                     assert job.payload is not None  # preload() prepared it
                     worker.jobs.put(job.id, True)
                     try:
-                        worker.conn.send_bytes(encode(Preload(job.id, job.payload)),
-                                               self._function_fds(job))
+                        self._send_function(worker, encode(Preload(job.id, job.payload)), job)
                     except OSError as exc:  # dead, or not reading: the EOF path replaces it
                         worker.kill(None, f"sending it a function failed ({exc!r})")
 
@@ -806,15 +820,14 @@ class ProcessBackend(Backend):
         job, blob, segment = entry.job, entry.blob, entry.segment
         assert blob is not None  # written by _encode
         function = None
-        function_fds: tuple[int, ...] = ()
         if worker.jobs.get(job.id) is None:  # (a hit makes it the newest, as in the worker)
             function = job.payload
-            function_fds = self._function_fds(job)
             worker.jobs.put(job.id, True)
         try:
-            worker.conn.send_bytes(
+            self._send_function(
+                worker,
                 encode(Task(job.id, function, job.timeout is not None, job.stop_at_failure)),
-                function_fds,
+                None if function is None else job,
             )
             worker.conn.send_bytes(blob, () if segment is None else (segment.fd,))
         except OSError as exc:  # dead, or not reading: the EOF path reports the chunk
