@@ -330,6 +330,8 @@ def test_a_keeper_keeps_what_its_limits_allow() -> None:
     files = [kept_write(keeper, obj)[1] for obj in objects]
     assert len(keeper) == 2  # the oldest went
     assert kept_write(keeper, objects[0])[1] != files[0]
+    assert kept_write(keeper, objects[2])[1] == files[2]  # used: now the newest
+    kept_write(keeper, objects[1])  # written again: objects[0]'s copy goes, not [2]'s
     assert kept_write(keeper, objects[2])[1] == files[2]
     small = _shm.Keeper(keep=4, keep_bytes=THRESHOLD // 2)
     kept_write(small, objects[0])

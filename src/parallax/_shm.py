@@ -540,7 +540,9 @@ class Keeper:
         self._entries: list[_Kept] = []
         self._keep = keep
         self._keep_bytes = keep_bytes
-        self._lock = threading.Lock()
+        # Reentrant: an object dying under the lock (a collection run by an
+        # allocation there) calls back into _drop on the same thread.
+        self._lock = threading.RLock()
 
     def write(self, pickled: Pickled) -> tuple[bytes, Segment | Pieces | None]:
         """:meth:`Pickled.write`, with a kept segment if one holds the same bytes
@@ -563,6 +565,10 @@ class Keeper:
             except (OSError, ValueError):  # (closed meanwhile, out of mappings ...)
                 sent = None
             if sent is not None:
+                with self._lock:  # the most recently used: the last to go
+                    if entry in self._entries:
+                        self._entries.remove(entry)
+                        self._entries.append(entry)
                 blob = pickled._blob(0, sizes, len(entry.segments) if entry.pieces else 0)
                 pickled.release()
                 return blob, sent
