@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import functools
 import math
+import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -28,9 +30,15 @@ FLOAT = 8  # bytes of a float64
 FFT_VALUES = 4 * MB // FLOAT
 #: float64 values of the ``bound_array`` array (256 MB)
 BOUND_VALUES = 256 * MB // FLOAT
-#: loop iterations of pure Python per ``bound_array`` item: a fifth of
-#: ``cpu_medium``'s, about 2 ms on the reference machine
+#: the pure-Python part of a ``bound_array`` item, in seconds (the issue's case)
+BOUND_SPIN_SECONDS = 0.002
+#: loop iterations of it where nothing else says: a fifth of ``cpu_medium``'s,
+#: about 2 ms on the reference machine (0.85 ms on the 2-core benchmark machine)
 BOUND_SPIN = MEDIUM_ITERATIONS // 5
+#: the driver calibrates the count on the machine it runs on
+#: (:func:`calibrate_bound_spin`) and hands it to every measurement through
+#: this variable: every peer of one run then does the same work
+BOUND_SPIN_VARIABLE = "BENCH_BOUND_SPIN"
 #: float64 values of one ``fresh_results`` result (32 MB)
 RESULT_VALUES = 32 * MB // FLOAT
 #: relative tolerance of the FFT check: the same arithmetic may take other
@@ -76,11 +84,35 @@ def fft_check(arrays: list[np.ndarray]) -> Check:
 # -- bound_array -----------------------------------------------------------------------
 
 
-def slice_task(values: np.ndarray, index: int, slices: int) -> float:
-    """The sum of the ``index``-th of ``slices`` slices of ``values``, plus ~2 ms of Python."""
+def slice_task(values: np.ndarray, index: int, slices: int, iterations: int = BOUND_SPIN) -> float:
+    """The sum of the ``index``-th of ``slices`` slices of ``values``, plus
+    ``iterations`` of pure Python (about 2 ms, as calibrated)."""
     width = len(values) // slices
     total = float(values[index * width:(index + 1) * width].sum())
-    return total + spin(index, BOUND_SPIN)
+    return total + spin(index, iterations)
+
+
+def bound_spin() -> int:
+    """The iterations of a ``bound_array`` item's pure-Python part: the driver's
+    calibration (:data:`BOUND_SPIN_VARIABLE`), else :data:`BOUND_SPIN`."""
+    return int(os.environ.get(BOUND_SPIN_VARIABLE) or BOUND_SPIN)
+
+
+def spin_seconds(iterations: int, repeats: int = 15) -> float:
+    """How long :func:`spin` takes for ``iterations`` here (the fastest of
+    ``repeats``: the least disturbed by other processes)."""
+    best = math.inf
+    for _ in range(repeats):
+        started = time.perf_counter()
+        spin(0, iterations)
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def calibrate_bound_spin(seconds: float = BOUND_SPIN_SECONDS) -> int:
+    """The iterations that take ``seconds`` of pure Python on this machine."""
+    spin(0, BOUND_SPIN)  # (warm)
+    return max(1, round(BOUND_SPIN * seconds / spin_seconds(BOUND_SPIN)))
 
 
 def bound_values(values: int = BOUND_VALUES) -> np.ndarray:
@@ -88,13 +120,28 @@ def bound_values(values: int = BOUND_VALUES) -> np.ndarray:
     return np.arange(values, dtype=np.float64)
 
 
-def bound_fn(count: int, values: int = BOUND_VALUES) -> functools.partial[float]:
-    """``slice_task`` with the array bound in: items are 0 .. count - 1."""
-    return functools.partial(slice_task, bound_values(values), slices=count)
+_kept_values: dict[int, np.ndarray] = {}
+
+
+def kept_bound_values(values: int = BOUND_VALUES) -> np.ndarray:
+    """:func:`bound_values`, the same array object on every call in this process
+    (the ``bound_array_again`` case: a second run over the same array)."""
+    if values not in _kept_values:
+        _kept_values[values] = bound_values(values)
+    return _kept_values[values]
+
+
+def bound_fn(count: int, values: int = BOUND_VALUES,
+             array: np.ndarray | None = None) -> functools.partial[float]:
+    """``slice_task`` with the array (``array``, else a new one) and the
+    calibrated spin bound in: items are 0 .. count - 1."""
+    bound = bound_values(values) if array is None else array
+    return functools.partial(slice_task, bound, slices=count, iterations=bound_spin())
 
 
 def slice_check(count: int, values: int = BOUND_VALUES) -> Check:
-    spun = [spin_expected(index, BOUND_SPIN) for index in range(count)]
+    iterations = bound_spin()
+    spun = [spin_expected(index, iterations) for index in range(count)]
     width = values // count
     expected = [float((2 * index * width + width - 1) * width // 2) + spun[index]
                 for index in range(count)]

@@ -558,8 +558,8 @@ def test_shutdown_finishes_queued_work_after_a_crash() -> None:
 def test_cancel_pending_keeps_the_chunks_workers_have_taken() -> None:
     # A chunk queued again after its worker retired is claimed: its future
     # runs. shutdown(cancel_pending=True) drops only what nobody has taken.
-    from parallax._protocol import encode_items
     from parallax._serialize import dumps_function
+    from parallax._shm import pickle_shared
     from parallax._units import Chunk, Job
     from parallax.backends._process import ProcessBackend, _Queued
 
@@ -567,8 +567,8 @@ def test_cancel_pending_keeps_the_chunks_workers_have_taken() -> None:
     delivered: queue.SimpleQueue[Any] = queue.SimpleQueue()
     job = Job(_pid, delivered.put)
     job.payload = dumps_function(_pid)
-    fresh = _Queued(job, Chunk.fresh(0, 0, [0]), encode_items([0]))
-    taken = _Queued(job, Chunk.fresh(1, 1, [1]), encode_items([1]))
+    fresh = _Queued(job, Chunk.fresh(0, 0, [0]), pickle_shared([0], by_value=True))
+    taken = _Queued(job, Chunk.fresh(1, 1, [1]), pickle_shared([1], by_value=True))
     taken.claimed = True
     with backend._lock:
         backend._pending.extend([fresh, taken])

@@ -9,6 +9,7 @@ without it.
 from __future__ import annotations
 
 import _thread
+import array
 import contextlib
 import functools
 import gc
@@ -169,9 +170,9 @@ def test_recycled_segments_carry_the_new_chunk_whole() -> None:
     created: list[int] = []
     original = _shm._new_segment
 
-    def counting(size: int, key: int = 0) -> _shm.Segment:
+    def counting(size: int, key: int = 0, sealable: bool = False) -> _shm.Segment:
         created.append(size)
-        return original(size, key)
+        return original(size, key, sealable)
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(_shm, "_new_segment", counting)
@@ -208,9 +209,9 @@ def test_a_bound_object_is_written_once_and_mapped_by_every_worker() -> None:
     written: list[int] = []
     original = _shm._new_segment
 
-    def counting(size: int, key: int = 0) -> _shm.Segment:
+    def counting(size: int, key: int = 0, sealable: bool = False) -> _shm.Segment:
         written.append(size)
-        return original(size, key)
+        return original(size, key, sealable)
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(_shm, "_new_segment", counting)
@@ -219,6 +220,100 @@ def test_a_bound_object_is_written_once_and_mapped_by_every_worker() -> None:
     assert [value for value, _, _ in seen] == [index % 256 for index in range(40)]
     assert all(was_mapped for _, was_mapped, _ in seen)
     assert written == [len(bound.data)]  # once, however many workers and chunks
+
+
+class Bound:
+    """A large object a function binds, as numpy arrays are: it pickles out of
+    band, and the pool can tell when it dies (weak references)."""
+
+    def __init__(self, size: int) -> None:
+        self.data = array.array("B", bytes(range(256)) * (size // 256 + 1))
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        return Blob, (pickle.PickleBuffer(self.data),)
+
+
+def mapped_memfds() -> list[str]:
+    """parallax's segments this process maps (a mapping holds no descriptor)."""
+    with open("/proc/self/maps") as maps:
+        return [line.split()[-1] for line in maps if "/memfd:parallax" in line]
+
+
+def test_a_second_run_over_the_same_object_reuses_its_segment_until_it_changes() -> None:
+    bound = Bound(BIG)
+    written: list[int] = []
+    original = _shm._new_segment
+
+    def counting(size: int, key: int = 0, sealable: bool = False) -> _shm.Segment:
+        written.append(size)
+        return original(size, key, sealable)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_shm, "_new_segment", counting)
+        with parallax.Executor(mode="process", workers=2) as pool:
+            for _ in range(3):  # a new partial each time, over the same object
+                seen = list(pool.map(functools.partial(slice_of, bound), range(40)))
+                assert [value for value, _, _ in seen] == [index % 256 for index in range(40)]
+            assert len(written) == 1  # copied once, for three runs
+            bound.data[5] = 99  # in place: the next run must see it
+            seen = list(pool.map(functools.partial(slice_of, bound), range(8)))
+            assert [value for value, _, _ in seen] == [0, 1, 2, 3, 4, 99, 6, 7]
+            assert len(written) == 2
+            seen = list(pool.map(functools.partial(slice_of, bound), range(8)))
+            assert seen[5][0] == 99 and len(written) == 2  # the new bytes are kept now
+
+
+def test_a_kept_segment_goes_with_its_object_and_with_the_pool() -> None:
+    gc.collect()
+    before = len(mapped_memfds()), len(memfds())
+    with parallax.Executor(mode="process", workers=2) as pool:
+        bound = Bound(BIG)
+        assert list(pool.map(functools.partial(slice_of, bound), range(4)))[3][0] == 3
+        gc.collect()
+        assert len(memfds()) > before[1]  # kept for a next run
+        del bound
+        gc.collect()
+        assert (len(mapped_memfds()), len(memfds())) == before  # its object died
+        kept = Bound(BIG)
+        assert list(pool.map(functools.partial(slice_of, kept), range(4)))[3][0] == 3
+    gc.collect()
+    assert (len(mapped_memfds()), len(memfds())) == before  # the pool shut down
+    del kept
+
+
+def test_a_large_bound_object_goes_in_pieces_to_every_worker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_shm, "PIECES_FROM", BIG // 2)  # (the caller decides; workers follow)
+    gc.collect()
+    before = len(mapped_memfds()), len(memfds())
+    bound = Bound(3 * BIG)
+    with parallax.Executor(mode="process", workers=2) as pool:
+        for _ in range(2):  # written in pieces, then the kept pieces sent again
+            seen = list(pool.map(functools.partial(slice_of, bound), range(0, 3 * BIG, BIG // 10),
+                                 chunksize=1))
+            assert [value for value, _, _ in seen] == [
+                index % 256 for index in range(0, 3 * BIG, BIG // 10)]
+            assert all(was_mapped for _, was_mapped, _ in seen)
+    del bound, seen
+    gc.collect()
+    assert (len(mapped_memfds()), len(memfds())) == before
+
+
+def test_chunks_written_as_they_go_arrive_whole_and_in_order_past_crashes() -> None:
+    # Arguments are copied into shared memory one chunk ahead of each worker,
+    # into the segments earlier chunks freed: every result still comes, in
+    # order, whatever chunk sizes and crashes.
+    items = [(index, blob(index, BIG * (1 + index % 3))) for index in range(150)]
+    for chunksize in (1, 4):
+        results = parallax.map(_crash_or_pass, items, mode="process", workers=2,
+                               chunksize=chunksize, errors="return")
+        for (index, item), result in zip(items, results, strict=True):
+            if index % 97 == 13:
+                assert isinstance(result, parallax.WorkerCrashedError)
+            else:
+                assert bytes(result.data) == bytes(item.data)
+        del results, result
 
 
 @pytest.mark.parametrize("by", ["argument", "result", "bound"])

@@ -9,6 +9,7 @@ installed.
 
 from __future__ import annotations
 
+import array
 import gc
 import os
 import pickle
@@ -216,14 +217,129 @@ def test_a_recycler_keeps_what_its_limits_allow() -> None:
     for segment in segments:
         recycler.give(segment)
     assert [is_open(fd) for fd in fds] == [False, False, True, True]  # the oldest went
-    big = recycler.take(4 * THRESHOLD)
+    big = recycler.take(4 * THRESHOLD)  # a kept one, grown
+    assert Opened(big.fd).file == fds[2].file and big.size == 4 * THRESHOLD
     recycler.give(big)  # over keep_bytes alone: closed
     assert big.fd == -1
     small = recycler.take(THRESHOLD // 8)
-    assert small.fd not in [opened.fd for opened in fds[2:]]  # a kept one is too large
+    # (by file, not number: a closed descriptor's number is handed out again)
+    assert Opened(small.fd).file != fds[3].file  # the kept one is too large
     small.close()
     recycler.close()
     assert not any(is_open(fd) for fd in fds)
+
+
+def test_a_recycled_segment_grows_rather_than_being_replaced() -> None:
+    recycler = _shm.Recycler(keep=4, keep_bytes=1 << 30)
+    blob, segment = _shm.dumps(Blob(bytearray(b"a" * THRESHOLD)), False, recycler=recycler)
+    assert segment is not None
+    first = Opened(segment.fd)
+    recycler.give(segment)
+    larger = Blob(bytearray(b"b" * (3 * THRESHOLD)) + b"c" * THRESHOLD)
+    blob, again = _shm.dumps(larger, False, recycler=recycler)
+    assert again is segment and first.is_open()  # the same file, its pages kept
+    assert again.size == again.filled == 4 * THRESHOLD
+    back = _shm.loads(blob, os.dup(again.fd))
+    assert bytes(back.data) == bytes(larger.data)  # the old bytes, the grown ones: all new
+    recycler.give(again)
+    blob, third = _shm.dumps(Blob(bytearray(b"d" * (2 * THRESHOLD))), False, recycler=recycler)
+    assert third is segment  # written through the sender's mapping now
+    assert bytes(_shm.loads(blob, os.dup(third.fd)).data) == b"d" * (2 * THRESHOLD)
+    del back
+    recycler.give(third)
+    recycler.close()
+    assert not first.is_open()
+
+
+def test_pickled_fails_at_once_and_copies_only_when_written() -> None:
+    with pytest.raises(TypeError):
+        _shm.pickle_shared([threading.Lock()], True)
+    data = bytearray(b"e" * THRESHOLD)
+    pickled = _shm.pickle_shared(Blob(data), True)
+    assert pickled.shared_bytes == THRESHOLD
+    data[0:1] = b"f"  # (in place: what is written is what the buffer holds then)
+    blob, segment = pickled.write()
+    assert segment is not None
+    back = _shm.loads(blob, os.dup(segment.fd))
+    assert bytes(back.data[:2]) == b"fe"
+    assert pickled.shared_bytes == 0  # the views of the object are let go
+    data.extend(b"g")  # no export left: the bytearray may be resized again
+    segment.close()
+
+
+class Exported:
+    """Bytes that pickle out of band and can be referred to weakly (numpy arrays
+    can; a bytearray cannot), as the objects a function payload binds."""
+
+    def __init__(self, size: int, fill: int = 1) -> None:
+        self.data = array.array("B", bytes([fill]) * size)
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        return Blob, (pickle.PickleBuffer(self.data),)
+
+
+def kept_write(keeper: _shm.Keeper, obj: Any) -> tuple[Any, tuple[int, int]]:
+    """``obj`` through the keeper and back; and the segment's file."""
+    blob, segment = keeper.write(_shm.pickle_shared(obj, True))
+    assert segment is not None
+    back = _shm.loads(blob, os.dup(segment.fd))
+    file = _identity(segment.fd)
+    assert file is not None
+    segment.close()
+    return back, file
+
+
+def test_a_keeper_sends_the_kept_segment_while_the_bytes_are_the_same() -> None:
+    keeper = _shm.Keeper(keep=4, keep_bytes=1 << 30)
+    bound = Exported(2 * THRESHOLD)
+    first, file = kept_write(keeper, bound)
+    again, same_file = kept_write(keeper, bound)
+    assert same_file == file and bytes(again.data) == bytes(bound.data)
+    bound.data[THRESHOLD] = 9  # changed in place: the next run must see it
+    changed, new_file = kept_write(keeper, bound)
+    assert new_file != file
+    assert changed.data[THRESHOLD] == 9 and first.data[THRESHOLD] == 1
+    assert len(keeper) == 1  # the stale copy went
+    other = Exported(2 * THRESHOLD)  # the same bytes, another object: not compared
+    assert kept_write(keeper, other)[1] not in (file, new_file)
+    keeper.close()
+    assert len(keeper) == 0
+
+
+def test_a_kept_segment_is_sealed_and_goes_with_its_object() -> None:
+    keeper = _shm.Keeper(keep=4, keep_bytes=1 << 30)
+    bound = Exported(THRESHOLD)
+    blob, segment = keeper.write(_shm.pickle_shared(bound, True))
+    assert segment is not None
+    with pytest.raises(PermissionError):  # sealed: its bytes are final
+        os.pwrite(segment.fd, b"x", 0)
+    back = _shm.loads(blob, os.dup(segment.fd))
+    back.data[0] = 7  # a receiver's copy-on-write mapping still works
+    kept = keeper._entries[0].segments[0]
+    watched = Opened(kept.fd)
+    segment.close()
+    del bound
+    gc.collect()
+    assert len(keeper) == 0 and not watched.is_open()
+    keeper.close()
+
+
+def test_a_keeper_keeps_what_its_limits_allow() -> None:
+    keeper = _shm.Keeper(keep=2, keep_bytes=1 << 30)
+    objects = [Exported(THRESHOLD, fill) for fill in range(3)]
+    files = [kept_write(keeper, obj)[1] for obj in objects]
+    assert len(keeper) == 2  # the oldest went
+    assert kept_write(keeper, objects[0])[1] != files[0]
+    assert kept_write(keeper, objects[2])[1] == files[2]  # used: now the newest
+    kept_write(keeper, objects[1])  # written again: objects[0]'s copy goes, not [2]'s
+    assert kept_write(keeper, objects[2])[1] == files[2]
+    small = _shm.Keeper(keep=4, keep_bytes=THRESHOLD // 2)
+    kept_write(small, objects[0])
+    assert len(small) == 0  # larger than it may keep at all
+    unkept = Blob(bytearray(THRESHOLD))  # a bytearray cannot be watched: not kept
+    kept_write(keeper, unkept)
+    assert len(keeper) == 2
+    keeper.close()
 
 
 def test_measure_counts_without_copying() -> None:
@@ -404,3 +520,72 @@ def test_pandas_frames_round_trip() -> None:
     back, shared = round_trip(frame)
     assert shared
     pandas.testing.assert_frame_equal(back, frame)
+
+
+@pytest.mark.parametrize("writeable", [True, False])
+def test_a_keeper_compares_numpy_arrays_writable_or_not(writeable: bool) -> None:
+    numpy = pytest.importorskip("numpy")
+    keeper = _shm.Keeper(keep=4, keep_bytes=1 << 30)
+    bound = numpy.arange(THRESHOLD, dtype="float64")
+    bound.flags.writeable = writeable
+    first, file = kept_write(keeper, bound)
+    again, same_file = kept_write(keeper, bound)
+    assert same_file == file and numpy.array_equal(again, bound)
+    if writeable:
+        bound[-1] = -1.0
+    else:
+        bound.flags.writeable = True  # (numpy allows it back: the array owns its data)
+        bound[-1] = -1.0
+        bound.flags.writeable = False
+    changed, new_file = kept_write(keeper, bound)
+    assert new_file != file and changed[-1] == -1.0 and first[-1] == THRESHOLD - 1
+    keeper.close()
+
+
+def test_a_large_payload_goes_in_pieces_mapped_side_by_side(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Three buffers, the middle one across the cut between the two files.
+    monkeypatch.setattr(_shm, "PIECES_FROM", THRESHOLD)
+    keeper = _shm.Keeper(keep=4, keep_bytes=1 << 30)
+    parts = [Exported(THRESHOLD + 100, 1), Exported(3 * THRESHOLD, 2), Exported(THRESHOLD, 3)]
+    blob, sent = keeper.write(_shm.pickle_shared(parts, True))
+    assert isinstance(sent, _shm.Pieces) and len(sent.segments) == _shm.PIECES
+    assert all(segment.size % os.sysconf("SC_PAGE_SIZE") == 0 for segment in sent.segments[:-1])
+    pieces = [Opened(segment.fd) for segment in sent.segments]
+    back = _shm.loads(blob, sent.bundle())  # (loads closes the bundle it is given)
+    assert [bytes(part.data) for part in back] == [bytes(part.data) for part in parts]
+    back[1].data[0] = 9  # copy-on-write, as one file
+    assert parts[1].data[0] == 2
+    sent.close()
+    again_blob, again = keeper.write(_shm.pickle_shared(parts, True))  # the kept pieces
+    assert isinstance(again, _shm.Pieces)
+    assert [_identity(segment.fd) for segment in again.segments] == [
+        piece.file for piece in pieces]
+    assert bytes(_shm.loads(again_blob, again.bundle())[2].data) == bytes(parts[2].data)
+    again.close()
+    parts[1].data[-1] = 7  # in the second file: found, a new payload written
+    changed_blob, changed = keeper.write(_shm.pickle_shared(parts, True))
+    assert isinstance(changed, _shm.Pieces)
+    assert _identity(changed.segments[1].fd) != pieces[1].file
+    assert _shm.loads(changed_blob, changed.bundle())[1].data[-1] == 7
+    changed.close()
+    del back
+    keeper.close()
+    gc.collect()
+    assert not any(piece.is_open() for piece in pieces)
+
+
+def test_pieces_that_cannot_be_mapped_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(fds: Any, total: int) -> Any:
+        raise OSError(12, "Cannot allocate memory")
+
+    monkeypatch.setattr(_shm, "PIECES_FROM", THRESHOLD)
+    keeper = _shm.Keeper(keep=4, keep_bytes=1 << 30)
+    bound = Exported(5 * THRESHOLD + 3, 4)
+    blob, sent = keeper.write(_shm.pickle_shared(bound, True))
+    assert isinstance(sent, _shm.Pieces)
+    monkeypatch.setattr(_shm, "_map_pieces", refuse)
+    assert bytes(_shm.loads(blob, sent.bundle()).data) == bytes(bound.data)
+    sent.close()
+    keeper.close()

@@ -67,12 +67,10 @@ from .._protocol import (
     Task,
     decode,
     encode,
-    share_function,
-    share_items,
     unpicklable_items,
 )
 from .._serialize import dumps, dumps_function
-from .._shm import Recycler, Segment
+from .._shm import Keeper, Pickled, Pieces, Recycler, Segment, pickle_shared
 from .._timeouts import time_left, timeout_error
 from .._units import SOMEWHERE, Chunk, ChunkResult, Job
 from .._wire import Channel
@@ -105,6 +103,11 @@ STARTUP_FAILURE_LIMIT = 3
 #: by page, for the next chunks' arrays)
 RECYCLED_PER_WORKER = 4
 RECYCLED_BYTES = 256 * 2**20
+#: function payloads (a bound array, a model) a pool keeps in shared memory
+#: for a next run over the same objects, and their bytes in all at most
+#: (each doubles the memory of its object while both live; docs/large-data.md)
+KEPT_PAYLOADS = 4
+KEPT_BYTES = 1 << 30
 #: segments a worker may hold without reporting them released (its function
 #: keeps its arguments): past this many, the oldest are no longer recycled
 LENT_LIMIT = 8
@@ -153,16 +156,25 @@ class _Queued:
 
     ``claimed``: ``job.claim`` said yes once (a future is running); a chunk
     queued again (its worker retired before taking it) is never claimed twice.
+
+    Its items are pickled when it is submitted (an item that does not pickle
+    fails there and then), their large buffers copied into shared memory
+    only when it is about to go (:meth:`ProcessBackend._encode`): the pool
+    holds segments for the chunks in flight only, and a run's later chunks
+    go into the segments its earlier ones freed.
     """
 
-    __slots__ = ("blob", "chunk", "claimed", "job", "segment")
+    __slots__ = ("blob", "chunk", "claimed", "job", "pickled", "segment")
 
-    def __init__(self, job: Job, chunk: Chunk, blob: bytes, segment: Segment | None = None) -> None:
+    def __init__(self, job: Job, chunk: Chunk, pickled: Pickled) -> None:
         self.job = job
         self.chunk = chunk
-        self.blob = blob
+        #: the items, pickled, until written (then None)
+        self.pickled: Pickled | None = pickled
+        #: the frame of the items, once written
+        self.blob: bytes | None = None
         #: the items' large buffers, in shared memory; freed with the entry
-        self.segment = segment
+        self.segment: Segment | None = None
         self.claimed = False
 
 
@@ -333,9 +345,12 @@ class ProcessBackend(Backend):
         self._preloads: list[Job] = []
         #: the shared-memory segment of a job's function (a bound array, say):
         #: written once per job, every worker maps it; freed with the job
-        self._segments: weakref.WeakKeyDictionary[Job, Segment] = weakref.WeakKeyDictionary()
+        self._segments: weakref.WeakKeyDictionary[Job, Segment | Pieces] = (
+            weakref.WeakKeyDictionary())
         #: the items' segments that workers let go of, written again
         self._recycler = Recycler(RECYCLED_PER_WORKER * self.workers, RECYCLED_BYTES)
+        #: the functions' segments, kept for a next run over the same objects
+        self._keeper = Keeper(KEPT_PAYLOADS, KEPT_BYTES)
         self._preloading = False
         # First, before anything is held: it fails for an initializer that
         # cannot be pickled.
@@ -395,17 +410,38 @@ class ProcessBackend(Backend):
 
     def prepare(self, job: Job) -> None:
         if job.payload is None:
-            payload, segment = share_function(job.fn)
+            try:
+                # (what _protocol.share_function sends: the keeper may send a
+                # segment kept from an earlier run instead of writing a new one)
+                pickled = pickle_shared(job.fn, by_value=True)
+            except Exception:
+                dumps_function(job.fn)  # raises the SerializationError naming the function
+                raise
+            payload, segment = self._keeper.write(pickled)
             if segment is not None:
                 with self._lock:
                     self._segments[job] = segment
             job.payload = payload
 
-    def _function_fds(self, job: Job) -> tuple[int, ...]:
-        """The descriptor of the job's function's segment, if it has one."""
+    def _send_function(self, worker: _Worker, frame: bytes, job: Job | None) -> None:
+        """Send ``frame`` to ``worker``, with the descriptor of ``job``'s function
+        segment if it has one (``job`` None: the frame carries no function).
+
+        Raises:
+            OSError: sending failed.
+        """
         with self._lock:
-            segment = self._segments.get(job)
-        return () if segment is None else (segment.fd,)
+            shared = None if job is None else self._segments.get(job)
+        if shared is None:
+            worker.conn.send_bytes(frame)
+        elif isinstance(shared, Pieces):
+            bundle = shared.bundle()  # (one per send: the worker takes the pieces out)
+            try:
+                worker.conn.send_bytes(frame, (bundle,))
+            finally:
+                os.close(bundle)
+        else:
+            worker.conn.send_bytes(frame, (shared.fd,))
 
     def submit(self, job: Job, chunk: Chunk) -> None:
         if self._owner != os.getpid():
@@ -413,11 +449,12 @@ class ProcessBackend(Backend):
         if self._closed:
             raise RuntimeError("cannot submit to a process backend after shutdown")
         try:
-            blob, segment = share_items(chunk.items, self._recycler)
+            # (what _protocol.share_items sends, in two steps: see _Queued)
+            pickled = pickle_shared(chunk.items, by_value=True)
         except Exception as exc:
             job.deliver(unpicklable_items(chunk, exc))
             return
-        entry = _Queued(job, chunk, blob, segment)
+        entry = _Queued(job, chunk, pickled)
         with self._lock:
             # Under the lock the pool breaks under: a chunk is either failed
             # by _fail_outstanding or failed here, never neither.
@@ -614,6 +651,7 @@ class ProcessBackend(Backend):
         # nothing pending, and the pool must then notice it is done rather
         # than wait for a wake-up that will never come.
         self._dispatch()
+        self._encode_ahead()
         with self._lock:
             workers = list(self._workers.values())
             closing = self._closed
@@ -703,8 +741,7 @@ class ProcessBackend(Backend):
                     assert job.payload is not None  # preload() prepared it
                     worker.jobs.put(job.id, True)
                     try:
-                        worker.conn.send_bytes(encode(Preload(job.id, job.payload)),
-                                               self._function_fds(job))
+                        self._send_function(worker, encode(Preload(job.id, job.payload)), job)
                     except OSError as exc:  # dead, or not reading: the EOF path replaces it
                         worker.kill(None, f"sending it a function failed ({exc!r})")
 
@@ -745,19 +782,54 @@ class ProcessBackend(Backend):
             self._outstanding.discard(entry)
         entry.job.deliver(result)
 
+    def _encode(self, entry: _Queued) -> bool:
+        """Write ``entry``'s items into shared memory, if not done yet (manager
+        thread only); False if they could not be (the chunk is failed then).
+        """
+        pickled = entry.pickled
+        if pickled is None:
+            return True
+        entry.pickled = None
+        try:
+            entry.blob, entry.segment = pickled.write(self._recycler)
+        except Exception as exc:  # no segment, and the in-band pickle refused
+            with self._lock, contextlib.suppress(ValueError):  # (written ahead: queued)
+                self._pending.remove(entry)
+            self._deliver(entry, unpicklable_items(entry.chunk, exc))
+            return False
+        return True
+
+    def _encode_ahead(self) -> None:
+        """Write the next queued chunks' items into shared memory, one per
+        worker at most: a worker that reports a result gets its next chunk
+        at once, not after a copy, while the pool holds segments for a
+        bounded window of chunks (its workers' and these)."""
+        with self._lock:
+            ahead = [entry for entry in itertools.islice(self._pending, self.workers)
+                     if entry.pickled is not None and (entry.claimed
+                                                       or entry.job.wants(entry.chunk))]
+        for entry in ahead:
+            self._encode(entry)  # (one that fails is delivered: dispatch drops it)
+
     def _send(self, worker: _Worker, entry: _Queued) -> None:
         # (the entry, not worker.busy: terminate() may clear that meanwhile)
+        if not self._encode(entry):
+            with self._lock:
+                if worker.busy is entry:
+                    worker.busy = None
+            self._wake()  # the worker is idle again: another turn hands it a chunk
+            return
         job, blob, segment = entry.job, entry.blob, entry.segment
+        assert blob is not None  # written by _encode
         function = None
-        function_fds: tuple[int, ...] = ()
         if worker.jobs.get(job.id) is None:  # (a hit makes it the newest, as in the worker)
             function = job.payload
-            function_fds = self._function_fds(job)
             worker.jobs.put(job.id, True)
         try:
-            worker.conn.send_bytes(
+            self._send_function(
+                worker,
                 encode(Task(job.id, function, job.timeout is not None, job.stop_at_failure)),
-                function_fds,
+                None if function is None else job,
             )
             worker.conn.send_bytes(blob, () if segment is None else (segment.fd,))
         except OSError as exc:  # dead, or not reading: the EOF path reports the chunk
@@ -1022,6 +1094,7 @@ class ProcessBackend(Backend):
             self._marks_map.close()  # else the map goes with its last view
         self._marks_file.close()
         self._recycler.close()
+        self._keeper.close()
         fds = (self._wake_r, self._wake_w)
         self._wake_r = self._wake_w = -1
         for fd in fds:
