@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from parallax import _shm
-from parallax._protocol import Result, share_items, share_values
+from parallax._protocol import Result, pickle_items, share_values
 from parallax._units import Chunk, ChunkResult
 from parallax._wire import MAX_FDS, Channel
 
@@ -375,9 +375,9 @@ def test_values_that_do_not_pickle_fail_alone_beside_shared_ones() -> None:
     assert home.values[1] is None
 
 
-def test_share_items_names_what_does_not_pickle() -> None:
+def test_pickle_items_names_what_does_not_pickle() -> None:
     with pytest.raises(TypeError):
-        share_items([threading.Lock()])
+        pickle_items([threading.Lock()])
 
 
 # -- descriptors over a channel ------------------------------------------------------------

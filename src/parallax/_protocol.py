@@ -60,7 +60,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from typing import Any, Final, TypeVar
 
-    from ._shm import Recycler, Segment
+    from ._shm import Segment
 
     M = TypeVar("M", bound="Message")
 
@@ -88,8 +88,8 @@ __all__ = [
     "encode_items",
     "encode_values",
     "load_or_error",
-    "share_function",
-    "share_items",
+    "pickle_function",
+    "pickle_items",
     "share_values",
     "unpicklable_items",
 ]
@@ -492,26 +492,27 @@ def unpicklable_items(chunk: Chunk, exc: BaseException) -> ChunkResult:
     )
 
 
-def share_items(items: Sequence[Any],
-                recycler: Recycler | None = None) -> tuple[bytes, Segment | None]:
-    """:func:`encode_items`, the large buffers in a segment to send beside the
-    blob (None: all in the blob), taken from ``recycler`` if given.
+def pickle_items(items: Sequence[Any]) -> _shm.Pickled:
+    """A chunk's items pickled by value, their large buffers still to be
+    written into a segment to send beside the blob (``Pickled.write``, when
+    the chunk is about to go: it may take a recycled segment then).
 
     Raises:
         Exception: an item does not pickle; :func:`unpicklable_items` says which.
     """
-    return _shm.dumps(items, by_value=True, recycler=recycler)
+    return _shm.pickle_shared(items, by_value=True)
 
 
-def share_function(fn: Any) -> tuple[bytes, Segment | None]:
+def pickle_function(fn: Any) -> _shm.Pickled:
     """A job's function pickled by value, its large buffers (a bound array, a
-    model's weights) in a segment every worker maps.
+    model's weights) still to be written into a segment every worker maps
+    (``Pickled.write``, or a pool's ``Keeper``).
 
     Raises:
         SerializationError: the function cannot be pickled (naming it).
     """
     try:
-        return _shm.dumps(fn, by_value=True)
+        return _shm.pickle_shared(fn, by_value=True)
     except Exception:
         dumps_function(fn)  # raises the SerializationError that names the function
         raise

@@ -67,10 +67,12 @@ from .._protocol import (
     Task,
     decode,
     encode,
+    pickle_function,
+    pickle_items,
     unpicklable_items,
 )
 from .._serialize import dumps, dumps_function
-from .._shm import Keeper, Pickled, Pieces, Recycler, Segment, pickle_shared
+from .._shm import Keeper, Pickled, Pieces, Recycler, Segment
 from .._timeouts import time_left, timeout_error
 from .._units import SOMEWHERE, Chunk, ChunkResult, Job
 from .._wire import Channel
@@ -410,14 +412,9 @@ class ProcessBackend(Backend):
 
     def prepare(self, job: Job) -> None:
         if job.payload is None:
-            try:
-                # (what _protocol.share_function sends: the keeper may send a
-                # segment kept from an earlier run instead of writing a new one)
-                pickled = pickle_shared(job.fn, by_value=True)
-            except Exception:
-                dumps_function(job.fn)  # raises the SerializationError naming the function
-                raise
-            payload, segment = self._keeper.write(pickled)
+            # The keeper may send a segment kept from an earlier run instead
+            # of writing a new one.
+            payload, segment = self._keeper.write(pickle_function(job.fn))
             if segment is not None:
                 with self._lock:
                     self._segments[job] = segment
@@ -449,8 +446,7 @@ class ProcessBackend(Backend):
         if self._closed:
             raise RuntimeError("cannot submit to a process backend after shutdown")
         try:
-            # (what _protocol.share_items sends, in two steps: see _Queued)
-            pickled = pickle_shared(chunk.items, by_value=True)
+            pickled = pickle_items(chunk.items)  # written when about to go: see _Queued
         except Exception as exc:
             job.deliver(unpicklable_items(chunk, exc))
             return
