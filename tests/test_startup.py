@@ -76,6 +76,17 @@ def test_an_executor_loads_what_it_subclasses_and_not_the_stats_views() -> None:
     assert not {"typing_extensions", "json", "pathlib", "parallax._stats"} & set(loaded)
 
 
+def test_a_process_pool_loads_no_stats_views_nor_pathlib() -> None:
+    script = (
+        "import parallax\n"
+        "with parallax.Executor('process', workers=1) as pool:\n"
+        "    assert list(pool.map(abs, [-1, 2])) == [1, 2]\n"
+    )
+    loaded = loaded_by(script)
+    assert "parallax.backends._process" in loaded  # (the check sees what it loads)
+    assert not {"typing_extensions", "json", "pathlib", "parallax._stats"} & set(loaded)
+
+
 def test_the_lazy_names_are_still_there() -> None:
     script = (
         "import parallax\n"

@@ -69,7 +69,7 @@ SUPPORTED = (
 #: unset): the template where it works (``backends._process.default_start_method``)
 DEFAULT_START_METHOD = "template" if SUPPORTED else "fresh"
 
-#: where the parallax package is imported from: the template's ``PYTHONPATH``
+#: where the parallax package is imported from
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 #: how the caller starts a template
@@ -534,10 +534,17 @@ def start_ahead(start_method: object) -> None:
               else os.environ.get("PARALLAX_START_METHOD") or DEFAULT_START_METHOD)
     if chosen != "template":
         return  # (a wrong value: the pool says so)
+    _template(interpreter_environment())
+
+
+def interpreter_environment() -> dict[str, str]:
+    """This process's environment for a fresh interpreter that must import
+    this very parallax (the template, a fresh worker): its root first in
+    ``PYTHONPATH``."""
     environment = dict(os.environ)
     path = environment.get("PYTHONPATH")
     environment["PYTHONPATH"] = _PACKAGE_ROOT + (os.pathsep + path if path else "")
-    _template(environment)
+    return environment
 
 
 def _template(environment: dict[str, str]) -> _Template:

@@ -8,10 +8,10 @@ threads, and warns once that there is no CPU parallelism to be had.
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import warnings
-from pathlib import Path
 
 from .._host import gil_enabled, usable_cpus
 from ._base import WorkerSetup
@@ -52,7 +52,7 @@ def _warn_once() -> None:
 
 def _first_caller_outside_parallax() -> int:
     """The stacklevel that points a warning at the user's line, not ours."""
-    package = str(Path(__file__).resolve().parents[1])
+    package = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
     level = 1
     frame = sys._getframe(1)
     while frame is not None and frame.f_code.co_filename.startswith(package):

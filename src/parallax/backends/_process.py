@@ -42,7 +42,6 @@ import threading
 import weakref
 from collections import deque
 from multiprocessing.connection import wait
-from pathlib import Path
 from time import perf_counter
 
 from .. import _template
@@ -119,7 +118,6 @@ LENT_LIMIT = 8
 _LIVENESS_POLL = 0.5
 
 _WORKER_COMMAND = "from parallax._procworker import main; main()"
-_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
 
 def signal_description(exitcode: int | None, killed_because: str | None = None) -> str:
@@ -567,9 +565,7 @@ class ProcessBackend(Backend):
         return dumps_function(setup.finalizer), dumps(setup.finalargs)
 
     def _child_environment(self) -> dict[str, str]:
-        env = dict(os.environ)
-        path = env.get("PYTHONPATH")
-        env["PYTHONPATH"] = _PACKAGE_ROOT + (os.pathsep + path if path else "")
+        env = _template.interpreter_environment()
         per_worker = str(max(1, usable_cpus() // self.workers))
         for variable in BLAS_THREAD_VARIABLES:
             env.setdefault(variable, per_worker)
