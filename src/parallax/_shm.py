@@ -94,7 +94,9 @@ _PIECES_TAG = b"P"
 #: ... the same, for a pickle that names lifted ``bytes``/``bytearray``
 #: buffers by persistent ids (loaded by :class:`_Unlifting`)
 _LIFTED_TAGS = {_SHARED_TAG: b"s", _PIECES_TAG: b"p"}
-_TAGS = frozenset([_SHARED_TAG, _PIECES_TAG, *_LIFTED_TAGS.values()])
+# (tuples: a blob may be a bytearray, which no set can look up)
+_TAGS = (_SHARED_TAG, _PIECES_TAG, *_LIFTED_TAGS.values())
+_LIFTED = tuple(_LIFTED_TAGS.values())
 _KEY = struct.Struct("!Q")
 _COUNT = struct.Struct("!I")
 _SIZE = struct.Struct("!Q")
@@ -935,7 +937,7 @@ def loads(blob: bytes | bytearray, fd: int = -1) -> Any:
         view = memoryview(blob)
         at = 1
         pieces = 0
-        lifted = tag in _LIFTED_TAGS.values()
+        lifted = tag in _LIFTED
         if tag in (_PIECES_TAG, _LIFTED_TAGS[_PIECES_TAG]):
             (pieces,) = _COUNT.unpack_from(view, at)
             at += _COUNT.size
