@@ -12,6 +12,14 @@ stream. The file travels as a descriptor beside its frame (``SCM_RIGHTS``, in
 copy on that side, and an array whose function writes into it changes its own
 private pages only.
 
+``bytes`` and ``bytearray`` objects pickle writes in-band itself, whatever the
+buffer callback: a pickle found holding one of :data:`LIFT_FROM` bytes or
+more is made again by a pickler that lifts them out of band (persistent ids,
+:class:`_Lifting`); the receiver copies them out of the mapping
+(:class:`_Unlifting`). A ``memoryview`` pickles as a ``PickleBuffer`` of
+itself (``_serialize``), so it goes like any other buffer and arrives as a
+view of the mapping.
+
 Lifetime: a memfd has no name anywhere (nothing in ``/dev/shm``); the kernel
 frees it once the last descriptor and the last mapping are gone, whichever
 side dies, however. The sender closes its descriptor when the message is no
@@ -52,6 +60,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ALIGNMENT",
     "AVAILABLE",
+    "LIFT_FROM",
     "THRESHOLD",
     "Keeper",
     "Pickled",
