@@ -835,3 +835,12 @@ def test_bytes_and_memoryviews_through_a_process_pool_leave_nothing_behind() -> 
     assert _mapped_memfds() == []  # ... and nothing is left once they are gone
     assert _memfds() == []
     assert _fd_count() == before
+
+
+def test_serial_mode_check_pickle_round_trips_a_memoryview_as_process_mode_sends_it() -> None:
+    from parallax._serialize import round_trip as check
+
+    view = memoryview(bytearray(range(48))).cast("h", [4, 6]).toreadonly()
+    back = check(view, "argument")
+    assert isinstance(back, memoryview) and back.readonly
+    assert (back.format, back.shape, back.tolist()) == ("h", (4, 6), view.tolist())
