@@ -844,3 +844,24 @@ def test_serial_mode_check_pickle_round_trips_a_memoryview_as_process_mode_sends
     back = check(view, "argument")
     assert isinstance(back, memoryview) and back.readonly
     assert (back.format, back.shape, back.tolist()) == ("h", (4, 6), view.tolist())
+
+
+def test_a_payload_binding_bytes_goes_in_pieces_and_is_not_kept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import functools
+
+    monkeypatch.setattr(_shm, "PIECES_FROM", THRESHOLD)
+    keeper = _shm.Keeper(keep=4, keep_bytes=1 << 30)
+    data = os.urandom(3 * THRESHOLD + 5)
+    view = memoryview(bytearray(os.urandom(2 * THRESHOLD)))
+    fn = functools.partial(_tail, data, view)  # (called with no more arguments here)
+    blob, sent = keeper.write(_shm.pickle_shared(fn, True))
+    assert isinstance(sent, _shm.Pieces) and blob[:1] == b"p"
+    back = _shm.loads(blob, sent.bundle())
+    assert back.args[0] == data and type(back.args[0]) is bytes
+    assert back.args[1] == view and isinstance(back.args[1], memoryview)
+    assert back() == (len(data), view.nbytes, bytes(view[-3:]))
+    sent.close()
+    assert len(keeper) == 0  # a bytes object has no weak references: nothing to keep it by
+    keeper.close()
