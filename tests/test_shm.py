@@ -108,14 +108,14 @@ def _address(buffer: Any) -> int:
 
 @pytest.mark.parametrize(
     "value",
-    [b"x" * (2 * THRESHOLD), bytearray(2 * THRESHOLD), "text", 12, None, [1, 2.5, b"x"]],
-    ids=["large-bytes", "large-bytearray", "str", "int", "none", "list"],
+    ["x" * (2 * THRESHOLD), "text", 12, None, [1, 2.5, b"x"]],
+    ids=["large-str", "str", "int", "none", "list"],
 )
 def test_plain_values_round_trip(value: Any) -> None:
-    # bytes and bytearray are pickled in-band by pickle itself: correct, no segment.
-    back, _ = round_trip(value)
+    back, shared = round_trip(value)
     assert back == value
     assert type(back) is type(value)
+    assert not shared
 
 
 def test_a_read_only_buffer_arrives_read_only_and_a_writable_one_writable() -> None:
@@ -496,12 +496,13 @@ def test_numpy_arrays_round_trip(dtype: Any, layout: str) -> None:
     back, shared = round_trip(array)
     assert _same(numpy, back, array)
     # (numpy's own in-band pickle makes every array writable)
-    assert back.flags.writeable == (array.flags.writeable or not shared)
     assert back.flags.f_contiguous or layout != "fortran"  # (a strided one comes back packed)
     # numpy pickles dtypes with metadata (datetime units) in-band, and so
-    # arrays that are not contiguous, empty or 0-d: correct, but no segment.
+    # arrays that are not contiguous, empty or 0-d; as bytes, which go
+    # through the segment when large (lifted), to be copied by numpy.
     out_of_band = numpy.dtype(dtype).kind not in "mM"
-    assert shared is (out_of_band and layout in ("large", "fortran", "read-only"))
+    assert back.flags.writeable == (array.flags.writeable or not out_of_band)
+    assert shared is (layout in ("large", "fortran", "read-only"))
 
 
 def test_numpy_object_arrays_stay_in_band() -> None:
@@ -588,4 +589,279 @@ def test_pieces_that_cannot_be_mapped_are_read(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(_shm, "_map_pieces", refuse)
     assert bytes(_shm.loads(blob, sent.bundle()).data) == bytes(bound.data)
     sent.close()
+    keeper.close()
+
+
+# -- bytes, bytearray and memoryview -------------------------------------------------------
+
+
+@pytest.mark.parametrize("by_value", [True, False])
+@pytest.mark.parametrize("kind", [bytes, bytearray])
+@pytest.mark.parametrize(
+    ("size", "shared"),
+    [(0, False), (THRESHOLD - 1, False), (THRESHOLD, True), (3 * THRESHOLD + 7, True)],
+)
+def test_large_bytes_and_bytearrays_travel_through_a_segment(
+    kind: type, size: int, shared: bool, by_value: bool
+) -> None:
+    data = kind(os.urandom(size))
+    back, through_segment = round_trip(data, by_value)
+    assert through_segment is shared
+    assert type(back) is kind and back == data
+    assert _shm.measure(data, by_value)[1] == (size if shared else 0)
+
+
+@pytest.mark.parametrize("by_value", [True, False])
+@pytest.mark.parametrize(
+    ("size", "shared"),
+    [(0, False), (THRESHOLD - 1, False), (THRESHOLD, True), (3 * THRESHOLD + 7, True)],
+)
+def test_large_memoryviews_arrive_over_the_mapping(size: int, shared: bool, by_value: bool) -> None:
+    data = bytearray(os.urandom(size))
+    back, through_segment = round_trip(memoryview(data), by_value)
+    assert through_segment is shared
+    assert isinstance(back, memoryview) and back == data
+    assert not back.readonly
+    # over the mapping (no copy), or over the bytearray pickle rebuilt in-band
+    assert isinstance(back.obj, bytearray) is not shared
+
+
+@pytest.mark.parametrize(
+    "view",
+    [
+        memoryview(bytes(range(256)) * 512),  # read-only
+        memoryview(bytearray(range(256)) * 512).cast("d"),
+        memoryview(bytearray(range(256)) * 512).cast("i", [128, 256]),
+        memoryview(bytearray(range(256)) * 512).cast("@q").toreadonly(),
+        memoryview(bytearray(range(256)) * 512).cast("i")[::3],  # not contiguous
+        memoryview(bytearray(8)).cast("d", []),  # 0-d
+        memoryview(b"").cast("h"),
+        memoryview(bytearray(b"\x01\x00" * THRESHOLD)).cast("?"),
+    ],
+    ids=["read-only", "d", "2-d", "@q-read-only", "strided", "0-d", "empty", "bool"],
+)
+def test_a_memoryview_keeps_its_format_shape_and_read_only_flag(view: memoryview) -> None:
+    for by_value in (True, False):
+        back, shared = round_trip(view, by_value)
+        assert isinstance(back, memoryview)
+        assert (back.format, back.shape, back.readonly) == (view.format, view.shape, view.readonly)
+        assert back.tobytes() == view.tobytes()  # (in C order; not tolist: NaN != NaN)
+        assert back.c_contiguous  # (a view that was not arrives as a packed copy)
+        assert shared is (view.nbytes >= THRESHOLD)
+
+
+@pytest.mark.parametrize("layout", ["fortran", "strided"])
+def test_a_memoryview_of_a_numpy_array_arrives_packed(layout: str) -> None:
+    numpy = pytest.importorskip("numpy")
+    array = numpy.arange(4 * THRESHOLD, dtype="int32").reshape(4, THRESHOLD)
+    array = numpy.asfortranarray(array) if layout == "fortran" else array[:, ::2]
+    back, shared = round_trip(memoryview(array))
+    assert shared and back.c_contiguous and back.format == "i"
+    assert back.tolist() == array.tolist()
+    assert (numpy.asarray(back) == array).all()
+
+
+def test_a_memoryview_of_another_format_or_an_empty_nd_shape_is_refused() -> None:
+    import ctypes
+
+    with pytest.raises(pickle.PicklingError, match="format '<d'"):
+        _shm.pickle_shared(memoryview((ctypes.c_double * THRESHOLD)()), by_value=True)
+    with pytest.raises(pickle.PicklingError, match="empty"):
+        _shm.pickle_shared(memoryview(bytearray(8)).cast("B", [2, 4])[:0], by_value=False)
+    # cast to bytes first, it goes
+    back, shared = round_trip(memoryview((ctypes.c_double * THRESHOLD)()).cast("B"))
+    assert shared and back.nbytes == 8 * THRESHOLD
+
+
+def test_writes_into_a_received_memoryview_stay_private() -> None:
+    blob, segment = _shm.dumps(memoryview(bytearray(2 * THRESHOLD)), by_value=False)
+    assert segment is not None
+    first = _shm.loads(blob, os.dup(segment.fd))
+    second = _shm.loads(blob, os.dup(segment.fd))
+    first[:2] = b"\xff\xff"
+    assert bytes(second[:2]) == b"\0\0" and bytes(first[:2]) == b"\xff\xff"
+    segment.close()
+
+
+def test_a_received_memoryview_holds_its_mapping_and_bytes_let_it_go() -> None:
+    recycler = _shm.Recycler(keep=4, keep_bytes=1 << 30)
+    _shm.take_released()
+    blob, segment = _shm.dumps([memoryview(b"m" * THRESHOLD)], False, recycler=recycler)
+    assert segment is not None and segment.key
+    view = _shm.loads(blob, os.dup(segment.fd))[0].cast("B", [THRESHOLD // 4, 4])
+    gc.collect()
+    assert _shm.take_released() == []  # the view (of a view) still maps it
+    assert view[0, 0] == ord("m")
+    del view
+    gc.collect()
+    assert _shm.take_released() == [segment.key]
+    recycler.give(segment)
+    # bytes and bytearrays are copied out: the segment is free once loaded
+    blob, again = _shm.dumps([b"n" * THRESHOLD, bytearray(THRESHOLD)], False, recycler=recycler)
+    assert again is segment
+    back = _shm.loads(blob, os.dup(again.fd))
+    gc.collect()
+    assert back == [b"n" * THRESHOLD, bytearray(THRESHOLD)]
+    assert _shm.take_released() == [segment.key]
+    recycler.close()
+
+
+def test_bytes_nested_anywhere_and_met_twice_arrive_once() -> None:
+    numpy = pytest.importorskip("numpy")
+    big, mutable = os.urandom(2 * THRESHOLD), bytearray(os.urandom(THRESHOLD))
+    array = numpy.arange(THRESHOLD, dtype="float64")
+    value = {"a": [big, (mutable, big)], "b": {1: mutable}, "c": array,
+             "d": Blob(bytearray(THRESHOLD)), "e": memoryview(mutable), "small": b"s" * 10,
+             "text": "t" * (2 * THRESHOLD)}
+    for by_value in (True, False):
+        back, shared = round_trip(value, by_value)
+        assert shared
+        assert back["a"][0] == big and back["a"][1][1] is back["a"][0]
+        assert type(back["a"][1][0]) is bytearray and back["a"][1][0] == mutable
+        assert back["b"][1] is back["a"][1][0]  # one bytearray, as pickle keeps it
+        assert (back["c"] == array).all() and isinstance(back["d"].data, memoryview)
+        assert back["e"] == mutable and back["small"] == b"s" * 10
+        assert back["text"] == value["text"]
+        inband, through_memory = _shm.measure(value, by_value)
+        # each object once; the memoryview is a buffer of its own
+        assert through_memory == 2 * THRESHOLD + THRESHOLD + 8 * THRESHOLD + 2 * THRESHOLD
+        assert inband < 2 * THRESHOLD + 4096  # the text, and what is around
+
+
+def test_a_large_bytes_after_a_large_string_is_found() -> None:
+    value = ["t" * (3 * THRESHOLD), 7, b"b" * THRESHOLD]
+    back, shared = round_trip(value, False)
+    assert shared and back == value
+
+
+def test_a_message_without_large_bytes_is_pickled_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The small-object path pays no pickler of persistent ids: only a pickle
+    # found holding large bytes is made again.
+    def refuse(base: type) -> type:
+        raise AssertionError("pickled again")
+
+    monkeypatch.setattr(_shm, "_lifting", refuse)
+    for value in [list(range(100_000)), {"k": "v" * (3 * THRESHOLD)}, [b"x" * 1000] * 200]:
+        for by_value in (True, False):
+            blob, segment = _shm.dumps(value, by_value)
+            assert segment is None and blob == _shm._pickle(value, by_value, None)
+
+
+def test_the_walk_between_frames_knows_each_short_opcode() -> None:
+    import pickletools
+
+    fixed = {op.code.encode("latin-1")[0]: op.arg.n if op.arg else 0
+             for op in pickletools.opcodes if op.arg is None or op.arg.n in (1, 2)}
+    counted = {op.code.encode("latin-1")[0] for op in pickletools.opcodes
+               if op.arg is not None and op.arg.n == pickletools.TAKEN_FROM_ARGUMENT1}
+    assert fixed == _shm._SHORT
+    assert counted == _shm._SHORT_COUNTED
+
+
+def test_off_linux_bytes_stay_in_band_and_memoryviews_still_go(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_shm, "AVAILABLE", False)
+    view = memoryview(bytearray(os.urandom(16 * THRESHOLD))).cast("i", [THRESHOLD, 4])
+    for by_value in (True, False):
+        back, shared = round_trip([b"x" * THRESHOLD, view.toreadonly(), view], by_value)
+        assert not shared
+        assert back[0] == b"x" * THRESHOLD
+        assert back[1].readonly and not back[2].readonly
+        assert back[2].shape == (THRESHOLD, 4) and back[2].tolist() == view.tolist()
+
+
+# -- through a process pool ----------------------------------------------------------------
+
+
+def _echo(value: Any) -> Any:
+    return value
+
+
+def _tail(bound: bytes, view: memoryview) -> tuple[int, int, bytes]:
+    return len(bound), view.nbytes, bytes(view[-3:])
+
+
+def _views(size: int) -> list[Any]:
+    data = bytearray(b"r" * size)
+    return [memoryview(data).cast("q"), bytes(data), data]
+
+
+def _memfds() -> list[str]:
+    return [target for target in map(_link, os.listdir("/proc/self/fd"))
+            if target.startswith("/memfd:parallax")]
+
+
+def _mapped_memfds() -> list[str]:
+    with open("/proc/self/maps") as maps:
+        return [line.split()[-1] for line in maps if "/memfd:parallax" in line]
+
+
+def _fd_count() -> int:
+    return sum(1 for target in map(_link, os.listdir("/proc/self/fd"))
+               if not target.startswith("/proc/"))
+
+
+def test_bytes_and_memoryviews_through_a_process_pool_leave_nothing_behind() -> None:
+    import functools
+
+    import parallax
+
+    parallax.map(_echo, [1], mode="process", workers=2)  # (the fork template's socket stays)
+    gc.collect()
+    before = _fd_count()
+    items = [b"i" * THRESHOLD, bytearray(b"j" * (2 * THRESHOLD)),
+             memoryview(bytearray(b"k" * (16 * THRESHOLD))).cast("i", [THRESHOLD, 4]),
+             {"nested": (b"l" * THRESHOLD, [memoryview(b"q" * THRESHOLD)])}, b"small"]
+    with parallax.Executor(mode="process", workers=2) as pool:
+        back = list(pool.map(_echo, items))
+        bound = functools.partial(_tail, b"f" * (3 * THRESHOLD))
+        tails = list(pool.map(bound, [memoryview(bytearray(b"abcdef" * THRESHOLD))] * 3))
+        made = list(pool.map(_views, [THRESHOLD * 8, 8]))
+    assert back[:3] == items[:3] and back[4] == b"small"
+    assert [type(value) for value in back] == [bytes, bytearray, memoryview, dict, bytes]
+    assert back[2].shape == (THRESHOLD, 4) and not back[2].readonly
+    assert back[3]["nested"][0] == b"l" * THRESHOLD
+    assert back[3]["nested"][1][0].readonly and back[3]["nested"][1][0] == b"q" * THRESHOLD
+    assert tails == [(3 * THRESHOLD, 6 * THRESHOLD, b"def")] * 3
+    large, small = made
+    assert large[0].format == "q" and large[0].nbytes == 8 * THRESHOLD
+    assert not isinstance(large[0].obj, bytearray)  # over the mapping the worker sent
+    assert isinstance(small[0].obj, bytearray)  # (8 bytes: in-band)
+    assert large[1] == bytes(large[2]) == b"r" * (8 * THRESHOLD) and type(large[2]) is bytearray
+    assert _mapped_memfds() != []  # the large views still map their segments ...
+    del back, made, large, small
+    gc.collect()
+    assert _mapped_memfds() == []  # ... and nothing is left once they are gone
+    assert _memfds() == []
+    assert _fd_count() == before
+
+
+def test_serial_mode_check_pickle_round_trips_a_memoryview_as_process_mode_sends_it() -> None:
+    from parallax._serialize import round_trip as check
+
+    view = memoryview(bytearray(range(48))).cast("h", [4, 6]).toreadonly()
+    back = check(view, "argument")
+    assert isinstance(back, memoryview) and back.readonly
+    assert (back.format, back.shape, back.tolist()) == ("h", (4, 6), view.tolist())
+
+
+def test_a_payload_binding_bytes_goes_in_pieces_and_is_not_kept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import functools
+
+    monkeypatch.setattr(_shm, "PIECES_FROM", THRESHOLD)
+    keeper = _shm.Keeper(keep=4, keep_bytes=1 << 30)
+    data = os.urandom(3 * THRESHOLD + 5)
+    view = memoryview(bytearray(os.urandom(2 * THRESHOLD)))
+    fn = functools.partial(_tail, data, view)  # (called with no more arguments here)
+    blob, sent = keeper.write(_shm.pickle_shared(fn, True))
+    assert isinstance(sent, _shm.Pieces) and blob[:1] == b"p"
+    back = _shm.loads(blob, sent.bundle())
+    assert back.args[0] == data and type(back.args[0]) is bytes
+    assert back.args[1] == view and isinstance(back.args[1], memoryview)
+    assert back() == (len(data), view.nbytes, bytes(view[-3:]))
+    sent.close()
+    assert len(keeper) == 0  # a bytes object has no weak references: nothing to keep it by
     keeper.close()

@@ -11,6 +11,11 @@ saying *what* could not be pickled (a :class:`CannotPickleError` or
 ``check_pickle=True`` round-trips through, so fast unit tests catch the same
 problems process mode would.
 
+A ``memoryview`` (which pickle refuses) travels as its bytes, a
+``pickle.PickleBuffer`` (out of band, so through shared memory when large),
+and is rebuilt as a memoryview of the same format, shape and read-only flag
+(:func:`_reduce_memoryview`).
+
 Code objects of functions sent by value keep their file name (cloudpickle
 writes ``"<dynamic-code>"`` there): a worker's traceback then names the
 caller's script, line and source line, as it would in the caller.
@@ -35,8 +40,8 @@ PROTOCOL = 5
 #: the bytecode a code object is marshalled for: only this interpreter may load it
 _BYTECODE = sys.implementation.cache_tag
 
-__all__ = ["PROTOCOL", "by_value_pickler", "dumps", "dumps_plain", "find_unpicklable", "loads",
-           "round_trip"]
+__all__ = ["PROTOCOL", "by_value_pickler", "dumps", "dumps_plain", "find_unpicklable",
+           "load_memoryview", "loads", "round_trip"]
 
 _pickler: type | None = None
 
@@ -68,8 +73,8 @@ def by_value_pickler() -> type:
             return _reduce_code(code, by_fields)
 
         class Pickler(cloudpickle.Pickler):  # type: ignore[misc]
-            dispatch_table: ClassVar[ChainMap[Any, Any]] = ChainMap({CodeType: reduce_code},
-                                                                    inherited)
+            dispatch_table: ClassVar[ChainMap[Any, Any]] = ChainMap(
+                {CodeType: reduce_code, memoryview: _reduce_memoryview}, inherited)
 
         _pickler = Pickler
     return _pickler
@@ -107,6 +112,45 @@ def load_code(bytecode: str | None, data: bytes) -> Any:
             f"{_BYTECODE}: the workers need the caller's Python version"
         )
     return marshal.loads(data)
+
+
+#: the formats ``memoryview.cast`` rebuilds a view in: native, one item each
+_CAST_FORMATS = frozenset("?bBcdefhHiIlLnNPqQ")
+
+
+def _reduce_memoryview(view: memoryview) -> tuple[Any, ...]:
+    """A memoryview as its bytes and what rebuilds it (:func:`load_memoryview`).
+
+    A C-contiguous view goes as a ``PickleBuffer`` of itself: out of band, no
+    copy until the buffer is written (into shared memory when it is large);
+    any other layout as a copy in C order (``bytearray``, as ``tobytes()``
+    would order it), which the receiver gets as a C-contiguous view.
+
+    Raises:
+        pickle.PicklingError: a view ``memoryview.cast`` cannot rebuild (a
+            format that is not native and of one item, such as ctypes' ``<d``;
+            a zero in the shape of a view of two dimensions or more).
+    """
+    fmt = view.format
+    if fmt.removeprefix("@") not in _CAST_FORMATS:
+        raise pickle.PicklingError(
+            f"a memoryview of format {fmt!r} cannot be sent (only native formats of one "
+            f"item are rebuilt): send view.cast('B'), or its bytes")
+    if view.ndim > 1 and 0 in (view.shape or ()):
+        raise pickle.PicklingError(
+            f"a memoryview of shape {view.shape} (empty, of {view.ndim} dimensions) "
+            "cannot be sent: memoryview.cast does not rebuild it")
+    data = view if view.c_contiguous else bytearray(view)
+    return load_memoryview, (pickle.PickleBuffer(data), fmt, view.shape, view.readonly)
+
+
+def load_memoryview(data: Any, fmt: str, shape: tuple[int, ...], readonly: bool) -> memoryview:
+    """The view :func:`_reduce_memoryview` sent, over ``data``: the shared
+    memory's mapping, no copy (out of band), or the ``bytes``/``bytearray``
+    pickle rebuilt an in-band buffer as."""
+    raw: Any = memoryview(data)  # (of bytes: typeshed types cast by its format)
+    view: memoryview = raw.cast(fmt) if len(shape) == 1 else raw.cast(fmt, shape)
+    return view.toreadonly() if readonly and not view.readonly else view
 
 
 def dumps_plain(obj: Any) -> bytes:

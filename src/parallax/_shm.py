@@ -12,6 +12,14 @@ stream. The file travels as a descriptor beside its frame (``SCM_RIGHTS``, in
 copy on that side, and an array whose function writes into it changes its own
 private pages only.
 
+``bytes`` and ``bytearray`` objects pickle writes in-band itself, whatever the
+buffer callback: a pickle found holding one of :data:`LIFT_FROM` bytes or
+more is made again by a pickler that lifts them out of band (persistent ids,
+:class:`_Lifting`); the receiver copies them out of the mapping
+(:class:`_Unlifting`). A ``memoryview`` pickles as a ``PickleBuffer`` of
+itself (``_serialize``), so it goes like any other buffer and arrives as a
+view of the mapping.
+
 Lifetime: a memfd has no name anywhere (nothing in ``/dev/shm``); the kernel
 frees it once the last descriptor and the last mapping are gone, whichever
 side dies, however. The sender closes its descriptor when the message is no
@@ -52,6 +60,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ALIGNMENT",
     "AVAILABLE",
+    "LIFT_FROM",
     "THRESHOLD",
     "Keeper",
     "Pickled",
@@ -91,6 +100,12 @@ _SHARED_TAG = b"S"
 #: ... in a segment of several files (:class:`Pieces`), whose descriptors
 #: came in a bundle: a socket holding them, the one descriptor of the frame
 _PIECES_TAG = b"P"
+#: ... the same, for a pickle that names lifted ``bytes``/``bytearray``
+#: buffers by persistent ids (loaded by :class:`_Unlifting`)
+_LIFTED_TAGS = {_SHARED_TAG: b"s", _PIECES_TAG: b"p"}
+# (tuples: a blob may be a bytearray, which no set can look up)
+_TAGS = (_SHARED_TAG, _PIECES_TAG, *_LIFTED_TAGS.values())
+_LIFTED = tuple(_LIFTED_TAGS.values())
 _KEY = struct.Struct("!Q")
 _COUNT = struct.Struct("!I")
 _SIZE = struct.Struct("!Q")
@@ -289,18 +304,164 @@ class Recycler:
             segment.close()
 
 
-def _pickle(obj: Any, by_value: bool, callback: Any) -> bytes:
+def _pickle(obj: Any, by_value: bool, callback: Any, lift_from: int = 0) -> bytes:
     """``obj`` pickled with ``callback`` as its buffer callback: by value
-    (cloudpickle) or plain first, cloudpickle if the plain pickler refuses."""
+    (cloudpickle) or plain first, cloudpickle if the plain pickler refuses.
+    ``lift_from``: ``bytes`` and ``bytearray`` objects of that size or more go
+    out of band too (:class:`_Lifting`; 0: they stay in-band)."""
     if not by_value:
         try:
-            return pickle.dumps(obj, protocol=PROTOCOL, buffer_callback=callback)
+            if not lift_from:
+                return pickle.dumps(obj, protocol=PROTOCOL, buffer_callback=callback)
+            return _dump(_lifting(pickle.Pickler), obj, callback, lift_from)
         except Exception:  # (a lambda, a class of the caller's __main__ ...): by value
             if callback is not None:
                 callback.reset()  # what it kept of the refused attempt
+    pickler = by_value_pickler()
+    return _dump(_lifting(pickler) if lift_from else pickler, obj, callback, lift_from)
+
+
+def _dump(pickler: type, obj: Any, callback: Any, lift_from: int) -> bytes:
     with io.BytesIO() as file:
-        by_value_pickler()(file, protocol=PROTOCOL, buffer_callback=callback).dump(obj)
+        instance = pickler(file, protocol=PROTOCOL, buffer_callback=callback)
+        if lift_from:
+            instance.lift_from = lift_from
+            instance.lifted = {}
+        instance.dump(obj)
         return file.getvalue()
+
+
+def _pickle_shared(obj: Any, by_value: bool, collector: _Collector) -> tuple[bytes, bool]:
+    """``obj`` pickled, its large buffers kept by ``collector``; and whether its
+    large ``bytes``/``bytearray`` objects went out of band too (then it needs
+    :class:`_Unlifting` to load).
+
+    pickle writes ``bytes`` and ``bytearray`` in-band itself, whatever the
+    buffer callback, and calls no hook for them but ``persistent_id``, which
+    is called for every object: paying that on every message would slow down
+    the small ones. So only a pickle that came out holding one of
+    :data:`LIFT_FROM` bytes or more (:func:`_holds_large_bytes`, which reads
+    its frame headers only) is made again, by a pickler that lifts them.
+    """
+    data = _pickle(obj, by_value, collector)
+    if len(data) < LIFT_FROM or not _holds_large_bytes(data, max(collector.threshold, LIFT_FROM)):
+        return data, False
+    collector.reset()
+    return _pickle(obj, by_value, collector, max(collector.threshold, LIFT_FROM)), True
+
+
+#: ``bytes`` and ``bytearray`` objects of at least this many bytes (and of
+#: :data:`THRESHOLD`) go through shared memory: pickle's frame size, from
+#: which pickle writes them between its frames, where they can be found
+#: without reading the whole pickle (:func:`_holds_large_bytes`)
+LIFT_FROM: Final = 64 << 10
+
+_FRAME = 0x95
+_FRAME_SIZE = struct.Struct("<Q")
+#: what pickle (protocol 4 and later) writes between its frames: the frame
+#: headers; objects of :data:`LIFT_FROM` bytes or more (opcode: the width of
+#: their length), bytes and bytearrays ...
+_LARGE_BYTES = {ord("B"): 4, 0x8E: 8, 0x96: 8}
+#: ... and strings
+_LARGE_STR = {ord("X"): 4, 0x8D: 8}
+#: ... and runs of under 4 bytes (pickle does not frame them): of opcodes
+#: with no argument or a fixed one (opcode: its argument's width) ...
+_SHORT = {**dict.fromkeys(b"(.012NRabdel}ost)u]\x81\x85\x86\x87\x88\x89\x8f\x90\x91"
+                          b"\x92\x93\x94Q\x97\x98", 0),
+          **dict.fromkeys(b"Khq\x80\x82", 1), **dict.fromkeys(b"M\x83", 2)}
+#: ... or an argument of a length given in one byte
+_SHORT_COUNTED = frozenset(b"CU\x8c\x8a")
+
+
+def _holds_large_bytes(data: bytes, lift_from: int) -> bool:
+    """Does the pickle ``data`` hold a ``bytes`` or ``bytearray`` of
+    ``lift_from`` bytes or more (at least :data:`LIFT_FROM`)?
+
+    Reads what pickle writes between its frames (frames of about 64 KiB
+    each: a few steps per megabyte), not the frames. A stream it does not
+    know how to walk (not framed as pickle frames from protocol 4 on) holds
+    none, as far as it can tell: its objects then stay in-band.
+    """
+    at = 2 if data[:1] == b"\x80" else 0  # (PROTO)
+    end = len(data)
+    while at < end:
+        op = data[at]
+        if op == _FRAME:
+            at += 1 + _FRAME_SIZE.size + _FRAME_SIZE.unpack_from(data, at + 1)[0]
+        elif op in _LARGE_BYTES or op in _LARGE_STR:
+            width = _LARGE_BYTES.get(op) or _LARGE_STR[op]
+            size = int.from_bytes(data[at + 1 : at + 1 + width], "little")
+            if size >= lift_from and op in _LARGE_BYTES:
+                return True
+            at += 1 + width + size
+        elif op in _SHORT:
+            at += 1 + _SHORT[op]
+        elif op in _SHORT_COUNTED and at + 1 < end:
+            at += 2 + data[at + 1]
+        else:
+            return False
+    return False
+
+
+#: the kinds of object :class:`_Lifting` takes out of band, as its persistent ids name them
+_BYTES = "b"
+_BYTEARRAY = "a"
+_lifting_picklers: dict[type, type] = {}
+
+
+def _lifting(base: type) -> type:
+    """``base`` (a pickler class), lifting large ``bytes`` and ``bytearray``
+    objects out of band (:class:`_Lifting`)."""
+    pickler = _lifting_picklers.get(base)
+    if pickler is None:
+        pickler = _lifting_picklers[base] = type(f"Lifting{base.__name__}", (_Lifting, base), {})
+    return pickler
+
+
+class _Lifting:
+    """A pickler mix-in: each exact ``bytes`` or ``bytearray`` of
+    ``lift_from`` bytes or more is pickled as a persistent id holding a
+    ``PickleBuffer`` of it, which the buffer callback takes out of band like
+    any other; :class:`_Unlifting` rebuilds it. An object met twice is one
+    buffer, and one object again on the other side."""
+
+    lift_from: int
+    #: the persistent ids given, by the id of their object
+    lifted: dict[int, tuple[str, pickle.PickleBuffer]]
+
+    def persistent_id(self, obj: Any) -> Any:
+        kind = type(obj)
+        if (kind is not bytes and kind is not bytearray) or len(obj) < self.lift_from:
+            return None
+        pid = self.lifted.get(id(obj))  # (the pid holds the object: its id is not reused)
+        if pid is None:
+            pid = self.lifted[id(obj)] = (_BYTES if kind is bytes else _BYTEARRAY,
+                                          pickle.PickleBuffer(obj))
+        return pid
+
+
+class _Unlifting(pickle.Unpickler):
+    """Loads what :class:`_Lifting` pickled: a ``bytes`` or ``bytearray`` copied
+    out of its buffer (neither can be made over foreign memory)."""
+
+    def __init__(self, data: memoryview, buffers: list[memoryview]) -> None:
+        super().__init__(io.BytesIO(data), buffers=buffers)
+        #: by the persistent id (a pid met twice is one object, memoized)
+        self._loaded: dict[int, tuple[Any, Any]] = {}
+
+    def persistent_load(self, pid: Any) -> Any:
+        seen = self._loaded.get(id(pid))
+        if seen is not None:
+            return seen[1]
+        kind, buffer = pid
+        if kind == _BYTES:
+            value: Any = bytes(buffer)
+        elif kind == _BYTEARRAY:
+            value = bytearray(buffer)
+        else:
+            raise pickle.UnpicklingError(f"unknown persistent id {kind!r}")
+        self._loaded[id(pid)] = (pid, value)  # (the pid kept: its id is not reused)
+        return value
 
 
 class _Collector:
@@ -417,13 +578,16 @@ class Pickled:
     sends the buffers' bytes as they are then.
     """
 
-    __slots__ = ("_buffers", "_by_value", "_data", "_obj")
+    __slots__ = ("_buffers", "_by_value", "_data", "_lifted", "_obj")
 
-    def __init__(self, obj: Any, by_value: bool, data: bytes, buffers: list[memoryview]) -> None:
+    def __init__(self, obj: Any, by_value: bool, data: bytes, buffers: list[memoryview],
+                 lifted: bool = False) -> None:
         self._obj = obj
         self._by_value = by_value
         self._data = data
         self._buffers = buffers
+        #: ``data`` names lifted bytes by persistent ids (:class:`_Lifting`)
+        self._lifted = lifted
 
     @property
     def shared_bytes(self) -> int:
@@ -459,6 +623,8 @@ class Pickled:
         """The frame: the header naming the segment's buffers (and its pieces:
         0, one file), then the pickle."""
         tag = [_PIECES_TAG, _COUNT.pack(pieces)] if pieces else [_SHARED_TAG]
+        if self._lifted:
+            tag[0] = _LIFTED_TAGS[tag[0]]
         header = b"".join([*tag, _KEY.pack(key), _COUNT.pack(len(sizes)),
                            *map(_SIZE.pack, sizes)])
         return header + self._data
@@ -486,12 +652,12 @@ def pickle_shared(obj: Any, by_value: bool, threshold: int = THRESHOLD) -> Pickl
         return Pickled(None, by_value, _pickle(obj, by_value, None), [])
     collector = _Collector(threshold)
     try:
-        data = _pickle(obj, by_value, collector)
+        data, lifted = _pickle_shared(obj, by_value, collector)
     except BaseException:
         collector.reset()
         raise
     buffers, collector.buffers = collector.buffers, []
-    return Pickled(obj if buffers else None, by_value, data, buffers)
+    return Pickled(obj if buffers else None, by_value, data, buffers, lifted)
 
 
 def dumps(obj: Any, by_value: bool, threshold: int = THRESHOLD,
@@ -773,14 +939,15 @@ def loads(blob: bytes | bytearray, fd: int = -1) -> Any:
     """
     try:
         tag = blob[:1]
-        if tag not in (_SHARED_TAG, _PIECES_TAG):
+        if tag not in _TAGS:
             return pickle.loads(blob)
         if fd < 0:
             raise ValueError("a message with out-of-band buffers came without its segment")
         view = memoryview(blob)
         at = 1
         pieces = 0
-        if tag == _PIECES_TAG:
+        lifted = tag in _LIFTED
+        if tag in (_PIECES_TAG, _LIFTED_TAGS[_PIECES_TAG]):
             (pieces,) = _COUNT.unpack_from(view, at)
             at += _COUNT.size
         (key,) = _KEY.unpack_from(view, at)
@@ -810,6 +977,8 @@ def loads(blob: bytes | bytearray, fd: int = -1) -> Any:
             _watch(mapping, key)
     buffers = [whole[offset : offset + size] for offset, size in zip(offsets, sizes, strict=True)]
     whole.release()  # (the slices keep the mapping alive, not this view)
+    if lifted:
+        return _Unlifting(data, buffers).load()
     return pickle.loads(data, buffers=buffers)
 
 
@@ -982,7 +1151,7 @@ def measure(obj: Any, by_value: bool = True, threshold: int = THRESHOLD) -> tupl
         return len(_pickle(obj, by_value, None)), 0
     collector = _Collector(threshold)
     try:
-        data = _pickle(obj, by_value, collector)
+        data, _ = _pickle_shared(obj, by_value, collector)
         shared = sum(raw.nbytes for raw in collector.buffers)
     finally:
         collector.reset()
