@@ -159,7 +159,8 @@ def main(argv: list[str]) -> int:
                f"({'as given' if args.iterations else 'calibrated to ~10 ms on this interpreter'}"
                f"); in the measuring interpreters: {'; '.join(states) or '—'}",
                f"- {WORKERS} workers everywhere; ProcessPoolExecutor forks its workers, "
-               "parallax process starts fresh interpreters"],
+               "parallax process forks them from its fork template (default start method "
+               "on Linux)"],
     )
     for table in tables:
         lines += case_table(table)

@@ -154,8 +154,9 @@ def main(argv: list[str]) -> int:
         ("python -m benchmarks.bench_large_data " + " ".join(argv)).strip(),
         quick=args.quick, repeats=repeats, elapsed=elapsed,
         libraries=("parallax", "numpy", "joblib", "cloudpickle"),
-        extra=["- ProcessPoolExecutor forks its workers (Linux default); joblib's loky and "
-               "parallax start fresh interpreters. joblib memmaps every array over 1 MB it "
+        extra=["- ProcessPoolExecutor forks its workers (Linux default); joblib's loky "
+               "starts fresh interpreters; parallax forks them from its fork template "
+               "(default start method on Linux). joblib memmaps every array over 1 MB it "
                "sends (arguments, and the array bound in the function); results come back "
                "pickled through its pipes. parallax sends every buffer of 64 KiB or more "
                "through shared memory (memfd), both ways, and the array bound in the function "

@@ -707,7 +707,8 @@ def machine_section(info: RunInfo) -> list[str]:
         "against the expected sum); a wrong result fails the run. io_sleep and io_async serial "
         "times are computed (tasks x 20 ms), not run. Process pools have "
         f"{CPUS} workers; multiprocessing, concurrent.futures, mpire and pebble fork them, "
-        "joblib's loky and parallax start fresh interpreters. The cases' interpreters "
+        "joblib's loky starts fresh interpreters, parallax forks them from its fork template "
+        "(itself a fresh interpreter, started with the first pool). The cases' interpreters "
         "cache bytecode in `benchmarks/.results/pycache` (PYTHONPYCACHEPREFIX), so the "
         "editable parallax loads compiled modules like the installed peers do.",
         "",

@@ -166,7 +166,10 @@ def test_segments_a_worker_still_maps_are_never_written_again(chunksize: int) ->
     assert all(checks)
 
 
-def test_recycled_segments_carry_the_new_chunk_whole() -> None:
+@pytest.fixture
+def new_segments(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The sizes of the segments this process creates from now on (not the
+    recycled or kept ones it writes again)."""
     created: list[int] = []
     original = _shm._new_segment
 
@@ -174,12 +177,15 @@ def test_recycled_segments_carry_the_new_chunk_whole() -> None:
         created.append(size)
         return original(size, key, sealable)
 
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(_shm, "_new_segment", counting)
-        with parallax.Executor(mode="process", workers=2) as pool:
-            seen = list(pool.map(inspect_item, [blob(seed) for seed in range(80)]))
+    monkeypatch.setattr(_shm, "_new_segment", counting)
+    return created
+
+
+def test_recycled_segments_carry_the_new_chunk_whole(new_segments: list[int]) -> None:
+    with parallax.Executor(mode="process", workers=2) as pool:
+        seen = list(pool.map(inspect_item, [blob(seed) for seed in range(80)]))
     assert seen == [(seed, BIG, True) for seed in range(80)]
-    assert len(created) < 40  # most chunks went into segments written before
+    assert len(new_segments) < 40  # most chunks went into segments written before
 
 
 def test_large_results_come_home_mapped_and_outlive_the_pool() -> None:
@@ -239,28 +245,21 @@ def mapped_memfds() -> list[str]:
         return [line.split()[-1] for line in maps if "/memfd:parallax" in line]
 
 
-def test_a_second_run_over_the_same_object_reuses_its_segment_until_it_changes() -> None:
+def test_a_second_run_over_the_same_object_reuses_its_segment_until_it_changes(
+    new_segments: list[int],
+) -> None:
     bound = Bound(BIG)
-    written: list[int] = []
-    original = _shm._new_segment
-
-    def counting(size: int, key: int = 0, sealable: bool = False) -> _shm.Segment:
-        written.append(size)
-        return original(size, key, sealable)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(_shm, "_new_segment", counting)
-        with parallax.Executor(mode="process", workers=2) as pool:
-            for _ in range(3):  # a new partial each time, over the same object
-                seen = list(pool.map(functools.partial(slice_of, bound), range(40)))
-                assert [value for value, _, _ in seen] == [index % 256 for index in range(40)]
-            assert len(written) == 1  # copied once, for three runs
-            bound.data[5] = 99  # in place: the next run must see it
-            seen = list(pool.map(functools.partial(slice_of, bound), range(8)))
-            assert [value for value, _, _ in seen] == [0, 1, 2, 3, 4, 99, 6, 7]
-            assert len(written) == 2
-            seen = list(pool.map(functools.partial(slice_of, bound), range(8)))
-            assert seen[5][0] == 99 and len(written) == 2  # the new bytes are kept now
+    with parallax.Executor(mode="process", workers=2) as pool:
+        for _ in range(3):  # a new partial each time, over the same object
+            seen = list(pool.map(functools.partial(slice_of, bound), range(40)))
+            assert [value for value, _, _ in seen] == [index % 256 for index in range(40)]
+        assert len(new_segments) == 1  # copied once, for three runs
+        bound.data[5] = 99  # in place: the next run must see it
+        seen = list(pool.map(functools.partial(slice_of, bound), range(8)))
+        assert [value for value, _, _ in seen] == [0, 1, 2, 3, 4, 99, 6, 7]
+        assert len(new_segments) == 2
+        seen = list(pool.map(functools.partial(slice_of, bound), range(8)))
+        assert seen[5][0] == 99 and len(new_segments) == 2  # the new bytes are kept now
 
 
 def test_a_kept_segment_goes_with_its_object_and_with_the_pool() -> None:

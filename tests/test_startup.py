@@ -60,30 +60,21 @@ def test_import_parallax_loads_nothing_but_the_package() -> None:
     assert loaded_by("import parallax") == []
 
 
-def test_an_executor_loads_what_it_subclasses_and_not_the_stats_views() -> None:
+@pytest.mark.parametrize(("mode", "needed"), [("thread", "concurrent.futures"),
+                                              ("process", "parallax.backends._process")])
+def test_a_pool_loads_what_it_needs_and_not_the_stats_views(mode: str, needed: str) -> None:
     # A cold pool's time starts with these imports, before any worker is
-    # asked for: concurrent.futures (and its logging) it must have, typing's
-    # ParamSpec needs no typing_extensions, and the stats views (json,
-    # pathlib, the Stats dataclasses) wait until stats are read.
+    # asked for: concurrent.futures (and its logging) an Executor must have,
+    # typing's ParamSpec needs no typing_extensions, and the stats views
+    # (json, pathlib, the Stats dataclasses) wait until stats are read.
     script = (
         "import parallax\n"
-        "with parallax.Executor('thread', workers=2) as pool:\n"
+        f"with parallax.Executor({mode!r}, workers=1) as pool:\n"
         "    assert pool.submit(abs, -3).result() == 3\n"
         "    assert list(pool.map(abs, [-1, 2])) == [1, 2]\n"
     )
     loaded = loaded_by(script)
-    assert "concurrent.futures" in loaded  # (the check sees what it loads)
-    assert not {"typing_extensions", "json", "pathlib", "parallax._stats"} & set(loaded)
-
-
-def test_a_process_pool_loads_no_stats_views_nor_pathlib() -> None:
-    script = (
-        "import parallax\n"
-        "with parallax.Executor('process', workers=1) as pool:\n"
-        "    assert list(pool.map(abs, [-1, 2])) == [1, 2]\n"
-    )
-    loaded = loaded_by(script)
-    assert "parallax.backends._process" in loaded  # (the check sees what it loads)
+    assert needed in loaded  # (the check sees what it loads)
     assert not {"typing_extensions", "json", "pathlib", "parallax._stats"} & set(loaded)
 
 
