@@ -25,7 +25,7 @@ FLOORS: dict[str, int] = {
     "backends._asyncio": 4, "backends._dask": 4, "backends._dask_task": 4, "backends._exit": 4,
     "_worker": 5, "_timeouts": 5, "_mark": 5, "_protocol": 5, "_calls": 5,
     "_serialize": 5, "_wire": 5, "_shm": 5, "_procworker": 5, "_onimport": 5, "_logforward": 5,
-    "_template": 5,
+    "_template": 5, "_keeper": 5,
     "_units": 6, "_errors": 6, "_broken": 6, "_host": 6, "_records": 6,
 }
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from parallax import _shm
+from parallax import _keeper, _shm
 from parallax._protocol import Result, pickle_items, share_values
 from parallax._units import Chunk, ChunkResult
 from parallax._wire import MAX_FDS, Channel
@@ -278,7 +278,7 @@ class Exported:
         return Blob, (pickle.PickleBuffer(self.data),)
 
 
-def kept_write(keeper: _shm.Keeper, obj: Any) -> tuple[Any, tuple[int, int]]:
+def kept_write(keeper: _keeper.Keeper, obj: Any) -> tuple[Any, tuple[int, int]]:
     """``obj`` through the keeper and back; and the segment's file."""
     blob, segment = keeper.write(_shm.pickle_shared(obj, True))
     assert segment is not None
@@ -290,7 +290,7 @@ def kept_write(keeper: _shm.Keeper, obj: Any) -> tuple[Any, tuple[int, int]]:
 
 
 def test_a_keeper_sends_the_kept_segment_while_the_bytes_are_the_same() -> None:
-    keeper = _shm.Keeper(keep=4, keep_bytes=1 << 30)
+    keeper = _keeper.Keeper(keep=4, keep_bytes=1 << 30)
     bound = Exported(2 * THRESHOLD)
     first, file = kept_write(keeper, bound)
     again, same_file = kept_write(keeper, bound)
@@ -307,7 +307,7 @@ def test_a_keeper_sends_the_kept_segment_while_the_bytes_are_the_same() -> None:
 
 
 def test_a_kept_segment_is_sealed_and_goes_with_its_object() -> None:
-    keeper = _shm.Keeper(keep=4, keep_bytes=1 << 30)
+    keeper = _keeper.Keeper(keep=4, keep_bytes=1 << 30)
     bound = Exported(THRESHOLD)
     blob, segment = keeper.write(_shm.pickle_shared(bound, True))
     assert segment is not None
@@ -325,7 +325,7 @@ def test_a_kept_segment_is_sealed_and_goes_with_its_object() -> None:
 
 
 def test_a_keeper_keeps_what_its_limits_allow() -> None:
-    keeper = _shm.Keeper(keep=2, keep_bytes=1 << 30)
+    keeper = _keeper.Keeper(keep=2, keep_bytes=1 << 30)
     objects = [Exported(THRESHOLD, fill) for fill in range(3)]
     files = [kept_write(keeper, obj)[1] for obj in objects]
     assert len(keeper) == 2  # the oldest went
@@ -333,7 +333,7 @@ def test_a_keeper_keeps_what_its_limits_allow() -> None:
     assert kept_write(keeper, objects[2])[1] == files[2]  # used: now the newest
     kept_write(keeper, objects[1])  # written again: objects[0]'s copy goes, not [2]'s
     assert kept_write(keeper, objects[2])[1] == files[2]
-    small = _shm.Keeper(keep=4, keep_bytes=THRESHOLD // 2)
+    small = _keeper.Keeper(keep=4, keep_bytes=THRESHOLD // 2)
     kept_write(small, objects[0])
     assert len(small) == 0  # larger than it may keep at all
     unkept = Blob(bytearray(THRESHOLD))  # a bytearray cannot be watched: not kept
@@ -526,7 +526,7 @@ def test_pandas_frames_round_trip() -> None:
 @pytest.mark.parametrize("writeable", [True, False])
 def test_a_keeper_compares_numpy_arrays_writable_or_not(writeable: bool) -> None:
     numpy = pytest.importorskip("numpy")
-    keeper = _shm.Keeper(keep=4, keep_bytes=1 << 30)
+    keeper = _keeper.Keeper(keep=4, keep_bytes=1 << 30)
     bound = numpy.arange(THRESHOLD, dtype="float64")
     bound.flags.writeable = writeable
     first, file = kept_write(keeper, bound)
@@ -548,7 +548,7 @@ def test_a_large_payload_goes_in_pieces_mapped_side_by_side(
 ) -> None:
     # Three buffers, the middle one across the cut between the two files.
     monkeypatch.setattr(_shm, "PIECES_FROM", THRESHOLD)
-    keeper = _shm.Keeper(keep=4, keep_bytes=1 << 30)
+    keeper = _keeper.Keeper(keep=4, keep_bytes=1 << 30)
     parts = [Exported(THRESHOLD + 100, 1), Exported(3 * THRESHOLD, 2), Exported(THRESHOLD, 3)]
     blob, sent = keeper.write(_shm.pickle_shared(parts, True))
     assert isinstance(sent, _shm.Pieces) and len(sent.segments) == _shm.PIECES
@@ -582,7 +582,7 @@ def test_pieces_that_cannot_be_mapped_are_read(monkeypatch: pytest.MonkeyPatch) 
         raise OSError(12, "Cannot allocate memory")
 
     monkeypatch.setattr(_shm, "PIECES_FROM", THRESHOLD)
-    keeper = _shm.Keeper(keep=4, keep_bytes=1 << 30)
+    keeper = _keeper.Keeper(keep=4, keep_bytes=1 << 30)
     bound = Exported(5 * THRESHOLD + 3, 4)
     blob, sent = keeper.write(_shm.pickle_shared(bound, True))
     assert isinstance(sent, _shm.Pieces)
@@ -852,7 +852,7 @@ def test_a_payload_binding_bytes_goes_in_pieces_and_is_not_kept(
     import functools
 
     monkeypatch.setattr(_shm, "PIECES_FROM", THRESHOLD)
-    keeper = _shm.Keeper(keep=4, keep_bytes=1 << 30)
+    keeper = _keeper.Keeper(keep=4, keep_bytes=1 << 30)
     data = os.urandom(3 * THRESHOLD + 5)
     view = memoryview(bytearray(os.urandom(2 * THRESHOLD)))
     fn = functools.partial(_tail, data, view)  # (called with no more arguments here)

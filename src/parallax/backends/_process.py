@@ -48,6 +48,7 @@ from .. import _template
 from .._broken import ProcessInitializerError, WorkerCrashedError
 from .._errors import ParallaxError, describe_item
 from .._host import usable_cpus
+from .._keeper import Keeper
 from .._logforward import lowest_level, replay
 from .._mark import MARK_POSITION, MARK_SIZE, Mark
 from .._protocol import (
@@ -71,7 +72,7 @@ from .._protocol import (
     unpicklable_items,
 )
 from .._serialize import dumps, dumps_function
-from .._shm import Keeper, Pickled, Pieces, Recycler, Segment
+from .._shm import Pickled, Pieces, Recycler, Segment
 from .._timeouts import time_left, timeout_error
 from .._units import SOMEWHERE, Chunk, ChunkResult, Job
 from .._wire import Channel
