@@ -798,9 +798,11 @@ def _mapped_memfds() -> list[str]:
 
 
 def _descriptors() -> set[tuple[str, str]]:
-    """This process's open descriptors (number, what it points to), /proc files aside."""
+    """This process's open descriptors (number, what it points to), /proc files
+    aside, and those closed before they could be read (the listing's own)."""
     found = {(name, _link(name)) for name in os.listdir("/proc/self/fd")}
-    return {(name, target) for name, target in found if not target.startswith("/proc/")}
+    return {(name, target) for name, target in found
+            if target and not target.startswith("/proc/")}
 
 
 def test_bytes_and_memoryviews_through_a_process_pool_leave_nothing_behind() -> None:
