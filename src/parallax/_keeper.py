@@ -18,8 +18,7 @@ import os
 import threading
 import weakref
 
-from . import _shm
-from ._shm import Pickled, Pieces, Segment, _offsets, _write, _write_pieces
+from ._shm import Pickled, Pieces, Segment, buffer_offsets
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -62,12 +61,12 @@ class Keeper:
     def write(self, pickled: Pickled) -> tuple[bytes, Segment | Pieces | None]:
         """:meth:`Pickled.write`, with a kept segment if one holds the same bytes
         (what is returned is the caller's own, to close, either way); a large
-        payload goes in :data:`_shm.PIECES` files (:class:`Pieces`).
+        payload goes in several files (:meth:`Pickled.write_sealable`).
 
         Raises:
             Exception: as :meth:`Pickled.write`.
         """
-        buffers = pickled._buffers
+        buffers = pickled.buffers
         if not buffers:
             return pickled.write()
         sizes = [raw.nbytes for raw in buffers]
@@ -84,22 +83,11 @@ class Keeper:
                     if entry in self._entries:
                         self._entries.remove(entry)
                         self._entries.append(entry)
-                blob = pickled._blob(0, sizes, len(entry.segments) if entry.pieces else 0)
-                pickled.release()
-                return blob, sent
+                return pickled.framed(len(entry.segments) if entry.pieces else 0), sent
             self._drop(entry)  # its objects changed since: a stale copy
-        pieces = _shm.PIECES if _offsets(sizes)[1] >= _shm.PIECES_FROM else 1
-        written: Segment | Pieces
-        try:
-            if pieces > 1:
-                written = _write_pieces(buffers, pieces, sealable=True)
-            else:
-                written = _write(buffers, None, sealable=True)
-        except OSError:
-            return pickled.write()  # (in-band, as without a keeper)
-        blob = pickled._blob(0, sizes, pieces if pieces > 1 else 0)
-        pickled.release()
-        self._keep_copy(written, sizes, exporters)
+        blob, written = pickled.write_sealable()
+        if written is not None:
+            self._keep_copy(written, sizes, exporters)
         return blob, written
 
     def _keep_copy(self, written: Segment | Pieces, sizes: list[int],
@@ -184,7 +172,7 @@ class _Kept:
         if not self._readers:
             self._readers = [mmap.mmap(segment.fd, segment.size, flags=mmap.MAP_SHARED,
                                        prot=mmap.PROT_READ) for segment in self.segments]
-        offsets, _ = _offsets(self.sizes)
+        offsets, _ = buffer_offsets(self.sizes)
         for raw, offset in zip(buffers, offsets, strict=True):
             low = 0  # where the current file starts in the whole
             for reader in self._readers:

@@ -66,6 +66,7 @@ __all__ = [
     "Pieces",
     "Recycler",
     "Segment",
+    "buffer_offsets",
     "dumps",
     "loads",
     "measure",
@@ -490,7 +491,7 @@ class _Collector:
         self.buffers = []
 
 
-def _offsets(sizes: list[int]) -> tuple[list[int], int]:
+def buffer_offsets(sizes: list[int]) -> tuple[list[int], int]:
     """Where each buffer starts in its segment, and the segment's size."""
     offsets = []
     end = 0
@@ -505,7 +506,7 @@ def _write(buffers: list[memoryview], recycler: Recycler | None,
            sealable: bool = False) -> Segment:
     """A segment holding ``buffers`` at their offsets: a recycled one, or a new
     memfd (``sealable``: one that :func:`_seal` can seal)."""
-    offsets, total = _offsets([raw.nbytes for raw in buffers])
+    offsets, total = buffer_offsets([raw.nbytes for raw in buffers])
     segment = (_new_segment(total, sealable=sealable) if recycler is None
                else recycler.take(total))
     writer = segment.writer()
@@ -527,7 +528,7 @@ def _write_pieces(buffers: list[memoryview], pieces: int, sealable: bool = False
     each written by a thread of its own (the first by this one)."""
     import threading
 
-    offsets, total = _offsets([raw.nbytes for raw in buffers])
+    offsets, total = buffer_offsets([raw.nbytes for raw in buffers])
     cuts = [total * index // pieces // mmap.PAGESIZE * mmap.PAGESIZE for index in range(pieces)]
     bounds = list(zip(cuts, [*cuts[1:], total], strict=True))
     segments = Pieces([])
@@ -618,6 +619,36 @@ class Pickled:
             _release(buffers)
         return self._blob(segment.key, sizes), segment
 
+    @property
+    def buffers(self) -> list[memoryview]:
+        """Views of the large buffers not written yet (the object's own memory)."""
+        return self._buffers
+
+    def write_sealable(self) -> tuple[bytes, Segment | Pieces | None]:
+        """:meth:`write`, into new memfds that can be sealed (what a pool's
+        ``_keeper.Keeper`` keeps); from :data:`PIECES_FROM` bytes on as
+        :data:`PIECES` files, each written by a thread of its own (:class:`Pieces`).
+        """
+        buffers = self._buffers
+        if not buffers:
+            return self.write()
+        pieces = PIECES if buffer_offsets([raw.nbytes for raw in buffers])[1] >= PIECES_FROM else 1
+        written: Segment | Pieces
+        try:
+            written = (_write_pieces(buffers, pieces, sealable=True) if pieces > 1
+                       else _write(buffers, None, sealable=True))
+        except OSError:
+            return self.write()  # (in-band, as :meth:`write` sends it then)
+        return self.framed(pieces if pieces > 1 else 0), written
+
+    def framed(self, pieces: int = 0) -> bytes:
+        """The frame of buffers already in shared memory (written by
+        :meth:`write_sealable`, or kept from an earlier message with the same
+        bytes), in ``pieces`` files (0: one); lets the buffers go."""
+        blob = self._blob(0, [raw.nbytes for raw in self._buffers], pieces)
+        self.release()
+        return blob
+
     def _blob(self, key: int, sizes: list[int], pieces: int = 0) -> bytes:
         """The frame: the header naming the segment's buffers (and its pieces:
         0, one file), then the pickle."""
@@ -703,7 +734,7 @@ def loads(blob: bytes | bytearray, fd: int = -1) -> Any:
         sizes = [_SIZE.unpack_from(view, start + _SIZE.size * index)[0]
                  for index in range(count)]
         data = view[start + _SIZE.size * count :]
-        offsets, total = _offsets(sizes)
+        offsets, total = buffer_offsets(sizes)
         mapping: Any = None
         if pieces:
             mapping, whole = _load_pieces(fd, pieces, total)

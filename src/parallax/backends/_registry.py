@@ -29,15 +29,18 @@ BackendFactory = Callable[..., Backend]
 
 class _Entry:
     """A registered mode: how to load its factory, the options it accepts
-    (None: any keyword), the factory once loaded."""
+    (None: any keyword), the factory once loaded, and what to start before
+    each backend is made (given the call's options), while its module loads."""
 
-    __slots__ = ("factory", "loader", "options")
+    __slots__ = ("ahead", "factory", "loader", "options")
 
     def __init__(self, loader: Callable[[], BackendFactory], options: frozenset[str] | None,
-                 factory: BackendFactory | None = None) -> None:
+                 factory: BackendFactory | None = None,
+                 ahead: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.loader = loader
         self.options = options
         self.factory = factory
+        self.ahead = ahead
 
     def load(self) -> BackendFactory:
         if self.factory is None:
@@ -88,7 +91,8 @@ def register_backend(name: str, factory: BackendFactory) -> None:
         _entries[name] = _Entry(lambda: factory, _options_of(factory), factory)
 
 
-def _register_builtin(name: str, target: str, options: frozenset[str]) -> None:
+def _register_builtin(name: str, target: str, options: frozenset[str],
+                      ahead: Callable[[dict[str, Any]], None] | None = None) -> None:
     module_name, _, attribute = target.partition(":")
 
     def load() -> BackendFactory:
@@ -96,15 +100,22 @@ def _register_builtin(name: str, target: str, options: frozenset[str]) -> None:
         factory: BackendFactory = getattr(module, attribute)
         return factory
 
-    _entries[name] = _Entry(load, options)
+    _entries[name] = _Entry(load, options, ahead=ahead)
+
+
+def _template_ahead(options: dict[str, Any]) -> None:
+    """Boot the fork template, if the pool will use one, while the process
+    backend is imported and set up."""
+    from .._template import start_ahead
+
+    start_ahead(options.get("start_method"))
 
 
 _register_builtin("serial", "._serial:SerialBackend", frozenset({"check_pickle"}))
 _register_builtin("thread", "._thread:ThreadBackend", frozenset())
 _register_builtin("process", "._process:ProcessBackend",
-                  frozenset({"max_worker_memory", "forward_logs", "start_method"}))
-#: the built-in process mode (its fork template boots ahead of its import)
-_BUILTIN_PROCESS = _entries["process"]
+                  frozenset({"max_worker_memory", "forward_logs", "start_method"}),
+                  ahead=_template_ahead)
 _register_builtin("free-threaded", "._freethreaded:FreeThreadedBackend", frozenset())
 _register_builtin("asyncio", "._asyncio:AsyncioBackend", frozenset({"loop"}))
 _register_builtin("dask", "._dask:DaskBackend", frozenset({"address", "client"}))
@@ -155,10 +166,8 @@ def create_backend(
     """A new backend of mode ``name``, given only the options it accepts."""
     with _lock:
         entry = _entries[name]
-    if entry is _BUILTIN_PROCESS:
-        from .._template import start_ahead  # boots while the backend is imported
-
-        start_ahead(options.get("start_method"))
+    if entry.ahead is not None:
+        entry.ahead(options)
     factory = entry.load()
     accepted = entry.options
     if accepted is not None:
