@@ -1,7 +1,7 @@
 """Fixed costs of issue #17: a script's first call, tiny work, I/O auto's probe.
 
     python benchmarks/bench_startup.py [--repeats K] [--interpreters N]
-                                       [--only first,tiny,sleep,pool] [--src PATH]
+                                       [--only first,tiny,sleep,pool,preload] [--src PATH]
                                        [--methods template,fresh]
 
 ``--src``: measure the parallax of another source tree (a ``src`` directory,
@@ -42,6 +42,12 @@ e.g. ``git archive <commit> src | tar -x -C /tmp/before`` for a "before" figure)
   ``--src`` without the option); ``--before PATH``: the same cases for
   another source tree, repeats interleaved with this tree's (before/after
   figures from one run).
+- **preload**: pools of a function that uses NumPy (the script imports it
+  too), with and without ``preload="numpy"``, over both start methods, each
+  case in ``--repeats`` fresh interpreters (median): a cold pool of 2 workers
+  + its first map of 10 items, a worker start through
+  ``max_tasks_per_worker=1`` (10 items, per item), and the PSS of the first
+  pool's 2 workers plus every template of the script.
 
 Prints a markdown section (paste it into benchmarks/RESULTS.md).
 """
@@ -206,6 +212,51 @@ if __name__ == "__main__":
     with multiprocessing.Pool(2) as pool:
         assert pool.map(double, range(10)) == list(range(0, 20, 2))
     print((time.perf_counter() - started) * 1e3)
+"""
+
+
+#: ``--only preload``: pools whose function uses NumPy, with and without
+#: ``preload="numpy"``; prints the first pool's time, the worker start with
+#: ``max_tasks_per_worker=1`` and the memory of the first pool's processes
+POOL_PRELOAD = """
+import os, time
+import numpy as np
+import parallax
+from parallax import _template
+
+def total(n):
+    return float(np.arange(n).sum())
+
+def where(_):
+    return os.getpid()
+
+def pss(pid):
+    with open(f"/proc/{{pid}}/smaps_rollup") as rollup:
+        for line in rollup:
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+options = dict({options})
+expected = [float(n * (n - 1) // 2) for n in range(10)]
+started = time.perf_counter()
+with parallax.Executor("process", workers=2, **options) as pool:
+    assert list(pool.map(total, range(10))) == expected
+    first = (time.perf_counter() - started) * 1e3
+    workers = set()
+    for _ in range(50):
+        workers |= set(pool.map(where, range(40), chunksize=1))
+        if len(workers) >= 2:
+            break
+    time.sleep(0.2)
+    memory = sum(pss(pid) for pid in workers)
+    memory += sum(pss(pid) for pid in _template.running_pids())
+with parallax.Executor("process", workers=1, max_tasks_per_worker=1, **options) as pool:
+    list(pool.map(total, range(2)))
+    started = time.perf_counter()
+    assert list(pool.map(total, range(10), chunksize=1)) == expected
+    respawn = (time.perf_counter() - started) * 1e3 / 10
+print(first, respawn, memory)
 """
 
 
@@ -390,6 +441,35 @@ def pools(interpreters: int, methods: list[str], before: Path | None = None) -> 
     return lines
 
 
+def preloads(interpreters: int) -> list[str]:
+    """Pools of a function that uses NumPy, with and without ``preload``."""
+    median = statistics.median
+    cases = {
+        "template": "start_method='template'",
+        "template, `preload=\"numpy\"`": "start_method='template', preload='numpy'",
+        "fresh": "start_method='fresh'",
+        "fresh, `preload=\"numpy\"`": "start_method='fresh', preload='numpy'",
+    }
+    codes = {name: POOL_PRELOAD.format(options=options) for name, options in cases.items()}
+    for code in codes.values():
+        _child_numbers(code)  # compiles and caches the bytecode; untimed
+    rows: dict[str, list[list[float]]] = {name: [] for name in codes}
+    for _ in range(interpreters):
+        for name, code in codes.items():
+            rows[name].append(_child_numbers(code))
+    lines = [
+        f"### preload: a function that uses NumPy, {interpreters} fresh interpreters (median)",
+        "",
+        "| start method | cold pool + map(10) ms | worker start (max_tasks_per_worker=1) "
+        "ms/item | first pool: PSS of 2 workers + template(s) MB |",
+        "|---|---|---|---|",
+    ]
+    for name, numbers in rows.items():
+        first, respawn, memory = (median(row[i] for row in numbers) for i in range(3))
+        lines.append(f"| {name} | {first:.1f} | {respawn:.2f} | {memory:.1f} |")
+    return [*lines, ""]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=15)
@@ -418,6 +498,8 @@ def main() -> None:
         lines += tiny(args.repeats)
     if "sleep" in chosen:
         lines += sleep(args.repeats)
+    if "preload" in chosen:
+        lines += preloads(args.repeats)
     if "pool" in chosen:
         lines += pools(args.repeats, args.methods.split(","),
                        args.before.resolve() if args.before else None)

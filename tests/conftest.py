@@ -161,13 +161,14 @@ def child_pids() -> set[int]:
     """Live child processes of this process (Linux /proc), but for those of the
     session's dask cluster (see :func:`session_pids`).
 
-    Process workers forked by the fork template (``parallax._template``) count
-    as children, the template itself (one per test session, kept) does not.
+    Process workers forked by a fork template (``parallax._template``) count
+    as children, the templates themselves (kept for the session: the shared
+    one, and one per ``preload=`` set) do not.
     """
     from parallax import _template
 
     me = os.getpid()
-    template = _template.running_pid()
+    templates = _template.running_pids()
     found = set()
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -178,9 +179,9 @@ def child_pids() -> set[int]:
         except OSError:
             continue
         state, parent = fields[0], int(fields[1])
-        if parent in (me, template) and state != b"Z":
+        if (parent == me or parent in templates) and state != b"Z":
             found.add(int(entry))
-    return found - session_pids() - {template}
+    return found - session_pids() - templates
 
 
 def parallax_threads() -> list[threading.Thread]:

@@ -140,10 +140,13 @@ def new_backend(
 
 
 def _frozen(value: Any) -> Hashable:
-    """``value`` as part of a pool's key: itself if hashable, else its identity
-    (the pool holds the value, so the identity stays its own)."""
+    """``value`` as part of a pool's key: itself if hashable, a dict or list by
+    its contents (``preload=["numpy"]`` in every call shares one pool), else
+    its identity (the pool holds the value, so the identity stays its own)."""
     if isinstance(value, dict):
         return tuple(sorted((name, _frozen(item)) for name, item in value.items()))
+    if isinstance(value, list):
+        return ("list", *(_frozen(item) for item in value))
     try:
         hash(value)
     except TypeError:

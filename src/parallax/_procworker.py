@@ -152,6 +152,12 @@ def run(conn_fd: int, mark_fd: int, slot: int) -> None:
         forward_from_worker(lambda fields: send(encode(Log(fields))), hello.log_level,
                             hello.name)
 
+    for module in hello.preload_modules:  # (imported already when forked by a template)
+        try:
+            __import__(module)
+        except BaseException as exc:
+            send(encode(InitFailed(PickledFailure.of(Failure.capture(exc)), "preload")))
+            sys.exit(3)
     if hello.initializer is not None:
         assert hello.initargs is not None  # sent together
         try:

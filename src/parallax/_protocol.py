@@ -3,8 +3,9 @@
 Process mode sends these messages over a worker's socket, one frame each
 (``_wire.Channel``); dask mode returns them from a chunk's task::
 
-    caller -> process worker   Hello        first: sys.path, name, initializer, finalizer, limits,
-                                            the level to forward log records from
+    caller -> process worker   Hello        first: sys.path, name, modules to import, initializer,
+                                            finalizer, limits, the level to forward
+                                            log records from
                                Task         a chunk's header (job, function if new,
                                             flags), then one frame: its items
                                Preload      a job's function alone, its chunks later
@@ -13,7 +14,7 @@ Process mode sends these messages over a worker's socket, one frame each
                                Loaded       a preloaded function is loaded
                                Result       a chunk's values, captured exceptions, timings
                                ChunkFailed  nothing of the chunk could run
-                               InitFailed   the initializer raised; the worker exits
+                               InitFailed   its set-up raised; the worker exits
                                Retire       max tasks or memory reached; the worker exits
                                Log          a record no handler of the worker took (``_logforward``)
     dask task -> caller        DaskOutcome  an encoded Result or ChunkFailed, and where
@@ -140,12 +141,13 @@ class Hello(Message):
     """
 
     __slots__ = ("authkey", "finalargs", "finalizer", "initargs", "initializer", "log_level",
-                 "max_memory", "max_tasks", "name", "sys_path")
+                 "max_memory", "max_tasks", "name", "preload_modules", "sys_path")
 
     def __init__(self, sys_path: list[str], name: str, initializer: bytes | None,
                  initargs: bytes | None, max_tasks: int | None, max_memory: int | None,
                  authkey: bytes, finalizer: bytes | None = None,
-                 finalargs: bytes | None = None, log_level: int | None = None) -> None:
+                 finalargs: bytes | None = None, log_level: int | None = None,
+                 preload_modules: tuple[str, ...] = ()) -> None:
         self.sys_path = sys_path
         self.name = name
         #: the pickled initializer and its arguments, or None for none
@@ -159,11 +161,14 @@ class Hello(Message):
         self.finalargs = finalargs
         #: forward log records from this level on to the caller (None: do not)
         self.log_level = log_level
+        #: modules to import before the initializer (``preload=``; a worker
+        #: forked by a template that imported them finds them imported)
+        self.preload_modules = preload_modules
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (Hello, (self.sys_path, self.name, self.initializer, self.initargs,
                         self.max_tasks, self.max_memory, self.authkey, self.finalizer,
-                        self.finalargs, self.log_level))
+                        self.finalargs, self.log_level, self.preload_modules))
 
     def __repr__(self) -> str:
         return super().__repr__().replace(repr(self.authkey), "<hidden>")
@@ -347,15 +352,17 @@ class ChunkFailed(Message):
 
 
 class InitFailed(Message):
-    """Process worker -> caller: the initializer raised; the worker exits."""
+    """Process worker -> caller: its set-up raised (``stage``: "initializer",
+    or "preload" for an import of ``preload=``); the worker exits."""
 
-    __slots__ = ("failure",)
+    __slots__ = ("failure", "stage")
 
-    def __init__(self, failure: PickledFailure) -> None:
+    def __init__(self, failure: PickledFailure, stage: str = "initializer") -> None:
         self.failure = failure
+        self.stage = stage
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (InitFailed, (self.failure,))
+        return (InitFailed, (self.failure, self.stage))
 
 
 class Result(Message):

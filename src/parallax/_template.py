@@ -72,8 +72,11 @@ DEFAULT_START_METHOD = "template" if SUPPORTED else "fresh"
 #: where the parallax package is imported from
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-#: how the caller starts a template
-_TEMPLATE_COMMAND = "import sys; from parallax._template import serve; serve(int(sys.argv[1]))"
+#: how the caller starts a template (a third argument: the ``preload=``
+#: modules and the caller's ``sys.path``, marshal-ed, in hex)
+_TEMPLATE_COMMAND = (
+    "import sys; from parallax._template import serve; serve(int(sys.argv[1]), *sys.argv[2:])"
+)
 
 #: seconds a spawn request waits for the template's answer (its own start
 #: included) before the template counts as hung and is replaced
@@ -85,6 +88,10 @@ _PARENT_CHECK = 1.0
 
 class TemplateGone(OSError):
     """The template died (or could not start) before it answered."""
+
+
+class TemplateRefused(OSError):
+    """The template will fork no worker (why: its message)."""
 
 
 # -- the template's side ---------------------------------------------------------
@@ -129,17 +136,59 @@ def _warm_up() -> None:
         import cloudpickle  # noqa: F401
 
 
-def serve(control_fd: int) -> None:
-    """The template's main program: fork a worker per request until the caller goes."""
+def _preload(modules: tuple[str, ...], path: list[str]) -> str | None:
+    """Import a pool's ``preload=`` modules with the caller's ``sys.path``,
+    before the first fork, so that its workers share them; return why this
+    template must fork nothing (a module left a thread running), or None.
+
+    A module that fails here is left out: each worker imports it again and
+    its error reaches the caller from there, as from a fresh interpreter.
+    """
+    sys.path[:] = path
+    for module in modules:
+        try:
+            __import__(module)
+        except BaseException:
+            continue
+    # Every thread that runs Python code, ``_thread``'s too. (A library's
+    # native thread pool, OpenBLAS's say, is not one: such libraries stop or
+    # re-create their threads at a fork themselves.)
+    running = len(sys._current_frames())
+    if running == 1:
+        return None
+    # A fork copies one thread: a lock another thread held at that moment
+    # would stay held in every worker.
+    names = sorted(thread.name for thread in threading.enumerate()
+                   if thread is not threading.main_thread())
+    return (f"importing preload={modules!r} left {running - 1} thread(s) running in the "
+            f"fork template ({', '.join(names) or 'unnamed'}), which then cannot fork "
+            "safely; with start_method='fresh' each worker imports them itself")
+
+
+def _fresh_random_state() -> None:
+    """In a forked worker: draw other random numbers than its siblings, as a
+    fresh interpreter would. ``random`` reseeds itself at a fork; the global
+    generator of a NumPy that a template preloaded does not."""
+    numpy_random = sys.modules.get("numpy.random")
+    seed = getattr(numpy_random, "seed", None)
+    if seed is not None:
+        seed()
+
+
+def serve(control_fd: int, preload: str | None = None) -> None:
+    """The template's main program: fork a worker per request until the caller
+    goes. ``preload``: the hex of the marshal-ed ``(modules, sys.path)`` to
+    import before the first fork (:func:`_preload`)."""
     import gc
     import select
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the caller handles Ctrl-C
     gc.disable()  # no collections during the imports (about 1 ms): one, at the freeze
     prctl = _prepare()
     _warm_up()
+    refusal = None if preload is None else _preload(*marshal.loads(bytes.fromhex(preload)))
     _freeze()
     gc.enable()  # (its children inherit the setting)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the caller handles Ctrl-C
     control = Channel(control_fd)
     caller = os.getppid()
     me = os.getpid()
@@ -167,6 +216,11 @@ def serve(control_fd: int) -> None:
                 frame, fds = control.recv_frame()
             except (EOFError, OSError):
                 break  # the caller is gone
+            if refusal is not None:
+                for fd in fds:
+                    os.close(fd)
+                control.send_bytes(marshal.dumps(("refused", refusal)))
+                continue
             pid = _fork(control, frame, fds, prctl, me, (control_fd, wake_r, wake_w))
             if pid is not None:
                 children.add(pid)
@@ -260,6 +314,7 @@ def _child(conn_fd: int, mark_fd: int, out_fd: int, err_fd: int, slot: int,
             os.chdir(cwd)
         # The command line a fresh worker has (code may look at it).
         sys.argv[:] = ["-c", str(conn_fd), str(mark_fd), str(slot)]
+        _fresh_random_state()
         code = _run_worker(conn_fd, mark_fd, slot)
     except BaseException:
         sys.excepthook(*sys.exc_info())
@@ -378,17 +433,23 @@ def _exited_fd() -> int:
 
 
 class _Template:
-    """The caller's end of one running template."""
+    """The caller's end of one running template (``preload``: the modules it
+    imports before its first fork, none for the shared one)."""
 
-    def __init__(self, environment: dict[str, str]) -> None:
+    def __init__(self, environment: dict[str, str], preload: tuple[str, ...] = ()) -> None:
         import queue
         import socket
         import subprocess
 
+        command = [sys.executable, "-c", _TEMPLATE_COMMAND]
         ours, theirs = socket.socketpair()
+        command.append(str(theirs.fileno()))
+        if preload:
+            path = [entry for entry in sys.path if isinstance(entry, str)]  # (marshal-able)
+            command.append(marshal.dumps((preload, path)).hex())
         try:
             self.process: subprocess.Popen[bytes] = subprocess.Popen(
-                [sys.executable, "-c", _TEMPLATE_COMMAND, str(theirs.fileno())],
+                command,
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
                 env=environment,
@@ -443,7 +504,12 @@ class _Template:
             assert isinstance(worker, TemplateWorker)
             return worker
         if reply[0] == "gone":
-            raise TemplateGone("the fork template exited before it answered")
+            code = reply[1] if len(reply) > 1 else None
+            how = ("exited" if not isinstance(code, int) else f"exited with code {code}"
+                   if code >= 0 else f"was killed by signal {-code}")
+            raise TemplateGone(f"the fork template {how} before it answered")
+        if reply[0] == "refused":
+            raise TemplateRefused(str(reply[1]))
         raise OSError(f"the fork template could not start a worker: {reply[1]}")
 
     def kill(self) -> None:
@@ -491,35 +557,57 @@ class _Template:
             pass  # the template is gone (or said nonsense: it is killed below)
         finally:
             self.alive = False
+            with contextlib.suppress(Exception):
+                # It closed its end, so it is on its way out: how it ends
+                # tells the spawn waiting for it why (a preload that exits).
+                self.process.wait(timeout=0.5)
             self.kill()
             with self._state:
                 workers, self._workers = list(self._workers.values()), {}
             for worker in workers:
                 worker._ended(None)  # died with the template; how, nobody saw
-            self._replies.put(("gone",))
             with contextlib.suppress(Exception):  # killed above; init reaps it if not
                 self.process.wait(timeout=10)
+            self._replies.put(("gone", self.process.returncode))
             self._control.close()
 
 
-#: the running template of this process, if any
-_current: _Template | None = None
+#: the running templates of this process, by :func:`_key`: the shared one
+#: (key ``()``), and one per set of ``preload=`` modules
+_templates: dict[tuple[object, ...], _Template] = {}
 #: held while a template is looked up or started
 _starting = threading.Lock()
 
 
+def _key(environment: dict[str, str], preload: tuple[str, ...]) -> tuple[object, ...]:
+    """Which template serves a pool. Modules imported before the fork saw
+    the environment (a numeric library sizes its thread pool from it) and
+    the ``sys.path`` of that moment: a pool with other ones gets its own."""
+    if not preload:
+        return ()
+    return (preload, tuple(sorted(environment.items())), tuple(sys.path))
+
+
+def _running(template: _Template | None) -> bool:
+    return template is not None and template.alive and template.owner == os.getpid()
+
+
 def running_pid() -> int | None:
-    """The pid of this process's template, or None (none started, or gone)."""
-    current = _current
-    if current is None or not current.alive or current.owner != os.getpid():
-        return None
-    return current.pid
+    """The pid of this process's shared template (the one of pools without
+    ``preload=``), or None (none started, or gone)."""
+    template = _templates.get(())
+    return template.pid if template is not None and _running(template) else None
 
 
-def start(environment: dict[str, str]) -> None:
-    """Have this process's template running (started with ``environment``
-    if it is not): it boots while the pool gets ready."""
-    _template(environment)
+def running_pids() -> set[int]:
+    """The pids of every template of this process, ``preload=`` ones included."""
+    return {template.pid for template in list(_templates.values()) if _running(template)}
+
+
+def start(environment: dict[str, str], preload: tuple[str, ...] = ()) -> None:
+    """Have the template of a pool with ``environment`` and ``preload``
+    running (started now if it is not): it boots while the pool gets ready."""
+    _template(environment, preload)
 
 
 def start_ahead(start_method: object) -> None:
@@ -547,29 +635,33 @@ def interpreter_environment() -> dict[str, str]:
     return environment
 
 
-def _template(environment: dict[str, str]) -> _Template:
-    global _current
+def _template(environment: dict[str, str], preload: tuple[str, ...] = ()) -> _Template:
+    key = _key(environment, preload)
     with _starting:
-        current = _current
-        if current is None or not current.alive or current.owner != os.getpid():
-            current = _current = _Template(environment)
-        return current
+        template = _templates.get(key)
+        if template is None or not _running(template):
+            template = _templates[key] = _Template(environment, preload)
+        return template
 
 
-def spawn_worker(conn_fd: int, mark_fd: int, slot: int,
-                 environment: dict[str, str]) -> TemplateWorker:
-    """Fork a worker from this process's template (started now if it is not
-    running); ``conn_fd`` and ``mark_fd`` are duplicated into it, the
-    caller's copies stay open.
+def spawn_worker(conn_fd: int, mark_fd: int, slot: int, environment: dict[str, str],
+                 preload: tuple[str, ...] = ()) -> TemplateWorker:
+    """Fork a worker from the template of a pool with ``environment`` and
+    ``preload`` (started now if it is not running); ``conn_fd`` and
+    ``mark_fd`` are duplicated into it, the caller's copies stay open.
 
     A template that died since the last spawn is replaced, once.
+
+    Raises:
+        TemplateRefused: the template forks nothing (its ``preload=``
+            imports left a thread running).
     """
     try:
         cwd: str | None = os.getcwd()
     except OSError:  # deleted: the worker keeps the template's
         cwd = None
     for attempt in range(2):
-        template = _template(environment)
+        template = _template(environment, preload)
         try:
             return template.spawn(conn_fd, mark_fd, slot, environment, cwd)
         except TemplateGone:
@@ -579,12 +671,13 @@ def spawn_worker(conn_fd: int, mark_fd: int, slot: int,
 
 
 def _forget_after_fork() -> None:
-    """In a forked child of the caller: the parent's template is not ours."""
-    global _current, _starting
+    """In a forked child of the caller: the parent's templates are not ours."""
+    global _starting
     _starting = threading.Lock()  # another thread may have held it at the fork
-    current, _current = _current, None
-    if current is not None:
-        current.forget()
+    templates = list(_templates.values())
+    _templates.clear()
+    for template in templates:
+        template.forget()
 
 
 if SUPPORTED:

@@ -176,11 +176,12 @@ def failed_chunk(chunk: Chunk, error: BaseException) -> ChunkResult:
 
 
 def initializer_error(
-    exc: BaseException, kind: type[InitializerError] | None = None
+    exc: BaseException, kind: type[InitializerError] | None = None, what: str = "initializer"
 ) -> InitializerError:
-    """The pool's error for an initializer that raised ``exc`` (a ``kind``, by
-    default :class:`InitializerError`), logged as the standard library's
-    executors log it (logger ``concurrent.futures``)."""
+    """The pool's error for an initializer (or other set-up step: ``what``)
+    that raised ``exc`` (a ``kind``, by default :class:`InitializerError`),
+    logged as the standard library's executors log it (logger
+    ``concurrent.futures``)."""
     from .._broken import InitializerError
 
     error_class = InitializerError if kind is None else kind
@@ -188,7 +189,7 @@ def initializer_error(
 
     logging.getLogger("concurrent.futures").critical("Exception in initializer:", exc_info=exc)
     error = error_class(
-        f"the worker initializer failed with {type(exc).__name__}: {exc}; "
+        f"the worker {what} failed with {type(exc).__name__}: {exc}; "
         "no item can run in this pool"
     )
     error.__cause__ = exc

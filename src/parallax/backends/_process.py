@@ -41,6 +41,7 @@ import tempfile
 import threading
 import weakref
 from collections import deque
+from collections.abc import Iterable
 from multiprocessing.connection import wait
 from time import perf_counter
 
@@ -217,6 +218,32 @@ def default_start_method() -> str:
     return _template.DEFAULT_START_METHOD
 
 
+def _checked_preload(preload: object) -> tuple[str, ...]:
+    """``preload=`` as a tuple of module names; raises before any work starts
+    for a value that is not one, or for a module that is nowhere to import."""
+    if preload is None:
+        return ()
+    names = (preload,) if isinstance(preload, str) else preload
+    modules = tuple(names) if isinstance(names, Iterable) else None
+    if modules is None or not all(
+        isinstance(name, str) and name and all(part.isidentifier() for part in name.split("."))
+        for name in modules
+    ):
+        raise TypeError(
+            "preload must be a module name or names to import in every worker, "
+            f"such as preload=('numpy', 'mypackage.model'), not {preload!r}"
+        )
+    from importlib.util import find_spec
+
+    checked = tuple(dict.fromkeys(str(name) for name in modules))
+    for name in checked:
+        top = name.partition(".")[0]  # (a submodule's spec would import its package here)
+        if find_spec(top) is None:
+            raise ValueError(f"preload={checked!r}: there is no module named {top!r} "
+                             "on this interpreter's sys.path")
+    return checked
+
+
 def _checked_start_method(method: object, what: str = "start_method") -> str:
     if method not in START_METHODS:
         raise ValueError(f"{what} must be 'template' or 'fresh', not {method!r}")
@@ -303,10 +330,14 @@ class ProcessBackend(Backend):
         max_worker_memory: int | None = None,
         forward_logs: bool = True,
         start_method: str | None = None,
+        preload: str | Iterable[str] | None = None,
     ) -> None:
         #: "template" (forked by the fork template) or "fresh" (interpreters)
         self._start_method = (default_start_method() if start_method is None
                               else _checked_start_method(start_method))
+        #: modules every worker imports first: once, in a template of their own,
+        #: with the template (its workers share them); in each worker, without
+        self._preload_modules = _checked_preload(preload)
         if not isinstance(forward_logs, bool):
             raise TypeError(f"forward_logs must be True or False, not {forward_logs!r}")
         if max_worker_memory is not None and (
@@ -376,7 +407,7 @@ class ProcessBackend(Backend):
                 # interpreter exit (work still queued) the manager may spawn
                 # when no thread can start any more, and the template's
                 # reader is one.
-                _template.start(self._child_environment())
+                _template.start(self._child_environment(), self._preload_modules)
             # Workers start now, not at the first chunk: a fresh interpreter
             # takes tens of milliseconds to boot, which overlaps with the
             # caller pickling the function and cutting the first chunks.
@@ -583,7 +614,8 @@ class ProcessBackend(Backend):
             popen: WorkerProcess
             if self._start_method == "template":
                 popen = _template.spawn_worker(child_end, self._marks_file.fileno(), slot,
-                                               self._child_environment())
+                                               self._child_environment(),
+                                               self._preload_modules)
             else:
                 popen = subprocess.Popen(
                     [
@@ -598,18 +630,29 @@ class ProcessBackend(Backend):
                     stdin=subprocess.DEVNULL,
                     env=self._child_environment(),
                 )
-        except BaseException:
+        except BaseException as exc:
             os.close(child_end)
             parent_end.close()
             mark.release()
             self._free_slots.append(slot)
+            if isinstance(exc, _template.TemplateRefused):
+                # No worker can start from it: like an initializer that raises.
+                self._break(ProcessInitializerError(f"no worker can start in this pool: {exc}"))
+                return
+            if isinstance(exc, _template.TemplateGone) and self._preload_modules:
+                # (replaced once already, and that one went too)
+                self._break(ProcessInitializerError(
+                    f"no worker can start in this pool: {exc}, twice; it imports "
+                    f"preload={self._preload_modules!r} before its first fork (with "
+                    "start_method='fresh' each worker imports them and reports how it ends)"))
+                return
             raise
         os.close(child_end)
         worker = _Worker(name, slot, popen, parent_end, mark)
         hello = Hello(list(sys.path), name, *self._initializer,
                       self._setup.max_tasks_per_worker, self._max_memory,
                       bytes(multiprocessing.current_process().authkey), *self._finalizer,
-                      lowest_level() if self._forward_logs else None)
+                      lowest_level() if self._forward_logs else None, self._preload_modules)
         with self._lock:
             self._workers[parent_end] = worker
         with contextlib.suppress(OSError):  # if it died already, the EOF says so next
@@ -892,8 +935,10 @@ class ProcessBackend(Backend):
         elif isinstance(message, InitFailed):
             failure = message.failure.to_failure()
             failure.to_exception(None, None, worker.name)
-            self._broken = self._broken or initializer_error(failure.exception,
-                                                             ProcessInitializerError)
+            self._broken = self._broken or initializer_error(
+                failure.exception, ProcessInitializerError,
+                f"import of preload={self._preload_modules!r}" if message.stage == "preload"
+                else "initializer")
         elif isinstance(message, Retire):
             worker.retiring = True
         else:

@@ -106,6 +106,8 @@ def _register_builtin(name: str, target: str, options: frozenset[str],
 def _template_ahead(options: dict[str, Any]) -> None:
     """Boot the fork template, if the pool will use one, while the process
     backend is imported and set up."""
+    if options.get("preload"):
+        return  # its own template, which needs the pool's environment: the pool starts it
     from .._template import start_ahead
 
     start_ahead(options.get("start_method"))
@@ -114,7 +116,7 @@ def _template_ahead(options: dict[str, Any]) -> None:
 _register_builtin("serial", "._serial:SerialBackend", frozenset({"check_pickle"}))
 _register_builtin("thread", "._thread:ThreadBackend", frozenset())
 _register_builtin("process", "._process:ProcessBackend",
-                  frozenset({"max_worker_memory", "forward_logs", "start_method"}),
+                  frozenset({"max_worker_memory", "forward_logs", "start_method", "preload"}),
                   ahead=_template_ahead)
 _register_builtin("free-threaded", "._freethreaded:FreeThreadedBackend", frozenset())
 _register_builtin("asyncio", "._asyncio:AsyncioBackend", frozenset({"loop"}))
