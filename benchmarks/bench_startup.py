@@ -128,19 +128,23 @@ print((time.perf_counter() - started) * 1e3)
 """
 
 
+#: the pool scripts' reader of a process's proportional set size, in MB
+PSS_HELPER = """
+def pss(pid):
+    with open(f"/proc/{pid}/smaps_rollup") as rollup:
+        for line in rollup:
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+"""
+
 POOL_PARALLAX = """
 import os, time
 import parallax
 
 {functions}
 
-def pss(pid):
-    with open(f"/proc/{{pid}}/smaps_rollup") as rollup:
-        for line in rollup:
-            if line.startswith("Pss:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
+{pss}
 def memory_of(pool):
     # Both workers, warm, then the proportional set size of the pool's processes.
     workers = set()
@@ -230,13 +234,7 @@ def total(n):
 def where(_):
     return os.getpid()
 
-def pss(pid):
-    with open(f"/proc/{{pid}}/smaps_rollup") as rollup:
-        for line in rollup:
-            if line.startswith("Pss:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
+{pss}
 options = dict({options})
 expected = [float(n * (n - 1) // 2) for n in range(10)]
 started = time.perf_counter()
@@ -405,7 +403,7 @@ def pools(interpreters: int, methods: list[str], before: Path | None = None) -> 
                for method in methods]
     codes = {name: (POOL_PARALLAX.format(
         options="" if method == "default" else f"start_method={method!r}",
-        functions=FUNCTIONS[kind]), source)
+        functions=FUNCTIONS[kind], pss=PSS_HELPER), source)
         for name, method, kind, source in sources}
     for code, source in codes.values():
         _child_numbers(code, source)  # compiles and caches the bytecode; untimed
@@ -450,7 +448,8 @@ def preloads(interpreters: int) -> list[str]:
         "fresh": "start_method='fresh'",
         "fresh, `preload=\"numpy\"`": "start_method='fresh', preload='numpy'",
     }
-    codes = {name: POOL_PRELOAD.format(options=options) for name, options in cases.items()}
+    codes = {name: POOL_PRELOAD.format(options=options, pss=PSS_HELPER)
+             for name, options in cases.items()}
     for code in codes.values():
         _child_numbers(code)  # compiles and caches the bytecode; untimed
     rows: dict[str, list[list[float]]] = {name: [] for name in codes}
