@@ -58,8 +58,8 @@ def test_the_template_imports_them_once_for_every_worker_replacements_too(
 ) -> None:
     name = _module(tmp_path, monkeypatch, "")
     # One task per worker: six workers in turn, four of them replacements.
-    with parallax.Executor("process", workers=2, max_tasks_per_worker=1,
-                           preload=name) as executor:
+    with parallax.Executor("process", workers=2, max_tasks_per_worker=1, preload=name,
+                           start_method="template") as executor:
         seen = list(executor.map(_where, range(6), chunksize=1))
     assert len({pid for pid, _ in seen}) == 6
     (template,) = {parent for _, parent in seen}  # forked by one template...
@@ -76,7 +76,8 @@ def test_pools_with_the_same_preload_share_its_template(
     name = _module(tmp_path, monkeypatch, "")
     parents = set()
     for _ in range(2):
-        with parallax.Executor("process", workers=1, preload=[name]) as executor:
+        with parallax.Executor("process", workers=1, preload=[name],
+                               start_method="template") as executor:
             parents |= {parent for _, parent in executor.map(_where, range(2))}
     assert len(parents) == 1
     assert _importers(tmp_path) == list(parents)
@@ -148,7 +149,8 @@ def test_a_module_that_leaves_a_thread_running_gets_no_template(
         import threading, time
         threading.Thread(target=time.sleep, args=(3600,), name="sleeper", daemon=True).start()
         """)
-    with (parallax.Executor("process", workers=1, preload=name) as executor,
+    with (parallax.Executor("process", workers=1, preload=name,
+                            start_method="template") as executor,
           pytest.raises(BrokenProcessPool,
                         match=r"left 1 thread\(s\) running in the fork template \(sleeper\)")):
         executor.submit(abs, -1).result(timeout=60)
@@ -162,7 +164,8 @@ def test_a_module_that_ends_the_template_breaks_the_pool_saying_so(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     name = _module(tmp_path, monkeypatch, "os._exit(3)\n")
-    with (parallax.Executor("process", workers=1, preload=name) as executor,
+    with (parallax.Executor("process", workers=1, preload=name,
+                            start_method="template") as executor,
           pytest.raises(BrokenProcessPool, match=r"the fork template exited with code 3 "
                         r"before it answered, twice; it imports preload=\(")):
         executor.submit(abs, -1).result(timeout=60)
@@ -178,7 +181,8 @@ def test_workers_of_a_template_that_preloaded_numpy_draw_different_numbers() -> 
 
         return os.getpid(), float(numpy.random.random())
 
-    with parallax.Executor("process", workers=2, preload="numpy.random") as executor:
+    with parallax.Executor("process", workers=2, preload="numpy.random",
+                           start_method="template") as executor:
         first_draws: dict[int, float] = {}  # each worker's first number
         for _ in range(50):  # until both workers answered
             for pid, value in executor.map(draw, range(4), chunksize=1):
