@@ -210,6 +210,19 @@ def test_without_a_mapping_the_receiver_reads_a_copy(monkeypatch: pytest.MonkeyP
     recycler.close()
 
 
+def test_oldest_over_takes_the_oldest_out_until_both_limits_hold() -> None:
+    class Sized:
+        def __init__(self, size: int) -> None:
+            self.size = size
+
+    kept = [Sized(size) for size in (5, 1, 2, 3)]
+    first, second, third, fourth = kept
+    assert _shm.oldest_over(kept, keep=3, keep_bytes=100) == [first]  # too many
+    assert _shm.oldest_over(kept, keep=3, keep_bytes=5) == [second]  # too large: 6 bytes
+    assert kept == [third, fourth]
+    assert _shm.oldest_over(kept, keep=2, keep_bytes=5) == []
+
+
 def test_a_recycler_keeps_what_its_limits_allow() -> None:
     recycler = _shm.Recycler(keep=2, keep_bytes=3 * THRESHOLD)
     segments = [recycler.take(THRESHOLD) for _ in range(4)]

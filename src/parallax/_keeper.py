@@ -18,7 +18,7 @@ import os
 import threading
 import weakref
 
-from ._shm import Pickled, Pieces, Segment, buffer_offsets
+from ._shm import Pickled, Pieces, Segment, buffer_offsets, oldest_over
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -115,10 +115,7 @@ class Keeper:
         entry = _Kept(kept, isinstance(written, Pieces), sizes, refs)
         with self._lock:
             self._entries.append(entry)
-            dropped = []
-            while (len(self._entries) > self._keep
-                   or sum(kept.size for kept in self._entries) > self._keep_bytes):
-                dropped.append(self._entries.pop(0))  # the oldest
+            dropped = oldest_over(self._entries, self._keep, self._keep_bytes)
         for old in dropped:
             old.close()
 

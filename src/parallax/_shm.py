@@ -70,6 +70,7 @@ __all__ = [
     "dumps",
     "loads",
     "measure",
+    "oldest_over",
     "pickle_shared",
     "take_released",
 ]
@@ -238,6 +239,16 @@ def _new_segment(size: int, key: int = 0, sealable: bool = False) -> Segment:
     return segment
 
 
+def oldest_over(kept: list[Any], keep: int, keep_bytes: int) -> list[Any]:
+    """Take the oldest of ``kept`` (the first ones; each has a ``size``) out
+    until at most ``keep`` of them remain, of ``keep_bytes`` bytes in all;
+    return them, for the caller to close (outside its lock)."""
+    dropped = []
+    while len(kept) > keep or sum(item.size for item in kept) > keep_bytes:
+        dropped.append(kept.pop(0))
+    return dropped
+
+
 class Recycler:
     """The sender's segments that their receivers let go of, to write again.
 
@@ -291,11 +302,11 @@ class Recycler:
         with self._lock:
             if segment.fd >= 0 and segment.size <= self._keep_bytes:
                 self._free.append(segment)
-                while (len(self._free) > self._keep
-                       or sum(kept.size for kept in self._free) > self._keep_bytes):
-                    self._free.pop(0).close()  # the oldest
-                return
-        segment.close()
+                dropped = oldest_over(self._free, self._keep, self._keep_bytes)
+            else:
+                dropped = [segment]
+        for old in dropped:
+            old.close()
 
     def close(self) -> None:
         with self._lock:
