@@ -93,3 +93,11 @@ def configure_worker_logging() -> None:
     import sys
 
     logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="WORKER %(message)s")
+
+
+def has_cloudpickle(_: object) -> bool:
+    """Whether this process has imported cloudpickle (a process worker's,
+    called by reference: loading it does not import cloudpickle)."""
+    import sys
+
+    return "cloudpickle" in sys.modules

@@ -15,8 +15,8 @@ import pytest
 
 import parallax
 from conftest import Backend
-from helpers import double
-from parallax._serialize import dumps_plain, loads
+from helpers import double, has_cloudpickle
+from parallax._serialize import dumps, dumps_plain, loads, needs_cloudpickle
 from parallax._wire import Channel
 
 
@@ -66,6 +66,23 @@ def test_plain_pickling_falls_back_to_cloudpickle() -> None:
     square = loads(dumps_plain(lambda x: x * x))
     assert square(7) == 49
     assert loads(dumps_plain({"a": [1, 2.5, b"x"]})) == {"a": [1, 2.5, b"x"]}
+
+
+def test_what_needs_cloudpickle_to_load_is_told_by_its_bytes() -> None:
+    # A pool whose function pickled by value has its workers forked from a
+    # template that imported cloudpickle first (_template._warm_up); one
+    # whose function travels by reference does not.
+    def local(x: int) -> int:
+        return x
+
+    class Local:
+        pass
+
+    for by_value in (local, lambda x: x, Local, Local(), [1, local]):
+        assert needs_cloudpickle(dumps(by_value)), by_value
+    # By reference, even under a name that spells it.
+    for by_reference in (double, has_cloudpickle, os.getpid, [1, 2.5, "cloudpickle"]):
+        assert not needs_cloudpickle(dumps(by_reference)), by_reference
 
 
 @pytest.mark.parametrize("size", [0, 1, 65_535, 65_536, 65_537, 5_000_000])

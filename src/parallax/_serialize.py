@@ -41,7 +41,7 @@ PROTOCOL = 5
 _BYTECODE = sys.implementation.cache_tag
 
 __all__ = ["PROTOCOL", "by_value_pickler", "dumps", "dumps_plain", "find_unpicklable",
-           "load_memoryview", "loads", "round_trip"]
+           "load_memoryview", "loads", "needs_cloudpickle", "round_trip"]
 
 _pickler: type | None = None
 
@@ -151,6 +151,16 @@ def load_memoryview(data: Any, fmt: str, shape: tuple[int, ...], readonly: bool)
     raw: Any = memoryview(data)  # (of bytes: typeshed types cast by its format)
     view: memoryview = raw.cast(fmt) if len(shape) == 1 else raw.cast(fmt, shape)
     return view.toreadonly() if readonly and not view.readonly else view
+
+
+def needs_cloudpickle(data: bytes | bytearray) -> bool:
+    """Whether loading ``data`` imports cloudpickle: it names the module of
+    cloudpickle's rebuilders (``cloudpickle.cloudpickle``, and
+    ``cloudpickle.cloudpickle_fast`` before cloudpickle 3), so something in
+    it went by value (a function or class of ``__main__``, a lambda, a
+    closure). Bytes of the data that happen to spell that name count too:
+    that costs a needless import, never a missing one."""
+    return b"cloudpickle.cloudpickle" in data
 
 
 def dumps_plain(obj: Any) -> bytes:

@@ -51,7 +51,7 @@ import pickle
 import struct
 import sys
 
-from ._serialize import PROTOCOL, by_value_pickler
+from ._serialize import PROTOCOL, by_value_pickler, needs_cloudpickle
 
 TYPE_CHECKING = False  # not typing's: workers do not import typing
 if TYPE_CHECKING:
@@ -634,6 +634,12 @@ class Pickled:
     def buffers(self) -> list[memoryview]:
         """Views of the large buffers not written yet (the object's own memory)."""
         return self._buffers
+
+    @property
+    def needs_cloudpickle(self) -> bool:
+        """Whether its receiver imports cloudpickle to load it (something in
+        it went by value: :func:`_serialize.needs_cloudpickle`)."""
+        return needs_cloudpickle(self._data)
 
     def write_sealable(self) -> tuple[bytes, Segment | Pieces | None]:
         """:meth:`write`, into new memfds that can be sealed (what a pool's

@@ -8,8 +8,8 @@ the worker modules and waits on a control socket; each request makes it fork,
 and the child runs the same worker body as a fresh worker
 (``_procworker.run``). Forking is safe here where forking the caller is not:
 the template never runs a thread, so no lock can be held at the fork. Its
-workers share its read-only pages, cloudpickle included: it imports that
-before its first fork (:func:`_warm_up`).
+workers share its read-only pages, cloudpickle included once a pool whose
+functions travel by value asks for it (:func:`_warm_up`).
 
 Both sides live here:
 
@@ -22,8 +22,9 @@ Both sides live here:
 The messages over the control socket are ``marshal``-ed tuples in
 ``_wire`` frames:
 
-- caller -> template: ``(slot, environment, cwd)`` with four descriptors (the
-  worker's socket end, the marks file, standard output and error);
+- caller -> template: ``(slot, environment, cwd, warm)`` with four
+  descriptors (the worker's socket end, the marks file, standard output and
+  error); ``warm``: import cloudpickle before this fork (:func:`_warm_up`);
 - template -> caller: ``("spawned", pid)`` with a pidfd of the child (opened by
   the template before it can reap the child: no PID-reuse race), or
   ``("failed", reason)``; later ``("exit", pid, exitcode)`` for each child it
@@ -121,19 +122,30 @@ def _freeze() -> None:
 
 def _warm_up() -> None:
     """Import cloudpickle (with ``typing``, ``dataclasses``, ``inspect``,
-    ``logging``: about 11 ms) before the first fork, so that every worker
-    shares it instead of importing its own copy when a function comes by
-    value (one defined in ``__main__``, a lambda, a closure).
+    ``logging``: about 11 ms) before the next fork, so that every worker of
+    a pool whose functions come by value (one defined in ``__main__``, a
+    lambda, a closure) shares it instead of importing its own copy; then
+    freeze what it added, as the boot's imports (:func:`_freeze`).
 
-    Measured on a script's first pool of 2 workers (docs/backends/process.md):
-    forking first and warming up after saved a function sent by reference
-    about 8 ms, but cost a function sent by value 8 ms and 7.5 MB of
-    proportional set size (each worker's own cloudpickle), and that cost grows
-    with every worker; warmed first, the first pool takes less memory than
-    fresh interpreters either way.
+    Asked for by the first spawn request of such a pool (``warm``), not at
+    boot: a pool whose functions all travel by reference never needs
+    cloudpickle in its workers, and a template that imported it anyway would
+    cost that pool 4 MB and its first start 12 ms. Measured on a script's
+    first pool of 2 workers (docs/backends/process.md): forking first and
+    letting each worker import it cost a function sent by value 8 ms and
+    7.5 MB, so a pool that needs it has its template import it first.
     """
-    with contextlib.suppress(ImportError):  # cloudpickle is optional
-        import cloudpickle  # noqa: F401
+    if "cloudpickle" in sys.modules:
+        return
+    import gc
+
+    gc.disable()
+    try:
+        with contextlib.suppress(ImportError):  # cloudpickle is optional
+            import cloudpickle  # noqa: F401
+        _freeze()
+    finally:
+        gc.enable()
 
 
 def _preload(modules: tuple[str, ...], path: list[str]) -> str | None:
@@ -185,7 +197,6 @@ def serve(control_fd: int, preload: str | None = None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the caller handles Ctrl-C
     gc.disable()  # no collections during the imports (about 1 ms): one, at the freeze
     prctl = _prepare()
-    _warm_up()
     refusal = None if preload is None else _preload(*marshal.loads(bytes.fromhex(preload)))
     _freeze()
     gc.enable()  # (its children inherit the setting)
@@ -251,13 +262,15 @@ def _fork(control: Channel, frame: bytearray, fds: list[int],
           own_fds: tuple[int, ...]) -> int | None:
     """Fork one worker for a request; answer it; return the child's pid."""
     try:
-        slot, environment, cwd = marshal.loads(frame)
+        slot, environment, cwd, warm = marshal.loads(frame)
         conn_fd, mark_fd, out_fd, err_fd = fds
     except (ValueError, TypeError, EOFError) as exc:
         for fd in fds:
             os.close(fd)
         control.send_bytes(marshal.dumps(("failed", f"a malformed request: {exc!r}")))
         return None
+    if warm:
+        _warm_up()
     try:
         pid = os.fork()
     except OSError as exc:
@@ -470,19 +483,21 @@ class _Template:
             target=self._read, name="parallax-template", daemon=True
         )
         self._reader.start()
+        #: a spawn asked it to import cloudpickle (it has, before that fork)
+        self.warm = False
 
     @property
     def pid(self) -> int:
         return self.process.pid
 
     def spawn(self, conn_fd: int, mark_fd: int, slot: int, environment: dict[str, str],
-              cwd: str | None) -> TemplateWorker:
+              cwd: str | None, warm: bool) -> TemplateWorker:
         import queue
 
         with self._spawning:
             if not self.alive:
                 raise TemplateGone("the fork template has exited")
-            request = marshal.dumps((slot, environment, cwd))
+            request = marshal.dumps((slot, environment, cwd, warm))
             streams = [fd if _is_open(fd) else os.open(os.devnull, os.O_WRONLY) for fd in (1, 2)]
             try:
                 self._control.send_bytes(request, (conn_fd, mark_fd, *streams))
@@ -502,6 +517,7 @@ class _Template:
         if reply[0] == "spawned":
             worker = reply[1]
             assert isinstance(worker, TemplateWorker)
+            self.warm = self.warm or warm
             return worker
         if reply[0] == "gone":
             code = reply[1] if len(reply) > 1 else None
@@ -604,10 +620,12 @@ def running_pids() -> set[int]:
     return {template.pid for template in list(_templates.values()) if _running(template)}
 
 
-def start(environment: dict[str, str], preload: tuple[str, ...] = ()) -> None:
+def start(environment: dict[str, str], preload: tuple[str, ...] = ()) -> bool:
     """Have the template of a pool with ``environment`` and ``preload``
-    running (started now if it is not): it boots while the pool gets ready."""
-    _template(environment, preload)
+    running (started now if it is not): it boots while the pool gets ready.
+    Whether it has imported cloudpickle already (``warm``: an earlier pool's
+    functions came by value)."""
+    return _template(environment, preload).warm
 
 
 def start_ahead(start_method: object) -> None:
@@ -645,10 +663,12 @@ def _template(environment: dict[str, str], preload: tuple[str, ...] = ()) -> _Te
 
 
 def spawn_worker(conn_fd: int, mark_fd: int, slot: int, environment: dict[str, str],
-                 preload: tuple[str, ...] = ()) -> TemplateWorker:
+                 preload: tuple[str, ...] = (), *, warm: bool = False) -> TemplateWorker:
     """Fork a worker from the template of a pool with ``environment`` and
     ``preload`` (started now if it is not running); ``conn_fd`` and
     ``mark_fd`` are duplicated into it, the caller's copies stay open.
+    ``warm``: the worker will load something sent by value, so the template
+    imports cloudpickle first (once; every later worker shares it).
 
     A template that died since the last spawn is replaced, once.
 
@@ -663,7 +683,7 @@ def spawn_worker(conn_fd: int, mark_fd: int, slot: int, environment: dict[str, s
     for attempt in range(2):
         template = _template(environment, preload)
         try:
-            return template.spawn(conn_fd, mark_fd, slot, environment, cwd)
+            return template.spawn(conn_fd, mark_fd, slot, environment, cwd, warm)
         except TemplateGone:
             if attempt:
                 raise

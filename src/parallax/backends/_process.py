@@ -72,7 +72,7 @@ from .._protocol import (
     pickle_items,
     unpicklable_items,
 )
-from .._serialize import dumps, dumps_function
+from .._serialize import dumps, dumps_function, needs_cloudpickle
 from .._shm import Pickled, Pieces, Recycler, Segment
 from .._timeouts import time_left, timeout_error
 from .._units import SOMEWHERE, Chunk, ChunkResult, Job
@@ -388,6 +388,15 @@ class ProcessBackend(Backend):
         # cannot be pickled.
         self._initializer = self._encode_initializer()
         self._finalizer = self._encode_finalizer()
+        #: something this pool's workers load went by value: their template
+        #: imports cloudpickle before forking them (set again by ``prepare``)
+        self._by_value = any(blob is not None and needs_cloudpickle(blob)
+                             for blob in (*self._initializer, *self._finalizer))
+        #: the template's first forks wait for the pool's first function,
+        #: which says whether they need cloudpickle (manager thread's)
+        self._deferred = False
+        #: ``prepare`` has seen a function (set in the caller's threads)
+        self._function_seen = False
         size = 8 * MARK_SIZE * self.workers
         with contextlib.ExitStack() as undo:  # should a step fail, close what is open
             self._wake_r, self._wake_w = os.pipe()
@@ -407,7 +416,12 @@ class ProcessBackend(Backend):
                 # interpreter exit (work still queued) the manager may spawn
                 # when no thread can start any more, and the template's
                 # reader is one.
-                _template.start(self._child_environment(), self._preload_modules)
+                warm = _template.start(self._child_environment(), self._preload_modules)
+                # Forked before it is known, a worker of a function sent by
+                # value imports its own cloudpickle (8 ms, 3.7 MB each); a
+                # template told first shares one. The template's boot is the
+                # longer wait of a first pool anyway.
+                self._deferred = self._eager and not (warm or self._by_value)
             # Workers start now, not at the first chunk: a fresh interpreter
             # takes tens of milliseconds to boot, which overlaps with the
             # caller pickling the function and cutting the first chunks.
@@ -442,13 +456,19 @@ class ProcessBackend(Backend):
 
     def prepare(self, job: Job) -> None:
         if job.payload is None:
+            pickled = pickle_function(job.fn)
+            if pickled.needs_cloudpickle:
+                self._by_value = True  # (before the workers it concerns are spawned)
             # The keeper may send a segment kept from an earlier run instead
             # of writing a new one.
-            payload, segment = self._keeper.write(pickle_function(job.fn))
+            payload, segment = self._keeper.write(pickled)
             if segment is not None:
                 with self._lock:
                     self._segments[job] = segment
             job.payload = payload
+        if not self._function_seen:
+            self._function_seen = True
+            self._wake()  # deferred workers start now
 
     def _send_function(self, worker: _Worker, frame: bytes, job: Job | None) -> None:
         """Send ``frame`` to ``worker``, with the descriptor of ``job``'s function
@@ -615,7 +635,7 @@ class ProcessBackend(Backend):
             if self._start_method == "template":
                 popen = _template.spawn_worker(child_end, self._marks_file.fileno(), slot,
                                                self._child_environment(),
-                                               self._preload_modules)
+                                               self._preload_modules, warm=self._by_value)
             else:
                 popen = subprocess.Popen(
                     [
@@ -660,7 +680,7 @@ class ProcessBackend(Backend):
 
     def _manage(self) -> None:
         try:
-            for _ in range(self.workers if self._eager else 0):
+            for _ in range(self.workers if self._eager and not self._deferred else 0):
                 self._spawn()
             while self._step():
                 pass
@@ -683,6 +703,10 @@ class ProcessBackend(Backend):
 
     def _step(self) -> bool:
         """One turn of the manager loop; False when the pool is done."""
+        if self._deferred and (self._function_seen or self._pending):
+            self._deferred = False
+            for _ in range(self.workers - len(self._workers)):
+                self._spawn()
         # Dispatch first: it also drops cancelled chunks, which may leave
         # nothing pending, and the pool must then notice it is done rather
         # than wait for a wake-up that will never come.
