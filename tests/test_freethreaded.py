@@ -49,7 +49,19 @@ def test_warns_once_on_a_gil_build(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_gil_detection(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "_is_gil_enabled", lambda: False, raising=False)
     assert _host.gil_enabled() is False
-    monkeypatch.delattr(sys, "_is_gil_enabled", raising=False)
+    monkeypatch.setattr(sys, "_is_gil_enabled", lambda: True)
+    assert _host.gil_enabled() is True
+    monkeypatch.delattr(sys, "_is_gil_enabled")
+
+    def unread(name: str) -> object:
+        raise AssertionError(f"the build's configuration was read ({name})")
+
+    # Before 3.13 no build runs without the GIL: the configuration is not read.
+    monkeypatch.setattr(sysconfig, "get_config_var", unread)
+    monkeypatch.setattr(sys, "version_info", (3, 12, 9, "final", 0))
+    assert _host.gil_enabled() is True
+    # A newer interpreter that cannot say: its build does.
+    monkeypatch.setattr(sys, "version_info", (3, 14, 0, "final", 0))
     monkeypatch.setattr(sysconfig, "get_config_var", lambda name: 1)
     assert _host.gil_enabled() is False
     monkeypatch.setattr(sysconfig, "get_config_var", lambda name: 0)

@@ -17,10 +17,13 @@ import parallax
 
 #: modules a first auto ``map`` of a few small items does not need: each
 #: costs milliseconds to import (``dataclasses`` brings ``inspect``, ``ast``,
-#: ``dis``, ``tokenize``; ``concurrent.futures`` brings ``logging``)
+#: ``dis``, ``tokenize``; ``concurrent.futures`` brings ``logging``;
+#: ``sysconfig`` reads the build's configuration, about 1 ms, to tell what
+#: ``sys._is_gil_enabled`` says on 3.13+ and no earlier build can differ on)
 HEAVY = [
     "typing_extensions", "dataclasses", "inspect", "logging", "concurrent.futures",
     "multiprocessing", "asyncio", "socket", "json", "pathlib", "random", "cloudpickle",
+    "sysconfig",
     "parallax._stats", "parallax._progress", "parallax._executor", "parallax._cli",
     "parallax._broken", "parallax._protocol", "parallax.backends._thread",
     "parallax.backends._process",

@@ -3,14 +3,14 @@
 One home for what every floor asks: how many CPUs this process may use,
 whether the GIL is on, and the default pool sizes that follow from them.
 Tests pin these facts by patching this module, never the machine.
-Worker-light: imports nothing beyond ``os``, ``sys`` and ``sysconfig``.
+Worker-light: imports nothing beyond ``os`` and ``sys`` (``sysconfig`` only
+where the interpreter cannot say whether the GIL is on).
 """
 
 from __future__ import annotations
 
 import os
 import sys
-import sysconfig
 
 __all__ = ["gil_enabled", "thread_pool_default", "usable_cpus"]
 
@@ -28,9 +28,16 @@ def usable_cpus() -> int:
 
 def gil_enabled() -> bool:
     """Whether this interpreter runs with the GIL (True on ordinary builds)."""
-    check = getattr(sys, "_is_gil_enabled", None)
+    check = getattr(sys, "_is_gil_enabled", None)  # CPython 3.13+
     if check is not None:
         return bool(check())
+    if sys.version_info < (3, 13):
+        # No CPython before 3.13 can run without it (PEP 703). Reading the
+        # build's configuration (sysconfig) would cost a script's first call
+        # about 1 ms for nothing.
+        return True
+    import sysconfig  # a newer interpreter without the call: its build says
+
     return not sysconfig.get_config_var("Py_GIL_DISABLED")
 
 

@@ -424,7 +424,8 @@ class ProcessBackend(Backend):
                 self._deferred = self._eager and not (warm or self._by_value)
             # Workers start now, not at the first chunk: a fresh interpreter
             # takes tens of milliseconds to boot, which overlaps with the
-            # caller pickling the function and cutting the first chunks.
+            # caller pickling the function and cutting the first chunks (a
+            # deferred template's forks: at the first function, see above).
             self._manager = threading.Thread(
                 target=self._manage, name=f"{self._prefix}-manager", daemon=True
             )
@@ -458,7 +459,8 @@ class ProcessBackend(Backend):
         if job.payload is None:
             pickled = pickle_function(job.fn)
             if pickled.needs_cloudpickle:
-                self._by_value = True  # (before the workers it concerns are spawned)
+                # Read by _spawn: set before _function_seen wakes deferred workers
+                self._by_value = True
             # The keeper may send a segment kept from an earlier run instead
             # of writing a new one.
             payload, segment = self._keeper.write(pickled)
@@ -703,7 +705,7 @@ class ProcessBackend(Backend):
 
     def _step(self) -> bool:
         """One turn of the manager loop; False when the pool is done."""
-        if self._deferred and (self._function_seen or self._pending):
+        if self._deferred and (self._function_seen or self._pending) and self._broken is None:
             self._deferred = False
             for _ in range(self.workers - len(self._workers)):
                 self._spawn()
