@@ -544,6 +544,12 @@ def _write_pieces(buffers: list[memoryview], pieces: int, sealable: bool = False
     bounds = list(zip(cuts, [*cuts[1:], total], strict=True))
     segments = Pieces([])
     errors: list[BaseException] = []
+    # Views of one buffer share an export count, which a free-threaded 3.13
+    # does not update atomically (CPython gh-155606): two threads slicing
+    # them at once can lose a count and release the buffer under every view
+    # ("operation forbidden on released memoryview object"). The slices are
+    # made and let go under this lock; the writes run in parallel.
+    slicing = threading.Lock()
 
     def fill(segment: Segment, low: int, high: int) -> None:
         try:
@@ -551,7 +557,13 @@ def _write_pieces(buffers: list[memoryview], pieces: int, sealable: bool = False
                 start, end = max(low, offset), min(high, offset + raw.nbytes)
                 done = start
                 while done < end:
-                    done += os.pwrite(segment.fd, raw[done - offset : end - offset], done - low)
+                    with slicing:
+                        part = raw[done - offset : end - offset]
+                    try:
+                        done += os.pwrite(segment.fd, part, done - low)
+                    finally:
+                        with slicing:
+                            part.release()
         except BaseException as exc:
             errors.append(exc)
 
