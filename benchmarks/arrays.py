@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .workloads import MEDIUM_ITERATIONS, spin, spin_expected
+from .tasks import MEDIUM_ITERATIONS, spin, spin_expected
 
 MB = 2**20
 FLOAT = 8  # bytes of a float64

@@ -6,7 +6,7 @@ Run from the repository root (``distributed`` installed)::
     python -m benchmarks.bench_dask --quick     # a smoke run: small sizes, once
 
 Both sides use one ``LocalCluster`` of 2 worker processes with 1 thread each,
-on loopback, and the core CPU workloads of ``benchmarks/workloads.py``:
+on loopback, and the core CPU workloads of ``benchmarks/tasks.py``:
 ``cpu_small`` (about 100 µs of pure Python per item) and ``cpu_medium``
 (about 10 ms). Plain ``client.map`` makes one Dask task per item, so on tiny
 items it pays the scheduler's per-task cost (about a millisecond of
@@ -31,7 +31,7 @@ from typing import Any
 import parallax
 from parallax.backends import available_modes
 
-from .workloads import (
+from .tasks import (
     MEDIUM_ITERATIONS,
     SMALL_ITERATIONS,
     cpu_medium_task,

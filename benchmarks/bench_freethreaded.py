@@ -32,7 +32,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from . import workloads
+from . import tasks
 from .peers import (
     ParallaxRunner,
     ProcessPoolExecutorRunner,
@@ -103,8 +103,8 @@ def _case(name: str, task: Callable[..., int], description: str) -> Case:
 
 
 TASKS: dict[str, Callable[..., int]] = {
-    "shared": workloads.shared_constants_task,
-    "private": workloads.private_constants_task,
+    "shared": tasks.shared_constants_task,
+    "private": tasks.private_constants_task,
 }
 CASES = (
     _case("shared", TASKS["shared"],

@@ -15,9 +15,6 @@ from typing import Any, Literal
 
 from .tasks import (
     MEDIUM_ITERATIONS,
-    PAYLOAD_BYTES,
-    SHARED_MODULUS,
-    SHARED_MULTIPLIER,
     SLEEP_SECONDS,
     SMALL_ITERATIONS,
     async_sleep_task,
@@ -26,22 +23,10 @@ from .tasks import (
     double,
     int_stream,
     payload_item,
-    private_constants_task,
     sha256_task,
-    shared_constants_task,
     sleep_task,
-    spin,
     spin_expected,
 )
-
-__all__ = [
-    "MEDIUM_ITERATIONS", "PAYLOAD_BYTES", "SHARED_MODULUS", "SHARED_MULTIPLIER",
-    "SLEEP_SECONDS", "SMALL_ITERATIONS", "WORKLOADS", "Workload", "async_sleep_task",
-    "cpu_medium_task", "cpu_small_task", "double", "int_stream", "payload_item",
-    "private_constants_task", "sha256_task", "shared_constants_task", "sleep_task", "spin",
-    "spin_expected",
-]
-
 
 # -- workloads -------------------------------------------------------------------------
 

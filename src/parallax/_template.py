@@ -56,7 +56,7 @@ TYPE_CHECKING = False  # not typing's: the template does not import typing
 if TYPE_CHECKING:
     import queue
     import subprocess
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
 #: forking a template, and signalling its children race-free, works here
 SUPPORTED = (
@@ -110,22 +110,30 @@ def _prepare() -> Callable[[int, int], object]:
     return prctl
 
 
-def _freeze() -> None:
-    """Keep the collector of each worker off what the template holds: its
+@contextlib.contextmanager
+def _frozen_imports() -> Iterator[None]:
+    """Import with the collector off (no collections meanwhile: about 1 ms of
+    the boot's imports), then one, and freeze what the template holds: its
     objects go to the permanent generation, so a worker's first collections
-    do not write to (and so copy) the pages it shares with the template."""
+    do not write to (and so copy) the pages it shares with the template.
+    The collector is back on after (the children inherit the setting)."""
     import gc
 
-    gc.collect()
-    gc.freeze()
+    gc.disable()
+    try:
+        yield
+        gc.collect()
+        gc.freeze()
+    finally:
+        gc.enable()
 
 
 def _warm_up() -> None:
     """Import cloudpickle (with ``typing``, ``dataclasses``, ``inspect``,
     ``logging``: about 11 ms) before the next fork, so that every worker of
     a pool whose functions come by value (one defined in ``__main__``, a
-    lambda, a closure) shares it instead of importing its own copy; then
-    freeze what it added, as the boot's imports (:func:`_freeze`).
+    lambda, a closure) shares it instead of importing its own copy; frozen
+    as the boot's imports are (:func:`_frozen_imports`).
 
     Asked for by the first spawn request of such a pool (``warm``), not at
     boot: a pool whose functions all travel by reference never needs
@@ -137,15 +145,8 @@ def _warm_up() -> None:
     """
     if "cloudpickle" in sys.modules:
         return
-    import gc
-
-    gc.disable()
-    try:
-        with contextlib.suppress(ImportError):  # cloudpickle is optional
-            import cloudpickle  # noqa: F401
-        _freeze()
-    finally:
-        gc.enable()
+    with _frozen_imports(), contextlib.suppress(ImportError):  # cloudpickle is optional
+        import cloudpickle  # noqa: F401
 
 
 def _preload(modules: tuple[str, ...], path: list[str]) -> str | None:
@@ -191,15 +192,12 @@ def serve(control_fd: int, preload: str | None = None) -> None:
     """The template's main program: fork a worker per request until the caller
     goes. ``preload``: the hex of the marshal-ed ``(modules, sys.path)`` to
     import before the first fork (:func:`_preload`)."""
-    import gc
     import select
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the caller handles Ctrl-C
-    gc.disable()  # no collections during the imports (about 1 ms): one, at the freeze
-    prctl = _prepare()
-    refusal = None if preload is None else _preload(*marshal.loads(bytes.fromhex(preload)))
-    _freeze()
-    gc.enable()  # (its children inherit the setting)
+    with _frozen_imports():
+        prctl = _prepare()
+        refusal = None if preload is None else _preload(*marshal.loads(bytes.fromhex(preload)))
     control = Channel(control_fd)
     caller = os.getppid()
     me = os.getpid()
